@@ -1,0 +1,60 @@
+"""Celery configuration, translated from Conduit's settings (nothing is read here).
+
+``build(settings)`` returns the dict that ``conduit_workers.celery_app`` loads. Why each value:
+
+- JSON only: a pickle body on the broker is refused, never executed.
+- Late acks, prefetch 1, reject on worker loss: a task whose worker dies is delivered again
+  (at least once); every task is idempotent by key, so its effects still happen once.
+- No result backend: results live in the history database, keyed by prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from conduit_workers.settings import Settings
+
+QUEUES = ("route", "execute", "feedback")
+
+TASK_QUEUES = {
+    "conduit.router.route_batch": "route",
+    "conduit.executor.execute_batch": "execute",
+    "conduit.feedback.apply_events": "feedback",
+    "conduit.feedback.sweep": "feedback",
+}
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    broker_url = settings.broker_url
+    conf: dict[str, Any] = {
+        "broker_url": broker_url,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
+        "task_default_queue": "route",
+        "task_routes": {name: {"queue": q, "routing_key": q} for name, q in TASK_QUEUES.items()},
+        "task_track_started": False,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+    if broker_url.startswith(("redis://", "rediss://", "unix://")):
+        conf["broker_transport_options"] = {
+            "visibility_timeout": settings.broker.visibility_timeout_s,
+        }
+    return conf

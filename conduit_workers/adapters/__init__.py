@@ -1,0 +1,1 @@
+"""Adapters: Redis posterior store, SQL history, pydantic-ai client, embedder."""

@@ -1,0 +1,109 @@
+"""History database schema (SQLAlchemy Core): batches, queries, decisions, results, feedback."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tag", String(200), nullable=True, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("accepted", Integer, nullable=False),
+    Column("rejected", Integer, nullable=False),
+    Column("constraints", JSON, nullable=False),
+)
+
+# One row per distinct prompt; ``id`` is the idempotency key.
+queries = Table(
+    "queries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("external_id", String(200), nullable=True),
+    Column("user_name", String(200), nullable=True),
+    Column("prompt", Text, nullable=False),
+    Column("prompt_chars", Integer, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("constraints", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+batch_items = Table(
+    "batch_items",
+    metadata,
+    Column("batch_id", String(64), ForeignKey("batches.id"), primary_key=True),
+    Column("query_id", String(64), ForeignKey("queries.id"), primary_key=True),
+    Column("line", Integer, nullable=True),
+    Index("ix_batch_items_query", "query_id"),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("query_id", String(64), ForeignKey("queries.id"), primary_key=True),
+    Column("model", String(200), nullable=True),  # NULL: no model satisfies the constraints
+    Column("ranked", JSON, nullable=False),
+    Column("features", JSON, nullable=False),
+    Column("utilities", JSON, nullable=False),
+    Column("domain", String(20), nullable=False),
+    Column("complexity", Float, nullable=False),
+    Column("expected_cost_usd", Float, nullable=True),
+    Column("posterior_versions", JSON, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+results = Table(
+    "results",
+    metadata,
+    Column("query_id", String(64), ForeignKey("queries.id"), primary_key=True),
+    Column("model", String(200), nullable=True),
+    Column("status", String(20), nullable=False),  # ok | error | unroutable
+    Column("response", Text, nullable=True),
+    Column("input_tokens", Integer, nullable=False, default=0),
+    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+    Column("latency_ms", Float, nullable=False, default=0.0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("fallbacks", Integer, nullable=False, default=0),
+    Column("error_class", String(60), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("query_id", String(64), ForeignKey("queries.id"), nullable=False, index=True),
+    Column("model", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("reward", Float, nullable=False),
+    Column("weight", Float, nullable=False),
+    Column("is_call", Boolean, nullable=False, default=False),
+    Column("error", Boolean, nullable=False, default=False),
+    Column("latency_ms", Float, nullable=False, default=0.0),
+    Column("in_tokens", Integer, nullable=False, default=0),
+    Column("out_tokens", Integer, nullable=False, default=0),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # Set when a feedback task claims the event; the posterior update carries this id.
+    Column("update_id", String(80), nullable=True, index=True),
+    Column("applied_at", DateTime(timezone=True), nullable=True),
+)

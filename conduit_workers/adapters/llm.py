@@ -1,0 +1,151 @@
+"""LLM calls through pydantic-ai, one client per catalog model, built once per process.
+
+The provider SDKs' own retries are switched off (``max_retries=0``): retries, backoff and
+fallback are decided by the executor, which sees every attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic_ai import exceptions as pai_exc
+from pydantic_ai.direct import model_request
+from pydantic_ai.messages import ModelRequest
+from pydantic_ai.models import Model
+from pydantic_ai.settings import ModelSettings
+
+from conduit_workers.domain.catalog import Catalog, ModelSpec
+from conduit_workers.errors import (
+    ConfigError,
+    PermanentProviderError,
+    ProviderError,
+    RetryableProviderError,
+)
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE_STATUS = {408, 409, 425, 429}
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+
+
+def build_model(spec: ModelSpec, env: Mapping[str, str], timeout_s: float) -> Model:
+    """A pydantic-ai model for a catalog entry; the API key is read from ``spec.api_key_env``."""
+    key = env.get(spec.api_key_env) if spec.api_key_env else None
+    if spec.provider in ("openai", "openai-compatible"):
+        from openai import AsyncOpenAI
+        from pydantic_ai.models.openai import OpenAIChatModel
+        from pydantic_ai.providers.openai import OpenAIProvider
+
+        if spec.provider == "openai" and not key:
+            raise ConfigError(f"model {spec.name}: set {spec.api_key_env} to its OpenAI API key")
+        client = AsyncOpenAI(
+            base_url=spec.base_url, api_key=key or "not-needed", max_retries=0, timeout=timeout_s
+        )
+        return OpenAIChatModel(spec.provider_model, provider=OpenAIProvider(openai_client=client))
+    if not key:
+        raise ConfigError(f"model {spec.name}: set {spec.api_key_env} to its {spec.provider} API key")
+    if spec.provider == "anthropic":
+        from anthropic import AsyncAnthropic
+        from pydantic_ai.models.anthropic import AnthropicModel
+        from pydantic_ai.providers.anthropic import AnthropicProvider
+
+        aclient = AsyncAnthropic(api_key=key, base_url=spec.base_url, max_retries=0, timeout=timeout_s)
+        return AnthropicModel(spec.provider_model, provider=AnthropicProvider(anthropic_client=aclient))
+    if spec.provider == "google":
+        from pydantic_ai.models.google import GoogleModel
+        from pydantic_ai.providers.google import GoogleProvider
+
+        return GoogleModel(spec.provider_model, provider=GoogleProvider(api_key=key))
+    if spec.provider == "groq":
+        try:
+            from pydantic_ai.models.groq import GroqModel
+            from pydantic_ai.providers.groq import GroqProvider
+        except ImportError as exc:
+            raise ConfigError(f"model {spec.name}: the groq provider needs `pip install groq`") from exc
+        return GroqModel(spec.provider_model, provider=GroqProvider(api_key=key))
+    raise ConfigError(f"model {spec.name}: unknown provider {spec.provider!r}")
+
+
+def classify(exc: BaseException, model_name: str) -> ProviderError:
+    """Map a pydantic-ai or transport exception to a retryable or permanent provider error.
+
+    The message is built from the error's type and status only: provider bodies may echo
+    the prompt, so they are never copied into it.
+    """
+    retry_after = getattr(exc, "retry_after", None)
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, pai_exc.ModelRequestTimeout)):
+        return RetryableProviderError("timeout", model_name)
+    if isinstance(exc, pai_exc.ModelHTTPError) or status is not None:
+        if status in _RETRYABLE_STATUS or (status is not None and status >= 500):
+            return RetryableProviderError(f"HTTP {status}", model_name, status, retry_after)
+        return PermanentProviderError(f"HTTP {status}", model_name, status)
+    if isinstance(exc, pai_exc.ModelRateLimitError):
+        return RetryableProviderError("rate limited", model_name, 429, retry_after)
+    if isinstance(exc, (pai_exc.ModelRequestRejectedError, pai_exc.ModelQuotaExceededError,
+                        pai_exc.ContentFilterError)):
+        code = {pai_exc.ModelAuthenticationError: 401, pai_exc.ModelNotFoundError: 404}.get(type(exc))
+        return PermanentProviderError(type(exc).__name__, model_name, code)
+    if isinstance(exc, pai_exc.ModelTimeoutError):
+        return RetryableProviderError("timeout", model_name)
+    if isinstance(exc, (pai_exc.ModelServerError, pai_exc.ModelUnavailableError)):
+        return RetryableProviderError(type(exc).__name__, model_name, 503, retry_after)
+    if isinstance(exc, (pai_exc.ModelAPIError, pai_exc.UnexpectedModelBehavior, OSError)):
+        return RetryableProviderError(type(exc).__name__, model_name)
+    return PermanentProviderError(type(exc).__name__, model_name)
+
+
+class LLMClient:
+    """Calls catalog models; ``complete`` raises :class:`ProviderError` subclasses only."""
+
+    def __init__(self, catalog: Catalog, env: Mapping[str, str], timeout_s: float = 60.0,
+                 max_output_tokens: int | None = None) -> None:
+        self.catalog = catalog
+        self.env = env
+        self.timeout_s = timeout_s
+        self.max_output_tokens = max_output_tokens
+        self._models: dict[str, Model] = {}
+
+    def model(self, name: str) -> Model:
+        if name not in self._models:
+            self._models[name] = build_model(self.catalog.get(name), self.env, self.timeout_s)
+        return self._models[name]
+
+    async def complete(self, model_name: str, prompt: str) -> Completion:
+        spec = self.catalog.get(model_name)
+        settings: dict[str, Any] = {"timeout": self.timeout_s}
+        max_tokens = self.max_output_tokens or spec.max_output_tokens
+        if max_tokens:
+            settings["max_tokens"] = max_tokens
+        started = time.perf_counter()
+        try:
+            model = self.model(model_name)
+            response = await asyncio.wait_for(
+                model_request(model, [ModelRequest.user_text_prompt(prompt)],
+                              model_settings=ModelSettings(**settings)),  # type: ignore[typeddict-item]
+                timeout=self.timeout_s + 1.0,
+            )
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified error
+            err = classify(exc, model_name)
+            log.debug("call to %s failed: %r", model_name, exc)
+            raise err from None
+        latency_ms = (time.perf_counter() - started) * 1000
+        text = response.text or ""
+        if not text.strip():
+            raise RetryableProviderError("empty response", model_name)
+        usage = response.usage
+        return Completion(text, int(usage.input_tokens or 0), int(usage.output_tokens or 0), latency_ms)

@@ -1,0 +1,156 @@
+"""Bayesian linear regression per model, and Thompson samples from it.
+
+A model's quality on a prompt with context ``x`` (whose first coordinate is a constant 1) is
+``θ·x + noise`` with noise of standard deviation ``σ``. The prior is ``θ ~ N(m0, σ² Λ0⁻¹)`` with
+``m0 = (prior_quality, 0, …)`` and ``Λ0 = diag(prior_strength, context_prior_strength, …)``,
+both strengths counted in pseudo-observations. The evidence is kept as sufficient statistics
+(:class:`ArmStats`): ``Σ w x xᵀ``, ``Σ w r x``, ``Σ w``, plus call counters for expected cost and
+latency. Then the posterior precision is ``(Λ0 + Σ w x xᵀ)/σ²`` and its mean solves
+``(Λ0 + Σ w x xᵀ) θ = Λ0 m0 + Σ w r x``.
+
+Thompson Sampling draws, for each prompt and model, the quality ``θ̃·x`` from its posterior
+predictive ``N(θ·x, σ² xᵀ(Λ0 + Σ w x xᵀ)⁻¹ x)``; the marginal is all a single decision needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[np.float64]
+
+# Counters kept beside the regression statistics, in the order they are stored.
+COUNTERS = ("n", "r", "rr", "calls", "errors", "latency_ms", "in_tokens", "out_tokens", "cost_usd")
+
+
+@dataclass
+class ArmStats:
+    """Sufficient statistics of one model's evidence (or of a change to it)."""
+
+    xx: Array  # Σ w x xᵀ, (d, d)
+    xr: Array  # Σ w r x, (d,)
+    counters: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0.0))
+
+    @classmethod
+    def zeros(cls, dim: int) -> ArmStats:
+        return cls(np.zeros((dim, dim)), np.zeros(dim))
+
+    @property
+    def dim(self) -> int:
+        return int(self.xr.shape[0])
+
+    def add_observation(self, x: Array, reward: float, weight: float) -> None:
+        if weight == 0.0:
+            return
+        self.xx += weight * np.outer(x, x)
+        self.xr += weight * reward * x
+        self.counters["n"] += weight
+        self.counters["r"] += weight * reward
+        self.counters["rr"] += weight * reward * reward
+
+    def add_call(
+        self, *, error: bool, latency_ms: float, in_tokens: int, out_tokens: int, cost_usd: float
+    ) -> None:
+        c = self.counters
+        c["calls"] += 1
+        c["errors"] += 1.0 if error else 0.0
+        c["latency_ms"] += latency_ms
+        c["in_tokens"] += in_tokens
+        c["out_tokens"] += out_tokens
+        c["cost_usd"] += cost_usd
+
+    def merge(self, other: ArmStats) -> None:
+        self.xx += other.xx
+        self.xr += other.xr
+        for k, v in other.counters.items():
+            self.counters[k] = self.counters.get(k, 0.0) + v
+
+    def is_empty(self) -> bool:
+        return not any(self.counters.values())
+
+    # The flat form that the store writes: the upper triangle of xx, then xr, then counters.
+    def to_fields(self) -> dict[str, float]:
+        d = self.dim
+        out: dict[str, float] = {}
+        iu = np.triu_indices(d)
+        for i, j, v in zip(iu[0], iu[1], self.xx[iu], strict=True):
+            out[f"xx:{i}:{j}"] = float(v)
+        for i, v in enumerate(self.xr):
+            out[f"xr:{i}"] = float(v)
+        out.update(self.counters)
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, float], dim: int) -> ArmStats:
+        stats = cls.zeros(dim)
+        for key, v in fields.items():
+            if key.startswith("xx:"):
+                _, i, j = key.split(":")
+                stats.xx[int(i), int(j)] = stats.xx[int(j), int(i)] = v
+            elif key.startswith("xr:"):
+                stats.xr[int(key[3:])] = v
+            elif key in stats.counters:
+                stats.counters[key] = v
+        return stats
+
+
+@dataclass(frozen=True)
+class Prior:
+    prior_quality: float = 0.5
+    prior_strength: float = 2.0
+    context_prior_strength: float = 4.0
+    noise_sd: float = 0.5
+
+    def precision(self, dim: int) -> Array:
+        diag = np.full(dim, self.context_prior_strength)
+        diag[0] = self.prior_strength
+        return np.diag(diag)
+
+    def mean(self, dim: int, quality: float | None = None) -> Array:
+        m0 = np.zeros(dim)
+        m0[0] = self.prior_quality if quality is None else quality
+        return m0
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """A model's posterior over θ: mean and the inverse of the (unscaled) precision."""
+
+    mean: Array  # (d,)
+    cov_unscaled: Array  # (Λ0 + Σ w x xᵀ)⁻¹, (d, d)
+    noise_sd: float
+    stats: ArmStats
+
+    @classmethod
+    def from_stats(cls, stats: ArmStats, prior: Prior, quality_prior: float | None = None) -> Posterior:
+        d = stats.dim
+        lam0 = prior.precision(d)
+        precision = lam0 + stats.xx
+        rhs = lam0 @ prior.mean(d, quality_prior) + stats.xr
+        cov = np.linalg.inv(precision)
+        cov = (cov + cov.T) / 2  # keep it symmetric against round-off
+        return cls(mean=cov @ rhs, cov_unscaled=cov, noise_sd=prior.noise_sd, stats=stats)
+
+    def predict(self, contexts: Array) -> tuple[Array, Array]:
+        """Mean and standard deviation of θ·x for each row of ``contexts`` (n, d)."""
+        mu = contexts @ self.mean
+        var = np.einsum("ij,jk,ik->i", contexts, self.cov_unscaled, contexts)
+        return mu, self.noise_sd * np.sqrt(np.maximum(var, 0.0))
+
+
+def thompson_samples(
+    contexts: Array,
+    posteriors: list[Posterior],
+    rng: np.random.Generator,
+    exploration: float = 1.0,
+) -> tuple[Array, Array]:
+    """Sampled qualities (n, m) for n prompts and m models, and the posterior means (n, m)."""
+    n = contexts.shape[0]
+    means = np.empty((n, len(posteriors)))
+    sds = np.empty((n, len(posteriors)))
+    for j, post in enumerate(posteriors):
+        means[:, j], sds[:, j] = post.predict(contexts)
+    samples = means + exploration * sds * rng.standard_normal(means.shape)
+    return samples, means

@@ -1,0 +1,104 @@
+"""The context of a prompt: a reduced embedding plus cheap features, and a query analysis.
+
+The context is ``[1, P·e, cheap…]``: a constant (the model's overall quality), the sentence
+embedding ``e`` (unit norm) projected by a fixed random matrix ``P`` to a few dimensions with
+``E‖P·e‖² ≈ 1`` (a larger scale would make Thompson Sampling explore almost at random), and a
+few cheap features of the text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from conduit_workers.domain.bandit import Array
+
+_CODE = re.compile(
+    r"```|\bdef \w+\(|\bclass \w+[:(]|\bimport \w+|#include|\bfunction\b|=>|\breturn\b|[{};]\s*$",
+    re.MULTILINE,
+)
+_MATH = re.compile(
+    r"\d\s*[-+*/^=<>]\s*\d|\\frac|\\sqrt|\bsolve\b|\bcalculate\b|\bequation\b|\bintegral\b|"
+    r"\bprobability\b|\bderivative\b|\bmatrix\b|\bsum of\b",
+    re.IGNORECASE,
+)
+_WRITING = re.compile(r"\b(write|essay|poem|story|email|letter|rewrite|summari[sz]e|draft)\b", re.I)
+_REASONING = re.compile(
+    r"\b(why|explain|reason|which of the following|true or false|infer|conclude|argument)\b", re.I
+)
+
+DOMAINS = ("code", "math", "reasoning", "writing", "other")
+N_CHEAP = 3
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the router recorded about a prompt, for reports and grouping."""
+
+    domain: str
+    complexity: float  # 0 (short, plain) .. 1 (long, code or maths)
+    chars: int
+
+
+def analyse(text: str) -> Analysis:
+    code = bool(_CODE.search(text))
+    math_ = bool(_MATH.search(text))
+    if code:
+        domain = "code"
+    elif math_:
+        domain = "math"
+    elif _WRITING.search(text):
+        domain = "writing"
+    elif _REASONING.search(text):
+        domain = "reasoning"
+    else:
+        domain = "other"
+    length = min(1.0, math.log1p(len(text)) / math.log1p(8_000))
+    complexity = min(1.0, 0.6 * length + 0.2 * code + 0.2 * math_)
+    return Analysis(domain=domain, complexity=round(complexity, 4), chars=len(text))
+
+
+def embedding_text(text: str, tail_chars: int) -> str:
+    """The part of a prompt the encoder reads: its end.
+
+    Templated and few-shot prompts share long openings, and the encoder reads only its first
+    256 word pieces, so the start of such prompts all embed alike; their ends differ.
+    """
+    return text if len(text) <= tail_chars else text[-tail_chars:]
+
+
+class ContextBuilder:
+    """Turns embeddings and texts into context vectors of a fixed dimension."""
+
+    def __init__(self, embedding_dim: int, projection_dim: int, seed: int = 20240601) -> None:
+        self.embedding_dim = embedding_dim
+        self.projection_dim = projection_dim
+        rng = np.random.default_rng(seed)
+        # Fixed by the seed, so every router process computes the same contexts.
+        self.projection = rng.standard_normal((embedding_dim, projection_dim)) / math.sqrt(
+            projection_dim
+        )
+
+    @property
+    def dim(self) -> int:
+        return 1 + self.projection_dim + N_CHEAP
+
+    def build(self, embeddings: Array, texts: list[str]) -> tuple[Array, list[Analysis]]:
+        n = len(texts)
+        x = np.empty((n, self.dim))
+        x[:, 0] = 1.0
+        if self.projection_dim:
+            norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+            unit = embeddings / np.maximum(norms, 1e-12)
+            x[:, 1 : 1 + self.projection_dim] = unit @ self.projection
+        analyses = [analyse(t) for t in texts]
+        base = 1 + self.projection_dim
+        for i, a in enumerate(analyses):
+            # Cheap features, scaled to a few tenths so they weigh like one embedding coordinate.
+            x[i, base] = 0.3 * (math.log1p(a.chars) - 5.0) / 2.0
+            x[i, base + 1] = 0.3 if a.domain == "code" else 0.0
+            x[i, base + 2] = 0.3 if a.domain == "math" else 0.0
+        return x, analyses

@@ -1,0 +1,84 @@
+"""Feedback events, the rewards they carry, and their aggregation per model.
+
+Implicit events come from every call (error, latency, tokens, cost); explicit ones from ratings.
+A failed call is evidence of poor quality (reward 0). A successful call says nothing certain about
+its quality, so by default it carries no weight; the latency and tokens it reports feed the
+expected latency and cost instead, which the utility weighs apart from quality.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from conduit_workers.domain.bandit import Array, ArmStats
+
+IMPLICIT = "implicit"
+EXPLICIT = "explicit"
+RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    id: str
+    query_id: str
+    model: str
+    kind: str
+    reward: float
+    weight: float
+    is_call: bool = False
+    error: bool = False
+    latency_ms: float = 0.0
+    in_tokens: int = 0
+    out_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+def implicit_event_id(query_id: str, model: str) -> str:
+    return f"implicit:{query_id}:{model}"
+
+
+def explicit_event_id(query_id: str) -> str:
+    # One explicit rating per prompt: a second rating of the same prompt is a duplicate.
+    return f"explicit:{query_id}"
+
+
+def implicit_reward(error: bool, success_reward: float, success_weight: float, error_weight: float) -> tuple[float, float]:
+    """(reward, weight) of one call's outcome."""
+    if error:
+        return 0.0, error_weight
+    return success_reward, success_weight
+
+
+def validate_rating(rating: float) -> float:
+    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(rating):
+        raise ValueError(f"a rating must be a number in [0, 1], got {rating!r}")
+    if not 0.0 <= rating <= 1.0:
+        raise ValueError(f"a rating must be in [0, 1], got {rating}")
+    return float(rating)
+
+
+def aggregate(
+    events: Iterable[FeedbackEvent], contexts: Mapping[str, Array], dim: int
+) -> dict[str, ArmStats]:
+    """Sum the events into one :class:`ArmStats` change per model.
+
+    ``contexts`` maps each query id to the context its decision used. An event whose query has
+    no context (never routed) still counts as a call but teaches the regression nothing.
+    """
+    out: dict[str, ArmStats] = {}
+    for ev in events:
+        stats = out.setdefault(ev.model, ArmStats.zeros(dim))
+        x = contexts.get(ev.query_id)
+        if x is not None:
+            stats.add_observation(x, ev.reward, ev.weight)
+        if ev.is_call:
+            stats.add_call(
+                error=ev.error,
+                latency_ms=ev.latency_ms,
+                in_tokens=ev.in_tokens,
+                out_tokens=ev.out_tokens,
+                cost_usd=ev.cost_usd,
+            )
+    return out

@@ -1,0 +1,132 @@
+"""The one place that reads the environment.
+
+Every setting is a ``CONDUIT_…`` environment variable, nested with ``__``
+(``CONDUIT_REDIS__URL``, ``CONDUIT_EXECUTOR__CONCURRENCY``). Tests build ``Settings(...)``
+directly; processes call :func:`get_settings` once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from conduit_workers.domain.features import N_CHEAP
+
+DEFAULT_CATALOG = Path(__file__).parent / "data" / "catalog.toml"
+
+
+class RedisSettings(BaseModel):
+    """Redis holding the bandit posteriors (and, by default, the broker)."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "conduit"
+    socket_timeout_s: float = 5.0
+    # How long an applied update id is remembered, so a redelivered update changes nothing.
+    applied_ttl_s: int = 7 * 24 * 3600
+
+
+class BrokerSettings(BaseModel):
+    """Celery broker. Empty means: the Redis of ``redis.url``. ``amqp://`` works too."""
+
+    url: str | None = None
+    # A task unacknowledged for this long is handed to another worker (Redis transport only).
+    visibility_timeout_s: int = 3600
+
+
+class DatabaseSettings(BaseModel):
+    """History database: SQLite file by default, PostgreSQL (psycopg2) in production."""
+
+    url: str = "sqlite:///conduit-history.db"
+    pool_size: int = 5
+    # Transient connection errors are retried for this long before a task gives up.
+    retry_for_s: float = 60.0
+
+
+class CatalogSettings(BaseModel):
+    path: Path = DEFAULT_CATALOG
+
+
+class LimitsSettings(BaseModel):
+    max_prompt_chars: int = 32_000
+    max_metadata_chars: int = 4_000
+
+
+class RouterSettings(BaseModel):
+    """Contextual Thompson Sampling and the utility it maximises."""
+
+    chunk_size: int = 64  # prompts per route task
+    embedder: str = "minilm"  # "minilm" (sentence-transformers) or "hashing" (no torch)
+    projection_dim: int = 16  # embedding reduced to this many dimensions
+    embed_tail_chars: int = 1_000  # embed the end of the prompt: shared few-shot prefixes blind the encoder
+    lambda_cost: float = 0.3  # weight of cost, relative to the dearest model's expected cost
+    lambda_latency: float = 0.0  # weight of latency, relative to the slowest model's expected latency
+    prior_quality: float = 0.5  # prior mean quality of a model never observed
+    prior_strength: float = 2.0  # prior precision of the per-model mean (pseudo-observations)
+    context_prior_strength: float = 4.0  # prior precision of the contextual weights
+    noise_sd: float = 0.5  # observation noise of a [0, 1] quality
+    exploration: float = 1.0  # scale of the posterior samples
+    decay: float = 1.0  # per-observation forgetting factor of old evidence (1.0 = none)
+    default_output_tokens: int = 256  # expected output of a model never observed
+    default_latency_ms: float = 1_000.0  # expected latency of a model never observed
+    seed: int | None = None  # fixed seed for reproducible sampling (tests, benchmarks)
+
+
+class ExecutorSettings(BaseModel):
+    chunk_size: int = 64  # prompts per execute task, called concurrently inside it
+    concurrency: int = 32  # LLM calls in flight per execute task
+    timeout_s: float = 60.0
+    max_attempts: int = 3  # per model, for retryable errors (429, 5xx, timeout)
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+    max_output_tokens: int | None = None
+
+
+class FeedbackSettings(BaseModel):
+    chunk_size: int = 256
+    error_weight: float = 1.0  # a failed call counts as a quality-0 observation of this weight
+    # A successful call says nothing about its quality: by default it is no evidence.
+    success_weight: float = 0.0
+    success_reward: float = 1.0
+
+
+class Settings(BaseSettings):
+    """All of Conduit's configuration, from ``CONDUIT_…`` variables or keyword arguments."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONDUIT_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    log_level: str = "INFO"
+
+    @property
+    def context_dim(self) -> int:
+        """Size of the context vector: constant, projected embedding, cheap features."""
+        return 1 + self.router.projection_dim + N_CHEAP
+
+    @property
+    def broker_url(self) -> str:
+        return self.broker.url or self.redis.url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()
+
+
+def environ() -> Mapping[str, str]:
+    """The environment, for the catalog's ``${VAR}`` references and API key names."""
+    return os.environ

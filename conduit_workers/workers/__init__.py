@@ -1,0 +1,1 @@
+"""One module per role (router, executor, feedback): ``handle_*`` functions plus thin tasks."""

@@ -1,0 +1,143 @@
+"""Executor role: call the chosen model for each prompt of a chunk, concurrently.
+
+Per prompt: retry retryable errors (429, 5xx, timeout, empty answer) with exponential backoff
+and the provider's Retry-After; after ``max_attempts`` fall back to the next-best model of the
+decision; a permanent error (400, 401, …) ends the prompt with that error. The result and one
+implicit feedback event per model tried are stored in one transaction, once per prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from conduit_workers.adapters.history import ExecutionRow, ResultRow, SqlHistory
+from conduit_workers.adapters.llm import LLMClient
+from conduit_workers.celery_app import app
+from conduit_workers.domain.catalog import Catalog
+from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent, implicit_event_id, implicit_reward
+from conduit_workers.errors import PermanentProviderError, ProviderError, StoreUnavailable
+from conduit_workers.settings import ExecutorSettings, FeedbackSettings
+from conduit_workers.workers.runtime import chunks, runtime
+
+log = logging.getLogger(__name__)
+
+MAX_MODELS_TRIED = 3  # the chosen model and two fallbacks
+
+
+@dataclass
+class _Outcome:
+    result: ResultRow
+    events: list[FeedbackEvent]
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, retry_after_s: float | None) -> float:
+    """Delay before retry number ``attempt`` (1-based): the provider's Retry-After when given,
+    else exponential with full jitter, so that many prompts do not retry in step."""
+    if retry_after_s is not None and retry_after_s > 0:
+        return float(min(retry_after_s, max_s))
+    return random.uniform(0, min(max_s, base_s * 2 ** (attempt - 1)))
+
+
+async def _execute_one(
+    row: ExecutionRow, llm: LLMClient, catalog: Catalog, ex: ExecutorSettings, fb: FeedbackSettings,
+) -> _Outcome:
+    if row.model is None:
+        return _Outcome(ResultRow(row.query_id, None, "unroutable", error_class="unroutable",
+                                  error_message=row.reason), [])
+    models = [row.model] + [m for m in row.ranked if m != row.model]
+    events: list[FeedbackEvent] = []
+    attempts = 0
+    last_error: ProviderError | None = None
+    for k, model in enumerate(models[:MAX_MODELS_TRIED]):
+        spent_ms = 0.0
+        for attempt in range(1, ex.max_attempts + 1):
+            attempts += 1
+            started = time.perf_counter()
+            try:
+                done = await llm.complete(model, row.prompt)
+            except ProviderError as err:
+                spent_ms += (time.perf_counter() - started) * 1000
+                last_error = err
+                if isinstance(err, PermanentProviderError):
+                    break
+                if attempt < ex.max_attempts:
+                    await asyncio.sleep(backoff_s(attempt, ex.backoff_base_s, ex.backoff_max_s,
+                                                  err.retry_after_s))
+                continue
+            cost = catalog.get(model).cost_usd(done.input_tokens, done.output_tokens)
+            reward, weight = implicit_reward(False, fb.success_reward, fb.success_weight, fb.error_weight)
+            events.append(FeedbackEvent(
+                implicit_event_id(row.query_id, model), row.query_id, model, IMPLICIT, reward, weight,
+                is_call=True, latency_ms=done.latency_ms, in_tokens=done.input_tokens,
+                out_tokens=done.output_tokens, cost_usd=cost))
+            return _Outcome(ResultRow(
+                row.query_id, model, "ok", done.text, done.input_tokens, done.output_tokens, cost,
+                done.latency_ms, attempts, k), events)
+        reward, weight = implicit_reward(True, fb.success_reward, fb.success_weight, fb.error_weight)
+        events.append(FeedbackEvent(
+            implicit_event_id(row.query_id, model), row.query_id, model, IMPLICIT, reward, weight,
+            is_call=True, error=True, latency_ms=spent_ms))
+        if isinstance(last_error, PermanentProviderError):
+            break
+    assert last_error is not None
+    return _Outcome(ResultRow(
+        row.query_id, last_error.model_name, "error", attempts=attempts,
+        fallbacks=max(0, len(events) - 1), error_class=last_error.error_class,
+        error_message=str(last_error)), events)
+
+
+async def handle_execute_batch(
+    query_ids: Sequence[str], history: SqlHistory, llm: LLMClient, catalog: Catalog,
+    ex: ExecutorSettings, fb: FeedbackSettings,
+) -> tuple[list[ResultRow], list[str]]:
+    """Answer the chunk's decided, unanswered prompts; return the new results and the ids of
+    the feedback events to apply."""
+    rows = await asyncio.to_thread(history.load_for_execution, query_ids)
+    if not rows:
+        return [], []
+    sem = asyncio.Semaphore(ex.concurrency)
+
+    async def bounded(row: ExecutionRow) -> _Outcome:
+        async with sem:
+            return await _execute_one(row, llm, catalog, ex, fb)
+
+    outcomes = await asyncio.gather(*(bounded(r) for r in rows))
+    results = [o.result for o in outcomes]
+    events = [e for o in outcomes for e in o.events]
+    fresh = set(await asyncio.to_thread(history.record_results, results, events))
+    return ([r for r in results if r.query_id in fresh],
+            [e.id for e in events if e.query_id in fresh])
+
+
+@app.task(name="conduit.executor.execute_batch", bind=True, max_retries=20)
+def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """Call the LLMs for a chunk of routed prompts.
+
+    Queue ``execute``. Payload: prompt ids only. Idempotent: prompts with a result are skipped
+    and a result is stored at most once per prompt (a duplicate call after a crash is
+    possible, a duplicate bill is not). Provider retries happen inside; the task itself
+    retries only while the history database is unavailable.
+    """
+    rt = runtime()
+    started = time.perf_counter()
+    try:
+        results, event_ids = rt.run(handle_execute_batch(
+            query_ids, rt.history, rt.llm, rt.catalog, rt.settings.executor, rt.settings.feedback))
+    except StoreUnavailable as exc:
+        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
+    for chunk in chunks(event_ids, rt.settings.feedback.chunk_size):
+        app.send_task("conduit.feedback.apply_events", args=[chunk], queue="feedback")
+    status = Counter(r.status for r in results)
+    log.info(
+        "execute_batch %s: %d prompts, %d new results (%s), models %s, tokens %d/%d, "
+        "cost $%.6f, %.0f ms", self.request.id, len(query_ids), len(results), dict(status),
+        dict(Counter(r.model for r in results if r.status == "ok")),
+        sum(r.input_tokens for r in results), sum(r.output_tokens for r in results),
+        sum(r.cost_usd for r in results), (time.perf_counter() - started) * 1000)
+    return len(results)

@@ -1,0 +1,55 @@
+"""Router role: embed a chunk of prompts, Thompson-sample a model for each, record decisions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from conduit_workers.adapters.history import SqlHistory
+from conduit_workers.celery_app import app
+from conduit_workers.domain.constraints import parse_constraints
+from conduit_workers.engine import RoutingEngine
+from conduit_workers.errors import StoreUnavailable
+from conduit_workers.workers.runtime import chunks, runtime
+
+log = logging.getLogger(__name__)
+
+
+def handle_route_batch(query_ids: Sequence[str], history: SqlHistory, engine: RoutingEngine) -> int:
+    """Decide a model for each prompt of the chunk that has no decision yet; return how many."""
+    rows = history.load_queries(query_ids)
+    if not rows:
+        return 0
+    constraints = [
+        parse_constraints(r.constraints).merged_over(parse_constraints(r.batch_constraints))
+        for r in rows
+    ]
+    decisions = engine.decide([r.id for r in rows], [r.prompt for r in rows], constraints)
+    history.insert_decisions(decisions)
+    return len(decisions)
+
+
+@app.task(name="conduit.router.route_batch", bind=True, max_retries=20)
+def route_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """Route a chunk of prompts.
+
+    Queue ``route``. Payload: prompt ids only (the text is read from the history database, so
+    it never shows in Flower). Idempotent: prompts already decided are skipped, and the
+    execute tasks it sends skip prompts already answered. Retries with backoff while Redis
+    or the database is unavailable.
+    """
+    rt = runtime()
+    started = time.perf_counter()
+    try:
+        decided = handle_route_batch(query_ids, rt.history, rt.engine)
+    except StoreUnavailable as exc:
+        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
+    for chunk in chunks(list(query_ids), rt.settings.executor.chunk_size):
+        app.send_task("conduit.executor.execute_batch", args=[chunk], queue="execute")
+    log.info("route_batch %s: %d prompts, %d decided in %.0f ms", self.request.id, len(query_ids),
+             decided, (time.perf_counter() - started) * 1000)
+    return decided
+
+
+__all__ = ["handle_route_batch", "route_batch"]

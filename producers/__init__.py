@@ -1,0 +1,1 @@
+"""Producers: the `conduit` CLI and the Python API; they enqueue tasks by name."""

@@ -1,0 +1,227 @@
+"""The Python API of Conduit's producers: submit prompts, wait for results, give feedback.
+
+Tasks are sent by name (``conduit.router.route_batch`` …); no worker code is imported::
+
+    client = ConduitClient()
+    sub = client.submit([{"prompt": "What is 2+2?"}], tag="smoke")
+    rows = client.wait(sub.batch_id)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+import celeryconfig
+from conduit_workers.adapters.history import SqlHistory
+from conduit_workers.domain.catalog import Catalog, load_catalog
+from conduit_workers.domain.constraints import Constraints
+from conduit_workers.domain.items import PromptItem, parse_item, parse_line
+from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id, validate_rating
+from conduit_workers.errors import InputError
+from conduit_workers.settings import Settings, environ, get_settings
+
+
+@dataclass
+class Submission:
+    batch_id: str
+    accepted: int  # distinct valid prompts in the batch
+    new: int  # of which first seen now
+    existing: int  # of which already submitted before (answered once only)
+    enqueued: int  # prompts sent to the router (new ones and earlier ones still unanswered)
+    errors: list[InputError] = field(default_factory=list)
+
+
+@dataclass
+class FeedbackOutcome:
+    applied: int
+    duplicates: int
+    errors: list[InputError] = field(default_factory=list)
+
+
+class ConduitClient:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._history: SqlHistory | None = None
+        self._app: Celery | None = None
+        self._catalog: Catalog | None = None
+
+    @property
+    def history(self) -> SqlHistory:
+        if self._history is None:
+            db = self.settings.database
+            self._history = SqlHistory(db.url, retry_for_s=db.retry_for_s, pool_size=db.pool_size)
+            self._history.create_schema()
+        return self._history
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            self._app = Celery("conduit-producer", set_as_current=False)
+            self._app.conf.update(celeryconfig.build(self.settings))
+        return self._app
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = load_catalog(self.settings.catalog.path, environ())
+        return self._catalog
+
+    def close(self) -> None:
+        if self._history is not None:
+            self._history.dispose()
+        if self._app is not None:
+            self._app.close()
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def parse(self, items: Iterable[dict[str, Any] | str]) -> tuple[list[PromptItem], list[InputError]]:
+        """Validate items (dicts, or bare prompt strings); errors are numbered from 1."""
+        limits = self.settings.limits
+        known = frozenset(self.catalog.names)
+        ok, errors = [], []
+        for n, obj in enumerate(items, start=1):
+            try:
+                if isinstance(obj, str):
+                    obj = {"prompt": obj}
+                ok.append(parse_item(obj, line=n, max_prompt_chars=limits.max_prompt_chars,
+                                     max_metadata_chars=limits.max_metadata_chars, known_models=known))
+            except InputError as exc:
+                errors.append(exc)
+        return ok, errors
+
+    def parse_file(self, path: Path) -> tuple[list[PromptItem], list[InputError]]:
+        """Validate a JSONL file line by line; a bad line is reported, the rest go on."""
+        limits = self.settings.limits
+        known = frozenset(self.catalog.names)
+        ok, errors = [], []
+        try:
+            fh = open(path, encoding="utf-8", errors="strict")  # noqa: SIM115
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+        with fh:
+            try:
+                for n, text in enumerate(fh, start=1):
+                    if not text.strip():
+                        continue
+                    try:
+                        ok.append(parse_line(text, line=n, max_prompt_chars=limits.max_prompt_chars,
+                                             max_metadata_chars=limits.max_metadata_chars,
+                                             known_models=known))
+                    except InputError as exc:
+                        errors.append(exc)
+            except UnicodeDecodeError:
+                errors.append(InputError("not UTF-8 text; the rest of the file was not read", n + 1))
+        return ok, errors
+
+    def submit_items(
+        self, items: Sequence[PromptItem], *, tag: str | None = None,
+        constraints: Constraints | None = None, rejected: int = 0, batch_id: str | None = None,
+    ) -> Submission:
+        """Record validated prompts as one batch and send them to the routers."""
+        batch_id = batch_id or uuid.uuid4().hex
+        outcome = self.history.submit(batch_id, items, tag=tag, rejected=rejected,
+                                      constraints=(constraints or Constraints()).to_json())
+        # Earlier submissions' prompts that are still unanswered go again: routing and
+        # execution skip whatever was done, so nothing is answered twice.
+        todo = outcome.new + self.history.unanswered(outcome.existing)
+        self._send("conduit.router.route_batch", "route", todo, self.settings.router.chunk_size)
+        return Submission(batch_id, len(outcome.new) + len(outcome.existing), len(outcome.new),
+                          len(outcome.existing), len(todo))
+
+    def submit(
+        self, items: Iterable[dict[str, Any] | str], *, tag: str | None = None,
+        constraints: Constraints | None = None,
+    ) -> Submission:
+        """Validate and submit a list of prompts (dicts like the JSONL lines, or strings)."""
+        ok, errors = self.parse(items)
+        sub = self.submit_items(ok, tag=tag, constraints=constraints, rejected=len(errors))
+        sub.errors = errors
+        return sub
+
+    def submit_file(self, path: Path, *, tag: str | None = None,
+                    constraints: Constraints | None = None) -> Submission:
+        ok, errors = self.parse_file(path)
+        sub = self.submit_items(ok, tag=tag, constraints=constraints, rejected=len(errors))
+        sub.errors = errors
+        return sub
+
+    def _send(self, task: str, queue: str, ids: Sequence[str], chunk: int) -> None:
+        if not ids:
+            return
+        with self.app.producer_or_acquire() as producer:
+            for i in range(0, len(ids), chunk):
+                self.app.send_task(task, args=[list(ids[i : i + chunk])], queue=queue,
+                                   producer=producer)
+
+    # -- waiting --------------------------------------------------------------------------
+
+    def progress(self, batch_id: str) -> tuple[int, int]:
+        return self.history.batch_progress(batch_id)
+
+    def wait(
+        self, batch_id: str, *, timeout_s: float | None = None, poll_s: float = 0.5,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Block until every prompt of the batch has a result; return the results."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            total, done = self.progress(batch_id)
+            if on_progress:
+                on_progress(done, total)
+            if done >= total:
+                return self.results(batch_id)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id}: {done} of {total} prompts answered after "
+                                   f"{timeout_s:.0f} s; are workers running on the queues?")
+            time.sleep(poll_s)
+
+    def results(self, batch_id: str) -> list[dict[str, Any]]:
+        return self.history.batch_results(batch_id)
+
+    # -- feedback -------------------------------------------------------------------------
+
+    def feedback(self, ratings: Iterable[tuple[str, float]]) -> FeedbackOutcome:
+        """Explicit ratings in [0, 1] for answered prompts, by query id or input ``id``."""
+        events, errors = [], []
+        for n, (ref, rating) in enumerate(ratings, start=1):
+            try:
+                value = validate_rating(rating)
+            except ValueError as exc:
+                errors.append(InputError(str(exc), n))
+                continue
+            qid = self.history.resolve_query_id(str(ref))
+            model = self.history.decision_model(qid) if qid else None
+            if qid is None or model is None:
+                errors.append(InputError(f"no answered prompt with id {str(ref)[:80]!r}", n))
+                continue
+            events.append(FeedbackEvent(explicit_event_id(qid), qid, model, EXPLICIT, value, 1.0))
+        fresh = self.history.add_feedback(events) if events else []
+        self._send("conduit.feedback.apply_events", "feedback", fresh, self.settings.feedback.chunk_size)
+        return FeedbackOutcome(len(fresh), len(events) - len(fresh), errors)
+
+    def feedback_file(self, path: Path) -> FeedbackOutcome:
+        """Ratings from a JSONL file of ``{"id": …, "rating": 0..1}`` lines."""
+        pairs, errors = [], []
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read {path}: {exc}") from None
+        for n, text in enumerate(lines, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+                pairs.append((str(obj["id"]), obj["rating"]))
+            except (ValueError, KeyError, TypeError):
+                errors.append(InputError('expected {"id": …, "rating": 0..1}', n))
+        out = self.feedback(pairs)
+        out.errors = errors + out.errors
+        return out

@@ -1,0 +1,208 @@
+"""The ``conduit`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from conduit_workers.domain.constraints import parse_constraints
+from conduit_workers.errors import ConduitError, InputError
+from producers.api import ConduitClient
+
+
+def _client() -> ConduitClient:
+    return ConduitClient()
+
+
+def _progress_bar(total: int, label: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="prompt", file=sys.stderr, dynamic_ncols=True)
+
+
+def _report_errors(errors: list[InputError], limit: int = 20) -> None:
+    for err in errors[:limit]:
+        click.echo(f"  rejected {err}", err=True)
+    if len(errors) > limit:
+        click.echo(f"  … and {len(errors) - limit} more rejected lines", err=True)
+
+
+@click.group()
+def cli() -> None:
+    """Conduit: route every prompt to the LLM with the best quality for its cost."""
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--tag", help="A label for the batch (reports group spend by it).")
+@click.option("--wait/--no-wait", default=False, help="Wait for every answer, with a progress bar.")
+@click.option("--out", type=click.Path(path_type=Path), help="With --wait: write results as JSONL.")
+@click.option("--constraints", "constraints_json", help='Batch constraints as JSON, e.g. '
+              '\'{"lambda_cost": 0.5, "max_cost_usd": 0.01}\'.')
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Give up waiting after this many seconds.")
+def submit(file: Path, tag: str | None, wait: bool, out: Path | None,
+           constraints_json: str | None, timeout_s: float | None) -> None:
+    """Submit FILE.jsonl: one {"id"?, "prompt", "user"?, "metadata"?, "constraints"?} per line."""
+    client = _client()
+    try:
+        constraints = None
+        if constraints_json:
+            try:
+                constraints = parse_constraints(json.loads(constraints_json), frozenset(client.catalog.names))
+            except ValueError as exc:
+                raise click.UsageError(f"--constraints: {exc}") from None
+        sub = client.submit_file(file, tag=tag, constraints=constraints)
+        _report_errors(sub.errors)
+        click.echo(f"batch {sub.batch_id}: {sub.accepted} prompts accepted ({sub.new} new, "
+                   f"{sub.existing} submitted before), {len(sub.errors)} rejected, "
+                   f"{sub.enqueued} sent to the routers", err=True)
+        if wait:
+            bar = _progress_bar(sub.accepted, "answered")
+
+            def show(done: int, total: int) -> None:
+                bar.update(done - bar.n)
+
+            rows = client.wait(sub.batch_id, timeout_s=timeout_s, on_progress=show)
+            bar.close()
+            _print_summary(rows)
+            if out:
+                with open(out, "w", encoding="utf-8") as fh:
+                    for row in rows:
+                        fh.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+                click.echo(f"results written to {out}", err=True)
+        else:
+            click.echo(sub.batch_id)
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from None
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+
+
+def _print_summary(rows: list[dict[str, Any]]) -> None:
+    by_model: dict[str, dict[str, float]] = {}
+    for r in rows:
+        key = r["model"] if r["status"] == "ok" else f"({r['status']})"
+        s = by_model.setdefault(key, {"prompts": 0, "in": 0, "out": 0, "cost": 0.0})
+        s["prompts"] += 1
+        s["in"] += r["input_tokens"] or 0
+        s["out"] += r["output_tokens"] or 0
+        s["cost"] += r["cost_usd"] or 0.0
+    click.echo(f"{'model':45} {'prompts':>8} {'in tok':>9} {'out tok':>8} {'cost USD':>10}")
+    for name, s in sorted(by_model.items()):
+        click.echo(f"{name:45} {s['prompts']:>8.0f} {s['in']:>9.0f} {s['out']:>8.0f} {s['cost']:>10.5f}")
+
+
+@cli.command()
+@click.argument("batch_id")
+@click.option("--out", type=click.Path(path_type=Path), help="Write results as JSONL here.")
+def results(batch_id: str, out: Path | None) -> None:
+    """Show (or write) the results of a batch."""
+    client = _client()
+    try:
+        rows = client.results(batch_id)
+        if not rows:
+            raise click.ClickException(f"no batch {batch_id!r}")
+        if out:
+            with open(out, "w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+        total, done = client.progress(batch_id)
+        click.echo(f"batch {batch_id}: {done} of {total} answered")
+        _print_summary([r for r in rows if r["status"] is not None])
+    finally:
+        client.close()
+
+
+@cli.command()
+@click.argument("query_id", required=False)
+@click.option("--rating", type=float, help="Quality of the answer, from 0 (useless) to 1 (perfect).")
+@click.option("--file", "file", type=click.Path(path_type=Path),
+              help='JSONL of {"id": …, "rating": 0..1} lines.')
+def feedback(query_id: str | None, rating: float | None, file: Path | None) -> None:
+    """Rate an answer: `conduit feedback QUERY_ID --rating 0.8`, or `--file ratings.jsonl`."""
+    if (query_id is None) == (file is None):
+        raise click.UsageError("give either QUERY_ID with --rating, or --file")
+    client = _client()
+    try:
+        if file is not None:
+            outcome = client.feedback_file(file)
+        else:
+            if rating is None:
+                raise click.UsageError("--rating is required with QUERY_ID")
+            outcome = client.feedback([(query_id or "", rating)])
+        _report_errors(outcome.errors)
+        click.echo(f"{outcome.applied} ratings sent, {outcome.duplicates} already given, "
+                   f"{len(outcome.errors)} rejected")
+        if outcome.errors and not outcome.applied:
+            sys.exit(1)
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+
+
+@cli.command()
+@click.option("--reset", is_flag=True, help="Forget all learned evidence (asks no question).")
+def posteriors(reset: bool) -> None:
+    """Show what the router has learned per model."""
+    from conduit_workers.adapters.posterior_store import RedisPosteriorStore
+    from conduit_workers.domain.bandit import Posterior, Prior
+
+    client = _client()
+    s = client.settings
+    store = RedisPosteriorStore.from_url(s.redis.url, s.redis.key_prefix, s.redis.applied_ttl_s)
+    names = list(client.catalog.names)
+    if reset:
+        store.reset(names)
+        click.echo(f"posteriors of {len(names)} models reset")
+        return
+    prior = Prior(s.router.prior_quality, s.router.prior_strength, s.router.context_prior_strength,
+                  s.router.noise_sd)
+    click.echo(f"{'model':45} {'version':>7} {'evidence':>8} {'mean q':>7} {'± sd':>6} "
+               f"{'calls':>6} {'errors':>6} {'ms/call':>8} {'USD spent':>10}")
+    for name, (version, stats) in store.read(names, s.context_dim).items():
+        post = Posterior.from_stats(stats, prior, client.catalog.get(name).quality_prior)
+        c = stats.counters
+        sd = s.router.noise_sd * post.cov_unscaled[0, 0] ** 0.5
+        ms = c["latency_ms"] / c["calls"] if c["calls"] else 0.0
+        mean_q = c["r"] / c["n"] if c["n"] else post.mean[0]
+        click.echo(f"{name:45} {version:>7} {c['n']:>8.1f} {mean_q:>7.3f} {sd:>6.3f} "
+                   f"{c['calls']:>6.0f} {c['errors']:>6.0f} {ms:>8.1f} {c['cost_usd']:>10.5f}")
+
+
+@cli.command()
+@click.option("--prompts", type=int, default=400, help="How many prompts of the shipped sample.")
+@click.option("--waves", type=int, default=4, help="Submit in this many waves, rating each before the next.")
+@click.option("--latency-ms", type=float, default=30.0, help="Latency of the replay server per call.")
+@click.option("--keep-db", is_flag=True, help="Keep the demo's history database of an earlier run.")
+def demo(prompts: int, waves: int, latency_ms: float, keep_db: bool) -> None:
+    """Run a batch of real MMLU prompts through the whole system and print what it saved."""
+    from producers.demo import run_demo
+
+    try:
+        run_demo(prompts=prompts, waves=waves, latency_ms=latency_ms, keep_db=keep_db)
+    except ConduitError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _add_replay_server() -> None:
+    from conduit_workers.replay.cli import replay_server
+
+    cli.add_command(replay_server)
+
+
+_add_replay_server()
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
