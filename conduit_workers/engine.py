@@ -19,7 +19,7 @@ from conduit_workers.adapters.posterior_store import PosteriorStore, Update
 from conduit_workers.domain.bandit import Array, Posterior, Prior, thompson_samples
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.constraints import Constraints
-from conduit_workers.domain.features import ContextBuilder, embedding_text
+from conduit_workers.domain.features import ContextBuilder, SharedPrefixes, embedding_text
 from conduit_workers.domain.policy import Expectations, choose, expected_costs
 from conduit_workers.domain.rewards import FeedbackEvent, aggregate
 from conduit_workers.settings import RouterSettings
@@ -56,6 +56,7 @@ class RoutingEngine:
             noise_sd=settings.noise_sd,
         )
         self._cache: dict[str, _Cached] = {}
+        self.prefixes = SharedPrefixes(settings.shared_prefix_min_chars)
 
     @property
     def dim(self) -> int:
@@ -63,7 +64,8 @@ class RoutingEngine:
 
     def featurize(self, texts: Sequence[str]) -> tuple[Array, list]:  # type: ignore[type-arg]
         """Contexts (n, dim) and analyses of the prompts: one forward pass of the encoder."""
-        tails = [embedding_text(t, self.settings.embed_tail_chars) for t in texts]
+        stripped = self.prefixes(texts) if self.settings.strip_shared_prefix else list(texts)
+        tails = [embedding_text(t, self.settings.embed_tail_chars) for t in stripped]
         return self.contexts.build(self.embedder.embed(tails), list(texts))
 
     def posteriors(self) -> tuple[list[Posterior], list[Expectations], dict[str, int]]:

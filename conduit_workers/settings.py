@@ -63,6 +63,8 @@ class RouterSettings(BaseModel):
     embedder: str = "minilm"  # "minilm" (sentence-transformers) or "hashing" (no torch)
     projection_dim: int = 16  # embedding reduced to this many dimensions
     embed_tail_chars: int = 1_000  # embed the end of the prompt: shared few-shot prefixes blind the encoder
+    strip_shared_prefix: bool = True  # drop openings shared by prompts (few-shot, templates) before embedding
+    shared_prefix_min_chars: int = 200  # shortest shared opening that counts as a template
     lambda_cost: float = 0.3  # weight of cost, relative to the dearest model's expected cost
     lambda_latency: float = 0.0  # weight of latency, relative to the slowest model's expected latency
     prior_quality: float = 0.5  # prior mean quality of a model never observed

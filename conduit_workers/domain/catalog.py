@@ -136,7 +136,7 @@ def parse_catalog(data: Mapping[str, Any], env: Mapping[str, str], source: str =
             raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_FIELDS)}")
         values: dict[str, Any] = {}
         for key, typ in _FIELDS.items():
-            if key not in raw:
+            if raw.get(key) is None:
                 continue
             v = _expand(raw[key], env, where)
             try:
@@ -155,6 +155,8 @@ def parse_catalog(data: Mapping[str, Any], env: Mapping[str, str], source: str =
                 raise ConfigError(f"{where}: {key} must be >= 0")
         values.setdefault("api_key_env", DEFAULT_KEY_ENV[values["provider"]])
         specs.append(ModelSpec(**values))
+    if not specs:
+        raise ConfigError(f"{source}: the catalog lists no model; add a [[models]] table")
     reference = data.get("reference")
     if reference is None:
         reference = max(specs, key=lambda m: m.output_price_per_mtok_usd + m.input_price_per_mtok_usd).name

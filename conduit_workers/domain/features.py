@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,70 @@ def analyse(text: str) -> Analysis:
     length = min(1.0, math.log1p(len(text)) / math.log1p(8_000))
     complexity = min(1.0, 0.6 * length + 0.2 * code + 0.2 * math_)
     return Analysis(domain=domain, complexity=round(complexity, 4), chars=len(text))
+
+
+class SharedPrefixes:
+    """Long openings shared by several prompts (few-shot examples, templates), to strip.
+
+    A chunk of prompts is sorted; the common prefix of each pair of neighbours, when it is at
+    least ``min_chars`` long, is cut back to a line (or word) boundary and remembered, so a prompt
+    that arrives alone in a later chunk loses the same opening. What remains after stripping
+    must keep at least ``min_rest_chars``: exact duplicates are embedded whole.
+    """
+
+    def __init__(self, min_chars: int = 200, min_rest_chars: int = 24, capacity: int = 64) -> None:
+        self.min_chars = min_chars
+        self.min_rest_chars = min_rest_chars
+        self.capacity = capacity
+        self._known: dict[str, int] = {}  # prefix -> last use (a counter), for LRU eviction
+        self._clock = 0
+
+    def _cut(self, prefix: str) -> str:
+        for sep in ("\n", " "):
+            k = prefix.rfind(sep)
+            if k >= self.min_chars // 2:
+                return prefix[: k + 1]
+        return prefix
+
+    def learn(self, texts: Sequence[str]) -> None:
+        ordered = sorted(set(texts))
+        for a, b in zip(ordered, ordered[1:], strict=False):
+            n = _common_prefix_len(a, b)
+            if n < self.min_chars:
+                continue
+            prefix = self._cut(a[:n])
+            if len(prefix) >= self.min_chars // 2 and prefix not in self._known:
+                self._known[prefix] = self._clock
+        if len(self._known) > self.capacity:
+            for p, _ in sorted(self._known.items(), key=lambda kv: kv[1])[: len(self._known) - self.capacity]:
+                del self._known[p]
+
+    def strip(self, text: str) -> str:
+        best = ""
+        for p in self._known:
+            if len(p) > len(best) and text.startswith(p) and len(text) - len(p) >= self.min_rest_chars:
+                best = p
+        if not best:
+            return text
+        self._clock += 1
+        self._known[best] = self._clock
+        return text[len(best):]
+
+    def __call__(self, texts: Sequence[str]) -> list[str]:
+        self.learn(texts)
+        return [self.strip(t) for t in texts]
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    lo, hi = 0, n  # binary search on slices: C-speed comparisons on long prompts
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def embedding_text(text: str, tail_chars: int) -> str:

@@ -53,6 +53,20 @@ def expected_costs(prompt_chars: Array, specs: list[ModelSpec], exp: list[Expect
     return np.asarray((tin * pin + tout * pout) / 1e6)
 
 
+def reference_cost(typical_in_tokens: float, specs: list[ModelSpec], exp: list[Expectations]) -> float:
+    """The dearest model's expected cost on a typical prompt: the unit that ``λ_cost`` weighs.
+
+    One scale for every prompt of the stream (not each prompt's own dearest cost), so that a
+    long prompt, where the cheap model saves more dollars, leans further to it: the utility
+    then maximises quality for the total spend.
+    """
+    costs = [
+        (typical_in_tokens * s.input_price_per_mtok_usd + e.out_tokens * s.output_price_per_mtok_usd) / 1e6
+        for s, e in zip(specs, exp, strict=True)
+    ]
+    return max(max(costs), 1e-12)
+
+
 @dataclass(frozen=True)
 class Choice:
     """The decision for one prompt: the model, and the feasible rest by falling utility."""
@@ -72,18 +86,26 @@ def choose(
     constraints: list[Constraints],
     default_lambda_cost: float,
     default_lambda_latency: float,
+    cost_scale: float | None = None,
 ) -> list[Choice]:
-    """One :class:`Choice` per prompt (rows of ``samples``, shape (n, m))."""
+    """One :class:`Choice` per prompt (rows of ``samples``, shape (n, m)).
+
+    Cost is weighed relative to ``cost_scale`` (see :func:`reference_cost`); without one, relative
+    to each prompt's dearest expected cost.
+    """
     names = [s.name for s in specs]
     providers = [s.provider for s in specs]
-    cost_scale = np.maximum(costs.max(axis=1, keepdims=True), 1e-12)
+    if cost_scale is None:
+        scale = np.maximum(costs.max(axis=1, keepdims=True), 1e-12)
+    else:
+        scale = np.full((costs.shape[0], 1), max(cost_scale, 1e-12))
     lat_scale = max(float(latencies.max()), 1e-9)
     out: list[Choice] = []
     for i in range(samples.shape[0]):
         c = constraints[i]
         lc = default_lambda_cost if c.lambda_cost is None else c.lambda_cost
         ll = default_lambda_latency if c.lambda_latency is None else c.lambda_latency
-        util = samples[i] - lc * costs[i] / cost_scale[i] - ll * latencies / lat_scale
+        util = samples[i] - lc * costs[i] / scale[i] - ll * latencies / lat_scale
         feasible = np.ones(len(names), dtype=bool)
         reasons = []
         if c.allowed_models is not None:

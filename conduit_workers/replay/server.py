@@ -68,6 +68,7 @@ _log = logging.getLogger(__name__)
 _OWNER = "conduit-replay"
 # Long chat histories exceed aiohttp's 1 MiB default body limit.
 _MAX_BODY_BYTES = 16 * 1024 * 1024
+_SHUTDOWN_GRACE_S = 1.0
 
 
 class _Stats:
@@ -491,8 +492,11 @@ async def serve(
     """
     app = build_app(config, index)
     # handler_cancellation: a hung call is cancelled when its client gives up, as at a provider.
+    # shutdown_timeout: calls still running (a hang lasts 30 s) get 1 s, so that SIGTERM is prompt.
     # No access log: one INFO line per call would cost more than the call.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_GRACE_S, access_log=None
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

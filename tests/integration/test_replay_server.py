@@ -586,6 +586,16 @@ def test_bad_data_line_names_file_and_line(tmp_path: Path) -> None:
         load_index([path])
 
 
+def _ignore_errors(func: Callable[..., Any]) -> Callable[..., None]:
+    def call(*args: Any) -> None:
+        try:
+            func(*args)
+        except OSError:
+            pass
+
+    return call
+
+
 def test_cli_serves_until_sigterm(data_file: Path, tmp_path: Path) -> None:
     profile = tmp_path / "profile.json"
     profile.write_text(json.dumps({"*": {"rate_500": 1.0}, "strong": {"rate_500": 0}}))
@@ -607,8 +617,16 @@ def test_cli_serves_until_sigterm(data_file: Path, tmp_path: Path) -> None:
         assert server.request("GET", "/healthz").body == "ok"
         assert server.chat("strong", PROMPT_2).status == 200
         assert server.chat("cheap", PROMPT_2).status == 500
+        # A call hanging for 30 s must not hold up a clean exit on SIGTERM.
+        server.request("PUT", "/_replay/profiles", {"*": {"rate_hang": 1.0, "hang_s": 30}})
+        hung = threading.Thread(target=_ignore_errors(server.chat), args=("strong", PROMPT_2))
+        hung.start()
+        time.sleep(0.3)
+        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+        assert time.monotonic() - started < 5
+        hung.join(5)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,165 @@
+"""Data files in the schema of ``../shared/data``: prompts, per-model quality and cost, a catalog.
+
+Also the on-disk embedding cache (``bench/out/cache/``), keyed by a hash of the text actually
+embedded, so one data file is embedded once however many runs and settings follow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from conduit_workers.adapters.embedder import Embedder, make_embedder
+from conduit_workers.domain.bandit import Array
+from conduit_workers.domain.catalog import Catalog, ModelSpec
+
+log = logging.getLogger(__name__)
+
+OUT = Path(__file__).parent / "out"
+CACHE = OUT / "cache"
+
+
+@dataclass
+class Dataset:
+    """A data file as arrays: ``quality[i, j]`` and ``cost[i, j]`` of model ``j`` on prompt ``i``."""
+
+    name: str
+    ids: list[str]
+    prompts: list[str]
+    sources: list[str]
+    models: list[str]
+    quality: Array  # (n, m)
+    cost: Array  # (n, m), USD as the dataset recorded it
+    in_tokens: Array  # (n, m)
+    out_tokens: Array  # (n, m)
+
+    @property
+    def n(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def strongest(self) -> int:
+        """The model of highest mean quality (ties: the dearer)."""
+        q = self.quality.mean(axis=0)
+        c = self.cost.mean(axis=0)
+        return int(max(range(len(self.models)), key=lambda j: (round(q[j], 9), c[j])))
+
+    @property
+    def cheapest(self) -> int:
+        return int(np.argmin(self.cost.mean(axis=0)))
+
+    def subset(self, idx: Array | list[int]) -> Dataset:
+        idx = np.asarray(idx, dtype=int)
+        return Dataset(self.name, [self.ids[i] for i in idx], [self.prompts[i] for i in idx],
+                       [self.sources[i] for i in idx], list(self.models), self.quality[idx],
+                       self.cost[idx], self.in_tokens[idx], self.out_tokens[idx])
+
+
+def load(path: Path) -> Dataset:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} holds no prompt")
+    models = list(rows[0]["models"])
+    n, m = len(rows), len(models)
+    q, c, ti, to = (np.zeros((n, m)) for _ in range(4))
+    for i, r in enumerate(rows):
+        for j, name in enumerate(models):
+            rec = r["models"].get(name)
+            if rec is None:
+                raise ValueError(f"{path}: prompt {r.get('id')} lacks model {name}")
+            q[i, j] = float(rec["quality"])
+            c[i, j] = float(rec["cost_usd"])
+            ti[i, j] = float(rec.get("input_tokens", 0))
+            to[i, j] = float(rec.get("output_tokens", 0))
+    return Dataset(Path(path).stem, [str(r.get("id", i)) for i, r in enumerate(rows)],
+                   [r["prompt"] for r in rows], [r.get("source", "") for r in rows], models,
+                   q, c, ti, to)
+
+
+def _prices(cost: Array, tin: Array, tout: Array) -> tuple[float, float]:
+    """USD per million input and output tokens that best explain the recorded costs (≥ 0)."""
+    a = np.stack([tin, tout], axis=1) / 1e6
+    coef, *_ = np.linalg.lstsq(a, cost, rcond=None)
+    if coef.min() < 0:  # fit the one price that is positive alone
+        k = int(np.argmax(coef))
+        only = float(a[:, k] @ cost / max(a[:, k] @ a[:, k], 1e-30))
+        coef = np.zeros(2)
+        coef[k] = max(only, 0.0)
+    return float(coef[0]), float(coef[1])
+
+
+def catalog_for(ds: Dataset, models: list[str] | None = None) -> Catalog:
+    """A catalog of the file's models, priced from its recorded costs and token counts."""
+    specs = []
+    for j, name in enumerate(ds.models):
+        if models is not None and name not in models:
+            continue
+        pin, pout = _prices(ds.cost[:, j], ds.in_tokens[:, j], ds.out_tokens[:, j])
+        specs.append(ModelSpec(name=name, provider="openai-compatible",
+                               input_price_per_mtok_usd=pin, output_price_per_mtok_usd=pout,
+                               base_url="http://127.0.0.1:8700/v1"))
+    ref = ds.models[ds.strongest]
+    if models is not None and ref not in models:
+        ref = specs[0].name
+    return Catalog(models=tuple(specs), reference=ref)
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class CachedEmbedder:
+    """An :class:`Embedder` that reads vectors from a file and embeds only what it lacks.
+
+    The inner encoder is built on first need, so a run on a warm cache never loads torch.
+    """
+
+    def __init__(self, name: str, cache_file: Path) -> None:
+        self.name = name
+        self.cache_file = cache_file
+        self._inner: Embedder | None = None
+        self._vectors: dict[str, Array] = {}
+        self._dirty = False
+        self.dim = 384 if name == "minilm" else 256
+        if cache_file.exists():
+            data = np.load(cache_file)
+            keys, vecs = data["keys"], data["vectors"]
+            self._vectors = {str(k): vecs[i] for i, k in enumerate(keys)}
+            if vecs.size:
+                self.dim = int(vecs.shape[1])
+
+    def embed(self, texts: list[str]) -> Array:
+        keys = [text_key(t) for t in texts]
+        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self._vectors}.items())
+        if missing:
+            if self._inner is None:
+                self._inner = make_embedder(self.name)
+                self.dim = self._inner.dim
+            vecs = self._inner.embed([t for _, t in missing])
+            for (k, _), v in zip(missing, vecs, strict=True):
+                self._vectors[k] = np.asarray(v, dtype=np.float32)
+            self._dirty = True
+        if not texts:
+            return np.zeros((0, self.dim))
+        return np.stack([self._vectors[k] for k in keys]).astype(np.float64)
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.array(list(self._vectors))
+        vecs = np.stack(list(self._vectors.values())).astype(np.float32)
+        tmp = self.cache_file.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=keys, vectors=vecs)
+        tmp.replace(self.cache_file)
+        self._dirty = False
+        log.info("saved %d embeddings to %s", len(keys), self.cache_file)
+
+
+def cached_embedder(ds: Dataset, name: str) -> CachedEmbedder:
+    return CachedEmbedder(name, CACHE / f"{ds.name}-{name}.npz")

@@ -1,0 +1,86 @@
+"""Fixtures for real services: a dedicated Redis db and a PostgreSQL schema per test.
+
+Redis: ``CONDUIT_TEST_REDIS_URL`` (default db 15), flushed before and after each test; the suite
+refuses to start on a db holding keys it did not write. PostgreSQL: ``CONDUIT_TEST_DATABASE_URL``
+(default the local ``test`` database), one fresh schema per test. A missing service skips the
+tests that need it, except under CI (``CI`` set), where it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SAMPLE = ROOT / "conduit_workers" / "data" / "mmlu_sample.jsonl"
+TEST_PREFIX = "conduit-test"
+REDIS_URL = os.environ.get("CONDUIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PG_URL = os.environ.get("CONDUIT_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+def _unavailable(what: str, exc: BaseException) -> None:
+    msg = f"{what} is not reachable ({type(exc).__name__}: {exc})"
+    if os.environ.get("CI"):
+        pytest.fail(msg + "; CI must provide it (.ci/run starts it)")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        _unavailable(f"Redis at {REDIS_URL}", exc)
+    foreign = [k for k in client.scan_iter(count=1000) if not k.startswith(TEST_PREFIX.encode())
+               and not k.startswith((b"_kombu", b"route", b"execute", b"feedback", b"unacked"))]
+    if foreign:
+        pytest.exit(f"refusing to run: Redis {REDIS_URL} holds keys the tests did not write "
+                    f"(e.g. {foreign[0]!r}); point CONDUIT_TEST_REDIS_URL at an empty db", 2)
+    return client
+
+
+@pytest.fixture
+def redis_url(redis_client: redis.Redis) -> Iterator[str]:
+    redis_client.flushdb()
+    yield REDIS_URL
+    redis_client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def pg_engine() -> Iterator[sa.Engine]:
+    engine = sa.create_engine(PG_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except sa.exc.OperationalError as exc:
+        _unavailable(f"PostgreSQL at {PG_URL}", exc)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_engine: sa.Engine) -> Iterator[str]:
+    """A URL whose connections live in a fresh schema, dropped after the test."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text(f'create schema "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text(f'drop schema "{schema}" cascade'))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} is not here")
+    return SHARED_DATA

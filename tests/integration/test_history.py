@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from conduit_workers.adapters.history import DecisionRow, ResultRow, SqlHistory
+from conduit_workers.domain.items import parse_item
+from conduit_workers.domain.rewards import FeedbackEvent
+
+pytestmark = pytest.mark.integration
+
+
+def _items(*prompts):
+    return [parse_item({"prompt": p}, line=i + 1, max_prompt_chars=1000) for i, p in enumerate(prompts)]
+
+
+@pytest.fixture
+def history(pg_url):
+    h = SqlHistory(pg_url, retry_for_s=5)
+    h.create_schema()
+    yield h
+    h.dispose()
+
+
+def _decide(history, qids, model="m"):
+    history.insert_decisions([
+        DecisionRow(q, model, [model], [1.0, 0.5], {model: 0.5}, "other", 0.1, 0.001, {model: 0})
+        for q in qids])
+
+
+def test_resubmission_links_known_prompts_instead_of_adding_them(history):
+    first = history.submit("b1", _items("a", "b", "a"), tag="t", rejected=1, constraints={})
+    assert len(first.new) == 2 and first.existing == []
+    second = history.submit("b2", _items("b", "c"), tag=None, rejected=0, constraints={})
+    assert len(second.new) == 1 and second.existing == [first.new[1]]
+    assert history.batch_progress("b2") == (2, 0)
+    assert [r["id"] for r in history.batch_results("b2")] == [first.new[1], second.new[0]]
+
+
+def test_decisions_and_results_are_written_once(history):
+    sub = history.submit("b", _items("a", "b"), tag=None, rejected=0, constraints={"lambda_cost": 0.2})
+    qa, qb = sub.new
+    rows = history.load_queries([qa, qb])
+    assert [r.prompt for r in rows] == ["a", "b"] and rows[0].batch_constraints == {"lambda_cost": 0.2}
+    _decide(history, [qa])
+    _decide(history, [qa], model="other")  # a redelivered route task: ignored
+    assert [r.id for r in history.load_queries([qa, qb])] == [qb]
+    execution = history.load_for_execution([qa, qb])
+    assert [(e.query_id, e.model) for e in execution] == [(qa, "m")]
+    ev = FeedbackEvent(f"implicit:{qa}:m", qa, "m", "implicit", 1.0, 0.0, is_call=True, cost_usd=0.2)
+    res = ResultRow(qa, "m", "ok", "answer", 3, 1, 0.2, 10.0, 1, 0)
+    assert history.record_results([res], [ev]) == [qa]
+    assert history.record_results([res], [ev]) == []
+    assert history.load_for_execution([qa]) == []
+    assert history.batch_progress("b") == (2, 1)
+    assert history.unanswered([qa, qb]) == [qb]
+
+
+def test_feedback_is_claimed_by_one_update_only(history):
+    sub = history.submit("b", _items("a", "b"), tag=None, rejected=0, constraints={})
+    qa, qb = sub.new
+    _decide(history, [qa, qb])
+    events = [FeedbackEvent(f"explicit:{q}", q, "m", "explicit", 1.0, 1.0) for q in (qa, qb)]
+    assert history.add_feedback(events) == [e.id for e in events]
+    assert history.add_feedback(events) == []
+    mine, contexts = history.claim_feedback([events[0].id], "u1")
+    assert [e.id for e in mine] == [events[0].id]
+    np.testing.assert_array_equal(contexts[qa], [1.0, 0.5])
+    # a second task holding both ids claims only the one still free
+    theirs, _ = history.claim_feedback([e.id for e in events], "u2")
+    assert [e.id for e in theirs] == [events[1].id]
+    # the first task, redelivered, sees its own claim again until it is marked applied
+    again, _ = history.claim_feedback([events[0].id], "u1")
+    assert [e.id for e in again] == [events[0].id]
+    history.mark_applied("u1")
+    assert history.claim_feedback([events[0].id], "u1")[0] == []
+    assert history.unapplied_feedback_ids() == [events[1].id]
+
+
+def test_external_ids_resolve_to_query_ids(history):
+    items = [parse_item({"id": "q-1", "prompt": "x"}, max_prompt_chars=10)]
+    sub = history.submit("b", items, tag=None, rejected=0, constraints={})
+    assert history.resolve_query_id("q-1") == sub.new[0]
+    assert history.resolve_query_id(sub.new[0]) == sub.new[0]
+    assert history.resolve_query_id("nope") is None
