@@ -1,0 +1,13 @@
+# One image for every Conduit role; the command picks the role.
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+WORKDIR /app
+COPY pyproject.toml README.md celeryconfig.py ./
+COPY conduit_workers ./conduit_workers
+COPY producers ./producers
+# The CPU build of torch (pinned in pyproject.toml); no CUDA wheels in the image.
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+ && pip install --no-cache-dir .
+RUN useradd --create-home conduit
+USER conduit
+CMD ["celery", "-A", "conduit_workers", "worker", "-Q", "route,execute,feedback"]
