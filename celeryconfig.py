@@ -12,18 +12,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from conduit_workers.settings import Settings
 
-QUEUES = ("route", "execute", "feedback")
+QUEUES = ("route", "execute", "feedback", "reports")
 
 TASK_QUEUES = {
     "conduit.router.route_batch": "route",
     "conduit.executor.execute_batch": "execute",
     "conduit.feedback.apply_events": "feedback",
     "conduit.feedback.sweep": "feedback",
+    "conduit.reports.daily_cost": "reports",
 }
+
+# What `celery -A conduit_workers beat` sends (run exactly one beat; see docs/deploy.md).
+DAILY_COST_ENTRY = "conduit-daily-cost-report"
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -53,8 +58,23 @@ def build(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
     }
+    if settings.reports.schedule:
+        conf["beat_schedule"] = {
+            DAILY_COST_ENTRY: {
+                "task": "conduit.reports.daily_cost",
+                "schedule": crontab(minute=settings.reports.minute_utc,
+                                    hour=settings.reports.hour_utc),
+                "options": {"queue": "reports", "routing_key": "reports"},
+            },
+        }
     if broker_url.startswith(("redis://", "rediss://", "unix://")):
         conf["broker_transport_options"] = {
             "visibility_timeout": settings.broker.visibility_timeout_s,
+            # Scan for abandoned tasks every restore_interval_s (kombu's throttle of 10 would
+            # make it 10x that): recovery from a dead worker ≈ visibility timeout + interval.
+            "unacked_restore_interval": settings.broker.restore_interval_s,
+            "unacked_restore_throttle": 1,
         }
+    if settings.broker.task_time_limit_s is not None:
+        conf["task_time_limit"] = settings.broker.task_time_limit_s
     return conf

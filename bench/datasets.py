@@ -61,7 +61,8 @@ class Dataset:
 
 
 def load(path: Path) -> Dataset:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    with open(path, encoding="utf-8") as fh:  # not splitlines(): prompts hold U+2028
+        rows = [json.loads(line) for line in fh if line.strip()]
     if not rows:
         raise ValueError(f"{path} holds no prompt")
     models = list(rows[0]["models"])
@@ -83,6 +84,11 @@ def load(path: Path) -> Dataset:
 
 def _prices(cost: Array, tin: Array, tout: Array) -> tuple[float, float]:
     """USD per million input and output tokens that best explain the recorded costs (≥ 0)."""
+    if tin.std() < 1e-9 or tout.std() < 1e-9 or np.corrcoef(tin, tout)[0, 1] > 0.99:
+        # Token counts that do not vary apart (e.g. one output token per call, per-request
+        # pricing) cannot separate two prices: one blended price per token.
+        blended = float(cost.sum() / max((tin + tout).sum(), 1e-9) * 1e6)
+        return blended, blended
     a = np.stack([tin, tout], axis=1) / 1e6
     coef, *_ = np.linalg.lstsq(a, cost, rcond=None)
     if coef.min() < 0:  # fit the one price that is positive alone

@@ -208,7 +208,7 @@ def run_linucb(ds: Dataset, stream: Stream, scen: Scenario, contexts: Array, lam
         chars = np.array([len(ds.prompts[i]) for i in rows], dtype=float)
         costs = expected_costs(chars, specs, exps)
         typical = in_tok_total / calls.sum() if calls.sum() else float(np.ceil(chars / 4).mean() + 8)
-        ref = reference_cost(typical, specs, exps)
+        ref = reference_cost(typical, specs, exps, catalog.reference)
         util = agent.scores(contexts[pos]) - lam * costs / ref
         picks = np.argmax(util, axis=1)
         for p, i, j in zip(pos, rows, picks, strict=True):

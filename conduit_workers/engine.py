@@ -16,12 +16,26 @@ import numpy as np
 from conduit_workers.adapters.embedder import Embedder
 from conduit_workers.adapters.history import DecisionRow
 from conduit_workers.adapters.posterior_store import PosteriorStore, Update
-from conduit_workers.domain.bandit import Array, Posterior, Prior, thompson_samples
+from conduit_workers.domain.bandit import (
+    Array,
+    Posterior,
+    Prior,
+    peer_prior_mean,
+    pooled_noise_sd,
+    thompson_samples,
+)
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.features import ContextBuilder, SharedPrefixes, embedding_text
-from conduit_workers.domain.policy import Expectations, choose, expected_costs
+from conduit_workers.domain.policy import (
+    Expectations,
+    choose,
+    expected_costs,
+    expected_input_tokens,
+    reference_cost,
+)
 from conduit_workers.domain.rewards import FeedbackEvent, aggregate
+from conduit_workers.errors import StoreUnavailable
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -29,9 +43,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Cached:
-    version: int
-    posterior: Posterior
-    expectations: Expectations
+    key: tuple[int, ...]  # the models' versions
+    dim: int
+    posteriors: list[Posterior]
+    expectations: list[Expectations]
+    typical_in_tokens: float | None  # mean input tokens of the calls seen, None before any
 
 
 class RoutingEngine:
@@ -55,7 +71,8 @@ class RoutingEngine:
             context_prior_strength=settings.context_prior_strength,
             noise_sd=settings.noise_sd,
         )
-        self._cache: dict[str, _Cached] = {}
+        self._cache: _Cached | None = None
+        self.degraded = False  # routing from cached posteriors while the store is unreachable
         self.prefixes = SharedPrefixes(settings.shared_prefix_min_chars)
 
     @property
@@ -69,24 +86,44 @@ class RoutingEngine:
         return self.contexts.build(self.embedder.embed(tails), list(texts))
 
     def posteriors(self) -> tuple[list[Posterior], list[Expectations], dict[str, int]]:
-        """Posterior and expectations per catalog model, recomputed only when a version moved."""
+        """Posterior and expectations per catalog model, recomputed only when a version moved.
+
+        Every model's prior is centred on the peers' pooled estimate (see
+        :func:`peer_prior_mean`), so all posteriors are recomputed together when any moved.
+        """
         names = list(self.catalog.names)
-        read = self.store.read(names, self.dim)
-        posts, exps, versions = [], [], {}
-        for spec in self.catalog.models:
-            version, stats = read[spec.name]
-            cached = self._cache.get(spec.name)
-            if cached is None or cached.version != version or cached.posterior.stats.dim != self.dim:
-                cached = _Cached(
-                    version,
-                    Posterior.from_stats(stats, self.prior, spec.quality_prior),
-                    Expectations.from_stats(stats, spec, self.settings.default_output_tokens,
-                                            self.settings.default_latency_ms),
-                )
-                self._cache[spec.name] = cached
-            posts.append(cached.posterior)
-            exps.append(cached.expectations)
-            versions[spec.name] = version
+        try:
+            read = self.store.read(names, self.dim)
+        except StoreUnavailable:
+            if self._cache is None or self._cache.dim != self.dim:
+                raise
+            # Degraded: route from the last posteriors seen; feedback waits in the history
+            # database and its queue, and is applied when Redis answers again.
+            self.degraded = True
+            last = dict(zip(names, self._cache.key, strict=True))
+            log.warning("posterior store unavailable: routing from the last known posteriors "
+                        "(versions %s) until it returns", last)
+            return self._cache.posteriors, self._cache.expectations, last
+        if self.degraded:
+            log.warning("posterior store available again: routing from fresh posteriors")
+            self.degraded = False
+        versions = {m: read[m][0] for m in names}
+        key = tuple(versions[m] for m in names)
+        if self._cache is not None and self._cache.key == key and self._cache.dim == self.dim:
+            return self._cache.posteriors, self._cache.expectations, versions
+        stats = [read[m][1] for m in names]
+        rs = self.settings
+        prior_mean = peer_prior_mean(stats, self.prior, self.dim) if rs.peer_prior else None
+        noise = pooled_noise_sd(stats, self.prior) if rs.estimate_noise else None
+        posts, exps = [], []
+        for spec, st in zip(self.catalog.models, stats, strict=True):
+            posts.append(Posterior.from_stats(st, self.prior, spec.quality_prior,
+                                              prior_mean=prior_mean, noise_sd=noise))
+            exps.append(Expectations.from_stats(st, spec, rs.default_output_tokens,
+                                                rs.default_latency_ms))
+        calls = sum(st.counters["calls"] for st in stats)
+        typical_in = sum(st.counters["in_tokens"] for st in stats) / calls if calls else None
+        self._cache = _Cached(key, self.dim, posts, exps, typical_in)
         return posts, exps, versions
 
     def decide(
@@ -106,8 +143,12 @@ class RoutingEngine:
         specs = list(self.catalog.models)
         costs = expected_costs(chars, specs, exps)
         latencies = np.array([e.latency_ms for e in exps])
+        typical = self._cache.typical_in_tokens if self._cache is not None else None
+        if typical is None:
+            typical = float(expected_input_tokens(chars).mean())
         choices = choose(samples, means, costs, latencies, specs, list(constraints),
-                         self.settings.lambda_cost, self.settings.lambda_latency)
+                         self.settings.lambda_cost, self.settings.lambda_latency,
+                         cost_scale=reference_cost(typical, specs, exps, self.catalog.reference))
         rows = []
         for i, (qid, ch, an) in enumerate(zip(query_ids, choices, analyses, strict=True)):
             j = self.catalog.index(ch.model) if ch.model else None

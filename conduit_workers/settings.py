@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conduit_workers.domain.features import N_CHEAP
@@ -35,7 +35,18 @@ class BrokerSettings(BaseModel):
 
     url: str | None = None
     # A task unacknowledged for this long is handed to another worker (Redis transport only).
+    # It bounds the recovery time after a whole worker is killed, and must exceed the longest
+    # task (see ``task_time_limit_s``), or a slow task runs twice (harmless, but it costs calls).
     visibility_timeout_s: int = 3600
+    # How often a worker looks for unacknowledged tasks older than the visibility timeout. Kombu's
+    # own default scans every 10 s x 10 = 100 s; recovery takes about timeout + this interval.
+    restore_interval_s: int = 10
+    # Hard time limit of one task (the pool child is killed and the task redelivered); None = none.
+    # Keep it below ``visibility_timeout_s`` so that a stuck task is retried before it is duplicated.
+    task_time_limit_s: int | None = None
+    # A task delivered more often than this (e.g. it kills its worker each time) is moved to the
+    # dead-letter table instead of running again; so is a task that fails for good.
+    max_deliveries: int = 5
 
 
 class DatabaseSettings(BaseModel):
@@ -45,6 +56,10 @@ class DatabaseSettings(BaseModel):
     pool_size: int = 5
     # Transient connection errors are retried for this long before a task gives up.
     retry_for_s: float = 60.0
+    # Bring the schema to the newest migration when a process first opens the database (under a
+    # lock, so concurrent workers migrate once). Turn off in production and run
+    # `conduit db upgrade` as a deploy step; a process then refuses an out-of-date schema.
+    auto_migrate: bool = True
 
 
 class CatalogSettings(BaseModel):
@@ -60,7 +75,13 @@ class RouterSettings(BaseModel):
     """Contextual Thompson Sampling and the utility it maximises."""
 
     chunk_size: int = 64  # prompts per route task
-    embedder: str = "minilm"  # "minilm" (sentence-transformers) or "hashing" (no torch)
+    embedder: str = "minilm"  # "minilm" (sentence-transformers), "static" (distilled, no torch) or "hashing"
+    # The "static" embedder's folder; distilled from the shipped MiniLM weights on first use.
+    static_model_dir: Path = Path.home() / ".cache" / "conduit" / "minilm-static"
+    # Redis cache of query features (context + analysis) by prompt hash; 0 turns it off.
+    feature_cache_ttl_s: int = 24 * 3600
+    # After a cache error, the router skips the cache for this long (circuit breaker).
+    feature_cache_breaker_s: float = 30.0
     projection_dim: int = 16  # embedding reduced to this many dimensions
     embed_tail_chars: int = 1_000  # embed the end of the prompt: shared few-shot prefixes blind the encoder
     strip_shared_prefix: bool = True  # drop openings shared by prompts (few-shot, templates) before embedding
@@ -72,6 +93,8 @@ class RouterSettings(BaseModel):
     context_prior_strength: float = 4.0  # prior precision of the contextual weights
     noise_sd: float = 0.5  # observation noise of a [0, 1] quality
     exploration: float = 1.0  # scale of the posterior samples
+    peer_prior: bool = True  # centre each model's prior on all models' pooled estimate
+    estimate_noise: bool = True  # estimate the noise of a quality from the rewards seen (≤ noise_sd)
     decay: float = 1.0  # per-observation forgetting factor of old evidence (1.0 = none)
     default_output_tokens: int = 256  # expected output of a model never observed
     default_latency_ms: float = 1_000.0  # expected latency of a model never observed
@@ -86,6 +109,14 @@ class ExecutorSettings(BaseModel):
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
     max_output_tokens: int | None = None
+    # Circuit breaker per model and worker process: over the last ``health_window`` calls, a
+    # failure share of ``cooldown_failure_rate`` or more (with ≥ ``cooldown_min_calls`` calls)
+    # cools the model down for ``cooldown_s``: prompts fall back to the next-best model, then one
+    # probe call tests the model again. A 429's Retry-After pauses every call to that model.
+    health_window: int = 20
+    cooldown_min_calls: int = 8
+    cooldown_failure_rate: float = 0.5
+    cooldown_s: float = 30.0
 
 
 class FeedbackSettings(BaseModel):
@@ -94,6 +125,34 @@ class FeedbackSettings(BaseModel):
     # A successful call says nothing about its quality: by default it is no evidence.
     success_weight: float = 0.0
     success_reward: float = 1.0
+
+
+class ReportSettings(BaseModel):
+    """The nightly cost report (``conduit.reports.daily_cost``, queue ``reports``)."""
+
+    out_dir: Path = Path("var/reports")  # one folder per day: report.md, report.html, CSVs, PNGs
+    schedule: bool = True  # beat sends the task every day at hour_utc:minute_utc
+    hour_utc: int = 0
+    minute_utc: int = 15  # builds the report of the UTC day that just ended
+    # A scheduled run that claimed a day and died is taken over after this long.
+    stale_claim_s: int = 3600
+
+
+class FlowerSettings(BaseModel):
+    """Flower (``celery -A conduit_workers flower``) defaults; ``FLOWER_*`` and flags override."""
+
+    port: int = 5555
+    address: str = ""  # listen address; empty means every interface
+    # Basic auth as ``user:password`` pairs separated by commas; empty leaves /api/* closed (401).
+    basic_auth: SecretStr | None = None
+
+
+class MetricsSettings(BaseModel):
+    """``conduit metrics``: the Prometheus exporter of what Flower's /metrics lacks."""
+
+    port: int = 9808
+    address: str = "0.0.0.0"
+    cache_s: float = 10.0  # figures read from the history database at most this often
 
 
 class Settings(BaseSettings):
@@ -111,6 +170,9 @@ class Settings(BaseSettings):
     router: RouterSettings = Field(default_factory=RouterSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    reports: ReportSettings = Field(default_factory=ReportSettings)
+    flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: str = "INFO"
 
     @property

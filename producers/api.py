@@ -58,7 +58,7 @@ class ConduitClient:
         if self._history is None:
             db = self.settings.database
             self._history = SqlHistory(db.url, retry_for_s=db.retry_for_s, pool_size=db.pool_size)
-            self._history.create_schema()
+            self._history.create_schema(auto_migrate=db.auto_migrate)
         return self._history
 
     @property
@@ -190,18 +190,19 @@ class ConduitClient:
 
     def feedback(self, ratings: Iterable[tuple[str, float]]) -> FeedbackOutcome:
         """Explicit ratings in [0, 1] for answered prompts, by query id or input ``id``."""
+        pairs = [(str(ref), rating) for ref, rating in ratings]
+        answered = self.history.answered_by([ref for ref, _ in pairs])
         events, errors = [], []
-        for n, (ref, rating) in enumerate(ratings, start=1):
+        for n, (ref, rating) in enumerate(pairs, start=1):
             try:
                 value = validate_rating(rating)
             except ValueError as exc:
                 errors.append(InputError(str(exc), n))
                 continue
-            qid = self.history.resolve_query_id(str(ref))
-            model = self.history.decision_model(qid) if qid else None
-            if qid is None or model is None:
-                errors.append(InputError(f"no answered prompt with id {str(ref)[:80]!r}", n))
+            if ref not in answered:
+                errors.append(InputError(f"no answered prompt with id {ref[:80]!r}", n))
                 continue
+            qid, model = answered[ref]
             events.append(FeedbackEvent(explicit_event_id(qid), qid, model, EXPLICIT, value, 1.0))
         fresh = self.history.add_feedback(events) if events else []
         self._send("conduit.feedback.apply_events", "feedback", fresh, self.settings.feedback.chunk_size)

@@ -149,7 +149,10 @@ def feedback(query_id: str | None, rating: float | None, file: Path | None) -> N
 
 @cli.command()
 @click.option("--reset", is_flag=True, help="Forget all learned evidence (asks no question).")
-def posteriors(reset: bool) -> None:
+@click.option("--rebuild", is_flag=True,
+              help="Rebuild the posteriors from the history database (after Redis lost them); "
+                   "stop the feedback workers first.")
+def posteriors(reset: bool, rebuild: bool) -> None:
     """Show what the router has learned per model."""
     from conduit_workers.adapters.posterior_store import RedisPosteriorStore
     from conduit_workers.domain.bandit import Posterior, Prior
@@ -162,6 +165,12 @@ def posteriors(reset: bool) -> None:
         store.reset(names)
         click.echo(f"posteriors of {len(names)} models reset")
         return
+    if rebuild:
+        from conduit_workers.recovery import rebuild_posteriors
+
+        out = rebuild_posteriors(client.history, store, names, s.context_dim, s.router.decay)
+        click.echo(f"posteriors of {len(names)} models rebuilt from {out.events} applied "
+                   f"feedback events ({out.updates} updates)", err=True)
     prior = Prior(s.router.prior_quality, s.router.prior_strength, s.router.context_prior_strength,
                   s.router.noise_sd)
     click.echo(f"{'model':45} {'version':>7} {'evidence':>8} {'mean q':>7} {'± sd':>6} "
@@ -193,8 +202,14 @@ def demo(prompts: int, waves: int, latency_ms: float, keep_db: bool) -> None:
 
 def _add_replay_server() -> None:
     from conduit_workers.replay.cli import replay_server
+    from producers.dlq_cli import dlq
 
     cli.add_command(replay_server)
+    from producers.ops_cli import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+    cli.add_command(dlq)
 
 
 _add_replay_server()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -74,9 +75,15 @@ class HashingEmbedder:
         return out / np.maximum(norms, 1e-12)
 
 
-def make_embedder(name: str) -> Embedder:
+def make_embedder(name: str, static_model_dir: Path | None = None) -> Embedder:
     if name == "minilm":
         return MiniLMEmbedder()
+    if name == "static":
+        from conduit_workers.adapters.static_embedder import StaticEmbedder
+        from conduit_workers.settings import RouterSettings
+
+        return StaticEmbedder(static_model_dir or RouterSettings().static_model_dir)
     if name == "hashing":
         return HashingEmbedder()
-    raise ConfigError(f"unknown embedder {name!r} (CONDUIT_ROUTER__EMBEDDER): use 'minilm' or 'hashing'")
+    raise ConfigError(f"unknown embedder {name!r} (CONDUIT_ROUTER__EMBEDDER): "
+                      "use 'minilm', 'static' or 'hashing'")

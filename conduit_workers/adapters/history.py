@@ -111,8 +111,12 @@ class SqlHistory:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def create_schema(self) -> None:
-        self._retry(lambda: t.metadata.create_all(self.engine))
+    def create_schema(self, auto_migrate: bool = True) -> None:
+        """Bring the schema to the newest migration (or, without ``auto_migrate``, check it is
+        there and raise :class:`ConfigError` saying to run ``conduit db upgrade``)."""
+        from conduit_workers.adapters.migrations import ensure_current
+
+        self._retry(lambda: ensure_current(self.engine, auto_migrate))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -362,6 +366,19 @@ class SqlHistory:
                 .order_by(f.c.created_at).limit(limit))
         return self._tx(lambda conn: list(conn.scalars(stmt)))
 
+    def unapplied_feedback_for(self, query_ids: Sequence[str]) -> list[str]:
+        """The ids of these prompts' feedback events not applied yet."""
+        f = t.feedback
+
+        def run(conn: Connection) -> list[str]:
+            out: list[str] = []
+            for chunk in _chunks(list(query_ids), 1000):
+                out.extend(conn.scalars(select(f.c.id).where(
+                    f.c.query_id.in_(chunk), f.c.applied_at.is_(None)).order_by(f.c.id)))
+            return out
+
+        return self._tx(run)
+
     def applied_feedback(self) -> tuple[list[FeedbackEvent], dict[str, Array]]:
         """Every applied event in order of application, with contexts (to rebuild posteriors)."""
         f, d = t.feedback, t.decisions
@@ -375,18 +392,47 @@ class SqlHistory:
 
         return self._tx(run)
 
-    def decision_model(self, query_id: str) -> str | None:
-        """The model that answered this prompt (its result's model), if any."""
-        stmt = select(t.results.c.model).where(t.results.c.query_id == query_id,
-                                               t.results.c.status == "ok")
-        return self._tx(lambda conn: conn.scalar(stmt))
+    def applied_feedback_with_updates(
+        self,
+    ) -> tuple[list[tuple[str, FeedbackEvent]], dict[str, Array]]:
+        """Every applied event with the update id that applied it, in order of application
+        (update by update), and the decision contexts (to rebuild the posteriors)."""
+        f, d = t.feedback, t.decisions
+        stmt = (select(f, d.c.features).select_from(f.outerjoin(d, d.c.query_id == f.c.query_id))
+                .where(f.c.applied_at.is_not(None))
+                .order_by(f.c.applied_at, f.c.update_id, f.c.id))
 
-    def resolve_query_id(self, ref: str) -> str | None:
-        """A query id from an id or an external id (the ``id`` of the input line)."""
-        q = t.queries
-        stmt = select(q.c.id).where((q.c.id == ref) | (q.c.external_id == ref)).limit(2)
-        ids = self._tx(lambda conn: list(conn.scalars(stmt)))
-        return ids[0] if len(ids) == 1 else (ref if ref in ids else None)
+        def run(conn: Connection) -> tuple[list[tuple[str, FeedbackEvent]], dict[str, Array]]:
+            rows = conn.execute(stmt).all()
+            return ([(r.update_id, _row_event(r._mapping)) for r in rows],
+                    {r.query_id: np.asarray(r.features, dtype=float) for r in rows if r.features})
+
+        return self._tx(run)
+
+    def answered_by(self, refs: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """For each reference (query id or input ``id``) of an answered prompt: (query id, the
+        model that answered it). Unknown, ambiguous or unanswered references are left out."""
+        q, r = t.queries, t.results
+
+        def run(conn: Connection) -> dict[str, tuple[str, str]]:
+            by_id: dict[str, tuple[str, str]] = {}
+            by_ext: dict[str, list[tuple[str, str]]] = {}
+            for chunk in _chunks(list(dict.fromkeys(refs)), 500):
+                stmt = (select(q.c.id, q.c.external_id, r.c.model)
+                        .select_from(q.join(r, r.c.query_id == q.c.id))
+                        .where((q.c.id.in_(chunk)) | (q.c.external_id.in_(chunk)), r.c.status == "ok"))
+                wanted = set(chunk)
+                for qid, ext, model in conn.execute(stmt):
+                    if qid in wanted:
+                        by_id[qid] = (qid, model)
+                    if ext in wanted:
+                        by_ext.setdefault(ext, []).append((qid, model))
+            # A query id wins; an input id must name exactly one answered prompt.
+            out = {ref: hits[0] for ref, hits in by_ext.items() if len(hits) == 1}
+            out.update(by_id)
+            return out
+
+        return self._tx(run)
 
 
 def _event_row(e: FeedbackEvent, ts: datetime) -> dict[str, Any]:

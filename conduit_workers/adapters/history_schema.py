@@ -1,11 +1,18 @@
-"""History database schema (SQLAlchemy Core): batches, queries, decisions, results, feedback."""
+"""History database schema (SQLAlchemy Core): batches, queries, decisions, results, feedback,
+daily reports.
+
+Every change here needs a migration in ``conduit_workers/migrations/versions/``
+(``conduit db revision -m "what changed"`` drafts one); a test compares the two.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -106,4 +113,30 @@ feedback = Table(
     # Set when a feedback task claims the event; the posterior update carries this id.
     Column("update_id", String(80), nullable=True, index=True),
     Column("applied_at", DateTime(timezone=True), nullable=True),
+)
+
+# One row per UTC day: the nightly cost report's totals (the full figures in ``figures``).
+# ``status`` is ``building`` while a run holds the day's claim, ``done`` once written; a
+# second scheduled run of the same day finds the row and does nothing.
+daily_reports = Table(
+    "daily_reports",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("status", String(20), nullable=False),
+    Column("claimed_by", String(200), nullable=True),
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
+    Column("built_at", DateTime(timezone=True), nullable=True),
+    Column("catalog_version", String(100), nullable=True),
+    Column("prompts", Integer, nullable=False, default=0),
+    Column("calls", Integer, nullable=False, default=0),
+    Column("errors", Integer, nullable=False, default=0),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("spend_usd", Float, nullable=False, default=0.0),
+    Column("reference_cost_usd", Float, nullable=False, default=0.0),
+    Column("savings_usd", Float, nullable=False, default=0.0),
+    Column("waste_usd", Float, nullable=False, default=0.0),
+    Column("mean_rating", Float, nullable=True),
+    Column("figures", JSON, nullable=True),
+    Column("out_dir", Text, nullable=True),
 )

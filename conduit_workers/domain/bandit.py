@@ -124,20 +124,72 @@ class Posterior:
     stats: ArmStats
 
     @classmethod
-    def from_stats(cls, stats: ArmStats, prior: Prior, quality_prior: float | None = None) -> Posterior:
+    def from_stats(
+        cls,
+        stats: ArmStats,
+        prior: Prior,
+        quality_prior: float | None = None,
+        *,
+        prior_mean: Array | None = None,
+        noise_sd: float | None = None,
+    ) -> Posterior:
+        """The posterior of one model. ``prior_mean`` replaces ``m0`` (e.g. the peers' pooled
+        estimate); ``quality_prior``, when given, still sets its first coordinate."""
         d = stats.dim
         lam0 = prior.precision(d)
+        m0 = prior.mean(d, quality_prior) if prior_mean is None else np.array(prior_mean, dtype=float)
+        if quality_prior is not None:
+            m0[0] = quality_prior
         precision = lam0 + stats.xx
-        rhs = lam0 @ prior.mean(d, quality_prior) + stats.xr
+        rhs = lam0 @ m0 + stats.xr
         cov = np.linalg.inv(precision)
         cov = (cov + cov.T) / 2  # keep it symmetric against round-off
-        return cls(mean=cov @ rhs, cov_unscaled=cov, noise_sd=prior.noise_sd, stats=stats)
+        sd = prior.noise_sd if noise_sd is None else noise_sd
+        return cls(mean=cov @ rhs, cov_unscaled=cov, noise_sd=sd, stats=stats)
 
     def predict(self, contexts: Array) -> tuple[Array, Array]:
         """Mean and standard deviation of θ·x for each row of ``contexts`` (n, d)."""
         mu = contexts @ self.mean
         var = np.einsum("ij,jk,ik->i", contexts, self.cov_unscaled, contexts)
         return mu, self.noise_sd * np.sqrt(np.maximum(var, 0.0))
+
+
+def pooled(stats: list[ArmStats], dim: int) -> ArmStats:
+    """All models' evidence summed, as if one model had answered every prompt."""
+    total = ArmStats.zeros(dim)
+    for st in stats:
+        total.merge(st)
+    return total
+
+
+def peer_prior_mean(stats: list[ArmStats], prior: Prior, dim: int) -> Array:
+    """Prior mean of every model: one regression fitted to the evidence of all models together.
+
+    This shares strength across models: a model with little evidence (new, or rarely chosen)
+    starts where its peers stand on that kind of prompt instead of at a flat guess, and its own
+    evidence then corrects the overall level and the contextual weights. Before any evidence at
+    all it is ``m0`` of ``prior``.
+    """
+    return Posterior.from_stats(pooled(stats, dim), prior).mean
+
+
+def pooled_noise_sd(stats: list[ArmStats], prior: Prior, pseudo_obs: float = 20.0,
+                    floor: float = 0.05) -> float:
+    """Observation noise of a quality, estimated from the spread of each model's rewards.
+
+    The within-model variance ``Σ(rr − r²/n)/Σn`` (an upper bound on the noise of the
+    regression, which explains part of it) is shrunk towards ``prior.noise_sd`` with
+    ``pseudo_obs`` pseudo-observations. Mostly-correct models (quality ≈ 0.9) have a noise near
+    0.3, not the 0.5 of a fair coin; a prior that assumes 0.5 explores for longer than it needs.
+    """
+    n = var = 0.0
+    for st in stats:
+        c = st.counters
+        if c["n"] > 1e-9:
+            var += max(c["rr"] - c["r"] ** 2 / c["n"], 0.0)
+            n += c["n"]
+    est = (pseudo_obs * prior.noise_sd**2 + var) / (pseudo_obs + n)
+    return float(np.clip(np.sqrt(est), floor, prior.noise_sd))
 
 
 def thompson_samples(

@@ -53,18 +53,29 @@ def expected_costs(prompt_chars: Array, specs: list[ModelSpec], exp: list[Expect
     return np.asarray((tin * pin + tout * pout) / 1e6)
 
 
-def reference_cost(typical_in_tokens: float, specs: list[ModelSpec], exp: list[Expectations]) -> float:
-    """The dearest model's expected cost on a typical prompt: the unit that ``λ_cost`` weighs.
+def reference_cost(
+    typical_in_tokens: float,
+    specs: list[ModelSpec],
+    exp: list[Expectations],
+    reference: str | None = None,
+) -> float:
+    """The unit that ``λ_cost`` weighs: the expected cost of the catalog's reference model
+    ("always the strongest", what savings are measured against) on a typical prompt, or of the
+    dearest model when there is no reference.
 
     One scale for every prompt of the stream (not each prompt's own dearest cost), so that a
     long prompt, where the cheap model saves more dollars, leans further to it: the utility
-    then maximises quality for the total spend.
+    then maximises quality for the total spend. The reference rather than the dearest, so that
+    one odd price (a model billed per request, a model never called whose output length is
+    still a guess) does not flatten every other cost difference.
     """
-    costs = [
-        (typical_in_tokens * s.input_price_per_mtok_usd + e.out_tokens * s.output_price_per_mtok_usd) / 1e6
+    costs = {
+        s.name: (typical_in_tokens * s.input_price_per_mtok_usd
+                 + e.out_tokens * s.output_price_per_mtok_usd) / 1e6
         for s, e in zip(specs, exp, strict=True)
-    ]
-    return max(max(costs), 1e-12)
+    }
+    scale = costs[reference] if reference in costs else max(costs.values())
+    return max(scale, 1e-12)
 
 
 @dataclass(frozen=True)

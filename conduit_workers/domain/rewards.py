@@ -12,7 +12,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from conduit_workers.domain.bandit import Array, ArmStats
+import numpy as np
+
+from conduit_workers.domain.bandit import ArmStats, Array
 
 IMPLICIT = "implicit"
 EXPLICIT = "explicit"
@@ -67,18 +69,28 @@ def aggregate(
     ``contexts`` maps each query id to the context its decision used. An event whose query has
     no context (never routed) still counts as a call but teaches the regression nothing.
     """
-    out: dict[str, ArmStats] = {}
+    by_model: dict[str, list[FeedbackEvent]] = {}
     for ev in events:
-        stats = out.setdefault(ev.model, ArmStats.zeros(dim))
-        x = contexts.get(ev.query_id)
-        if x is not None:
-            stats.add_observation(x, ev.reward, ev.weight)
-        if ev.is_call:
-            stats.add_call(
-                error=ev.error,
-                latency_ms=ev.latency_ms,
-                in_tokens=ev.in_tokens,
-                out_tokens=ev.out_tokens,
-                cost_usd=ev.cost_usd,
-            )
+        by_model.setdefault(ev.model, []).append(ev)
+    out: dict[str, ArmStats] = {}
+    for model, evs in by_model.items():
+        # Vectorised per model: the feedback stage aggregates tens of thousands of events/s.
+        stats = out[model] = ArmStats.zeros(dim)
+        seen = [(x, ev) for ev in evs if ev.weight != 0.0
+                and (x := contexts.get(ev.query_id)) is not None]
+        if seen:
+            x = np.asarray([s[0] for s in seen], dtype=np.float64).reshape(len(seen), dim)
+            w = np.fromiter((s[1].weight for s in seen), dtype=np.float64, count=len(seen))
+            r = np.fromiter((s[1].reward for s in seen), dtype=np.float64, count=len(seen))
+            xw = x * w[:, None]
+            stats.xx += xw.T @ x
+            stats.xr += xw.T @ r
+            c = stats.counters
+            c["n"] += float(w.sum())
+            c["r"] += float(w @ r)
+            c["rr"] += float(w @ (r * r))
+        for ev in evs:
+            if ev.is_call:
+                stats.add_call(error=ev.error, latency_ms=ev.latency_ms, in_tokens=ev.in_tokens,
+                               out_tokens=ev.out_tokens, cost_usd=ev.cost_usd)
     return out

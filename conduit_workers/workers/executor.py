@@ -20,6 +20,7 @@ from conduit_workers.adapters.history import ExecutionRow, ResultRow, SqlHistory
 from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.celery_app import app
 from conduit_workers.domain.catalog import Catalog
+from conduit_workers.domain.health import Admit, ModelHealth
 from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent, implicit_event_id, implicit_reward
 from conduit_workers.errors import PermanentProviderError, ProviderError, StoreUnavailable
 from conduit_workers.settings import ExecutorSettings, FeedbackSettings
@@ -44,32 +45,71 @@ def backoff_s(attempt: int, base_s: float, max_s: float, retry_after_s: float | 
     return random.uniform(0, min(max_s, base_s * 2 ** (attempt - 1)))
 
 
+async def _admit(health: ModelHealth | None, model: str, force: bool, budget_s: float) -> bool:
+    """Wait at the model's rate-limit gate; False to fall back instead (cooling down, or rate
+    limited for longer than ``budget_s``). ``force``: the last candidate is called regardless."""
+    if health is None:
+        return True
+    waited = 0.0
+    while True:
+        admit, wait_s = health.acquire(model, time.monotonic())
+        if admit is Admit.GO:
+            return True
+        if admit is Admit.SKIP:
+            return force
+        if not force and waited + wait_s > budget_s:
+            return False
+        await asyncio.sleep(wait_s)
+        waited += wait_s
+
+
 async def _execute_one(
     row: ExecutionRow, llm: LLMClient, catalog: Catalog, ex: ExecutorSettings, fb: FeedbackSettings,
+    health: ModelHealth | None = None,
 ) -> _Outcome:
     if row.model is None:
         return _Outcome(ResultRow(row.query_id, None, "unroutable", error_class="unroutable",
                                   error_message=row.reason), [])
-    models = [row.model] + [m for m in row.ranked if m != row.model]
+    models = ([row.model] + [m for m in row.ranked if m != row.model])[:MAX_MODELS_TRIED]
+    if health is not None:
+        # Models cooling down go last: traffic falls back to the next-best, they stay a last resort.
+        now = time.monotonic()
+        models = ([m for m in models if not health.cooling(m, now)]
+                  + [m for m in models if health.cooling(m, now)])
     events: list[FeedbackEvent] = []
     attempts = 0
+    tried = 0
     last_error: ProviderError | None = None
-    for k, model in enumerate(models[:MAX_MODELS_TRIED]):
+    for k, model in enumerate(models):
         spent_ms = 0.0
+        model_attempts = 0
+        force = k == len(models) - 1 and not events
         for attempt in range(1, ex.max_attempts + 1):
+            if not await _admit(health, model, force, ex.backoff_max_s):
+                break
             attempts += 1
+            model_attempts += 1
             started = time.perf_counter()
             try:
                 done = await llm.complete(model, row.prompt)
             except ProviderError as err:
                 spent_ms += (time.perf_counter() - started) * 1000
                 last_error = err
-                if isinstance(err, PermanentProviderError):
+                permanent = isinstance(err, PermanentProviderError)
+                if health is not None:
+                    # A permanent error (400, 401) is the request's or the key's fault, not a
+                    # sign that the model is down.
+                    health.record(model, time.monotonic(), ok=permanent,
+                                  rate_limited=err.status_code == 429,
+                                  retry_after_s=err.retry_after_s)
+                if permanent or (health is not None and health.cooling(model, time.monotonic())):
                     break
-                if attempt < ex.max_attempts:
+                if attempt < ex.max_attempts and not (health is not None and err.status_code == 429):
                     await asyncio.sleep(backoff_s(attempt, ex.backoff_base_s, ex.backoff_max_s,
                                                   err.retry_after_s))
                 continue
+            if health is not None:
+                health.record(model, time.monotonic(), ok=True)
             cost = catalog.get(model).cost_usd(done.input_tokens, done.output_tokens)
             reward, weight = implicit_reward(False, fb.success_reward, fb.success_weight, fb.error_weight)
             events.append(FeedbackEvent(
@@ -78,7 +118,10 @@ async def _execute_one(
                 out_tokens=done.output_tokens, cost_usd=cost))
             return _Outcome(ResultRow(
                 row.query_id, model, "ok", done.text, done.input_tokens, done.output_tokens, cost,
-                done.latency_ms, attempts, k), events)
+                done.latency_ms, attempts, tried), events)
+        if model_attempts == 0:
+            continue  # skipped (cooling down or rate limited): no call, no evidence
+        tried += 1
         reward, weight = implicit_reward(True, fb.success_reward, fb.success_weight, fb.error_weight)
         events.append(FeedbackEvent(
             implicit_event_id(row.query_id, model), row.query_id, model, IMPLICIT, reward, weight,
@@ -94,25 +137,31 @@ async def _execute_one(
 
 async def handle_execute_batch(
     query_ids: Sequence[str], history: SqlHistory, llm: LLMClient, catalog: Catalog,
-    ex: ExecutorSettings, fb: FeedbackSettings,
+    ex: ExecutorSettings, fb: FeedbackSettings, health: ModelHealth | None = None,
 ) -> tuple[list[ResultRow], list[str]]:
     """Answer the chunk's decided, unanswered prompts; return the new results and the ids of
-    the feedback events to apply."""
+    the feedback events to apply.
+
+    The event ids are all the chunk's events not applied yet, not only the new ones: a task
+    redelivered after its worker died between storing results and sending them to the
+    feedback queue sends them now (an event is claimed by one update only, so never twice).
+    """
     rows = await asyncio.to_thread(history.load_for_execution, query_ids)
-    if not rows:
-        return [], []
-    sem = asyncio.Semaphore(ex.concurrency)
+    results: list[ResultRow] = []
+    fresh: set[str] = set()
+    if rows:
+        sem = asyncio.Semaphore(ex.concurrency)
 
-    async def bounded(row: ExecutionRow) -> _Outcome:
-        async with sem:
-            return await _execute_one(row, llm, catalog, ex, fb)
+        async def bounded(row: ExecutionRow) -> _Outcome:
+            async with sem:
+                return await _execute_one(row, llm, catalog, ex, fb, health)
 
-    outcomes = await asyncio.gather(*(bounded(r) for r in rows))
-    results = [o.result for o in outcomes]
-    events = [e for o in outcomes for e in o.events]
-    fresh = set(await asyncio.to_thread(history.record_results, results, events))
-    return ([r for r in results if r.query_id in fresh],
-            [e.id for e in events if e.query_id in fresh])
+        outcomes = await asyncio.gather(*(bounded(r) for r in rows))
+        results = [o.result for o in outcomes]
+        events = [e for o in outcomes for e in o.events]
+        fresh = set(await asyncio.to_thread(history.record_results, results, events))
+    pending = await asyncio.to_thread(history.unapplied_feedback_for, query_ids)
+    return [r for r in results if r.query_id in fresh], pending
 
 
 @app.task(name="conduit.executor.execute_batch", bind=True, max_retries=20)
@@ -128,7 +177,8 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
     started = time.perf_counter()
     try:
         results, event_ids = rt.run(handle_execute_batch(
-            query_ids, rt.history, rt.llm, rt.catalog, rt.settings.executor, rt.settings.feedback))
+            query_ids, rt.history, rt.llm, rt.catalog, rt.settings.executor, rt.settings.feedback,
+            rt.health))
     except StoreUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
     for chunk in chunks(event_ids, rt.settings.feedback.chunk_size):

@@ -13,9 +13,11 @@ from collections.abc import Coroutine
 from functools import cached_property
 from typing import Any, TypeVar
 
+from conduit_workers.adapters.dead_letters import RedisDeadLetters
 from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.catalog import Catalog, load_catalog
+from conduit_workers.domain.health import ModelHealth
 from conduit_workers.settings import Settings, environ, get_settings
 
 T = TypeVar("T")
@@ -35,13 +37,17 @@ class Runtime:
     def history(self) -> SqlHistory:
         db = self.settings.database
         history = SqlHistory(db.url, retry_for_s=db.retry_for_s, pool_size=db.pool_size)
-        history.create_schema()
+        history.create_schema(auto_migrate=db.auto_migrate)
         return history
 
     @cached_property
     def store(self) -> RedisPosteriorStore:
         r = self.settings.redis
         return RedisPosteriorStore.from_url(r.url, r.key_prefix, r.applied_ttl_s, r.socket_timeout_s)
+
+    @cached_property
+    def dead_letters(self) -> RedisDeadLetters:
+        return RedisDeadLetters(self.store.client, self.settings.redis.key_prefix)
 
     @cached_property
     def engine(self) -> Any:
@@ -57,6 +63,13 @@ class Runtime:
 
         ex = self.settings.executor
         return LLMClient(self.catalog, environ(), ex.timeout_s, ex.max_output_tokens)
+
+    @cached_property
+    def health(self) -> ModelHealth:
+        """Rate-limit gate and circuit breaker per model, shared by this process's calls."""
+        ex = self.settings.executor
+        return ModelHealth(ex.health_window, ex.cooldown_min_calls, ex.cooldown_failure_rate,
+                           ex.cooldown_s)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on this process's one event loop (clients stay bound to it)."""

@@ -75,9 +75,11 @@ def test_feedback_is_claimed_by_one_update_only(history):
     assert history.unapplied_feedback_ids() == [events[1].id]
 
 
-def test_external_ids_resolve_to_query_ids(history):
-    items = [parse_item({"id": "q-1", "prompt": "x"}, max_prompt_chars=10)]
+def test_answered_by_resolves_ids_and_external_ids_in_one_call(history):
+    items = [parse_item({"id": f"q{i}", "prompt": f"p{i}"}, max_prompt_chars=10) for i in range(3)]
     sub = history.submit("b", items, tag=None, rejected=0, constraints={})
-    assert history.resolve_query_id("q-1") == sub.new[0]
-    assert history.resolve_query_id(sub.new[0]) == sub.new[0]
-    assert history.resolve_query_id("nope") is None
+    q0, q1, q2 = sub.new
+    _decide(history, [q0, q1])
+    history.record_results([ResultRow(q0, "m", "ok"), ResultRow(q1, "m", "error")], [])
+    got = history.answered_by(["q0", q0, "q1", "q2", "nope"])
+    assert got == {"q0": (q0, "m"), q0: (q0, "m")}  # q1 failed, q2 unanswered, nope unknown

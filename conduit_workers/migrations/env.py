@@ -1,0 +1,22 @@
+"""Alembic environment: always given an open connection by ``adapters.migrations``."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from conduit_workers.adapters.history_schema import metadata
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError("run migrations through `conduit db upgrade` (adapters.migrations), "
+                       "which passes the connection; there is no alembic.ini")
+
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    # SQLite cannot ALTER most things: batch mode copies the table instead.
+    render_as_batch=connection.dialect.name == "sqlite",
+    compare_type=True,
+)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,67 @@
+"""The daily cost report: read the day from the history database, compute, write, record.
+
+Used by the ``conduit.reports.daily_cost`` task (scheduled by beat) and ``conduit report``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from conduit_workers.adapters.history import SqlHistory
+from conduit_workers.adapters.report_files import write_report
+from conduit_workers.adapters.report_sql import SqlReports
+from conduit_workers.domain.catalog import Catalog
+from conduit_workers.domain.report import DailyReport, build_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    report: DailyReport
+    folder: Path
+
+
+def yesterday_utc(now: datetime | None = None) -> date:
+    return ((now or datetime.now(UTC)) - timedelta(days=1)).date()
+
+
+def compute_daily_report(day: date, history: SqlHistory, catalog: Catalog) -> DailyReport:
+    """The day's figures, without writing anything."""
+    results, calls, ratings = SqlReports(history).facts(day)
+    return build_report(day, results, calls, ratings, catalog)
+
+
+def build_daily_report(
+    day: date, history: SqlHistory, catalog: Catalog, out_dir: Path, *, owner: str,
+    scheduled: bool = False, stale_claim_s: float = 3600,
+) -> ReportOutcome | None:
+    """Build, write and record the report of ``day``; replaces an earlier report of that day.
+
+    ``scheduled``: first claim the day in the history database, and do nothing (return None)
+    when it is done already or another run holds it, so that two beats, or a redelivered
+    task, build it once.
+    """
+    reports = SqlReports(history)
+    if scheduled and not reports.claim(day, owner, stale_claim_s):
+        log.info("daily_cost %s: already built or being built; skipped", day)
+        return None
+    try:
+        report = compute_daily_report(day, history, catalog)
+        folder = write_report(report, out_dir)
+        reports.save(day, owner, report.summary(), report.to_json(), str(folder))
+    except BaseException:
+        if scheduled:
+            reports.release(day, owner)
+        raise
+    t = report.total
+    log.info("daily_cost %s: %d prompts, spend $%.6f, reference $%.6f, savings $%.6f, "
+             "waste $%.6f, written to %s", day, t.prompts, t.spend_usd, t.reference_cost_usd,
+             t.savings_usd, t.waste_usd, folder)
+    return ReportOutcome(report, folder)
+
+
+__all__ = ["ReportOutcome", "build_daily_report", "compute_daily_report", "yesterday_utc"]

@@ -1,0 +1,37 @@
+"""Reports role: the nightly cost report, sent by beat (one instance) to queue ``reports``."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+
+from conduit_workers.celery_app import app
+from conduit_workers.errors import StoreUnavailable
+from conduit_workers.reporting import build_daily_report, yesterday_utc
+from conduit_workers.workers.runtime import runtime
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="conduit.reports.daily_cost", bind=True, max_retries=10)
+def daily_cost(self, day: str | None = None, force: bool = False) -> str | None:  # type: ignore[no-untyped-def]
+    """Build the cost report of one UTC day (default: yesterday) into ``reports.out_dir``.
+
+    Queue ``reports``. Payload: an ISO date or nothing; ``force``. Idempotent: without
+    ``force`` the day is claimed by a row of ``daily_reports`` first, so a second beat or a
+    redelivered message builds nothing twice; with ``force`` the day's report is replaced.
+    Retries with backoff while the history database is unavailable. Returns the folder.
+    """
+    rt = runtime()
+    the_day = date.fromisoformat(day) if day else yesterday_utc()
+    try:
+        out = build_daily_report(
+            the_day, rt.history, rt.catalog, rt.settings.reports.out_dir,
+            owner=str(self.request.id), scheduled=not force,
+            stale_claim_s=rt.settings.reports.stale_claim_s)
+    except StoreUnavailable as exc:
+        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries * 10, 600)) from None
+    return str(out.folder) if out else None
+
+
+__all__ = ["daily_cost"]

@@ -1,0 +1,135 @@
+"""``conduit metrics``: a Prometheus exporter for what Flower's ``/metrics`` lacks.
+
+Flower exports task events (``flower_events_total``, ``flower_task_runtime_seconds``,
+``flower_worker_online`` …). This exporter adds, read at scrape time (at most every
+``metrics.cache_s``) from the history database, the broker and Redis:
+
+==========================================  =======  ==========================================
+name                                        type     labels / meaning
+==========================================  =======  ==========================================
+``conduit_routing_decisions_total``         counter  ``model`` (``none``: unroutable)
+``conduit_answers_total``                   counter  ``model``, ``status`` (ok, error, unroutable)
+``conduit_llm_calls_total``                 counter  ``model``: models tried (fallbacks count)
+``conduit_llm_errors_total``                counter  ``model``: failed model tries
+``conduit_llm_tokens_total``                counter  ``model``, ``direction`` (input, output)
+``conduit_llm_cost_usd_total``              counter  ``model``: recorded spend
+``conduit_llm_latency_seconds_total``       counter  ``model``: latency of the answers
+``conduit_queue_depth``                     gauge    ``queue``: messages waiting
+``conduit_dead_letters``                    gauge    tasks in the dead-letter queue
+``conduit_posterior_quality``               gauge    ``model``: the router's mean quality
+``conduit_posterior_evidence``              gauge    ``model``: weight of quality evidence
+==========================================  =======  ==========================================
+
+Mean latency is ``rate(conduit_llm_latency_seconds_total) / rate(conduit_answers_total{status="ok"})``.
+Counters are whole-table aggregates: cheap up to millions of rows, then give the exporter a
+read replica (``CONDUIT_DATABASE__URL``) or raise ``cache_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy import Integer, cast, func, select
+
+import celeryconfig
+from conduit_workers.adapters import history_schema as t
+from producers.api import ConduitClient
+
+
+class ConduitCollector(Collector):
+    def __init__(self, client: ConduitClient, cache_s: float | None = None) -> None:
+        self.client = client
+        self.cache_s = client.settings.metrics.cache_s if cache_s is None else cache_s
+        self._cached: tuple[float, list[Metric]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self._cached is None or time.monotonic() - self._cached[0] > self.cache_s:
+            self._cached = (time.monotonic(), self._read())
+        yield from self._cached[1]
+
+    def _read(self) -> list[Metric]:
+        from producers.status import collect as status
+
+        r, d, f = t.results, t.decisions, t.feedback
+        h = self.client.history
+
+        def q(stmt: Any) -> list[Any]:
+            return h._tx(lambda conn: conn.execute(stmt).all())
+
+        out: list[Metric] = []
+        m = CounterMetricFamily("conduit_routing_decisions", "Routing decisions", labels=["model"])
+        for model, n in q(select(d.c.model, func.count()).group_by(d.c.model)):
+            m.add_metric([model or "none"], n)
+        out.append(m)
+        answers = CounterMetricFamily("conduit_answers", "Prompts with a result",
+                                      labels=["model", "status"])
+        tokens = CounterMetricFamily("conduit_llm_tokens", "Tokens of the answers",
+                                     labels=["model", "direction"])
+        cost = CounterMetricFamily("conduit_llm_cost_usd", "Recorded spend (USD)", labels=["model"])
+        lat = CounterMetricFamily("conduit_llm_latency_seconds",
+                                  "Summed latency of the answers", labels=["model"])
+        stmt = select(r.c.model, r.c.status, func.count(), func.sum(r.c.input_tokens),
+                      func.sum(r.c.output_tokens), func.sum(r.c.cost_usd),
+                      func.sum(r.c.latency_ms)).group_by(r.c.model, r.c.status)
+        for model, status, n, tin, tout, usd, ms in q(stmt):
+            name = model or "none"
+            answers.add_metric([name, status], n)
+            if status == "ok":
+                tokens.add_metric([name, "input"], tin or 0)
+                tokens.add_metric([name, "output"], tout or 0)
+                cost.add_metric([name], usd or 0.0)
+                lat.add_metric([name], (ms or 0.0) / 1000)
+        out += [answers, tokens, cost, lat]
+        calls = CounterMetricFamily("conduit_llm_calls", "Models tried", labels=["model"])
+        errors = CounterMetricFamily("conduit_llm_errors", "Failed model tries", labels=["model"])
+        stmt = (select(f.c.model, func.count(), func.sum(cast(f.c.error, Integer)))
+                .where(f.c.is_call.is_(True)).group_by(f.c.model))
+        for model, n, e in q(stmt):
+            calls.add_metric([model], n)
+            errors.add_metric([model], e or 0)
+        out += [calls, errors]
+
+        from conduit_workers.adapters.report_sql import SqlReports
+
+        s = status(self.client.settings, self.client.catalog, self.client.app, SqlReports(h), 0.5)
+        depth = GaugeMetricFamily("conduit_queue_depth", "Messages waiting", labels=["queue"])
+        for queue in celeryconfig.QUEUES:
+            depth.add_metric([queue], s.queues.get(queue) or 0)
+        out.append(depth)
+        if s.dead_letters is not None:
+            out.append(GaugeMetricFamily("conduit_dead_letters", "Dead letters", value=s.dead_letters))
+        quality = GaugeMetricFamily("conduit_posterior_quality", "Mean quality", labels=["model"])
+        evidence = GaugeMetricFamily("conduit_posterior_evidence", "Quality evidence",
+                                     labels=["model"])
+        for ms_ in s.models:
+            quality.add_metric([ms_.model], ms_.quality)
+            evidence.add_metric([ms_.model], ms_.evidence)
+        out += [quality, evidence]
+        return out
+
+
+def registry(client: ConduitClient, cache_s: float | None = None) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    reg.register(ConduitCollector(client, cache_s))
+    return reg
+
+
+def serve(client: ConduitClient, port: int | None = None) -> None:
+    """Serve ``/metrics`` until interrupted."""
+    from prometheus_client import start_http_server
+
+    m = client.settings.metrics
+    server, thread = start_http_server(port or m.port, m.address, registry=registry(client))
+    print(f"Prometheus metrics on http://{m.address}:{port or m.port}/metrics", flush=True)
+    try:
+        while thread.is_alive():
+            thread.join(1.0)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+__all__ = ["ConduitCollector", "registry", "serve"]

@@ -1,0 +1,114 @@
+"""Day-two commands: ``conduit report``, ``conduit status``, ``conduit db``, ``conduit metrics``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import date
+from pathlib import Path
+
+import click
+
+from conduit_workers.errors import ConduitError
+from producers.api import ConduitClient
+
+
+@click.command()
+@click.option("--date", "day", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="The UTC day to report (default: yesterday).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of the reports (default CONDUIT_REPORTS__OUT_DIR, var/reports).")
+def report(day: object, out_dir: Path | None) -> None:
+    """Build the cost report of one day by hand (what beat runs nightly); replaces that day's."""
+    from conduit_workers.reporting import build_daily_report, yesterday_utc
+
+    the_day: date = day.date() if day is not None else yesterday_utc()  # type: ignore[attr-defined]
+    client = ConduitClient()
+    try:
+        out = build_daily_report(the_day, client.history, client.catalog,
+                                 out_dir or client.settings.reports.out_dir,
+                                 owner=f"cli:{socket.gethostname()}:{os.getpid()}")
+        assert out is not None
+        t = out.report.total
+        click.echo(f"{the_day}: {t.prompts} prompts, spend ${t.spend_usd:.6f}, always "
+                   f"{out.report.reference_model} ${t.reference_cost_usd:.6f}, savings "
+                   f"${t.savings_usd:.6f}, waste ${t.waste_usd:.6f}")
+        click.echo(f"written to {out.folder}/report.html (and report.md, report.csv)")
+    except ConduitError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--timeout", "timeout_s", type=float, default=1.0, help="Seconds to wait for workers.")
+def status(as_json: bool, timeout_s: float) -> None:
+    """Workers up, queue depths, what the router has learned per model, spend today."""
+    from conduit_workers.adapters.report_sql import SqlReports
+    from producers.status import collect, render
+
+    client = ConduitClient()
+    try:
+        s = collect(client.settings, client.catalog, client.app, SqlReports(client.history),
+                    timeout_s)
+        if as_json:
+            click.echo(json.dumps(s.to_json(), indent=1))
+        else:
+            for line in render(s):
+                click.echo(line)
+    finally:
+        client.close()
+
+
+@click.group()
+def db() -> None:
+    """The history database's schema (Alembic migrations)."""
+
+
+def _engine():  # type: ignore[no-untyped-def]
+    from sqlalchemy import create_engine
+
+    from conduit_workers.settings import get_settings
+
+    return create_engine(get_settings().database.url)
+
+
+@db.command()
+@click.option("--to", "revision", default="head", help="Target revision (default: the newest).")
+def upgrade(revision: str) -> None:
+    """Migrate the history database (CONDUIT_DATABASE__URL) to the newest schema."""
+    from conduit_workers.adapters import migrations
+
+    before, after = migrations.upgrade(_engine(), revision)
+    click.echo(f"history schema: {before or 'empty'} -> {after}")
+
+
+@db.command()
+def current() -> None:
+    """Show the database's revision and the code's newest."""
+    from conduit_workers.adapters import migrations
+
+    click.echo(f"database {migrations.current(_engine()) or 'empty'}, code {migrations.head()}")
+
+
+@db.command()
+@click.option("-m", "--message", required=True, help="What the migration changes.")
+def revision(message: str) -> None:
+    """Draft a migration from history_schema.py against an up-to-date database (review it!)."""
+    from conduit_workers.adapters import migrations
+
+    migrations.revision(_engine(), message)
+
+
+@click.command()
+@click.option("--port", type=int, default=None, help="Default CONDUIT_METRICS__PORT (9808).")
+def metrics(port: int | None) -> None:
+    """Serve Prometheus metrics (routing decisions, tokens, cost, latency, errors, queues)."""
+    from producers.metrics import serve
+
+    serve(ConduitClient(), port)
+
+
+COMMANDS = (report, status, db, metrics)

@@ -1,0 +1,91 @@
+"""The daily report against PostgreSQL: one row per day, claims, replacement, files."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from conduit_workers.adapters import history_schema as t
+from conduit_workers.adapters.history import DecisionRow, ResultRow, SqlHistory
+from conduit_workers.adapters.report_files import CHARTS
+from conduit_workers.adapters.report_sql import SqlReports
+from conduit_workers.domain.catalog import load_catalog
+from conduit_workers.domain.items import parse_item
+from conduit_workers.domain.rewards import FeedbackEvent
+from conduit_workers.reporting import build_daily_report
+from conduit_workers.settings import DEFAULT_CATALOG
+
+pytestmark = pytest.mark.integration
+CATALOG = load_catalog(DEFAULT_CATALOG, {})
+BIG, SMALL = CATALOG.reference, "mistralai/Mixtral-8x7B-Instruct-v0.1"
+
+
+@pytest.fixture
+def history(pg_url):
+    h = SqlHistory(pg_url, retry_for_s=5)
+    h.create_schema()
+    yield h
+    h.dispose()
+
+
+def _day_of_traffic(history: SqlHistory) -> None:
+    items = [parse_item({"prompt": f"p{i}"}, line=i + 1, max_prompt_chars=100) for i in range(4)]
+    qids = history.submit("b1", items, tag="nightly", rejected=0, constraints={}).new
+    history.insert_decisions([DecisionRow(q, m, [m], [1.0], {m: 0.5}, "other", 0.1, 0.001, {m: 0})
+                              for q, m in zip(qids, [SMALL, SMALL, BIG, BIG], strict=True)])
+    rows, events = [], []
+    for q, m, tin, tout in zip(qids, [SMALL, SMALL, BIG, BIG], [100, 200, 300, 400],
+                               [10, 20, 30, 40], strict=True):
+        cost = CATALOG.get(m).cost_usd(tin, tout)
+        rows.append(ResultRow(q, m, "ok", "x", tin, tout, cost, 40.0, 1, 0))
+        events.append(FeedbackEvent(f"implicit:{q}:{m}", q, m, "implicit", 1.0, 0.0,
+                                    is_call=True, cost_usd=cost))
+    history.record_results(rows, events)
+    history.add_feedback([FeedbackEvent(f"explicit:{qids[0]}", qids[0], SMALL, "explicit", 0.25, 1.0)])
+
+
+def test_a_day_is_written_once_per_schedule_and_replaced_by_hand(history, tmp_path):
+    _day_of_traffic(history)
+    today = datetime.now(UTC).date()
+    first = build_daily_report(today, history, CATALOG, tmp_path, owner="beat-1", scheduled=True)
+    assert first is not None
+    # a second beat (or a redelivered message) for the same day does nothing
+    assert build_daily_report(today, history, CATALOG, tmp_path, owner="beat-2", scheduled=True) is None
+    reports = SqlReports(history)
+    row = reports.row(today)
+    assert row["status"] == "done" and row["claimed_by"] == "beat-1" and row["prompts"] == 4
+    assert row["catalog_version"] == CATALOG.version and row["mean_rating"] == 0.25
+    with history.engine.connect() as conn:
+        spend = conn.scalar(sa.select(sa.func.sum(t.results.c.cost_usd)))
+    assert row["spend_usd"] == pytest.approx(spend, rel=1e-12)
+
+    folder = first.folder
+    for name in ("report.md", "report.html", "report.csv", *CHARTS):
+        assert (folder / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((folder / "report.csv").open()))
+    total = next(r for r in rows if r["section"] == "total")
+    assert float(total["spend_usd"]) == pytest.approx(spend, rel=1e-12)
+    assert "nightly" in (folder / "report.md").read_text()
+
+    # more traffic, then a manual re-run: the day's row and folder are replaced, not doubled
+    items = [parse_item({"prompt": "late"}, line=1, max_prompt_chars=100)]
+    q = history.submit("b2", items, tag=None, rejected=0, constraints={}).new[0]
+    history.insert_decisions([DecisionRow(q, SMALL, [SMALL], [1.0], {}, "other", 0.1, 0.0, {})])
+    history.record_results([ResultRow(q, SMALL, "ok", "x", 10, 10, 0.5, 1.0, 1, 0)], [])
+    again = build_daily_report(today, history, CATALOG, tmp_path, owner="cli")
+    assert again is not None and again.folder == folder
+    assert reports.count_rows() == 1 and reports.row(today)["prompts"] == 5
+    assert [p.name for p in tmp_path.iterdir()] == [today.isoformat()]
+
+
+def test_a_stale_claim_is_taken_over_and_a_failed_build_releases_it(history, tmp_path):
+    reports = SqlReports(history)
+    day = datetime(2026, 1, 2).date()
+    assert reports.claim(day, "dead-run", stale_after_s=3600)
+    assert not reports.claim(day, "beat", stale_after_s=3600)
+    assert reports.claim(day, "beat", stale_after_s=0)  # the first run died long ago
+    reports.release(day, "beat")
+    assert reports.row(day) is None

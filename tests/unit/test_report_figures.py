@@ -1,0 +1,80 @@
+"""The daily report's figures on hand-made rows: every definition of docs/reports.md."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from conduit_workers.domain.catalog import parse_catalog
+from conduit_workers.domain.report import CallFact, ResultFact, build_report
+
+CATALOG = parse_catalog({
+    "version": "v7", "reference": "big",
+    "models": [
+        {"name": "big", "provider": "openai", "input_price_per_mtok_usd": 10.0,
+         "output_price_per_mtok_usd": 30.0},
+        {"name": "small", "provider": "groq", "input_price_per_mtok_usd": 1.0,
+         "output_price_per_mtok_usd": 1.0},
+    ],
+}, {})
+T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+
+
+def _r(qid, model, routed, status="ok", tin=100, tout=10, attempts=1, fallbacks=0, minutes=0,
+       batch="b1", tag="t"):
+    spec = CATALOG.get(model) if model and status == "ok" else None
+    cost = spec.cost_usd(tin, tout) if spec else 0.0
+    if status != "ok":
+        tin = tout = 0
+    return ResultFact(qid, model, routed, status, tin, tout, cost, 50.0 + minutes, attempts,
+                      fallbacks, T0 + timedelta(minutes=minutes), batch, tag)
+
+
+def test_totals_savings_retries_waste_and_shares():
+    results = [
+        _r("q1", "small", "small"),
+        _r("q2", "small", "small", attempts=3, minutes=10),  # two retries on small
+        _r("q3", "small", "big", attempts=4, fallbacks=1, minutes=20, batch="b2", tag=None),
+        _r("q4", "big", "big", minutes=30),
+        _r("q5", "big", "big", status="error", attempts=3, minutes=40),
+        _r("q6", None, None, status="unroutable", attempts=0, minutes=50),
+    ]
+    calls = [CallFact("q1", "small", False, 0.0), CallFact("q2", "small", False, 0.0),
+             CallFact("q3", "big", True, 0.0), CallFact("q3", "small", False, 0.0),
+             CallFact("q4", "big", False, 0.0), CallFact("q5", "big", True, 0.001)]
+    rep = build_report(date(2026, 11, 24), results, calls, {"q1": 1.0, "q4": 0.5}, CATALOG)
+    t = rep.total
+    small, big = CATALOG.get("small"), CATALOG.get("big")
+    assert (t.prompts, t.ok, t.errors, t.unroutable) == (6, 4, 1, 1)
+    assert (t.calls, t.failed_calls) == (6, 2)
+    assert t.retries == 0 + 2 + 2 + 0 + 2  # attempts − fallbacks − 1, unroutable none
+    assert t.fallbacks == 1
+    assert t.spend_usd == pytest.approx(3 * small.cost_usd(100, 10) + big.cost_usd(100, 10))
+    assert t.reference_cost_usd == pytest.approx(4 * big.cost_usd(100, 10))
+    assert t.savings_usd == pytest.approx(t.reference_cost_usd - t.spend_usd)
+    # failed attempts: q2 2, q3 3 (priced as small answers), q5 3 (as big answers)
+    assert t.waste_usd == pytest.approx(5 * small.cost_usd(100, 10) + 3 * big.cost_usd(100, 10))
+    assert t.waste_billed_usd == pytest.approx(0.001)
+    assert t.mean_rating == pytest.approx(0.75)
+    assert rep.routing_share == pytest.approx({"small": 0.4, "big": 0.6})
+    by = {g.key: g for g in rep.models}
+    assert (by["small"].ok, by["small"].calls, by["big"].calls, by["big"].failed_calls) == (3, 3, 3, 2)
+    assert by["(unroutable)"].prompts == 1
+    assert {g.key: g.prompts for g in rep.providers} == {"groq": 3, "openai": 2, "-": 1}
+    assert {g.key: g.prompts for g in rep.batches} == {"b1": 5, "b2": 1}
+    assert {g.key: g.prompts for g in rep.tags} == {"t": 5, "(none)": 1}
+    # the groups partition the day
+    for groups in (rep.models, rep.providers, rep.batches, rep.tags):
+        assert sum(g.spend_usd for g in groups) == pytest.approx(t.spend_usd)
+        assert sum(g.prompts for g in groups) == t.prompts
+        assert sum(g.calls for g in groups) == t.calls
+    assert rep.catalog_version == "v7" and rep.repriced_spend_usd == pytest.approx(t.spend_usd)
+    assert sum(sum(c.values()) for _, c in rep.share_over_time) == 5
+    assert rep.summary()["errors"] == 2
+
+
+def test_an_empty_day_is_a_report_of_zeros():
+    rep = build_report(date(2026, 11, 24), [], [], {}, CATALOG)
+    assert rep.total.prompts == 0 and rep.total.spend_usd == 0 and rep.routing_share == {}
+    assert rep.share_over_time == [] and rep.total.mean_rating is None
