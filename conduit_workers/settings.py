@@ -101,6 +101,14 @@ class RouterSettings(BaseModel):
     seed: int | None = None  # fixed seed for reproducible sampling (tests, benchmarks)
 
 
+class RetrySettings(BaseModel):
+    """Retry detection: a user re-asking a near-identical prompt marks the earlier answer bad."""
+
+    enabled: bool = True
+    window_s: float = 600.0  # how long a user's prompts are remembered
+    threshold: float = 0.9  # cosine of the word vectors at or above which a prompt is a retry
+
+
 class ExecutorSettings(BaseModel):
     chunk_size: int = 64  # prompts per execute task, called concurrently inside it
     concurrency: int = 32  # LLM calls in flight per execute task
@@ -169,6 +177,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     reports: ReportSettings = Field(default_factory=ReportSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)

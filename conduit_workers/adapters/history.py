@@ -39,6 +39,7 @@ class QueryRow:
     prompt: str
     constraints: dict[str, Any]
     batch_constraints: dict[str, Any]
+    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -248,14 +249,14 @@ class SqlHistory:
             out: dict[str, QueryRow] = {}
             for chunk in _chunks(list(query_ids), 1000):
                 stmt = (
-                    select(q.c.id, q.c.prompt, q.c.constraints, b.c.constraints)
+                    select(q.c.id, q.c.prompt, q.c.constraints, b.c.constraints, q.c.user_name)
                     .select_from(q.outerjoin(d, d.c.query_id == q.c.id)
                                  .join(bi, bi.c.query_id == q.c.id)
                                  .join(b, b.c.id == bi.c.batch_id))
                     .where(q.c.id.in_(chunk), d.c.query_id.is_(None))
                 )
-                for qid, prompt, qc, bc in conn.execute(stmt):
-                    out.setdefault(qid, QueryRow(qid, prompt, qc or {}, bc or {}))
+                for qid, prompt, qc, bc, user in conn.execute(stmt):
+                    out.setdefault(qid, QueryRow(qid, prompt, qc or {}, bc or {}, user))
             return [out[i] for i in query_ids if i in out]
 
         return self._tx(run)

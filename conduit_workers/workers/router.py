@@ -7,20 +7,30 @@ import time
 from collections.abc import Sequence
 
 from conduit_workers.adapters.history import SqlHistory
+from conduit_workers.adapters.recent_prompts import RedisRecentPrompts
 from conduit_workers.celery_app import app
 from conduit_workers.domain.constraints import parse_constraints
 from conduit_workers.engine import RoutingEngine
 from conduit_workers.errors import StoreUnavailable
-from conduit_workers.workers.runtime import chunks, runtime
+from conduit_workers.workers.retries import RetryDetector
+from conduit_workers.workers.runtime import Runtime, chunks, runtime
 
 log = logging.getLogger(__name__)
 
 
-def handle_route_batch(query_ids: Sequence[str], history: SqlHistory, engine: RoutingEngine) -> int:
-    """Decide a model for each prompt of the chunk that has no decision yet; return how many."""
+def handle_route_batch(
+    query_ids: Sequence[str], history: SqlHistory, engine: RoutingEngine,
+    retries: RetryDetector | None = None,
+) -> int:
+    """Decide a model for each prompt of the chunk that has no decision yet; return how many.
+
+    With a ``retries`` detector, prompts repeating a user's recent prompt are reported first.
+    """
     rows = history.load_queries(query_ids)
     if not rows:
         return 0
+    if retries is not None:
+        retries.detect(rows)
     constraints = [
         parse_constraints(r.constraints).merged_over(parse_constraints(r.batch_constraints))
         for r in rows
@@ -28,6 +38,18 @@ def handle_route_batch(query_ids: Sequence[str], history: SqlHistory, engine: Ro
     decisions = engine.decide([r.id for r in rows], [r.prompt for r in rows], constraints)
     history.insert_decisions(decisions)
     return len(decisions)
+
+
+def _retry_detector(rt: Runtime) -> RetryDetector | None:
+    cfg = rt.settings.retry
+    if not cfg.enabled:
+        return None
+
+    def send(event_ids: list[str]) -> None:
+        app.send_task("conduit.feedback.apply_events", args=[event_ids], queue="feedback")
+
+    recent = RedisRecentPrompts(rt.store.client, rt.settings.redis.key_prefix, cfg.window_s)
+    return RetryDetector(recent, rt.history, cfg.threshold, send)
 
 
 @app.task(name="conduit.router.route_batch", bind=True, max_retries=20)
@@ -42,7 +64,7 @@ def route_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-d
     rt = runtime()
     started = time.perf_counter()
     try:
-        decided = handle_route_batch(query_ids, rt.history, rt.engine)
+        decided = handle_route_batch(query_ids, rt.history, rt.engine, _retry_detector(rt))
     except StoreUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
     for chunk in chunks(list(query_ids), rt.settings.executor.chunk_size):

@@ -1,0 +1,78 @@
+"""Recent prompts per user in Redis, for retry detection.
+
+Keys (``P`` = ``settings.redis.key_prefix``): ``P:recent:<user>`` is a sorted set of query ids
+scored by submission time (s); ``P:recentvec:<user>`` a hash of query id → float32 text vector.
+Both expire ``window_s`` after the user's last prompt; older entries are trimmed on each write.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import redis
+
+from conduit_workers.domain.bandit import Array
+from conduit_workers.errors import StoreUnavailable
+
+
+# KEYS[1] = P:recent:<user> (sorted set), KEYS[2] = P:recentvec:<user> (hash), both written.
+# ARGV = now, cutoff, ttl (s), query id, vector bytes. Adds the prompt, drops entries older
+# than the cutoff from both keys, and renews their expiry.
+REMEMBER_LUA = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
+if #old > 0 then
+  redis.call('ZREM', KEYS[1], unpack(old))
+  redis.call('HDEL', KEYS[2], unpack(old))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return #old
+"""
+
+
+class RedisRecentPrompts:
+    def __init__(self, client: redis.Redis, prefix: str, window_s: float) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.window_s = window_s
+        self._remember = client.register_script(REMEMBER_LUA)
+
+    def _keys(self, user: str) -> tuple[str, str]:
+        return f"{self.prefix}:recent:{user}", f"{self.prefix}:recentvec:{user}"
+
+    def recent(self, users: list[str], now: float | None = None) -> dict[str, list[tuple[str, Array]]]:
+        """Each user's prompts of the last ``window_s`` seconds, oldest first."""
+        now = time.time() if now is None else now
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for u in users:
+                pipe.zrangebyscore(self._keys(u)[0], now - self.window_s, "+inf")
+            ids_per_user = pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            for u, ids in zip(users, ids_per_user, strict=True):
+                pipe.hmget(self._keys(u)[1], ids) if ids else pipe.echo(b"")
+            vecs_per_user = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis recent-prompt read failed: {type(exc).__name__}") from exc
+        out: dict[str, list[tuple[str, Array]]] = {}
+        for u, ids, vecs in zip(users, ids_per_user, vecs_per_user, strict=True):
+            out[u] = [(i.decode(), np.frombuffer(v, dtype=np.float32).astype(np.float64))
+                      for i, v in zip(ids, vecs or [], strict=False) if v]
+        return out
+
+    def remember(self, entries: list[tuple[str, str, Array]], now: float | None = None) -> None:
+        """Record (user, query id, vector) entries and trim what fell out of the window."""
+        now = time.time() if now is None else now
+        ttl = max(1, int(self.window_s) + 1)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for user, qid, vec in entries:
+                self._remember(keys=list(self._keys(user)),
+                               args=[now, now - self.window_s, ttl, qid,
+                                     vec.astype(np.float32).tobytes()], client=pipe)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis recent-prompt write failed: {type(exc).__name__}") from exc

@@ -1,0 +1,63 @@
+"""Retry detection in the router: a near-identical prompt from the same user within the window
+gives the earlier answer an implicit reward of 0 (a ``retry`` feedback event)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from conduit_workers.adapters.history import QueryRow, SqlHistory
+from conduit_workers.adapters.recent_prompts import RedisRecentPrompts
+from conduit_workers.domain.retries import find_retries, text_vector
+from conduit_workers.domain.rewards import RETRY, FeedbackEvent
+from conduit_workers.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def retry_event_id(query_id: str) -> str:
+    return f"retry:{query_id}"
+
+
+class RetryDetector:
+    def __init__(self, recent: RedisRecentPrompts, history: SqlHistory, threshold: float,
+                 send_feedback: Callable[[list[str]], None]) -> None:
+        self.recent = recent
+        self.history = history
+        self.threshold = threshold
+        self.send_feedback = send_feedback
+
+    def detect(self, rows: Sequence[QueryRow]) -> list[str]:
+        """Record the chunk's prompts per user; store and send a retry event for each earlier,
+        answered prompt that one of them repeats. Returns the new event ids.
+
+        Never fails routing: with Redis unreachable, detection is skipped for the chunk.
+        """
+        with_user = [r for r in rows if r.user]
+        if not with_user:
+            return []
+        vectors = {r.id: text_vector(r.prompt) for r in with_user}
+        users = sorted({r.user for r in with_user if r.user})
+        try:
+            recent = self.recent.recent(users)
+            self.recent.remember([(r.user or "", r.id, vectors[r.id]) for r in with_user])
+        except StoreUnavailable as exc:
+            log.warning("retry detection skipped for %d prompts: %s", len(with_user), exc)
+            return []
+        retries = []
+        for user in users:
+            new = [(r.id, vectors[r.id]) for r in with_user if r.user == user]
+            retries += find_retries(new, recent.get(user, []), self.threshold)
+        if not retries:
+            return []
+        answered = self.history.answered_by([x.earlier_query_id for x in retries])
+        events = [
+            FeedbackEvent(retry_event_id(x.earlier_query_id), x.earlier_query_id,
+                          answered[x.earlier_query_id][1], RETRY, 0.0, 1.0)
+            for x in retries if x.earlier_query_id in answered
+        ]
+        fresh = self.history.add_feedback(events) if events else []
+        if fresh:
+            log.info("retry detection: %d prompts repeat an earlier answer", len(fresh))
+            self.send_feedback(fresh)
+        return fresh
