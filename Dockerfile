@@ -8,6 +8,7 @@ COPY producers ./producers
 # The CPU build of torch (pinned in pyproject.toml); no CUDA wheels in the image.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
  && pip install --no-cache-dir .
-RUN useradd --create-home conduit
+RUN useradd --create-home conduit \
+ && mkdir -p /var/lib/conduit/reports /var/lib/conduit/beat && chown -R conduit /var/lib/conduit
 USER conduit
 CMD ["celery", "-A", "conduit_workers", "worker", "-Q", "route,execute,feedback"]

@@ -55,6 +55,11 @@ def build(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A task that sends the next stage's task while the broker restarts waits for it (up to
+        # about a minute) instead of failing after Celery's default 3 quick retries.
+        "task_publish_retry_policy": {
+            "max_retries": 40, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0,
+        },
         "timezone": "UTC",
         "enable_utc": True,
     }

@@ -146,7 +146,10 @@ class CachedEmbedder:
             if self._inner is None:
                 self._inner = make_embedder(self.name)
                 self.dim = self._inner.dim
-            vecs = self._inner.embed([t for _, t in missing])
+            log.info("embedding %d texts with %s", len(missing), self.name)
+            batch = sorted(missing, key=lambda kt: len(kt[1]))  # little padding per batch
+            missing = batch
+            vecs = self._inner.embed([t for _, t in batch])
             for (k, _), v in zip(missing, vecs, strict=True):
                 self._vectors[k] = np.asarray(v, dtype=np.float32)
             self._dirty = True

@@ -22,5 +22,5 @@ app.conf.include = [
 logging.getLogger("conduit_workers").setLevel(get_settings().log_level)
 apply_flower_defaults(get_settings().flower)  # only under `celery … flower`
 # The HTTP clients log one INFO line per request; Conduit logs one line per task instead.
-for _name in ("httpx", "httpx2", "httpcore", "openai", "anthropic"):
+for _name in ("httpx", "httpx2", "httpcore", "openai", "anthropic", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)

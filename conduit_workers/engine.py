@@ -79,11 +79,14 @@ class RoutingEngine:
     def dim(self) -> int:
         return self.contexts.dim
 
+    def embedding_texts(self, texts: Sequence[str]) -> list[str]:
+        """What the encoder reads of each prompt: shared openings stripped, then the end."""
+        stripped = self.prefixes(texts) if self.settings.strip_shared_prefix else list(texts)
+        return [embedding_text(t, self.settings.embed_tail_chars) for t in stripped]
+
     def featurize(self, texts: Sequence[str]) -> tuple[Array, list]:  # type: ignore[type-arg]
         """Contexts (n, dim) and analyses of the prompts: one forward pass of the encoder."""
-        stripped = self.prefixes(texts) if self.settings.strip_shared_prefix else list(texts)
-        tails = [embedding_text(t, self.settings.embed_tail_chars) for t in stripped]
-        return self.contexts.build(self.embedder.embed(tails), list(texts))
+        return self.contexts.build(self.embedder.embed(self.embedding_texts(texts)), list(texts))
 
     def posteriors(self) -> tuple[list[Posterior], list[Expectations], dict[str, int]]:
         """Posterior and expectations per catalog model, recomputed only when a version moved.

@@ -36,8 +36,14 @@ def compute_daily_report(day: date, history: SqlHistory, catalog: Catalog) -> Da
 
 
 def build_daily_report(
-    day: date, history: SqlHistory, catalog: Catalog, out_dir: Path, *, owner: str,
-    scheduled: bool = False, stale_claim_s: float = 3600,
+    day: date,
+    history: SqlHistory,
+    catalog: Catalog,
+    out_dir: Path,
+    *,
+    owner: str,
+    scheduled: bool = False,
+    stale_claim_s: float = 3600,
 ) -> ReportOutcome | None:
     """Build, write and record the report of ``day``; replaces an earlier report of that day.
 
@@ -58,9 +64,17 @@ def build_daily_report(
             reports.release(day, owner)
         raise
     t = report.total
-    log.info("daily_cost %s: %d prompts, spend $%.6f, reference $%.6f, savings $%.6f, "
-             "waste $%.6f, written to %s", day, t.prompts, t.spend_usd, t.reference_cost_usd,
-             t.savings_usd, t.waste_usd, folder)
+    log.info(
+        "daily_cost %s: %d prompts, spend $%.6f, reference $%.6f, savings $%.6f, "
+        "waste $%.6f, written to %s",
+        day,
+        t.prompts,
+        t.spend_usd,
+        t.reference_cost_usd,
+        t.savings_usd,
+        t.waste_usd,
+        folder,
+    )
     return ReportOutcome(report, folder)
 
 

@@ -82,6 +82,8 @@ class RouterSettings(BaseModel):
     feature_cache_ttl_s: int = 24 * 3600
     # After a cache error, the router skips the cache for this long (circuit breaker).
     feature_cache_breaker_s: float = 30.0
+    feature_cache_url: str | None = None  # Redis of the cache; None = redis.url
+    feature_cache_timeout_s: float = 0.25  # per cache call: a slow cache must not stall routing
     projection_dim: int = 16  # embedding reduced to this many dimensions
     embed_tail_chars: int = 1_000  # embed the end of the prompt: shared few-shot prefixes blind the encoder
     strip_shared_prefix: bool = True  # drop openings shared by prompts (few-shot, templates) before embedding
@@ -112,6 +114,11 @@ class RetrySettings(BaseModel):
 class ExecutorSettings(BaseModel):
     chunk_size: int = 64  # prompts per execute task, called concurrently inside it
     concurrency: int = 32  # LLM calls in flight per execute task
+    # HTTP client under the OpenAI SDK (OpenAI and OpenAI-compatible models), one per process
+    # shared by all models: "aiohttp" (the SDK's aiohttp transport, ~2x less CPU per call than
+    # its default under concurrency; bench/README.md) or "httpx2" (the SDK's default).
+    http_client: str = "aiohttp"
+    max_connections: int = 256  # of that shared client (kept alive too: no reconnect churn)
     timeout_s: float = 60.0
     max_attempts: int = 3  # per model, for retryable errors (429, 5xx, timeout)
     backoff_base_s: float = 0.5

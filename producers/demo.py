@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
-from conduit_workers.domain.catalog import load_catalog
+from conduit_workers.domain.catalog import Catalog, load_catalog
 from conduit_workers.errors import ConfigError
 from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings, get_settings
 from producers.api import ConduitClient
@@ -81,11 +81,28 @@ def run_demo(prompts: int = 400, waves: int = 4, latency_ms: float = 30.0, keep_
         wait_worker_ready(worker, timeout_s=120)
         summary = _run_waves(ConduitClient(settings), sample, waves)
         _print_summary(summary, catalog.reference)
+        _write_report(settings, catalog, workdir / "reports")
         return summary
     finally:
         for p in reversed(procs):
             p.stop()
         _say("stopped everything the demo started")
+
+
+def _write_report(settings: Settings, catalog: Catalog, out_dir: Path) -> None:
+    """Today's cost report of the demo's history, as the nightly task writes it."""
+    from datetime import UTC, datetime
+
+    from conduit_workers.adapters.history import SqlHistory
+    from conduit_workers.reporting import build_daily_report
+
+    history = SqlHistory(settings.database.url)
+    try:
+        out = build_daily_report(datetime.now(UTC).date(), history, catalog, out_dir, owner="demo")
+        if out is not None:
+            _say(f"today's cost report: {out.folder}/report.html (and report.md, report.csv)")
+    finally:
+        history.dispose()
 
 
 def _run_waves(client: ConduitClient, sample: list[dict[str, Any]], waves: int) -> dict[str, Any]:

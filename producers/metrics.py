@@ -20,7 +20,8 @@ name                                        type     labels / meaning
 ``conduit_posterior_evidence``              gauge    ``model``: weight of quality evidence
 ==========================================  =======  ==========================================
 
-Mean latency is ``rate(conduit_llm_latency_seconds_total) / rate(conduit_answers_total{status="ok"})``.
+Mean latency is ``rate(conduit_llm_latency_seconds_total)`` divided by
+``rate(conduit_answers_total{status="ok"})``.
 Counters are whole-table aggregates: cheap up to millions of rows, then give the exporter a
 read replica (``CONDUIT_DATABASE__URL``) or raise ``cache_s``.
 """
@@ -52,7 +53,7 @@ class ConduitCollector(Collector):
         yield from self._cached[1]
 
     def _read(self) -> list[Metric]:
-        from producers.status import collect as status
+        from producers.status import collect as collect_status
 
         r, d, f = t.results, t.decisions, t.feedback
         h = self.client.history
@@ -65,16 +66,25 @@ class ConduitCollector(Collector):
         for model, n in q(select(d.c.model, func.count()).group_by(d.c.model)):
             m.add_metric([model or "none"], n)
         out.append(m)
-        answers = CounterMetricFamily("conduit_answers", "Prompts with a result",
-                                      labels=["model", "status"])
-        tokens = CounterMetricFamily("conduit_llm_tokens", "Tokens of the answers",
-                                     labels=["model", "direction"])
+        answers = CounterMetricFamily(
+            "conduit_answers", "Prompts with a result", labels=["model", "status"]
+        )
+        tokens = CounterMetricFamily(
+            "conduit_llm_tokens", "Tokens of the answers", labels=["model", "direction"]
+        )
         cost = CounterMetricFamily("conduit_llm_cost_usd", "Recorded spend (USD)", labels=["model"])
-        lat = CounterMetricFamily("conduit_llm_latency_seconds",
-                                  "Summed latency of the answers", labels=["model"])
-        stmt = select(r.c.model, r.c.status, func.count(), func.sum(r.c.input_tokens),
-                      func.sum(r.c.output_tokens), func.sum(r.c.cost_usd),
-                      func.sum(r.c.latency_ms)).group_by(r.c.model, r.c.status)
+        lat = CounterMetricFamily(
+            "conduit_llm_latency_seconds", "Summed latency of the answers", labels=["model"]
+        )
+        stmt = select(
+            r.c.model,
+            r.c.status,
+            func.count(),
+            func.sum(r.c.input_tokens),
+            func.sum(r.c.output_tokens),
+            func.sum(r.c.cost_usd),
+            func.sum(r.c.latency_ms),
+        ).group_by(r.c.model, r.c.status)
         for model, status, n, tin, tout, usd, ms in q(stmt):
             name = model or "none"
             answers.add_metric([name, status], n)
@@ -86,8 +96,11 @@ class ConduitCollector(Collector):
         out += [answers, tokens, cost, lat]
         calls = CounterMetricFamily("conduit_llm_calls", "Models tried", labels=["model"])
         errors = CounterMetricFamily("conduit_llm_errors", "Failed model tries", labels=["model"])
-        stmt = (select(f.c.model, func.count(), func.sum(cast(f.c.error, Integer)))
-                .where(f.c.is_call.is_(True)).group_by(f.c.model))
+        stmt = (
+            select(f.c.model, func.count(), func.sum(cast(f.c.error, Integer)))
+            .where(f.c.is_call.is_(True))
+            .group_by(f.c.model)
+        )
         for model, n, e in q(stmt):
             calls.add_metric([model], n)
             errors.add_metric([model], e or 0)
@@ -95,16 +108,21 @@ class ConduitCollector(Collector):
 
         from conduit_workers.adapters.report_sql import SqlReports
 
-        s = status(self.client.settings, self.client.catalog, self.client.app, SqlReports(h), 0.5)
+        s = collect_status(
+            self.client.settings, self.client.catalog, self.client.app, SqlReports(h), 0.5
+        )
         depth = GaugeMetricFamily("conduit_queue_depth", "Messages waiting", labels=["queue"])
         for queue in celeryconfig.QUEUES:
             depth.add_metric([queue], s.queues.get(queue) or 0)
         out.append(depth)
         if s.dead_letters is not None:
-            out.append(GaugeMetricFamily("conduit_dead_letters", "Dead letters", value=s.dead_letters))
+            out.append(
+                GaugeMetricFamily("conduit_dead_letters", "Dead letters", value=s.dead_letters)
+            )
         quality = GaugeMetricFamily("conduit_posterior_quality", "Mean quality", labels=["model"])
-        evidence = GaugeMetricFamily("conduit_posterior_evidence", "Quality evidence",
-                                     labels=["model"])
+        evidence = GaugeMetricFamily(
+            "conduit_posterior_evidence", "Quality evidence", labels=["model"]
+        )
         for ms_ in s.models:
             quality.add_metric([ms_.model], ms_.quality)
             evidence.add_metric([ms_.model], ms_.evidence)

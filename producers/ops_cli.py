@@ -15,10 +15,20 @@ from producers.api import ConduitClient
 
 
 @click.command()
-@click.option("--date", "day", type=click.DateTime(["%Y-%m-%d"]), default=None,
-              help="The UTC day to report (default: yesterday).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder of the reports (default CONDUIT_REPORTS__OUT_DIR, var/reports).")
+@click.option(
+    "--date",
+    "day",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="The UTC day to report (default: yesterday).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of the reports (default CONDUIT_REPORTS__OUT_DIR, var/reports).",
+)
 def report(day: object, out_dir: Path | None) -> None:
     """Build the cost report of one day by hand (what beat runs nightly); replaces that day's."""
     from conduit_workers.reporting import build_daily_report, yesterday_utc
@@ -26,14 +36,20 @@ def report(day: object, out_dir: Path | None) -> None:
     the_day: date = day.date() if day is not None else yesterday_utc()  # type: ignore[attr-defined]
     client = ConduitClient()
     try:
-        out = build_daily_report(the_day, client.history, client.catalog,
-                                 out_dir or client.settings.reports.out_dir,
-                                 owner=f"cli:{socket.gethostname()}:{os.getpid()}")
+        out = build_daily_report(
+            the_day,
+            client.history,
+            client.catalog,
+            out_dir or client.settings.reports.out_dir,
+            owner=f"cli:{socket.gethostname()}:{os.getpid()}",
+        )
         assert out is not None
         t = out.report.total
-        click.echo(f"{the_day}: {t.prompts} prompts, spend ${t.spend_usd:.6f}, always "
-                   f"{out.report.reference_model} ${t.reference_cost_usd:.6f}, savings "
-                   f"${t.savings_usd:.6f}, waste ${t.waste_usd:.6f}")
+        click.echo(
+            f"{the_day}: {t.prompts} prompts, spend ${t.spend_usd:.6f}, always "
+            f"{out.report.reference_model} ${t.reference_cost_usd:.6f}, savings "
+            f"${t.savings_usd:.6f}, waste ${t.waste_usd:.6f}"
+        )
         click.echo(f"written to {out.folder}/report.html (and report.md, report.csv)")
     except ConduitError as exc:
         raise click.ClickException(str(exc)) from None
@@ -43,7 +59,9 @@ def report(day: object, out_dir: Path | None) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--timeout", "timeout_s", type=float, default=1.0, help="Seconds to wait for workers.")
+@click.option(
+    "--timeout", "timeout_s", type=float, default=1.0, help="Seconds to wait for workers."
+)
 def status(as_json: bool, timeout_s: float) -> None:
     """Workers up, queue depths, what the router has learned per model, spend today."""
     from conduit_workers.adapters.report_sql import SqlReports
@@ -51,8 +69,9 @@ def status(as_json: bool, timeout_s: float) -> None:
 
     client = ConduitClient()
     try:
-        s = collect(client.settings, client.catalog, client.app, SqlReports(client.history),
-                    timeout_s)
+        s = collect(
+            client.settings, client.catalog, client.app, SqlReports(client.history), timeout_s
+        )
         if as_json:
             click.echo(json.dumps(s.to_json(), indent=1))
         else:

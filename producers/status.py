@@ -72,7 +72,9 @@ def workers(app: Celery, timeout_s: float) -> dict[str, list[str]]:
     return {name: sorted(q["name"] for q in qs) for name, qs in sorted(replies.items())}
 
 
-def model_statuses(settings: Settings, catalog: Catalog, store: RedisPosteriorStore) -> list[ModelStatus]:
+def model_statuses(
+    settings: Settings, catalog: Catalog, store: RedisPosteriorStore
+) -> list[ModelStatus]:
     """The router's own view: the engine's posteriors (peer prior, noise estimate) and
     expectations, built without loading the sentence encoder."""
     from conduit_workers.adapters.embedder import HashingEmbedder
@@ -82,21 +84,31 @@ def model_statuses(settings: Settings, catalog: Catalog, store: RedisPosteriorSt
     posts, exps, versions = engine.posteriors()
     read = store.read(list(catalog.names), engine.dim)
     calls = sum(read[m][1].counters["calls"] for m in catalog.names)
-    typical_in = (sum(read[m][1].counters["in_tokens"] for m in catalog.names) / calls
-                  if calls else 200.0)
+    typical_in = (
+        sum(read[m][1].counters["in_tokens"] for m in catalog.names) / calls if calls else 200.0
+    )
     out = []
     for spec, post, exp in zip(catalog.models, posts, exps, strict=True):
         c = read[spec.name][1].counters
-        cost = (typical_in * spec.input_price_per_mtok_usd
-                + exp.out_tokens * spec.output_price_per_mtok_usd) / 1e6
-        out.append(ModelStatus(
-            model=spec.name, provider=spec.provider, pulls=int(c["calls"]),
-            errors=int(c["errors"]), evidence=round(c["n"], 3),
-            mean_reward=c["r"] / c["n"] if c["n"] > 0 else None,
-            quality=float(post.mean[0]),
-            quality_sd=float(post.noise_sd * post.cov_unscaled[0, 0] ** 0.5),
-            expected_cost_usd=cost, expected_latency_ms=exp.latency_ms,
-            version=versions[spec.name]))
+        cost = (
+            typical_in * spec.input_price_per_mtok_usd
+            + exp.out_tokens * spec.output_price_per_mtok_usd
+        ) / 1e6
+        out.append(
+            ModelStatus(
+                model=spec.name,
+                provider=spec.provider,
+                pulls=int(c["calls"]),
+                errors=int(c["errors"]),
+                evidence=round(c["n"], 3),
+                mean_reward=c["r"] / c["n"] if c["n"] > 0 else None,
+                quality=float(post.mean[0]),
+                quality_sd=float(post.noise_sd * post.cov_unscaled[0, 0] ** 0.5),
+                expected_cost_usd=cost,
+                expected_latency_ms=exp.latency_ms,
+                version=versions[spec.name],
+            )
+        )
     return out
 
 
@@ -108,8 +120,9 @@ def dead_letter_count(client: redis.Redis, prefix: str) -> int | None:
     return int(client.hlen(RedisDeadLetters(client, prefix).key))
 
 
-def collect(settings: Settings, catalog: Catalog, app: Celery, reports: SqlReports,
-            timeout_s: float = 1.0) -> Status:
+def collect(
+    settings: Settings, catalog: Catalog, app: Celery, reports: SqlReports, timeout_s: float = 1.0
+) -> Status:
     """Everything ``conduit status`` shows; a part that cannot be read is named in ``errors``."""
     errors: list[str] = []
 
@@ -121,8 +134,9 @@ def collect(settings: Settings, catalog: Catalog, app: Celery, reports: SqlRepor
             return default
 
     r = settings.redis
-    client = redis.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s,
-                                  socket_connect_timeout=r.socket_timeout_s)
+    client = redis.Redis.from_url(
+        r.url, socket_timeout=r.socket_timeout_s, socket_connect_timeout=r.socket_timeout_s
+    )
     store = RedisPosteriorStore(client, r.key_prefix, r.applied_ttl_s)
     midnight = datetime.combine(datetime.now(UTC).date(), time(0), tzinfo=UTC)
     n, usd = attempt("history", lambda: reports.spend_since(midnight), (0, 0.0))
@@ -130,7 +144,8 @@ def collect(settings: Settings, catalog: Catalog, app: Celery, reports: SqlRepor
         workers=attempt("workers", lambda: workers(app, timeout_s), {}),
         queues=attempt("broker", lambda: queue_depths(app, celeryconfig.QUEUES), {}),
         models=attempt("posteriors", lambda: model_statuses(settings, catalog, store), []),
-        answers_today=n, spend_today_usd=usd,
+        answers_today=n,
+        spend_today_usd=usd,
         dead_letters=attempt("dead letters", lambda: dead_letter_count(client, r.key_prefix), None),
         errors=errors,
     )
@@ -139,16 +154,22 @@ def collect(settings: Settings, catalog: Catalog, app: Celery, reports: SqlRepor
 def render(s: Status) -> list[str]:
     lines = [f"workers: {len(s.workers)} up"]
     lines += [f"  {name}: {', '.join(qs)}" for name, qs in s.workers.items()]
-    lines.append("queues (waiting): " + ", ".join(
-        f"{q} {'-' if n is None else n}" for q, n in s.queues.items()))
+    lines.append(
+        "queues (waiting): "
+        + ", ".join(f"{q} {'-' if n is None else n}" for q, n in s.queues.items())
+    )
     lines.append(f"dead letters: {'-' if s.dead_letters is None else s.dead_letters}")
     lines.append(f"today (UTC): {s.answers_today} answers, ${s.spend_today_usd:.6f}")
-    lines.append(f"{'model':40} {'pulls':>6} {'errors':>6} {'reward':>7} {'quality':>7} "
-                 f"{'± sd':>6} {'exp. USD':>10} {'exp. ms':>8}")
+    lines.append(
+        f"{'model':40} {'pulls':>6} {'errors':>6} {'reward':>7} {'quality':>7} "
+        f"{'± sd':>6} {'exp. USD':>10} {'exp. ms':>8}"
+    )
     for m in s.models:
         reward = "-" if m.mean_reward is None else f"{m.mean_reward:.3f}"
-        lines.append(f"{m.model[:40]:40} {m.pulls:>6} {m.errors:>6} {reward:>7} {m.quality:>7.3f} "
-                     f"{m.quality_sd:>6.3f} {m.expected_cost_usd:>10.6f} {m.expected_latency_ms:>8.0f}")
+        lines.append(
+            f"{m.model[:40]:40} {m.pulls:>6} {m.errors:>6} {reward:>7} {m.quality:>7.3f} "
+            f"{m.quality_sd:>6.3f} {m.expected_cost_usd:>10.6f} {m.expected_latency_ms:>8.0f}"
+        )
     lines += [f"could not read {e}" for e in s.errors]
     return lines
 

@@ -23,8 +23,9 @@ def apply_flower_defaults(settings: FlowerSettings) -> bool:
     options.port = settings.port
     options.address = settings.address
     if settings.basic_auth is not None and settings.basic_auth.get_secret_value():
-        options.basic_auth = [p.strip() for p in settings.basic_auth.get_secret_value().split(",")
-                              if p.strip()]
+        options.basic_auth = [
+            p.strip() for p in settings.basic_auth.get_secret_value().split(",") if p.strip()
+        ]
     return True
 
 

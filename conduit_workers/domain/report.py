@@ -100,8 +100,12 @@ class Group:
 
     def row(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("latency_ms", "rating_sum")}
-        out.update(savings_usd=self.savings_usd, mean_rating=self.mean_rating,
-                   mean_latency_ms=self.mean_latency_ms, p95_latency_ms=self.p95_latency_ms)
+        out.update(
+            savings_usd=self.savings_usd,
+            mean_rating=self.mean_rating,
+            mean_latency_ms=self.mean_latency_ms,
+            p95_latency_ms=self.p95_latency_ms,
+        )
         return out
 
 
@@ -124,21 +128,30 @@ class DailyReport:
         """The totals stored in the day's history row."""
         t = self.total
         return {
-            "catalog_version": self.catalog_version, "prompts": t.prompts, "calls": t.calls,
-            "errors": t.failed_calls, "input_tokens": t.input_tokens,
-            "output_tokens": t.output_tokens, "spend_usd": t.spend_usd,
-            "reference_cost_usd": t.reference_cost_usd, "savings_usd": t.savings_usd,
-            "waste_usd": t.waste_usd, "mean_rating": t.mean_rating,
+            "catalog_version": self.catalog_version,
+            "prompts": t.prompts,
+            "calls": t.calls,
+            "errors": t.failed_calls,
+            "input_tokens": t.input_tokens,
+            "output_tokens": t.output_tokens,
+            "spend_usd": t.spend_usd,
+            "reference_cost_usd": t.reference_cost_usd,
+            "savings_usd": t.savings_usd,
+            "waste_usd": t.waste_usd,
+            "mean_rating": t.mean_rating,
         }
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "day": self.day.isoformat(), "catalog_version": self.catalog_version,
-            "reference_model": self.reference_model, "total": self.total.row(),
+            "day": self.day.isoformat(),
+            "catalog_version": self.catalog_version,
+            "reference_model": self.reference_model,
+            "total": self.total.row(),
             "models": [g.row() for g in self.models],
             "providers": [g.row() for g in self.providers],
             "batches": [{**g.row(), "tag": self.batch_tags.get(g.key)} for g in self.batches],
-            "tags": [g.row() for g in self.tags], "routing_share": self.routing_share,
+            "tags": [g.row() for g in self.tags],
+            "routing_share": self.routing_share,
             "share_over_time": [[ts.isoformat(), counts] for ts, counts in self.share_over_time],
             "repriced_spend_usd": self.repriced_spend_usd,
         }
@@ -180,9 +193,12 @@ def build_report(
         key = r.model if r.model is not None else UNROUTABLE
         batch_key = r.batch_id or "(no batch)"
         batch_tags[batch_key] = r.tag or NO_TAG
-        groups = [total, models.setdefault(key, Group(key)),
-                  batches.setdefault(batch_key, Group(batch_key)),
-                  tags.setdefault(r.tag or NO_TAG, Group(r.tag or NO_TAG))]
+        groups = [
+            total,
+            models.setdefault(key, Group(key)),
+            batches.setdefault(batch_key, Group(batch_key)),
+            tags.setdefault(r.tag or NO_TAG, Group(r.tag or NO_TAG)),
+        ]
         tried = r.status != "unroutable"
         failed_attempts = (r.attempts - 1 if r.status == "ok" else r.attempts) if tried else 0
         for g in groups:
@@ -203,12 +219,16 @@ def build_report(
                 g.ratings += 1
                 g.rating_sum += ratings[r.query_id]
     for c in calls:
-        r = by_query.get(c.query_id)
-        if r is None:
+        owner = by_query.get(c.query_id)
+        if owner is None:
             continue
         # A call counts for the model it went to; its batch and tag are the prompt's.
-        groups = [total, models.setdefault(c.model, Group(c.model)),
-                  batches[r.batch_id or "(no batch)"], tags[r.tag or NO_TAG]]
+        groups = [
+            total,
+            models.setdefault(c.model, Group(c.model)),
+            batches[owner.batch_id or "(no batch)"],
+            tags[owner.tag or NO_TAG],
+        ]
         for g in groups:
             g.calls += 1
             g.failed_calls += c.error
@@ -221,36 +241,66 @@ def build_report(
 
     providers: dict[str, Group] = {}
     for g in models.values():
-        prov = known[g.key].provider if g.key in known else ("-" if g.key == UNROUTABLE else "unknown")
+        prov = (
+            known[g.key].provider if g.key in known else ("-" if g.key == UNROUTABLE else "unknown")
+        )
         p = providers.setdefault(prov, Group(prov))
-        for name in ("prompts", "ok", "errors", "unroutable", "calls", "failed_calls", "retries",
-                     "fallbacks", "input_tokens", "output_tokens", "spend_usd",
-                     "reference_cost_usd", "waste_usd", "waste_billed_usd", "routed", "ratings",
-                     "rating_sum"):
+        for name in (
+            "prompts",
+            "ok",
+            "errors",
+            "unroutable",
+            "calls",
+            "failed_calls",
+            "retries",
+            "fallbacks",
+            "input_tokens",
+            "output_tokens",
+            "spend_usd",
+            "reference_cost_usd",
+            "waste_usd",
+            "waste_billed_usd",
+            "routed",
+            "ratings",
+            "rating_sum",
+        ):
             setattr(p, name, getattr(p, name) + getattr(g, name))
         p.latency_ms.extend(g.latency_ms)
 
-    repriced = sum(known[r.model].cost_usd(r.input_tokens, r.output_tokens)
-                   for r in results if r.status == "ok" and r.model in known)
+    repriced = sum(
+        known[r.model].cost_usd(r.input_tokens, r.output_tokens)
+        for r in results
+        if r.status == "ok" and r.model in known
+    )
     return DailyReport(
-        day=day, catalog_version=catalog.version, reference_model=ref.name, total=total,
+        day=day,
+        catalog_version=catalog.version,
+        reference_model=ref.name,
+        total=total,
         models=sorted(models.values(), key=lambda g: (-g.spend_usd, g.key)),
         providers=sorted(providers.values(), key=lambda g: (-g.spend_usd, g.key)),
         batches=sorted(batches.values(), key=lambda g: (-g.spend_usd, g.key)),
         tags=sorted(tags.values(), key=lambda g: (-g.spend_usd, g.key)),
-        batch_tags=batch_tags, routing_share=share,
-        share_over_time=share_over_time(results, bins), repriced_spend_usd=repriced,
+        batch_tags=batch_tags,
+        routing_share=share,
+        share_over_time=share_over_time(results, bins),
+        repriced_spend_usd=repriced,
     )
 
 
-def share_over_time(results: list[ResultFact], bins: int = 24) -> list[tuple[datetime, dict[str, int]]]:
-    """Routed prompts per model in ``bins`` equal time bins between the day's first and last
-    result (hours for a day of steady traffic, seconds for one short batch)."""
+def share_over_time(
+    results: list[ResultFact], bins: int = 24
+) -> list[tuple[datetime, dict[str, int]]]:
+    """Routed prompts per model over time: the day's hours when its traffic spans three hours
+    or more, else ``bins`` equal bins between its first and last result (one short batch)."""
     routed = sorted((r.created_at, r.routed_model) for r in results if r.routed_model is not None)
     if not routed:
         return []
     start, end = routed[0][0], routed[-1][0]
     width = max((end - start) / bins, timedelta(milliseconds=1))
+    if end - start >= timedelta(hours=3):  # a day of traffic: whole hours from midnight
+        start = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        width, bins = timedelta(hours=1), 24
     out: list[tuple[datetime, dict[str, int]]] = [(start + i * width, {}) for i in range(bins)]
     for ts, model in routed:
         i = min(int((ts - start) / width), bins - 1)

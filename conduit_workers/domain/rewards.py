@@ -83,7 +83,8 @@ def aggregate(
             w = np.fromiter((s[1].weight for s in seen), dtype=np.float64, count=len(seen))
             r = np.fromiter((s[1].reward for s in seen), dtype=np.float64, count=len(seen))
             xw = x * w[:, None]
-            stats.xx += xw.T @ x
+            xx = xw.T @ x
+            stats.xx += np.triu(xx) + np.triu(xx, 1).T  # exactly symmetric, as stored
             stats.xr += xw.T @ r
             c = stats.counters
             c["n"] += float(w.sum())

@@ -8,8 +8,10 @@ from conduit_workers.adapters.history_schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("run migrations through `conduit db upgrade` (adapters.migrations), "
-                       "which passes the connection; there is no alembic.ini")
+    raise RuntimeError(
+        "run migrations through `conduit db upgrade` (adapters.migrations), "
+        "which passes the connection; there is no alembic.ini"
+    )
 
 context.configure(
     connection=connection,

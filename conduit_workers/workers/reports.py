@@ -26,11 +26,16 @@ def daily_cost(self, day: str | None = None, force: bool = False) -> str | None:
     the_day = date.fromisoformat(day) if day else yesterday_utc()
     try:
         out = build_daily_report(
-            the_day, rt.history, rt.catalog, rt.settings.reports.out_dir,
-            owner=str(self.request.id), scheduled=not force,
-            stale_claim_s=rt.settings.reports.stale_claim_s)
+            the_day,
+            rt.history,
+            rt.catalog,
+            rt.settings.reports.out_dir,
+            owner=str(self.request.id),
+            scheduled=not force,
+            stale_claim_s=rt.settings.reports.stale_claim_s,
+        )
     except StoreUnavailable as exc:
-        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries * 10, 600)) from None
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries * 10, 600)) from None
     return str(out.folder) if out else None
 
 

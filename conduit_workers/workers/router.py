@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from conduit_workers.adapters.feature_cache import RedisFeatureCache
 from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.recent_prompts import RedisRecentPrompts
 from conduit_workers.celery_app import app
@@ -20,11 +21,12 @@ log = logging.getLogger(__name__)
 
 def handle_route_batch(
     query_ids: Sequence[str], history: SqlHistory, engine: RoutingEngine,
-    retries: RetryDetector | None = None,
+    retries: RetryDetector | None = None, features: RedisFeatureCache | None = None,
 ) -> int:
     """Decide a model for each prompt of the chunk that has no decision yet; return how many.
 
     With a ``retries`` detector, prompts repeating a user's recent prompt are reported first.
+    With a ``features`` cache, prompts seen before (by text hash) are not embedded again.
     """
     rows = history.load_queries(query_ids)
     if not rows:
@@ -35,7 +37,10 @@ def handle_route_batch(
         parse_constraints(r.constraints).merged_over(parse_constraints(r.batch_constraints))
         for r in rows
     ]
-    decisions = engine.decide([r.id for r in rows], [r.prompt for r in rows], constraints)
+    texts = [r.prompt for r in rows]
+    contexts, analyses = (features.featurize(texts, engine.featurize, engine.dim)
+                          if features is not None else (None, None))
+    decisions = engine.decide([r.id for r in rows], texts, constraints, contexts, analyses)
     history.insert_decisions(decisions)
     return len(decisions)
 
@@ -64,7 +69,8 @@ def route_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-d
     rt = runtime()
     started = time.perf_counter()
     try:
-        decided = handle_route_batch(query_ids, rt.history, rt.engine, _retry_detector(rt))
+        decided = handle_route_batch(query_ids, rt.history, rt.engine, _retry_detector(rt),
+                                     rt.feature_cache)
     except StoreUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
     for chunk in chunks(list(query_ids), rt.settings.executor.chunk_size):

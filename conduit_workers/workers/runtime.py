@@ -54,15 +54,31 @@ class Runtime:
         from conduit_workers.adapters.embedder import make_embedder
         from conduit_workers.engine import RoutingEngine
 
-        return RoutingEngine(self.catalog, self.store, make_embedder(self.settings.router.embedder),
-                             self.settings.router)
+        rs = self.settings.router
+        return RoutingEngine(self.catalog, self.store,
+                             make_embedder(rs.embedder, rs.static_model_dir), rs)
+
+    @cached_property
+    def feature_cache(self) -> Any:
+        """The router's cache of query features, or None when turned off (ttl 0)."""
+        rs = self.settings.router
+        if rs.feature_cache_ttl_s <= 0:
+            return None
+        from conduit_workers.adapters.feature_cache import RedisFeatureCache, signature
+
+        sig = signature(rs.embedder, rs.projection_dim, rs.embed_tail_chars, rs.strip_shared_prefix,
+                        rs.shared_prefix_min_chars, self.settings.context_dim)
+        return RedisFeatureCache.from_url(
+            rs.feature_cache_url or self.settings.redis.url, self.settings.redis.key_prefix, sig,
+            rs.feature_cache_ttl_s, rs.feature_cache_breaker_s, rs.feature_cache_timeout_s)
 
     @cached_property
     def llm(self) -> Any:
         from conduit_workers.adapters.llm import LLMClient
 
         ex = self.settings.executor
-        return LLMClient(self.catalog, environ(), ex.timeout_s, ex.max_output_tokens)
+        return LLMClient(self.catalog, environ(), ex.timeout_s, ex.max_output_tokens,
+                         http_client=ex.http_client, max_connections=ex.max_connections)
 
     @cached_property
     def health(self) -> ModelHealth:

@@ -55,11 +55,19 @@ def day_of_traffic(system):
     """Flower and a reports worker, then a real batch (with an unroutable prompt and a second
     tag), answered, half of it rated, its feedback applied."""
     workdir = system.workdir
-    env = dict(system.env, CONDUIT_REPORTS__OUT_DIR=str(workdir / "reports"),
-               CONDUIT_FLOWER__BASIC_AUTH=AUTH, CONDUIT_FLOWER__PORT=str(free_port()))
-    flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "conduit_workers", "flower"],
-                              env=env, stdout=open(workdir / "flower.log", "wb"),
-                              stderr=subprocess.STDOUT, cwd=workdir)
+    env = dict(
+        system.env,
+        CONDUIT_REPORTS__OUT_DIR=str(workdir / "reports"),
+        CONDUIT_FLOWER__BASIC_AUTH=AUTH,
+        CONDUIT_FLOWER__PORT=str(free_port()),
+    )
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "conduit_workers", "flower"],
+        env=env,
+        stdout=open(workdir / "flower.log", "wb"),
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+    )
     reports = start_worker(["reports"], env, workdir / "reports.log", concurrency=1, name="reports")
     try:
         flower_url = f"http://127.0.0.1:{env['CONDUIT_FLOWER__PORT']}"
@@ -68,21 +76,30 @@ def day_of_traffic(system):
         sample = [json.loads(x) for x in SAMPLE.read_text().splitlines()[-N:]]
         client = system.client
         items = [{"id": r["id"], "prompt": r["prompt"]} for r in sample]
-        items.append({"id": "too-cheap", "prompt": "Name a prime.",
-                      "constraints": {"max_cost_usd": 1e-12}})
+        items.append(
+            {"id": "too-cheap", "prompt": "Name a prime.", "constraints": {"max_cost_usd": 1e-12}}
+        )
         a = client.submit(items[: N // 2], tag="nightly")
         b = client.submit(items[N // 2 :], tag="adhoc")
         rows = client.wait(a.batch_id, timeout_s=300) + client.wait(b.batch_id, timeout_s=300)
         labels = {r["id"]: r["models"] for r in sample}
-        rated = [(r["external_id"], labels[r["external_id"]][r["model"]]["quality"])
-                 for r in rows[::2] if r["status"] == "ok"]
+        rated = [
+            (r["external_id"], labels[r["external_id"]][r["model"]]["quality"])
+            for r in rows[::2]
+            if r["status"] == "ok"
+        ]
         assert client.feedback(rated).applied == len(rated)
         deadline = time.monotonic() + 120
         while client.history.unapplied_feedback_ids():
             assert time.monotonic() < deadline
             time.sleep(0.3)
-        yield {"env": env, "rows": rows, "flower": flower_url, "sample": sample,
-               "out_dir": workdir / "reports"}
+        yield {
+            "env": env,
+            "rows": rows,
+            "flower": flower_url,
+            "sample": sample,
+            "out_dir": workdir / "reports",
+        }
     finally:
         flower.terminate()
         flower.wait(15)
@@ -91,8 +108,9 @@ def day_of_traffic(system):
 
 def _today(system) -> datetime:
     with system.client.history.engine.connect() as conn:
-        lo, hi = conn.execute(sa.select(sa.func.min(t.results.c.created_at),
-                                        sa.func.max(t.results.c.created_at))).one()
+        lo, hi = conn.execute(
+            sa.select(sa.func.min(t.results.c.created_at), sa.func.max(t.results.c.created_at))
+        ).one()
     if lo.date() != hi.date():
         pytest.skip("the batch straddled midnight UTC")
     return hi.date()
@@ -103,8 +121,9 @@ def test_the_report_reconciles_with_the_history_database(system, day_of_traffic)
     client = system.client
     # Two beats sending the nightly task for the same day build it once.
     for _ in range(2):
-        client.app.send_task("conduit.reports.daily_cost", kwargs={"day": day.isoformat()},
-                             queue="reports")
+        client.app.send_task(
+            "conduit.reports.daily_cost", kwargs={"day": day.isoformat()}, queue="reports"
+        )
     reports = SqlReports(client.history)
     deadline = time.monotonic() + 120
     while (reports.row(day) or {}).get("status") != "done":
@@ -116,9 +135,13 @@ def test_the_report_reconciles_with_the_history_database(system, day_of_traffic)
     assert reports.count_rows() == 1
 
     # By hand, the same day again: replaced, not doubled.
-    proc = subprocess.run([sys.executable, "-m", "producers.cli", "report", "--date",
-                           day.isoformat()], env=day_of_traffic["env"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "producers.cli", "report", "--date", day.isoformat()],
+        env=day_of_traffic["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert reports.count_rows() == 1
     row = reports.row(day)
@@ -135,25 +158,48 @@ def test_the_report_reconciles_with_the_history_database(system, day_of_traffic)
     in_day = sa.and_(r.c.created_at >= start, r.c.created_at < end)
     with client.history.engine.connect() as conn:
         res = conn.execute(sa.select(r).where(in_day)).all()
-        by_model = {m: (n, tin, tout, usd) for m, n, tin, tout, usd in conn.execute(
-            sa.select(r.c.model, sa.func.count(), sa.func.sum(r.c.input_tokens),
-                      sa.func.sum(r.c.output_tokens), sa.func.sum(r.c.cost_usd))
-            .where(in_day).group_by(r.c.model))}
-        by_tag = dict(conn.execute(
-            sa.select(b.c.tag, sa.func.sum(r.c.cost_usd))
-            .select_from(r.join(bi, bi.c.query_id == r.c.query_id).join(b, b.c.id == bi.c.batch_id))
-            .where(in_day).group_by(b.c.tag)).all())
+        by_model = {
+            m: (n, tin, tout, usd)
+            for m, n, tin, tout, usd in conn.execute(
+                sa.select(
+                    r.c.model,
+                    sa.func.count(),
+                    sa.func.sum(r.c.input_tokens),
+                    sa.func.sum(r.c.output_tokens),
+                    sa.func.sum(r.c.cost_usd),
+                )
+                .where(in_day)
+                .group_by(r.c.model)
+            )
+        }
+        by_tag = dict(
+            conn.execute(
+                sa.select(b.c.tag, sa.func.sum(r.c.cost_usd))
+                .select_from(
+                    r.join(bi, bi.c.query_id == r.c.query_id).join(b, b.c.id == bi.c.batch_id)
+                )
+                .where(in_day)
+                .group_by(b.c.tag)
+            ).all()
+        )
         calls, failed = conn.execute(
             sa.select(sa.func.count(), sa.func.sum(sa.cast(f.c.error, sa.Integer)))
             .select_from(f.join(r, r.c.query_id == f.c.query_id))
-            .where(in_day, f.c.is_call.is_(True))).one()
+            .where(in_day, f.c.is_call.is_(True))
+        ).one()
         mean_rating, n_rated = conn.execute(
             sa.select(sa.func.avg(f.c.reward), sa.func.count())
             .select_from(f.join(r, r.c.query_id == f.c.query_id))
-            .where(in_day, f.c.kind == "explicit")).one()
-        routed = dict(conn.execute(
-            sa.select(d.c.model, sa.func.count()).select_from(r.join(d, d.c.query_id == r.c.query_id))
-            .where(in_day, d.c.model.is_not(None)).group_by(d.c.model)).all())
+            .where(in_day, f.c.kind == "explicit")
+        ).one()
+        routed = dict(
+            conn.execute(
+                sa.select(d.c.model, sa.func.count())
+                .select_from(r.join(d, d.c.query_id == r.c.query_id))
+                .where(in_day, d.c.model.is_not(None))
+                .group_by(d.c.model)
+            ).all()
+        )
 
     total = figures["total"]
     assert total["prompts"] == len(res) == N + 1
@@ -162,10 +208,13 @@ def test_the_report_reconciles_with_the_history_database(system, day_of_traffic)
     assert total["output_tokens"] == sum(x.output_tokens for x in res)
     assert total["spend_usd"] == pytest.approx(sum(x.cost_usd for x in res), rel=1e-12)
     assert (total["calls"], total["failed_calls"]) == (calls, failed or 0)
-    assert total["retries"] == sum(max(0, x.attempts - x.fallbacks - 1) for x in res
-                                   if x.status != "unroutable")
+    assert total["retries"] == sum(
+        max(0, x.attempts - x.fallbacks - 1) for x in res if x.status != "unroutable"
+    )
     assert total["reference_cost_usd"] == pytest.approx(
-        sum(ref.cost_usd(x.input_tokens, x.output_tokens) for x in res if x.status == "ok"), rel=1e-12)
+        sum(ref.cost_usd(x.input_tokens, x.output_tokens) for x in res if x.status == "ok"),
+        rel=1e-12,
+    )
     assert total["savings_usd"] == pytest.approx(total["reference_cost_usd"] - total["spend_usd"])
     assert total["savings_usd"] > 0
     assert (total["ratings"], total["mean_rating"]) == (n_rated, pytest.approx(float(mean_rating)))
@@ -175,7 +224,8 @@ def test_the_report_reconciles_with_the_history_database(system, day_of_traffic)
         assert (g["prompts"], g["input_tokens"], g["output_tokens"]) == (n, tin, tout)
         assert g["spend_usd"] == pytest.approx(usd, rel=1e-12)
     assert {k: v for k, v in figures["routing_share"].items()} == pytest.approx(
-        {m: n / sum(routed.values()) for m, n in routed.items()})
+        {m: n / sum(routed.values()) for m, n in routed.items()}
+    )
     tags = {g["key"]: g["spend_usd"] for g in figures["tags"]}
     assert tags == pytest.approx(by_tag)
     assert figures["catalog_version"] == row["catalog_version"] == catalog.version
@@ -185,8 +235,13 @@ def test_the_report_reconciles_with_the_history_database(system, day_of_traffic)
     rows = {(x["section"], x["key"]): x for x in csv.DictReader((folder / "report.csv").open())}
     assert float(rows[("total", "total")]["spend_usd"]) == total["spend_usd"]
     assert int(rows[("tag", "nightly")]["prompts"]) == N // 2
-    for name in ("report.md", "report.html", "spend_per_model.png", "routing_share.png",
-                 "savings.png"):
+    for name in (
+        "report.md",
+        "report.html",
+        "spend_per_model.png",
+        "routing_share.png",
+        "savings.png",
+    ):
         assert (folder / name).stat().st_size > 1000, name
     html = (folder / "report.html").read_text()
     assert "routing_share.png" in html and catalog.version in html
@@ -195,9 +250,13 @@ def test_the_report_reconciles_with_the_history_database(system, day_of_traffic)
 
 
 def test_status_shows_workers_queues_posteriors_and_spend(system, day_of_traffic):
-    proc = subprocess.run([sys.executable, "-m", "producers.cli", "status", "--json",
-                           "--timeout", "2"], env=day_of_traffic["env"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "producers.cli", "status", "--json", "--timeout", "2"],
+        env=day_of_traffic["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads(proc.stdout)
     assert s["errors"] == []
@@ -210,8 +269,11 @@ def test_status_shows_workers_queues_posteriors_and_spend(system, day_of_traffic
         assert m["pulls"] == read[m["model"]][1].counters["calls"]
         assert 0 <= m["quality_sd"] < 1 and m["expected_cost_usd"] > 0
     with system.client.history.engine.connect() as conn:
-        spent = conn.scalar(sa.select(sa.func.sum(t.results.c.cost_usd)).where(
-            t.results.c.created_at >= day_bounds(datetime.now(UTC).date())[0]))
+        spent = conn.scalar(
+            sa.select(sa.func.sum(t.results.c.cost_usd)).where(
+                t.results.c.created_at >= day_bounds(datetime.now(UTC).date())[0]
+            )
+        )
     assert s["spend_today_usd"] == pytest.approx(spent or 0.0, rel=1e-9)
 
 
@@ -231,8 +293,12 @@ def test_flower_needs_the_configured_login_and_shows_task_names_and_ids_only(day
 def test_the_prometheus_exporter_counts_what_the_history_holds(system, day_of_traffic):
     port = free_port()
     env = dict(day_of_traffic["env"], CONDUIT_METRICS__PORT=str(port))
-    proc = subprocess.Popen([sys.executable, "-m", "producers.cli", "metrics"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producers.cli", "metrics"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_http(f"http://127.0.0.1:{port}/metrics")
         status, text = _get(f"http://127.0.0.1:{port}/metrics")
@@ -246,9 +312,35 @@ def test_the_prometheus_exporter_counts_what_the_history_holds(system, day_of_tr
     samples = [line.split() for line in text.splitlines() if line and not line.startswith("#")]
     cost = sum(float(v) for k, v in samples if k.startswith("conduit_llm_cost_usd_total"))
     assert cost == pytest.approx(spent, rel=1e-9)
-    assert sum(float(v) for k, v in samples
-               if k.startswith("conduit_routing_decisions_total")) == decided
-    for name in ("conduit_answers_total", "conduit_llm_calls_total", "conduit_llm_errors_total",
-                 "conduit_llm_tokens_total", "conduit_llm_latency_seconds_total",
-                 "conduit_queue_depth", "conduit_posterior_quality"):
+    assert (
+        sum(float(v) for k, v in samples if k.startswith("conduit_routing_decisions_total"))
+        == decided
+    )
+    for name in (
+        "conduit_answers_total",
+        "conduit_llm_calls_total",
+        "conduit_llm_errors_total",
+        "conduit_llm_tokens_total",
+        "conduit_llm_latency_seconds_total",
+        "conduit_queue_depth",
+        "conduit_posterior_quality",
+    ):
         assert any(k.startswith(name) for k, _ in samples), name
+
+
+def test_the_service_backed_examples_run(system, day_of_traffic, tmp_path):
+    root = SAMPLE.parents[2]
+    for args in (
+        ["batch_job.py", "10"],
+        ["cost_report.py", _today(system).isoformat(), str(tmp_path)],
+    ):
+        proc = subprocess.run(
+            [sys.executable, str(root / "examples" / args[0]), *args[1:]],
+            cwd=root,
+            env=day_of_traffic["env"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / _today(system).isoformat() / "report.html").exists()

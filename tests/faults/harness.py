@@ -175,8 +175,8 @@ class FaultSystem:
 def start_system(workdir: Path, redis_url: str, db_url: str, latency_ms: float = 40,
                  extra_env: dict[str, str] | None = None, start: bool = True) -> FaultSystem:
     replay, replay_url = start_replay_server([SAMPLE], workdir / "replay.log", latency_ms=latency_ms)
-    env = dict(os.environ, **FAULT_ENV, CONDUIT_REDIS__URL=redis_url, CONDUIT_DATABASE__URL=db_url,
-               CONDUIT_REPLAY_URL=replay_url, **(extra_env or {}))
+    env = {**os.environ, **FAULT_ENV, "CONDUIT_REDIS__URL": redis_url,
+           "CONDUIT_DATABASE__URL": db_url, "CONDUIT_REPLAY_URL": replay_url, **(extra_env or {})}
     env.pop("CONDUIT_BROKER__URL", None)
     system = FaultSystem(workdir, env, replay, replay_url)
     os.environ["CONDUIT_REPLAY_URL"] = replay_url  # the producer's catalog reads it

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,8 +73,9 @@ class PrivatePostgres:
     def __init__(self, workdir: Path) -> None:
         if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None or os.geteuid() != 0:
             pytest.skip(f"needs root, runuser and PostgreSQL binaries in {PG_BIN}")
-        self.dir = workdir / "pg"
-        self.dir.mkdir()
+        # Not under pytest's tmp dir: that one is private to root, and postgres must reach it.
+        self.dir = Path(tempfile.mkdtemp(prefix="conduit-fault-pg-"))
+        self.dir.chmod(0o755)
         shutil.chown(self.dir, "postgres", "postgres")
         self.data = self.dir / "data"
         self.port = free_port()
@@ -101,3 +103,4 @@ class PrivatePostgres:
             self.stop()
         except subprocess.CalledProcessError:
             pass
+        shutil.rmtree(self.dir, ignore_errors=True)

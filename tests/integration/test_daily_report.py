@@ -34,17 +34,27 @@ def history(pg_url):
 def _day_of_traffic(history: SqlHistory) -> None:
     items = [parse_item({"prompt": f"p{i}"}, line=i + 1, max_prompt_chars=100) for i in range(4)]
     qids = history.submit("b1", items, tag="nightly", rejected=0, constraints={}).new
-    history.insert_decisions([DecisionRow(q, m, [m], [1.0], {m: 0.5}, "other", 0.1, 0.001, {m: 0})
-                              for q, m in zip(qids, [SMALL, SMALL, BIG, BIG], strict=True)])
+    history.insert_decisions(
+        [
+            DecisionRow(q, m, [m], [1.0], {m: 0.5}, "other", 0.1, 0.001, {m: 0})
+            for q, m in zip(qids, [SMALL, SMALL, BIG, BIG], strict=True)
+        ]
+    )
     rows, events = [], []
-    for q, m, tin, tout in zip(qids, [SMALL, SMALL, BIG, BIG], [100, 200, 300, 400],
-                               [10, 20, 30, 40], strict=True):
+    for q, m, tin, tout in zip(
+        qids, [SMALL, SMALL, BIG, BIG], [100, 200, 300, 400], [10, 20, 30, 40], strict=True
+    ):
         cost = CATALOG.get(m).cost_usd(tin, tout)
         rows.append(ResultRow(q, m, "ok", "x", tin, tout, cost, 40.0, 1, 0))
-        events.append(FeedbackEvent(f"implicit:{q}:{m}", q, m, "implicit", 1.0, 0.0,
-                                    is_call=True, cost_usd=cost))
+        events.append(
+            FeedbackEvent(
+                f"implicit:{q}:{m}", q, m, "implicit", 1.0, 0.0, is_call=True, cost_usd=cost
+            )
+        )
     history.record_results(rows, events)
-    history.add_feedback([FeedbackEvent(f"explicit:{qids[0]}", qids[0], SMALL, "explicit", 0.25, 1.0)])
+    history.add_feedback(
+        [FeedbackEvent(f"explicit:{qids[0]}", qids[0], SMALL, "explicit", 0.25, 1.0)]
+    )
 
 
 def test_a_day_is_written_once_per_schedule_and_replaced_by_hand(history, tmp_path):
@@ -53,7 +63,10 @@ def test_a_day_is_written_once_per_schedule_and_replaced_by_hand(history, tmp_pa
     first = build_daily_report(today, history, CATALOG, tmp_path, owner="beat-1", scheduled=True)
     assert first is not None
     # a second beat (or a redelivered message) for the same day does nothing
-    assert build_daily_report(today, history, CATALOG, tmp_path, owner="beat-2", scheduled=True) is None
+    assert (
+        build_daily_report(today, history, CATALOG, tmp_path, owner="beat-2", scheduled=True)
+        is None
+    )
     reports = SqlReports(history)
     row = reports.row(today)
     assert row["status"] == "done" and row["claimed_by"] == "beat-1" and row["prompts"] == 4

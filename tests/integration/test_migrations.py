@@ -1,4 +1,4 @@
-"""The Alembic migrations build exactly the schema of history_schema.py, on PostgreSQL and SQLite."""
+"""The Alembic migrations build exactly the schema of history_schema.py (PostgreSQL, SQLite)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,11 @@ def _diff(engine: sa.Engine) -> list:
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def engine(request, tmp_path):
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else \
-        f"sqlite:///{tmp_path / 'history.db'}"
+    url = (
+        request.getfixturevalue("pg_url")
+        if request.param == "postgresql"
+        else f"sqlite:///{tmp_path / 'history.db'}"
+    )
     eng = sa.create_engine(url)
     yield eng
     eng.dispose()
@@ -35,8 +38,9 @@ def engine(request, tmp_path):
 def test_migrations_build_the_schema_of_the_code(engine):
     assert migrations.current(engine) is None
     assert migrations.upgrade(engine) == (None, migrations.head())
-    assert _diff(engine) == [], ("history_schema.py and the migrations differ: add a migration "
-                                 "(conduit db revision -m '…')")
+    assert _diff(engine) == [], (
+        "history_schema.py and the migrations differ: add a migration (conduit db revision -m '…')"
+    )
     assert migrations.upgrade(engine) == (migrations.head(), migrations.head())  # a no-op
 
 
@@ -54,8 +58,12 @@ def test_a_database_made_by_create_all_is_stamped_then_upgraded(engine):
         t.metadata.tables[name].to_metadata(first_release)
     first_release.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(sa.text("insert into batches (id, created_at, accepted, rejected, constraints) "
-                             "values ('b', '2026-01-01 00:00:00+00', 0, 0, '{}')"))
+        conn.execute(
+            sa.text(
+                "insert into batches (id, created_at, accepted, rejected, constraints) "
+                "values ('b', '2026-01-01 00:00:00+00', 0, 0, '{}')"
+            )
+        )
     assert migrations.upgrade(engine) == (migrations.BASELINE, migrations.head())
     assert _diff(engine) == []
     with engine.connect() as conn:

@@ -9,26 +9,62 @@ import pytest
 from conduit_workers.domain.catalog import parse_catalog
 from conduit_workers.domain.report import CallFact, ResultFact, build_report
 
-CATALOG = parse_catalog({
-    "version": "v7", "reference": "big",
-    "models": [
-        {"name": "big", "provider": "openai", "input_price_per_mtok_usd": 10.0,
-         "output_price_per_mtok_usd": 30.0},
-        {"name": "small", "provider": "groq", "input_price_per_mtok_usd": 1.0,
-         "output_price_per_mtok_usd": 1.0},
-    ],
-}, {})
+CATALOG = parse_catalog(
+    {
+        "version": "v7",
+        "reference": "big",
+        "models": [
+            {
+                "name": "big",
+                "provider": "openai",
+                "input_price_per_mtok_usd": 10.0,
+                "output_price_per_mtok_usd": 30.0,
+            },
+            {
+                "name": "small",
+                "provider": "groq",
+                "input_price_per_mtok_usd": 1.0,
+                "output_price_per_mtok_usd": 1.0,
+            },
+        ],
+    },
+    {},
+)
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 
 
-def _r(qid, model, routed, status="ok", tin=100, tout=10, attempts=1, fallbacks=0, minutes=0,
-       batch="b1", tag="t"):
+def _r(
+    qid,
+    model,
+    routed,
+    status="ok",
+    tin=100,
+    tout=10,
+    attempts=1,
+    fallbacks=0,
+    minutes=0,
+    batch="b1",
+    tag="t",
+):
     spec = CATALOG.get(model) if model and status == "ok" else None
     cost = spec.cost_usd(tin, tout) if spec else 0.0
     if status != "ok":
         tin = tout = 0
-    return ResultFact(qid, model, routed, status, tin, tout, cost, 50.0 + minutes, attempts,
-                      fallbacks, T0 + timedelta(minutes=minutes), batch, tag)
+    return ResultFact(
+        qid,
+        model,
+        routed,
+        status,
+        tin,
+        tout,
+        cost,
+        50.0 + minutes,
+        attempts,
+        fallbacks,
+        T0 + timedelta(minutes=minutes),
+        batch,
+        tag,
+    )
 
 
 def test_totals_savings_retries_waste_and_shares():
@@ -40,9 +76,14 @@ def test_totals_savings_retries_waste_and_shares():
         _r("q5", "big", "big", status="error", attempts=3, minutes=40),
         _r("q6", None, None, status="unroutable", attempts=0, minutes=50),
     ]
-    calls = [CallFact("q1", "small", False, 0.0), CallFact("q2", "small", False, 0.0),
-             CallFact("q3", "big", True, 0.0), CallFact("q3", "small", False, 0.0),
-             CallFact("q4", "big", False, 0.0), CallFact("q5", "big", True, 0.001)]
+    calls = [
+        CallFact("q1", "small", False, 0.0),
+        CallFact("q2", "small", False, 0.0),
+        CallFact("q3", "big", True, 0.0),
+        CallFact("q3", "small", False, 0.0),
+        CallFact("q4", "big", False, 0.0),
+        CallFact("q5", "big", True, 0.001),
+    ]
     rep = build_report(date(2026, 11, 24), results, calls, {"q1": 1.0, "q4": 0.5}, CATALOG)
     t = rep.total
     small, big = CATALOG.get("small"), CATALOG.get("big")
@@ -59,7 +100,12 @@ def test_totals_savings_retries_waste_and_shares():
     assert t.mean_rating == pytest.approx(0.75)
     assert rep.routing_share == pytest.approx({"small": 0.4, "big": 0.6})
     by = {g.key: g for g in rep.models}
-    assert (by["small"].ok, by["small"].calls, by["big"].calls, by["big"].failed_calls) == (3, 3, 3, 2)
+    assert (by["small"].ok, by["small"].calls, by["big"].calls, by["big"].failed_calls) == (
+        3,
+        3,
+        3,
+        2,
+    )
     assert by["(unroutable)"].prompts == 1
     assert {g.key: g.prompts for g in rep.providers} == {"groq": 3, "openai": 2, "-": 1}
     assert {g.key: g.prompts for g in rep.batches} == {"b1": 5, "b2": 1}

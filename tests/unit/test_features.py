@@ -1,0 +1,70 @@
+"""Contexts: shared-prefix stripping, the projection's scale, the query analysis."""
+
+import numpy as np
+import pytest
+
+from conduit_workers.domain.features import ContextBuilder, SharedPrefixes, analyse, embedding_text
+
+FEW_SHOT = "".join(f"Context: example sentence number {i} of the prompt.\nAnswer: Yes\n\n" for i in range(8))
+
+
+def test_a_prefix_shared_by_the_chunk_is_stripped():
+    sp = SharedPrefixes(min_chars=200)
+    items = ["Context: the court overrules smith v. jones.\nAnswer:",
+             "Context: we affirm the judgment below in part.\nAnswer:"]
+    out = sp([FEW_SHOT + items[0], FEW_SHOT + items[1], "a plain question with no template"])
+    assert out == items + ["a plain question with no template"]
+
+
+def test_a_remembered_prefix_is_stripped_from_a_prompt_that_arrives_alone():
+    sp = SharedPrefixes(min_chars=200)
+    sp([FEW_SHOT + "Context: one item here, long enough.", FEW_SHOT + "Context: another item, also long."])
+    assert sp([FEW_SHOT + "Context: a later lonely item of some length."]) == [
+        "Context: a later lonely item of some length."]
+
+
+def test_duplicates_and_short_shared_openings_stay_whole():
+    sp = SharedPrefixes(min_chars=200)
+    q = "Which of the following is a prime number?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:"
+    assert sp([q, q]) == [q, q]  # nothing would remain
+    a, b = "Which of the following is true? " + "x" * 30, "Which of the following is true? " + "y" * 30
+    assert sp([a, b]) == [a, b]  # under min_chars: an ordinary shared phrase
+
+
+def test_prefix_memory_is_bounded():
+    sp = SharedPrefixes(min_chars=50, capacity=3)
+    for k in range(10):
+        pre = f"template {k} " + "z" * 60 + "\n"
+        sp([pre + "first item text here ok", pre + "second item text here ok"])
+    assert len(sp._known) <= 3
+
+
+def test_embedding_text_keeps_the_end():
+    assert embedding_text("abcdef", 3) == "def"
+    assert embedding_text("abc", 10) == "abc"
+
+
+def test_context_has_unit_scale_and_is_the_same_in_every_process():
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((500, 384))
+    texts = ["hello"] * 500
+    a, _ = ContextBuilder(384, 16).build(e, texts)
+    b, _ = ContextBuilder(384, 16).build(e, texts)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (500, 1 + 16 + 3)
+    assert (a[:, 0] == 1).all()
+    # E‖P·e‖² ≈ 1 for unit e: a wider context makes Thompson Sampling explore at random
+    assert np.mean(np.sum(a[:, 1:17] ** 2, axis=1)) == pytest.approx(1.0, abs=0.15)
+
+
+@pytest.mark.parametrize(("text", "domain"), [
+    ("def add(a, b):\n    return a + b", "code"),
+    ("Solve the equation 3x + 2 = 11", "math"),
+    ("Write a short poem about rain", "writing"),
+    ("Explain why the sky is blue", "reasoning"),
+    ("Bonjour", "other"),
+])
+def test_analysis_labels_the_domain(text, domain):
+    a = analyse(text)
+    assert a.domain == domain
+    assert 0.0 <= a.complexity <= 1.0 and a.chars == len(text)
