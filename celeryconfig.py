@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from celery.schedules import crontab
@@ -29,6 +30,7 @@ TASK_QUEUES = {
 
 # What `celery -A conduit_workers beat` sends (run exactly one beat; see docs/deploy.md).
 DAILY_COST_ENTRY = "conduit-daily-cost-report"
+SWEEP_ENTRY = "conduit-sweep"
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -44,6 +46,9 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
+        # A task killed by the hard time limit goes back to the queue like one whose worker
+        # died (the delivery count sends it to the dead-letter queue if it keeps timing out).
+        "task_acks_on_timeout": False,
         "worker_prefetch_multiplier": 1,
         "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         "task_default_queue": "route",
@@ -72,6 +77,13 @@ def build(settings: Settings) -> dict[str, Any]:
                 "options": {"queue": "reports", "routing_key": "reports"},
             },
         }
+    # Work whose task was lost with the broker is sent again (see feedback.sweep_after_s).
+    conf.setdefault("beat_schedule", {})[SWEEP_ENTRY] = {
+        "task": "conduit.feedback.sweep",
+        "schedule": timedelta(seconds=settings.feedback.sweep_interval_s),
+        "options": {"queue": "feedback", "routing_key": "feedback",
+                    "expires": settings.feedback.sweep_interval_s},
+    }
     if broker_url.startswith(("redis://", "rediss://", "unix://")):
         conf["broker_transport_options"] = {
             "visibility_timeout": settings.broker.visibility_timeout_s,

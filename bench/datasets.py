@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,9 +162,16 @@ class CachedEmbedder:
         if not self._dirty:
             return
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        if self.cache_file.exists():  # another run may have added vectors meanwhile: keep them
+            try:
+                data = np.load(self.cache_file)
+                for i, k in enumerate(data["keys"]):
+                    self._vectors.setdefault(str(k), data["vectors"][i])
+            except (OSError, ValueError, KeyError):
+                log.warning("embedding cache %s unreadable; rewriting it", self.cache_file)
         keys = np.array(list(self._vectors))
         vecs = np.stack(list(self._vectors.values())).astype(np.float32)
-        tmp = self.cache_file.with_suffix(".tmp.npz")
+        tmp = self.cache_file.with_name(f"{self.cache_file.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, keys=keys, vectors=vecs)
         tmp.replace(self.cache_file)
         self._dirty = False

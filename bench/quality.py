@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="mid-stream, swap the labels of the favoured model with the worst model's")
     ap.add_argument("--cold-start", action="store_true",
                     help="withhold the favoured cheaper model until mid-stream")
-    ap.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
+    ap.add_argument("--embedder", choices=("minilm", "static", "hashing"), default="minilm")
     ap.add_argument("--no-baselines", action="store_true", help="the router's sweep only")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override RouterSettings fields (experiments)")

@@ -6,7 +6,14 @@ importing the pure domain (``conduit_workers.domain``) never imports Celery.
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# pydantic loads every installed pydantic plugin (entry points) when the first model is built;
+# the one that pydantic-ai's logfire dependency installs imports OpenTelemetry, ~0.5 s of every
+# `conduit` command and worker start-up (bench/README.md). Conduit uses no pydantic plugin;
+# set PYDANTIC_DISABLE_PLUGINS="" to load them anyway.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
 
 
 def __getattr__(name: str) -> Any:

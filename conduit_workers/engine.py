@@ -20,6 +20,7 @@ from conduit_workers.domain.bandit import (
     Array,
     Posterior,
     Prior,
+    arm_noise_sd,
     peer_prior_mean,
     pooled_noise_sd,
     thompson_samples,
@@ -120,8 +121,9 @@ class RoutingEngine:
         noise = pooled_noise_sd(stats, self.prior) if rs.estimate_noise else None
         posts, exps = [], []
         for spec, st in zip(self.catalog.models, stats, strict=True):
+            sd = arm_noise_sd(st, noise) if noise is not None else None
             posts.append(Posterior.from_stats(st, self.prior, spec.quality_prior,
-                                              prior_mean=prior_mean, noise_sd=noise))
+                                              prior_mean=prior_mean, noise_sd=sd))
             exps.append(Expectations.from_stats(st, spec, rs.default_output_tokens,
                                                 rs.default_latency_ms))
         calls = sum(st.counters["calls"] for st in stats)

@@ -54,7 +54,8 @@ class DatabaseSettings(BaseModel):
 
     url: str = "sqlite:///conduit-history.db"
     pool_size: int = 5
-    # Transient connection errors are retried for this long before a task gives up.
+    # Transient connection errors are retried for this long inside a task; then the task is
+    # retried later by Celery (feedback without limit). Keep it below broker.task_time_limit_s.
     retry_for_s: float = 60.0
     # Bring the schema to the newest migration when a process first opens the database (under a
     # lock, so concurrent workers migrate once). Turn off in production and run
@@ -125,7 +126,7 @@ class ExecutorSettings(BaseModel):
     backoff_max_s: float = 20.0
     max_output_tokens: int | None = None
     # Circuit breaker per model and worker process: over the last ``health_window`` calls, a
-    # failure share of ``cooldown_failure_rate`` or more (with ≥ ``cooldown_min_calls`` calls)
+    # failure share above ``cooldown_failure_rate`` (with ≥ ``cooldown_min_calls`` calls)
     # cools the model down for ``cooldown_s``: prompts fall back to the next-best model, then one
     # probe call tests the model again. A 429's Retry-After pauses every call to that model.
     health_window: int = 20
@@ -140,6 +141,13 @@ class FeedbackSettings(BaseModel):
     # A successful call says nothing about its quality: by default it is no evidence.
     success_weight: float = 0.0
     success_reward: float = 1.0
+    # The sweep (``conduit.feedback.sweep``, sent by beat every ``sweep_interval_s``) re-sends
+    # work whose task was lost with the broker (Redis without persistence, flushed): prompts
+    # without a result and feedback not applied, older than ``sweep_after_s``. Keep that above
+    # the visibility timeout and the longest backlog: younger work may still be queued (sending
+    # it twice is harmless, it only costs duplicate calls).
+    sweep_interval_s: float = 300.0
+    sweep_after_s: float = 7200.0
 
 
 class ReportSettings(BaseModel):

@@ -44,6 +44,8 @@ class Status:
     spend_today_usd: float
     dead_letters: int | None
     errors: list[str] = field(default_factory=list)  # what could not be read
+    # The router's feature cache: hits, misses, skipped (breaker open); None if unreadable.
+    feature_cache: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +150,15 @@ def collect(
         spend_today_usd=usd,
         dead_letters=attempt("dead letters", lambda: dead_letter_count(client, r.key_prefix), None),
         errors=errors,
+        feature_cache=attempt("feature cache", lambda: feature_cache_stats(client, r.key_prefix),
+                              None),
     )
+
+
+def feature_cache_stats(client: redis.Redis, prefix: str) -> dict[str, int]:
+    from conduit_workers.adapters.feature_cache import read_stats
+
+    return read_stats(client, prefix)
 
 
 def render(s: Status) -> list[str]:
@@ -159,6 +169,12 @@ def render(s: Status) -> list[str]:
         + ", ".join(f"{q} {'-' if n is None else n}" for q, n in s.queues.items())
     )
     lines.append(f"dead letters: {'-' if s.dead_letters is None else s.dead_letters}")
+    if s.feature_cache is not None:
+        fc = s.feature_cache
+        seen = fc["hits"] + fc["misses"]
+        rate = f"{fc['hits'] / seen:.1%}" if seen else "-"
+        lines.append(f"feature cache: {fc['hits']} hits, {fc['misses']} misses (hit rate {rate}), "
+                     f"{fc['skipped']} routed around it (breaker open)")
     lines.append(f"today (UTC): {s.answers_today} answers, ${s.spend_today_usd:.6f}")
     lines.append(
         f"{'model':40} {'pulls':>6} {'errors':>6} {'reward':>7} {'quality':>7} "

@@ -367,6 +367,34 @@ class SqlHistory:
                 .order_by(f.c.created_at).limit(limit))
         return self._tx(lambda conn: list(conn.scalars(stmt)))
 
+    def stale_unanswered(self, older_than_s: float, limit: int = 10_000) -> list[str]:
+        """Prompts submitted more than ``older_than_s`` ago that still have no result."""
+        q, r = t.queries, t.results
+        cutoff = datetime.fromtimestamp(time.time() - older_than_s, UTC)
+        stmt = (select(q.c.id).select_from(q.outerjoin(r, r.c.query_id == q.c.id))
+                .where(r.c.query_id.is_(None), q.c.created_at <= cutoff)
+                .order_by(q.c.created_at).limit(limit))
+        return self._tx(lambda conn: list(conn.scalars(stmt)))
+
+    def stale_feedback(
+        self, older_than_s: float, limit: int = 10_000
+    ) -> dict[str | None, list[str]]:
+        """Unapplied events older than ``older_than_s``, by the update id that claimed them
+        (``None``: not claimed)."""
+        f = t.feedback
+        cutoff = datetime.fromtimestamp(time.time() - older_than_s, UTC)
+        stmt = (select(f.c.update_id, f.c.id)
+                .where(f.c.applied_at.is_(None), f.c.created_at <= cutoff)
+                .order_by(f.c.created_at, f.c.id).limit(limit))
+
+        def run(conn: Connection) -> dict[str | None, list[str]]:
+            out: dict[str | None, list[str]] = {}
+            for uid, eid in conn.execute(stmt):
+                out.setdefault(uid, []).append(eid)
+            return out
+
+        return self._tx(run)
+
     def unapplied_feedback_for(self, query_ids: Sequence[str]) -> list[str]:
         """The ids of these prompts' feedback events not applied yet."""
         f = t.feedback

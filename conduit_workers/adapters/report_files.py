@@ -257,6 +257,10 @@ def _charts(r: DailyReport, folder: Path) -> None:
         fontsize=8,
     )
     ax.invert_yaxis()
+    if not models:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no model was called this day", ha="center", transform=ax.transAxes)
     ax.set_xlabel("spend (USD)")
     ax.set_title(f"Spend per model, {r.day.isoformat()}")
     ax.margins(x=0.5)
@@ -286,7 +290,8 @@ def _charts(r: DailyReport, folder: Path) -> None:
         ax.set_xlabel(f"time bin (UTC; prompts per bin {min(totals)}–{max(totals)})")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     else:
-        ax.text(0.5, 0.5, "no routed prompts", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no routed prompts this day", ha="center", transform=ax.transAxes)
+        ax.set_xticks([])
     ax.set_ylim(0, 100)
     ax.set_ylabel("% of routed prompts")
     ax.set_title("Routing share over the day (UTC)")
@@ -303,6 +308,9 @@ def _charts(r: DailyReport, folder: Path) -> None:
     ax.set_ylabel("USD")
     ax.set_title(f"Savings: {_usd(t.savings_usd)} ({pct:.1f}%) on {t.ok} answers")
     ax.margins(y=0.15)
+    if not t.ok:
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no answers this day", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(folder / "savings.png", dpi=100)
     plt.close(fig)

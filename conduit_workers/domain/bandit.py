@@ -192,6 +192,21 @@ def pooled_noise_sd(stats: list[ArmStats], prior: Prior, pseudo_obs: float = 20.
     return float(np.clip(np.sqrt(est), floor, prior.noise_sd))
 
 
+def arm_noise_sd(stats: ArmStats, pooled_sd: float, pseudo_obs: float = 10.0,
+                 floor: float = 0.05) -> float:
+    """One model's noise: its own rewards' spread, shrunk towards the pooled estimate.
+
+    Rewards in [0, 1] are heteroscedastic: a model right 95% of the time has a Bernoulli sd of
+    0.22, one right half the time 0.5. Using each model's own spread narrows the posteriors of
+    the reliable models, which are the ones the decisions hinge on.
+    """
+    c = stats.counters
+    n = c["n"]
+    var = max(c["rr"] - c["r"] ** 2 / n, 0.0) if n > 1e-9 else 0.0
+    est = (pseudo_obs * pooled_sd**2 + var) / (pseudo_obs + max(n, 0.0))
+    return float(np.clip(np.sqrt(est), floor, pooled_sd if n <= 1e-9 else 0.5))
+
+
 def thompson_samples(
     contexts: Array,
     posteriors: list[Posterior],

@@ -7,7 +7,7 @@ process, shared by every call in flight in that process:
   call to the model waits (none is sent). When the time has passed, a single probe call goes
   first: its success reopens the gate for all, another 429 closes it again. So a rate-limited
   model sees about one request per Retry-After per process, not one per waiting prompt.
-- **Circuit breaker.** Over the last ``window`` calls, a failure share ≥ ``failure_rate`` (with at
+- **Circuit breaker.** Over the last ``window`` calls, a failure share > ``failure_rate`` (with at
   least ``min_calls`` calls) opens the breaker for ``cooldown_s``: callers skip the model and
   fall back. Afterwards one probe call is admitted (half-open); success closes the breaker, a
   failure opens it for another ``cooldown_s``.
@@ -104,7 +104,7 @@ class ModelHealth:
         st.outcomes.append(ok)
         failures = st.outcomes.count(False)
         if (st.open_until is None and len(st.outcomes) >= self.min_calls
-                and failures >= self.failure_rate * len(st.outcomes)):
+                and failures > self.failure_rate * len(st.outcomes)):
             st.open_until = now + self.cooldown_s
             st.cooldowns += 1
             st.outcomes.clear()

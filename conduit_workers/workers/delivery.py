@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.exceptions import TimeLimitExceeded
 
 from conduit_workers.adapters.dead_letters import DeadLetter, now
 from conduit_workers.errors import InputError
@@ -63,6 +64,8 @@ class ConduitTask(Task):  # type: ignore[misc]
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded) and not self.app.conf.task_acks_on_timeout:
+            return  # requeued, not failed: counted as one more delivery when it comes back
         log.error("task %s %s failed for good (%s): moved to the dead-letter queue",
                   self.name, task_id, type(exc).__name__)
         self._dead(task_id, list(args or []), "failed", f"{type(exc).__name__}: {exc}"[:500], None)

@@ -48,3 +48,57 @@ def apply_events(self, event_ids: list[str]) -> int:  # type: ignore[no-untyped-
         raise self.retry(exc=exc, countdown=min(2 ** min(self.request.retries, 5), 30)) from None
     log.info("apply_events %s: %d events, %d posterior updates", self.request.id, n, applied)
     return n
+
+
+def handle_sweep(
+    history: SqlHistory, store: PosteriorStore, dim: int, decay: float, older_than_s: float,
+) -> tuple[list[str], list[str], int]:
+    """Find work whose task was lost; (prompts to route again, unclaimed events to apply again,
+    events applied here under the update id that had claimed them).
+
+    Sending a prompt or an event again is safe: routing, execution and claims skip what is done.
+    Claimed events are applied under their own update id, which Redis applies at most once.
+    """
+    prompts = history.stale_unanswered(older_than_s)
+    stale = history.stale_feedback(older_than_s)
+    applied = 0
+    for update_id, _ids in stale.items():
+        if update_id is None:
+            continue
+        events, contexts = history.claim_feedback([], update_id)
+        if events:
+            learn(store, events, contexts, dim, update_id, decay)
+            history.mark_applied(update_id)
+            applied += len(events)
+    return prompts, stale.get(None, []), applied
+
+
+@app.task(name="conduit.feedback.sweep", bind=True, max_retries=0)
+def sweep(self) -> int:  # type: ignore[no-untyped-def]
+    """Re-send work lost with the broker: prompts without a result, feedback not applied.
+
+    Queue ``feedback``, sent by beat every ``feedback.sweep_interval_s``. Payload: none. Looks at
+    work older than ``feedback.sweep_after_s`` only. Idempotent: whatever it re-sends is skipped
+    where already done. No retry: the next sweep comes soon enough.
+    """
+    from celeryconfig import TASK_QUEUES
+    from conduit_workers.workers.runtime import chunks
+
+    rt = runtime()
+    fb = rt.settings.feedback
+    try:
+        prompts, events, applied = handle_sweep(rt.history, rt.store, rt.settings.context_dim,
+                                                rt.settings.router.decay, fb.sweep_after_s)
+    except StoreUnavailable as exc:
+        log.warning("sweep %s skipped: %s", self.request.id, exc)
+        return 0
+    for chunk in chunks(prompts, rt.settings.router.chunk_size):
+        app.send_task("conduit.router.route_batch", args=[chunk],
+                      queue=TASK_QUEUES["conduit.router.route_batch"])
+    for chunk in chunks(events, fb.chunk_size):
+        app.send_task("conduit.feedback.apply_events", args=[chunk], queue="feedback")
+    if prompts or events or applied:
+        log.warning("sweep %s: %d prompts without a result and %d feedback events re-sent, "
+                    "%d claimed events applied (their tasks were lost)", self.request.id,
+                    len(prompts), len(events), applied)
+    return len(prompts) + len(events) + applied

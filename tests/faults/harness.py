@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 from conduit_workers.adapters import history_schema as t
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.catalog import load_catalog
+from conduit_workers.errors import StoreUnavailable
 from conduit_workers.settings import Settings
 from producers.api import ConduitClient
 from producers.local import Proc, start_replay_server, start_worker, wait_worker_ready
@@ -49,6 +51,13 @@ FAULT_ENV = {
     "CONDUIT_BROKER__VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
     "CONDUIT_BROKER__RESTORE_INTERVAL_S": str(RESTORE_INTERVAL_S),
     "CONDUIT_BROKER__TASK_TIME_LIMIT_S": str(TASK_TIME_LIMIT_S),
+    "CONDUIT_DATABASE__RETRY_FOR_S": "4",
+    # Beat sends the sweep every 3 s; it re-sends work older than 15 s (> visibility timeout +
+    # restore interval) whose task was lost: with the Redis transport a message popped by a
+    # worker killed before it recorded the message as unacknowledged is gone.
+    "CONDUIT_FEEDBACK__SWEEP_INTERVAL_S": "3",
+    "CONDUIT_FEEDBACK__SWEEP_AFTER_S": "15",
+    "CONDUIT_REPORTS__SCHEDULE": "false",
     "CONDUIT_LOG_LEVEL": "INFO",
 }
 
@@ -62,20 +71,33 @@ class FaultSystem:
     workers: dict[str, Proc] = field(default_factory=dict)
     _client: ConduitClient | None = None
     restarts: int = 0
+    beat: Proc | None = None
 
     # -- processes ------------------------------------------------------------------------
 
-    def start_worker(self, role: str, wait: bool = True) -> Proc:
+    def start_worker(self, role: str, wait: bool = True, concurrency: int = 2) -> Proc:
         self.restarts += 1
         proc = start_worker([role], self.env, self.workdir / f"worker-{role}-{self.restarts}.log",
-                            concurrency=2, name=f"fault-{role}")
+                            concurrency=concurrency, name=f"fault-{role}")
         self.workers[role] = proc
         if wait:
             wait_worker_ready(proc, timeout_s=90)
         return proc
 
-    def start_all(self) -> None:
-        procs = [self.start_worker(r, wait=False) for r in ROLES]
+    def start_beat(self) -> Proc:
+        argv = [sys.executable, "-m", "celery", "-A", "conduit_workers", "beat",
+                "-s", str(self.workdir / "beat-schedule"), "--loglevel", "INFO"]
+        log_path = self.workdir / "beat.log"
+        log = open(log_path, "ab")  # noqa: SIM115
+        popen = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        self.beat = Proc("beat", popen, log_path, log)
+        return self.beat
+
+    def start_all(self, concurrency: dict[str, int] | None = None) -> None:
+        self.start_beat()
+        procs = [self.start_worker(r, wait=False, concurrency=(concurrency or {}).get(r, 2))
+                 for r in ROLES]
         for p in procs:
             wait_worker_ready(p, timeout_s=90)
 
@@ -101,6 +123,8 @@ class FaultSystem:
             self._client.close()
         for p in self.workers.values():
             p.stop(timeout_s=5)
+        if self.beat is not None:
+            self.beat.stop(timeout_s=5)
         self.replay.stop()
 
     def worker_logs(self) -> str:
@@ -140,7 +164,17 @@ class FaultSystem:
         return sub.batch_id, [by_external[f"{tag}-{i}"] for i in range(n)]
 
     def progress(self, batch_id: str) -> tuple[int, int]:
-        return self.client.progress(batch_id)
+        """(prompts, answered); (1, 0) while the database is down (the fault under test)."""
+        try:
+            return self.client.progress(batch_id)
+        except StoreUnavailable:
+            return 1, 0
+
+    def unapplied(self) -> bool:
+        try:
+            return bool(self.client.history.unapplied_feedback_ids(limit=1))
+        except StoreUnavailable:
+            return True
 
     def wait_answered(self, batch_id: str, at_least: int, timeout_s: float = 120) -> float:
         deadline = time.monotonic() + timeout_s
@@ -155,7 +189,7 @@ class FaultSystem:
         """Until every prompt has a result and every feedback event is applied; returns when."""
         self.wait_answered(batch_id, 10**9, timeout_s)
         deadline = time.monotonic() + timeout_s
-        while self.client.history.unapplied_feedback_ids(limit=1):
+        while self.unapplied():
             assert time.monotonic() < deadline, "feedback not applied in time"
             time.sleep(0.1)
         return time.monotonic()
@@ -174,14 +208,19 @@ class FaultSystem:
 
 def start_system(workdir: Path, redis_url: str, db_url: str, latency_ms: float = 40,
                  extra_env: dict[str, str] | None = None, start: bool = True) -> FaultSystem:
-    replay, replay_url = start_replay_server([SAMPLE], workdir / "replay.log", latency_ms=latency_ms)
-    env = {**os.environ, **FAULT_ENV, "CONDUIT_REDIS__URL": redis_url,
+    replay, replay_url = start_replay_server([SAMPLE], workdir / "replay.log",
+                                             latency_ms=latency_ms)
+    base = {k: v for k, v in os.environ.items() if k != "CONDUIT_BROKER__URL"}
+    env = {**base, **FAULT_ENV, "CONDUIT_REDIS__URL": redis_url,
            "CONDUIT_DATABASE__URL": db_url, "CONDUIT_REPLAY_URL": replay_url, **(extra_env or {})}
-    env.pop("CONDUIT_BROKER__URL", None)
     system = FaultSystem(workdir, env, replay, replay_url)
     os.environ["CONDUIT_REPLAY_URL"] = replay_url  # the producer's catalog reads it
     if start:
-        system.start_all()
+        try:
+            system.start_all()
+        except BaseException:
+            system.stop()
+            raise
     return system
 
 
@@ -202,8 +241,9 @@ def check_exactly_once(system: FaultSystem, batch_id: str, expected: list[str],
                        max_duplicate_calls: int) -> Checked:
     """Every accepted prompt has exactly one result row; cost totals equal the sum of the
     per-result costs (and the catalog's prices); the posterior totals equal exactly the feedback
-    recorded in the history database, each update applied once; duplicate LLM calls (the
-    replay server counts them) stay within ``max_duplicate_calls``."""
+    recorded in the history database, each update applied once; no prompt or answer text in
+    the worker logs; duplicate LLM calls (the replay server counts them) stay within
+    ``max_duplicate_calls``."""
     engine = system.client.history.engine
     settings = system.settings
     catalog = load_catalog(settings.catalog.path, {"CONDUIT_REPLAY_URL": system.replay_url})
@@ -254,6 +294,14 @@ def check_exactly_once(system: FaultSystem, batch_id: str, expected: list[str],
         np.testing.assert_allclose(stats.xx, xx, atol=1e-9)
     spent = sum(read[m][1].counters["cost_usd"] for m in catalog.names)
     assert np.isclose(spent, total_cost, rtol=1e-9, atol=1e-12), "posterior spend != billed cost"
+
+    # Ids only on the broker: no prompt or answer text in the worker logs (INFO level).
+    with engine.connect() as conn:
+        texts = conn.execute(sa.select(t.queries.c.prompt, t.results.c.response).select_from(
+            t.queries.outerjoin(t.results, t.results.c.query_id == t.queries.c.id))).all()
+    logs = system.worker_logs()
+    leaked = [p for p, r in texts if p in logs or (r and len(r) > 20 and r in logs)]
+    assert not leaked, f"{len(leaked)} prompts or answers appear in the worker logs"
 
     stats = system.replay_stats()
     assert stats["duplicates"] <= max_duplicate_calls, (

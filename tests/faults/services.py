@@ -34,7 +34,8 @@ class PrivateRedis:
         self.start()
 
     def start(self) -> None:
-        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        aof = (["--appendonly", "yes", "--appendfsync", "always"] if self.persist
+               else ["--appendonly", "no"])
         log = open(self.workdir / f"redis-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",

@@ -105,3 +105,60 @@ def test_postgres_down_10_s_mid_batch(workdir: Path, private_redis: PrivateRedis
     finally:
         system.stop()
         pg.destroy()
+
+
+def test_posterior_redis_unreachable_router_degrades_feedback_waits(
+        workdir: Path, private_redis: PrivateRedis, db_url: str) -> None:
+    (workdir / "posteriors").mkdir()
+    posteriors = PrivateRedis(workdir / "posteriors", persist=True)
+    system = start_system(workdir, posteriors.url, db_url, start=False,
+                          extra_env={"CONDUIT_BROKER__URL": private_redis.url})
+    # One router process: it has routed (and cached the posteriors) before Redis goes away.
+    system.start_all(concurrency={"route": 1})
+    try:
+        first, first_ids = system.submit("degraded-a", N)
+        system.wait_settled(first)
+        posteriors.kill()
+        down = time.monotonic()
+        batch, ids = system.submit("degraded-b", N)
+        system.wait_answered(batch, N, timeout_s=120)
+        answered = time.monotonic()
+        assert system.unapplied(), "feedback was applied without Redis?"
+        assert "routing from the last known posteriors" in system.worker_logs()
+        posteriors.start()
+        back = time.monotonic()
+        done = system.wait_settled(batch, timeout_s=120)
+        check_exactly_once(system, first, first_ids, max_duplicate_calls=0)
+        checked = check_exactly_once(system, batch, ids, max_duplicate_calls=0)
+        assert checked.statuses == {"ok": 2 * N}
+        print(f"\nFAULT posterior Redis down while routing: {N} prompts routed (degraded) and "
+              f"answered in {answered - down:.1f} s without it; feedback applied "
+              f"{done - back:.1f} s after it returned; {checked.llm_calls} LLM calls, "
+              f"{checked.duplicate_calls} duplicates")
+    finally:
+        system.stop()
+        posteriors.stop()
+
+
+def test_broker_redis_lost_mid_batch_the_sweep_resends_lost_work(
+        workdir: Path, private_redis: PrivateRedis, db_url: str) -> None:
+    (workdir / "broker").mkdir()
+    broker = PrivateRedis(workdir / "broker", persist=False)
+    system = start_system(workdir, private_redis.url, db_url,
+                          extra_env={"CONDUIT_BROKER__URL": broker.url})
+    try:
+        batch, ids = system.submit("brokerlost", N)
+        system.wait_answered(batch, 100)
+        broker.kill()  # no persistence: every queued and unacknowledged task is gone
+        lost = time.monotonic()
+        broker.start()
+        done = system.wait_settled(batch, timeout_s=180)
+        checked = check_exactly_once(system, batch, ids, max_duplicate_calls=4 * CHUNK)
+        assert checked.statuses == {"ok": N}
+        assert "re-sent" in system.worker_logs()
+        print(f"\nFAULT broker Redis lost mid-batch (no persistence): the sweep re-sent the lost "
+              f"work; settled {done - lost:.1f} s after the loss, {checked.llm_calls} LLM calls, "
+              f"{checked.duplicate_calls} duplicates")
+    finally:
+        system.stop()
+        broker.stop()

@@ -149,6 +149,6 @@ def test_beat_sends_the_nightly_report_to_the_reports_queue():
     assert entry["task"] == "conduit.reports.daily_cost"
     assert entry["options"]["queue"] == celeryconfig.TASK_QUEUES[entry["task"]] == "reports"
     assert entry["schedule"].hour == {1} and entry["schedule"].minute == {30}
-    assert "beat_schedule" not in celeryconfig.build(
+    assert celeryconfig.DAILY_COST_ENTRY not in celeryconfig.build(
         Settings(reports=ReportSettings(schedule=False))
-    )
+    ).get("beat_schedule", {})

@@ -124,3 +124,23 @@ def test_an_empty_day_is_a_report_of_zeros():
     rep = build_report(date(2026, 11, 24), [], [], {}, CATALOG)
     assert rep.total.prompts == 0 and rep.total.spend_usd == 0 and rep.routing_share == {}
     assert rep.share_over_time == [] and rep.total.mean_rating is None
+
+
+def test_report_files_are_written_and_a_rerun_replaces_them(tmp_path):
+    from conduit_workers.adapters.report_files import CHARTS, write_report
+
+    day = date(2026, 11, 24)
+    empty = build_report(day, [], [], {}, CATALOG)
+    folder = write_report(empty, tmp_path)
+    (folder / "stale.txt").write_text("from an earlier run")
+    busy = build_report(day, [_r("q1", "small", "small"), _r("q2", "big", "big", minutes=5)],
+                        [], {"q1": 1.0}, CATALOG)
+    assert write_report(busy, tmp_path) == folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2026-11-24"]
+    assert not (folder / "stale.txt").exists()
+    for name in ("report.md", "report.html", "report.csv", "report.json", *CHARTS):
+        assert (folder / name).stat().st_size > 0, name
+    csv_rows = (folder / "report.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("section,key,tag,prompts")
+    # header, total, two models, two providers, one batch, one tag
+    assert len(csv_rows) == 1 + 1 + 2 + 2 + 1 + 1
