@@ -141,6 +141,19 @@ def cpu_s(pid: int) -> float:
     return total / CLK
 
 
+def wait_s(pid: int) -> float:
+    """Seconds the process tree spent runnable but waiting for a CPU (``/proc/PID/schedstat``):
+    the share of a stage's time lost to other processes on the machine."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                total += int(Path(f"/proc/{p}/task/{tid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
 def rss_mb(pid: int) -> list[float]:
     out = []
     for p in _tree(pid):
@@ -279,6 +292,7 @@ def conduit_run(a: argparse.Namespace, base_url: str, workdir: Path, items: list
                   for k, (i, p) in enumerate(items)]
         offsets = {r.name: (workdir / f"{r.name}.log").stat().st_size for r in roles}
         cpu0 = {r.name: cpu_s(r.proc.popen.pid) for r in roles if r.proc}
+        wait0 = {r.name: wait_s(r.proc.popen.pid) for r in roles if r.proc}
         spies = []
         if a.profile:
             # py-spy samples every worker process (and its pool children) during the timed run.
@@ -296,6 +310,7 @@ def conduit_run(a: argparse.Namespace, base_url: str, workdir: Path, items: list
         submit_s = time.perf_counter() - t0
         answered_s, drained_s = _wait_all(engine, run + "-", len(items_), t0, a.timeout)
         cpu1 = {r.name: cpu_s(r.proc.popen.pid) for r in roles if r.proc}
+        wait1 = {r.name: wait_s(r.proc.popen.pid) for r in roles if r.proc}
         for spy in spies:
             spy.send_signal(signal.SIGINT)
         for spy in spies:
@@ -317,6 +332,7 @@ def conduit_run(a: argparse.Namespace, base_url: str, workdir: Path, items: list
                 "pool": r.pool, "processes": r.procs, "tasks": tasks,
                 "busy_s": round(secs, 2), "busy_share": round(secs / drained_s / r.procs, 3),
                 "cpu_s": round(cpu1[r.name] - cpu0[r.name], 2),
+                "cpu_wait_s": round(wait1[r.name] - wait0[r.name], 2),
                 "rss_mb": round(sum(rss), 1), "rss_max_process_mb": round(max(rss or [0]), 1),
                 "startup_s": round(r.ready_s, 2), "torch": torch_loaded(r.proc.popen.pid),
             }
@@ -398,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         replay.stop()
     b = b1 if b1["per_s"] >= b2["per_s"] else b2
+    load = os.getloadavg()[0]
     ideal = a.concurrency / (a.latency_ms / 1000) if a.latency_ms else float("inf")
     out = {
         "benchmark": "throughput", "prompts": a.prompts, "latency_ms": a.latency_ms,
@@ -419,11 +436,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "baseline_errors": b["errors"], "conduit_errors": c["errors"],
         **{k: c[k] for k in ("submit_s", "answered_s", "drained_s", "warmup_s", "stages",
                              "chunks", "executor_concurrency")},
-        "http_client": a.http_client, "embedder": a.embedder,
+        "http_client": a.http_client, "embedder": a.embedder, "load_avg_1m": round(load, 2),
+        "cores": os.cpu_count(),
         "database": "sqlite" if not a.database else a.database.split(":")[0],
     }
     print(f"throughput: {a.prompts} prompts, replay latency {a.latency_ms:.0f} ms, concurrency "
-          f"{a.concurrency} (ideal {ideal:.0f}/s)")
+          f"{a.concurrency} (ideal {ideal:.0f}/s); machine load {load:.1f} on "
+          f"{os.cpu_count()} cores")
     print(f"  bare asyncio (aiohttp):   {out['baseline_per_s']:8.1f} prompts/s  (runs "
           f"{out['baseline_runs_per_s']}), done p50 {out['baseline_p50_done_s']} s / p95 "
           f"{out['baseline_p95_done_s']} s, call p50 {out['baseline_p50_call_ms']} ms / p95 "
@@ -438,10 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{c['executor_concurrency']} per process, "
           f"HTTP {a.http_client}, embedder {a.embedder}")
     print(f"  {'stage':9} {'pool':8} {'procs':>5} {'tasks':>6} {'busy s':>7} {'busy %':>7} "
-          f"{'CPU s':>6} {'RSS MB':>7} {'max/proc':>8} {'ready s':>7} torch")
+          f"{'CPU s':>6} {'wait s':>6} {'RSS MB':>7} {'max/proc':>8} {'ready s':>7} torch")
     for name, s in c["stages"].items():
         print(f"  {name:9} {s['pool']:8} {s['processes']:>5} {s['tasks']:>6} {s['busy_s']:>7} "
-              f"{s['busy_share']:>7.1%} {s['cpu_s']:>6} {s['rss_mb']:>7} "
+              f"{s['busy_share']:>7.1%} {s['cpu_s']:>6} {s['cpu_wait_s']:>6} {s['rss_mb']:>7} "
               f"{s['rss_max_process_mb']:>8} {s['startup_s']:>7} {s['torch']}")
     if not a.keep:
         shutil.rmtree(workdir, ignore_errors=True)

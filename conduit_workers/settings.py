@@ -85,20 +85,31 @@ class RouterSettings(BaseModel):
     feature_cache_breaker_s: float = 30.0
     feature_cache_url: str | None = None  # Redis of the cache; None = redis.url
     feature_cache_timeout_s: float = 0.25  # per cache call: a slow cache must not stall routing
-    projection_dim: int = 16  # embedding reduced to this many dimensions
+    # Embedding reduced to this many dimensions. 32 predicts the quality gap on MMLU a little
+    # better than 16 (and 64 no better), at 36² posterior cells per model.
+    projection_dim: int = 32
     embed_tail_chars: int = 1_000  # embed the end of the prompt: shared few-shot prefixes blind the encoder
     strip_shared_prefix: bool = True  # drop openings shared by prompts (few-shot, templates) before embedding
     shared_prefix_min_chars: int = 200  # shortest shared opening that counts as a template
-    lambda_cost: float = 0.3  # weight of cost, relative to the dearest model's expected cost
+    # Weight of cost: the quality one would give up to save the catalog reference model's whole
+    # expected cost on a typical prompt (the dearest model's when there is no reference).
+    lambda_cost: float = 0.3
     lambda_latency: float = 0.0  # weight of latency, relative to the slowest model's expected latency
     prior_quality: float = 0.5  # prior mean quality of a model never observed
     prior_strength: float = 2.0  # prior precision of the per-model mean (pseudo-observations)
-    context_prior_strength: float = 4.0  # prior precision of the contextual weights
+    # Prior precision of the contextual weights (pseudo-observations per direction): with many
+    # models and short streams, a model's own contextual correction must earn its keep.
+    context_prior_strength: float = 16.0
     noise_sd: float = 0.5  # observation noise of a [0, 1] quality
-    exploration: float = 1.0  # scale of the posterior samples
+    # Scale of the posterior samples. Below 1 trades a little of Thompson Sampling's worst-case
+    # guarantee for much less exploration of 10+ models on streams of a few thousand prompts.
+    exploration: float = 0.5
     peer_prior: bool = True  # centre each model's prior on all models' pooled estimate
     estimate_noise: bool = True  # estimate the noise of a quality from the rewards seen (≤ noise_sd)
-    decay: float = 1.0  # per-observation forgetting factor of old evidence (1.0 = none)
+    # Forgetting factor per unit of a model's new evidence (1.0 = none): 0.998 keeps a memory of
+    # ~500 ratings per model, so a model whose quality drops loses its share within a bounded
+    # number of prompts while stationary streams lose little.
+    decay: float = 0.998
     default_output_tokens: int = 256  # expected output of a model never observed
     default_latency_ms: float = 1_000.0  # expected latency of a model never observed
     seed: int | None = None  # fixed seed for reproducible sampling (tests, benchmarks)

@@ -72,6 +72,7 @@ class FaultSystem:
     _client: ConduitClient | None = None
     restarts: int = 0
     beat: Proc | None = None
+    crashed: list[str] = field(default_factory=list)  # workers restarted by supervise()
 
     # -- processes ------------------------------------------------------------------------
 
@@ -100,6 +101,15 @@ class FaultSystem:
                  for r in ROLES]
         for p in procs:
             wait_worker_ready(p, timeout_s=90)
+
+    def supervise(self) -> None:
+        """Restart a worker whose process ended, as systemd ``Restart=always`` or compose
+        ``restart: unless-stopped`` would (a Celery worker may exit on an unrecoverable broker
+        error, e.g. when Redis vanishes mid-read)."""
+        for role, proc in list(self.workers.items()):
+            if not proc.alive():
+                self.crashed.append(role)
+                self.start_worker(role, wait=False)
 
     def children(self, role: str) -> list[int]:
         pid = self.workers[role].popen.pid
@@ -183,6 +193,7 @@ class FaultSystem:
             if done >= min(at_least, total):
                 return time.monotonic()
             assert time.monotonic() < deadline, f"only {done}/{total} answered after {timeout_s} s"
+            self.supervise()
             time.sleep(0.1)
 
     def wait_settled(self, batch_id: str, timeout_s: float = 180) -> float:
@@ -191,6 +202,7 @@ class FaultSystem:
         deadline = time.monotonic() + timeout_s
         while self.unapplied():
             assert time.monotonic() < deadline, "feedback not applied in time"
+            self.supervise()
             time.sleep(0.1)
         return time.monotonic()
 

@@ -46,7 +46,8 @@ def test_redis_restarted_mid_batch(system: FaultSystem, private_redis: PrivateRe
     assert checked.statuses == {"ok": N}
     print(f"\nFAULT Redis (broker + posteriors) killed for 3 s mid-batch: settled "
           f"{done - down:.1f} s after the kill, {checked.llm_calls} LLM calls, "
-          f"{checked.duplicate_calls} duplicates")
+          f"{checked.duplicate_calls} duplicates, workers restarted after a crash: "
+          f"{system.crashed or 'none'}")
 
 
 def test_redis_lost_posteriors_rebuilt_from_history(system: FaultSystem,
@@ -158,7 +159,8 @@ def test_broker_redis_lost_mid_batch_the_sweep_resends_lost_work(
         assert "re-sent" in system.worker_logs()
         print(f"\nFAULT broker Redis lost mid-batch (no persistence): the sweep re-sent the lost "
               f"work; settled {done - lost:.1f} s after the loss, {checked.llm_calls} LLM calls, "
-              f"{checked.duplicate_calls} duplicates")
+              f"{checked.duplicate_calls} duplicates, workers restarted after a crash: "
+              f"{system.crashed or 'none'}")
     finally:
         system.stop()
         broker.stop()
