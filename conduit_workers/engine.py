@@ -23,6 +23,7 @@ from conduit_workers.domain.bandit import (
     arm_noise_sd,
     peer_prior_mean,
     pooled_noise_sd,
+    price_tier_offsets,
     thompson_samples,
 )
 from conduit_workers.domain.catalog import Catalog
@@ -119,17 +120,31 @@ class RoutingEngine:
         rs = self.settings
         prior_mean = peer_prior_mean(stats, self.prior, self.dim) if rs.peer_prior else None
         noise = pooled_noise_sd(stats, self.prior) if rs.estimate_noise else None
+        offsets = np.zeros(len(names))
+        if rs.price_prior and prior_mean is not None:
+            offsets = price_tier_offsets(stats, self._log_prices())
         posts, exps = [], []
-        for spec, st in zip(self.catalog.models, stats, strict=True):
+        for spec, st, off in zip(self.catalog.models, stats, offsets, strict=True):
             sd = arm_noise_sd(st, noise) if noise is not None else None
+            m0 = None
+            if prior_mean is not None:
+                m0 = prior_mean.copy()
+                m0[0] += off
             posts.append(Posterior.from_stats(st, self.prior, spec.quality_prior,
-                                              prior_mean=prior_mean, noise_sd=sd))
+                                              prior_mean=m0, noise_sd=sd))
             exps.append(Expectations.from_stats(st, spec, rs.default_output_tokens,
                                                 rs.default_latency_ms))
         calls = sum(st.counters["calls"] for st in stats)
         typical_in = sum(st.counters["in_tokens"] for st in stats) / calls if calls else None
         self._cache = _Cached(key, self.dim, posts, exps, typical_in)
         return posts, exps, versions
+
+    def _log_prices(self) -> Array:
+        """Log of each model's price for a typical call (input-heavy: 4 input tokens per output)."""
+        return np.log(np.array([
+            4 * m.input_price_per_mtok_usd + m.output_price_per_mtok_usd + 1e-3
+            for m in self.catalog.models
+        ]))
 
     def decide(
         self,

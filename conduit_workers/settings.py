@@ -105,6 +105,7 @@ class RouterSettings(BaseModel):
     # guarantee for much less exploration of 10+ models on streams of a few thousand prompts.
     exploration: float = 0.5
     peer_prior: bool = True  # centre each model's prior on all models' pooled estimate
+    price_prior: bool = False  # shift each model's prior by its price tier (slope fitted across models)
     estimate_noise: bool = True  # estimate the noise of a quality from the rewards seen (≤ noise_sd)
     # Forgetting factor per unit of a model's new evidence (1.0 = none): 0.998 keeps a memory of
     # ~500 ratings per model, so a model whose quality drops loses its share within a bounded

@@ -103,12 +103,18 @@ class ConduitClient:
         known = frozenset(self.catalog.names)
         ok, errors = [], []
         try:
-            fh = open(path, encoding="utf-8", errors="strict")  # noqa: SIM115
+            fh = open(path, "rb")  # noqa: SIM115
         except OSError as exc:
             raise InputError(f"cannot read {path}: {exc.strerror}") from None
         with fh:
             try:
-                for n, text in enumerate(fh, start=1):
+                # Bytes, decoded line by line: a line that is not UTF-8 is rejected alone.
+                for n, raw in enumerate(fh, start=1):
+                    try:
+                        text = raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        errors.append(InputError(f"not UTF-8 text (byte {exc.start + 1})", n))
+                        continue
                     if not text.strip():
                         continue
                     try:
@@ -117,8 +123,8 @@ class ConduitClient:
                                              known_models=known))
                     except InputError as exc:
                         errors.append(exc)
-            except UnicodeDecodeError:
-                errors.append(InputError("not UTF-8 text; the rest of the file was not read", n + 1))
+            except OSError as exc:  # e.g. a directory, or an I/O error half-way
+                raise InputError(f"cannot read {path}: {exc.strerror}") from None
         return ok, errors
 
     def submit_items(

@@ -173,6 +173,34 @@ def peer_prior_mean(stats: list[ArmStats], prior: Prior, dim: int) -> Array:
     return Posterior.from_stats(pooled(stats, dim), prior).mean
 
 
+def price_tier_offsets(stats: list[ArmStats], log_prices: Array, min_models: int = 3,
+                       pseudo_obs: float = 5.0, slope_prior: float = 2.0) -> Array:
+    """How much better than its peers each model is expected to be, from its price alone.
+
+    A weighted least-squares line of each model's mean reward on its log price, fitted over the
+    models with evidence (weight ``n/(n + pseudo_obs)``; the slope shrunk towards 0 by
+    ``slope_prior`` pseudo-models), evaluated at each model's price minus the observed models'
+    weighted mean. All zeros until ``min_models`` models have evidence. Where price says
+    nothing about quality the fitted slope is small and so are the offsets; where it does, a
+    model still unexplored starts where its price tier stands, and exploring a cheap model of a
+    tier that disappoints costs less.
+    """
+    m = len(stats)
+    n = np.array([st.counters["n"] for st in stats])
+    seen = n > 1e-9
+    if seen.sum() < min_models:
+        return np.zeros(m)
+    means = np.where(seen, np.array([st.counters["r"] for st in stats]) / np.maximum(n, 1e-9), 0.0)
+    w = np.where(seen, n / (n + pseudo_obs), 0.0)
+    lp_bar = float((w * log_prices).sum() / w.sum())
+    y_bar = float((w * means).sum() / w.sum())
+    dx = np.where(seen, log_prices - lp_bar, 0.0)
+    sxx = float((w * dx * dx).sum())
+    sxy = float((w * dx * (means - y_bar)).sum())
+    slope = sxy / (sxx + slope_prior)
+    return np.asarray(slope * (log_prices - lp_bar))
+
+
 def pooled_noise_sd(stats: list[ArmStats], prior: Prior, pseudo_obs: float = 20.0,
                     floor: float = 0.05) -> float:
     """Observation noise of a quality, estimated from the spread of each model's rewards.

@@ -52,11 +52,11 @@ FAULT_ENV = {
     "CONDUIT_BROKER__RESTORE_INTERVAL_S": str(RESTORE_INTERVAL_S),
     "CONDUIT_BROKER__TASK_TIME_LIMIT_S": str(TASK_TIME_LIMIT_S),
     "CONDUIT_DATABASE__RETRY_FOR_S": "4",
-    # Beat sends the sweep every 3 s; it re-sends work older than 15 s (> visibility timeout +
-    # restore interval) whose task was lost: with the Redis transport a message popped by a
-    # worker killed before it recorded the message as unacknowledged is gone.
+    # Beat sends the sweep every 3 s; it re-sends work older than 60 s (longer than any batch
+    # here takes without faults) whose task was lost: with the Redis transport a message popped
+    # by a worker killed before it recorded the message as unacknowledged is gone.
     "CONDUIT_FEEDBACK__SWEEP_INTERVAL_S": "3",
-    "CONDUIT_FEEDBACK__SWEEP_AFTER_S": "15",
+    "CONDUIT_FEEDBACK__SWEEP_AFTER_S": "60",
     "CONDUIT_REPORTS__SCHEDULE": "false",
     "CONDUIT_LOG_LEVEL": "INFO",
 }

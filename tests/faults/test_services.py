@@ -145,8 +145,11 @@ def test_broker_redis_lost_mid_batch_the_sweep_resends_lost_work(
         workdir: Path, private_redis: PrivateRedis, db_url: str) -> None:
     (workdir / "broker").mkdir()
     broker = PrivateRedis(workdir / "broker", persist=False)
+    # The sweep re-sends work older than 10 s: sooner than the suite's default, so that the
+    # lost work comes back quickly (some live work may be sent twice: duplicate calls).
     system = start_system(workdir, private_redis.url, db_url,
-                          extra_env={"CONDUIT_BROKER__URL": broker.url})
+                          extra_env={"CONDUIT_BROKER__URL": broker.url,
+                                     "CONDUIT_FEEDBACK__SWEEP_AFTER_S": "10"})
     try:
         batch, ids = system.submit("brokerlost", N)
         system.wait_answered(batch, 100)

@@ -123,3 +123,18 @@ def test_noise_estimate_shrinks_from_the_prior_towards_the_rewards_spread():
     # never above the prior's noise
     st2 = _stats(np.ones((10, 2)), np.array([1.0, 0.0] * 5))
     assert pooled_noise_sd([st2], prior) <= 0.5
+
+
+def test_price_tier_offsets_follow_the_fitted_slope_and_vanish_without_evidence():
+    from conduit_workers.domain.bandit import price_tier_offsets
+
+    lp = np.log(np.array([0.1, 1.0, 10.0, 100.0]))
+    assert price_tier_offsets([ArmStats.zeros(1)] * 4, lp) == pytest.approx(np.zeros(4))
+    # three priced models seen, quality rising with price; the fourth (dearest) never seen
+    arms = [_stats(np.ones((50, 1)), np.full(50, q)) for q in (0.5, 0.6, 0.7)] + [ArmStats.zeros(1)]
+    off = price_tier_offsets(arms, lp)
+    assert off[0] < off[1] < off[2] < off[3]
+    assert off[3] - off[2] == pytest.approx(off[2] - off[1])  # a line in log price
+    # flat quality: no offsets
+    flat = [_stats(np.ones((50, 1)), np.full(50, 0.6)) for _ in range(3)] + [ArmStats.zeros(1)]
+    assert price_tier_offsets(flat, lp) == pytest.approx(np.zeros(4))
