@@ -49,8 +49,11 @@ def mixture_frontier(ds: Dataset) -> list[tuple[float, float, str]]:
             for p in np.linspace(0, 1, 101):
                 qq = p * q[a] + (1 - p) * q[b]
                 cc = p * c[a] + (1 - p) * c[b]
-                label = (f"always {ds.models[a if p > 0.5 else b]}" if a == b or p in (0.0, 1.0)
-                         else f"{p:.2f}×{ds.models[a]} + {1 - p:.2f}×{ds.models[b]}")
+                label = (
+                    f"always {ds.models[a if p > 0.5 else b]}"
+                    if a == b or p in (0.0, 1.0)
+                    else f"{p:.2f}×{ds.models[a]} + {1 - p:.2f}×{ds.models[b]}"
+                )
                 pts.append((qq / qs, 1 - cc / cs, label))
     # keep the Pareto-optimal points
     pts.sort(key=lambda t: (-t[1], -t[0]))
@@ -62,7 +65,9 @@ def mixture_frontier(ds: Dataset) -> list[tuple[float, float, str]]:
     return front
 
 
-def mixture_at(front: list[tuple[float, float, str]], min_qr: float) -> tuple[float, float, str] | None:
+def mixture_at(
+    front: list[tuple[float, float, str]], min_qr: float
+) -> tuple[float, float, str] | None:
     ok = [t for t in front if t[0] >= min_qr - 1e-12]
     return max(ok, key=lambda t: t[1]) if ok else None
 

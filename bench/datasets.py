@@ -27,7 +27,7 @@ CACHE = OUT / "cache"
 
 @dataclass
 class Dataset:
-    """A data file as arrays: ``quality[i, j]`` and ``cost[i, j]`` of model ``j`` on prompt ``i``."""
+    """A data file as arrays: ``quality[i, j]``, ``cost[i, j]`` of model ``j`` on prompt ``i``."""
 
     name: str
     ids: list[str]
@@ -56,9 +56,17 @@ class Dataset:
 
     def subset(self, idx: Array | list[int]) -> Dataset:
         idx = np.asarray(idx, dtype=int)
-        return Dataset(self.name, [self.ids[i] for i in idx], [self.prompts[i] for i in idx],
-                       [self.sources[i] for i in idx], list(self.models), self.quality[idx],
-                       self.cost[idx], self.in_tokens[idx], self.out_tokens[idx])
+        return Dataset(
+            self.name,
+            [self.ids[i] for i in idx],
+            [self.prompts[i] for i in idx],
+            [self.sources[i] for i in idx],
+            list(self.models),
+            self.quality[idx],
+            self.cost[idx],
+            self.in_tokens[idx],
+            self.out_tokens[idx],
+        )
 
 
 def load(path: Path) -> Dataset:
@@ -78,9 +86,17 @@ def load(path: Path) -> Dataset:
             c[i, j] = float(rec["cost_usd"])
             ti[i, j] = float(rec.get("input_tokens", 0))
             to[i, j] = float(rec.get("output_tokens", 0))
-    return Dataset(Path(path).stem, [str(r.get("id", i)) for i, r in enumerate(rows)],
-                   [r["prompt"] for r in rows], [r.get("source", "") for r in rows], models,
-                   q, c, ti, to)
+    return Dataset(
+        Path(path).stem,
+        [str(r.get("id", i)) for i, r in enumerate(rows)],
+        [r["prompt"] for r in rows],
+        [r.get("source", "") for r in rows],
+        models,
+        q,
+        c,
+        ti,
+        to,
+    )
 
 
 def _prices(cost: Array, tin: Array, tout: Array) -> tuple[float, float]:
@@ -107,9 +123,15 @@ def catalog_for(ds: Dataset, models: list[str] | None = None) -> Catalog:
         if models is not None and name not in models:
             continue
         pin, pout = _prices(ds.cost[:, j], ds.in_tokens[:, j], ds.out_tokens[:, j])
-        specs.append(ModelSpec(name=name, provider="openai-compatible",
-                               input_price_per_mtok_usd=pin, output_price_per_mtok_usd=pout,
-                               base_url="http://127.0.0.1:8700/v1"))
+        specs.append(
+            ModelSpec(
+                name=name,
+                provider="openai-compatible",
+                input_price_per_mtok_usd=pin,
+                output_price_per_mtok_usd=pout,
+                base_url="http://127.0.0.1:8700/v1",
+            )
+        )
     ref = ds.models[ds.strongest]
     if models is not None and ref not in models:
         ref = specs[0].name
@@ -142,7 +164,9 @@ class CachedEmbedder:
 
     def embed(self, texts: list[str]) -> Array:
         keys = [text_key(t) for t in texts]
-        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self._vectors}.items())
+        missing = sorted(
+            {k: t for k, t in zip(keys, texts, strict=True) if k not in self._vectors}.items()
+        )
         if missing:
             if self._inner is None:
                 self._inner = make_embedder(self.name)

@@ -28,7 +28,6 @@ from bench.baselines import LinUCB, Run, fixed_runs, mixture_at, mixture_frontie
 from bench.datasets import OUT, Dataset, cached_embedder, catalog_for, load
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.bandit import Array
-from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.policy import Expectations, expected_costs, reference_cost
 from conduit_workers.domain.rewards import EXPLICIT, IMPLICIT, FeedbackEvent
@@ -37,7 +36,7 @@ from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger("bench.quality")
 
-DEFAULT_LAMBDAS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+DEFAULT_LAMBDAS = (0.0, 0.02, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0)
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
@@ -51,7 +50,9 @@ class Stream:
     chunk: int
 
     @classmethod
-    def make(cls, n: int, seed: int, rate: float, delay: int, chunk: int, limit: int | None) -> Stream:
+    def make(
+        cls, n: int, seed: int, rate: float, delay: int, chunk: int, limit: int | None
+    ) -> Stream:
         order = np.random.default_rng(seed).permutation(n)
         if limit:
             order = order[:limit]
@@ -77,7 +78,9 @@ def _qid(ds: Dataset, row: int) -> str:
     return f"{ds.ids[row]}#{row}"
 
 
-def featurize(ds: Dataset, stream: Stream, settings: RouterSettings, embedder_name: str) -> tuple[Array, list]:  # type: ignore[type-arg]
+def featurize(
+    ds: Dataset, stream: Stream, settings: RouterSettings, embedder_name: str
+) -> tuple[Array, list]:  # type: ignore[type-arg]
     """Contexts of the stream, computed once by the production engine, chunk by chunk in order
     (the shared-prefix memory of the engine is built as production would build it)."""
     emb = cached_embedder(ds, embedder_name)
@@ -86,7 +89,9 @@ def featurize(ds: Dataset, stream: Stream, settings: RouterSettings, embedder_na
     probe = RoutingEngine(catalog_for(ds), _NullStore(), emb, settings)
     wanted = []
     for k in range(0, stream.n, stream.chunk):
-        wanted.extend(probe.embedding_texts([ds.prompts[i] for i in stream.order[k : k + stream.chunk]]))
+        wanted.extend(
+            probe.embedding_texts([ds.prompts[i] for i in stream.order[k : k + stream.chunk]])
+        )
     for k in range(0, len(wanted), 4096):  # save now and then: a long first run can be resumed
         emb.embed(wanted[k : k + 4096])
         emb.save()
@@ -154,8 +159,13 @@ def run_engine(
             rows = stream.order[pos]
             qids = [_qid(ds, i) for i in rows]
             texts = [ds.prompts[i] for i in rows]
-            decisions = engine.decide(qids, texts, [Constraints()] * len(rows),
-                                      contexts=contexts[pos], analyses=[analyses[p] for p in pos])
+            decisions = engine.decide(
+                qids,
+                texts,
+                [Constraints()] * len(rows),
+                contexts=contexts[pos],
+                analyses=[analyses[p] for p in pos],
+            )
             events = []
             for p, i, qid, d in zip(pos, rows, qids, decisions, strict=True):
                 if d.model is None:
@@ -163,19 +173,46 @@ def run_engine(
                 j = model_index[d.model]
                 choice[p] = j
                 ctx_by_qid[qid] = contexts[p]
-                events.append(FeedbackEvent(
-                    f"implicit:{qid}:{d.model}", qid, d.model, IMPLICIT, 1.0, 0.0, is_call=True,
-                    in_tokens=int(ds.in_tokens[i, j]), out_tokens=int(ds.out_tokens[i, j]),
-                    cost_usd=float(ds.cost[i, j])))
+                events.append(
+                    FeedbackEvent(
+                        f"implicit:{qid}:{d.model}",
+                        qid,
+                        d.model,
+                        IMPLICIT,
+                        1.0,
+                        0.0,
+                        is_call=True,
+                        in_tokens=int(ds.in_tokens[i, j]),
+                        out_tokens=int(ds.out_tokens[i, j]),
+                        cost_usd=float(ds.cost[i, j]),
+                    )
+                )
                 if stream.rated[p]:
-                    pending.append((p + stream.delay, FeedbackEvent(
-                        f"explicit:{qid}", qid, d.model, EXPLICIT, float(scen.quality[p, j]), 1.0)))
+                    pending.append(
+                        (
+                            p + stream.delay,
+                            FeedbackEvent(
+                                f"explicit:{qid}",
+                                qid,
+                                d.model,
+                                EXPLICIT,
+                                float(scen.quality[p, j]),
+                                1.0,
+                            ),
+                        )
+                    )
             now = pos[-1] + 1
             due = [e for t, e in pending if t < now]
             pending = [(t, e) for t, e in pending if t >= now]
             events.extend(due)
-            learn(store, events, ctx_by_qid, dim, update_id_for([e.id for e in events]),
-                  settings.decay)
+            learn(
+                store,
+                events,
+                ctx_by_qid,
+                dim,
+                update_id_for([e.id for e in events]),
+                settings.decay,
+            )
             for e in due:  # a rated prompt's context is needed no more
                 ctx_by_qid.pop(e.query_id, None)
             for p, qid in zip(pos, qids, strict=True):
@@ -197,8 +234,14 @@ class _NoEmbed:
         raise AssertionError("contexts are precomputed")
 
 
-def run_linucb(ds: Dataset, stream: Stream, scen: Scenario, contexts: Array, lam: float,
-               settings: RouterSettings) -> Run:
+def run_linucb(
+    ds: Dataset,
+    stream: Stream,
+    scen: Scenario,
+    contexts: Array,
+    lam: float,
+    settings: RouterSettings,
+) -> Run:
     """LinUCB on the same contexts, feedback schedule and expected costs as the router."""
     catalog = catalog_for(ds)
     specs = list(catalog.models)
@@ -212,11 +255,15 @@ def run_linucb(ds: Dataset, stream: Stream, scen: Scenario, contexts: Array, lam
     for k in range(0, stream.n, stream.chunk):
         pos = np.arange(k, min(k + stream.chunk, stream.n))
         rows = stream.order[pos]
-        exps = [Expectations((out_tok[j] + settings.default_output_tokens) / (calls[j] + 1), 0.0)
-                for j in range(m)]
+        exps = [
+            Expectations((out_tok[j] + settings.default_output_tokens) / (calls[j] + 1), 0.0)
+            for j in range(m)
+        ]
         chars = np.array([len(ds.prompts[i]) for i in rows], dtype=float)
         costs = expected_costs(chars, specs, exps)
-        typical = in_tok_total / calls.sum() if calls.sum() else float(np.ceil(chars / 4).mean() + 8)
+        typical = (
+            in_tok_total / calls.sum() if calls.sum() else float(np.ceil(chars / 4).mean() + 8)
+        )
         ref = reference_cost(typical, specs, exps, catalog.reference)
         util = agent.scores(contexts[pos]) - lam * costs / ref
         picks = np.argmax(util, axis=1)
@@ -252,8 +299,13 @@ def figures(run: Run, ds: Dataset, stream: Stream, scen: Scenario) -> Figures:
     q_ref = scen.quality[:, s].mean()
     c_ref = ds.cost[rows, s].sum()
     shares = np.bincount(run.choice, minlength=len(ds.models)) / stream.n
-    return Figures(float(q.mean() / q_ref), float(1 - c.sum() / c_ref), float(q.mean()),
-                   float(c.sum()), shares.tolist())
+    return Figures(
+        float(q.mean() / q_ref),
+        float(1 - c.sum() / c_ref),
+        float(q.mean()),
+        float(c.sum()),
+        shares.tolist(),
+    )
 
 
 def cs_at(points: Sequence[Figures], min_qr: float) -> float | None:
@@ -269,9 +321,16 @@ def _short(name: str) -> str:
     return name.split("/")[-1][:14]
 
 
-def plot(ds: Dataset, stream: Stream, scen: Scenario, default_runs: dict[str, Run],
-         sweeps: dict[str, list[Figures]], fixed: dict[str, Figures],
-         front: list[tuple[float, float, str]], tag: str) -> list[Path]:
+def plot(
+    ds: Dataset,
+    stream: Stream,
+    scen: Scenario,
+    default_runs: dict[str, Run],
+    sweeps: dict[str, list[Figures]],
+    fixed: dict[str, Figures],
+    front: list[tuple[float, float, str]],
+    tag: str,
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,11 +354,21 @@ def plot(ds: Dataset, stream: Stream, scen: Scenario, default_runs: dict[str, Ru
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot([100 * t[1] for t in front], [100 * t[0] for t in front], "k--", lw=1,
-            label="hindsight mixture")
+    ax.plot(
+        [100 * t[1] for t in front],
+        [100 * t[0] for t in front],
+        "k--",
+        lw=1,
+        label="hindsight mixture",
+    )
     for name, pts in sweeps.items():
-        ax.plot([100 * f.cost_saved for f in pts], [100 * f.quality_retained for f in pts], "o-",
-                ms=4, label=f"{name} (λ sweep)")
+        ax.plot(
+            [100 * f.cost_saved for f in pts],
+            [100 * f.quality_retained for f in pts],
+            "o-",
+            ms=4,
+            label=f"{name} (λ sweep)",
+        )
     for name, f in fixed.items():
         ax.plot(100 * f.cost_saved, 100 * f.quality_retained, "s", label=name)
     ax.axhline(95, color="grey", lw=0.5)
@@ -320,7 +389,9 @@ def _window_share(choice: np.ndarray, model: int, end: int, window: int) -> floa
     return float((choice[lo:end] == model).mean()) if end > lo else 0.0
 
 
-def scenario_report(run: Run, scen: Scenario, ds: Dataset, stream: Stream, window: int) -> dict[str, object]:
+def scenario_report(
+    run: Run, scen: Scenario, ds: Dataset, stream: Stream, window: int
+) -> dict[str, object]:
     """Drift: prompts after the swap until the dropped model's share (trailing window) falls
     below half its share before. Cold start: prompts until the new model's share reaches half
     of the share it holds over the last quarter of the stream."""
@@ -329,47 +400,81 @@ def scenario_report(run: Run, scen: Scenario, ds: Dataset, stream: Stream, windo
         before = _window_share(run.choice, a, scen.at, window)
         until = None
         for t in range(scen.at + 1, stream.n + 1):
-            if _window_share(run.choice[scen.at:], a, t - scen.at, window) < before / 2 and t - scen.at >= min(window, 32):
+            if _window_share(
+                run.choice[scen.at :], a, t - scen.at, window
+            ) < before / 2 and t - scen.at >= min(window, 32):
                 until = t - scen.at
                 break
-        after = float((run.choice[scen.at:] == a).mean())
-        return {"model": ds.models[a], "share_before": before, "share_after": after,
-                "prompts_until_share_halved": until}
+        after = float((run.choice[scen.at :] == a).mean())
+        return {
+            "model": ds.models[a],
+            "share_before": before,
+            "share_after": after,
+            "prompts_until_share_halved": until,
+        }
     if scen.cold is not None:
         c = scen.cold
         last = float((run.choice[stream.n - stream.n // 4 :] == c).mean())
         until = None
         for t in range(scen.at + 1, stream.n + 1):
-            if last > 0 and _window_share(run.choice[scen.at:], c, t - scen.at, window) >= last / 2 \
-                    and t - scen.at >= min(window, 32):
+            if (
+                last > 0
+                and _window_share(run.choice[scen.at :], c, t - scen.at, window) >= last / 2
+                and t - scen.at >= min(window, 32)
+            ):
                 until = t - scen.at
                 break
-        return {"model": ds.models[c], "first_chosen_after": int(np.argmax(run.choice[scen.at:] == c))
-                if (run.choice[scen.at:] == c).any() else None,
-                "share_second_half": float((run.choice[scen.at:] == c).mean()),
-                "share_last_quarter": last, "prompts_until_half_of_last_quarter_share": until}
+        return {
+            "model": ds.models[c],
+            "first_chosen_after": int(np.argmax(run.choice[scen.at :] == c))
+            if (run.choice[scen.at :] == c).any()
+            else None,
+            "share_second_half": float((run.choice[scen.at :] == c).mean()),
+            "share_last_quarter": last,
+            "prompts_until_half_of_last_quarter_share": until,
+        }
     return {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.quality", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--data", required=True, type=Path, help="a JSONL file in the shared schema")
-    ap.add_argument("--lambda-cost", type=float, nargs="+", default=None,
-                    help=f"λ_cost values to sweep (default {' '.join(map(str, DEFAULT_LAMBDAS))} "
-                         "plus the router's default)")
+    ap.add_argument(
+        "--lambda-cost",
+        type=float,
+        nargs="+",
+        default=None,
+        help=f"λ_cost values to sweep (default {' '.join(map(str, DEFAULT_LAMBDAS))} "
+        "plus the router's default)",
+    )
     ap.add_argument("--feedback-rate", type=float, default=0.3, help="share of prompts rated (0.3)")
-    ap.add_argument("--feedback-delay", type=int, default=64, help="prompts until a rating arrives (64)")
+    ap.add_argument(
+        "--feedback-delay", type=int, default=64, help="prompts until a rating arrives (64)"
+    )
     ap.add_argument("--chunk", type=int, default=32, help="prompts per routing decision call (32)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="stream only the first N prompts")
-    ap.add_argument("--drift", action="store_true",
-                    help="mid-stream, swap the labels of the favoured model with the worst model's")
-    ap.add_argument("--cold-start", action="store_true",
-                    help="withhold the favoured cheaper model until mid-stream")
+    ap.add_argument(
+        "--drift",
+        action="store_true",
+        help="mid-stream, swap the labels of the favoured model with the worst model's",
+    )
+    ap.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="withhold the favoured cheaper model until mid-stream",
+    )
     ap.add_argument("--embedder", choices=("minilm", "static", "hashing"), default="minilm")
     ap.add_argument("--no-baselines", action="store_true", help="the router's sweep only")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="override RouterSettings fields (experiments)")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override RouterSettings fields (experiments)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -383,7 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lambdas = sorted(set(args.lambda_cost or DEFAULT_LAMBDAS) | {default_lam})
 
     ds = load(args.data)
-    stream = Stream.make(ds.n, args.seed, args.feedback_rate, args.feedback_delay, args.chunk, args.limit)
+    stream = Stream.make(
+        ds.n, args.seed, args.feedback_rate, args.feedback_delay, args.chunk, args.limit
+    )
     quality = ds.quality[stream.order].copy()
     scen = Scenario(quality)
     at = (stream.n // 2 // stream.chunk) * stream.chunk
@@ -398,24 +505,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         quality[at:, [a, worst]] = quality[at:, [worst, a]]
         scen = Scenario(quality, drift=(a, worst), at=at)
     elif args.cold_start:
-        cold = favoured if favoured != ds.strongest else int(np.argsort(-(qm - default_lam * cm / cm[ds.strongest]))[1])
+        cold = (
+            favoured
+            if favoured != ds.strongest
+            else int(np.argsort(-(qm - default_lam * cm / cm[ds.strongest]))[1])
+        )
         scen = Scenario(quality, cold=cold, at=at)
 
     contexts, analyses = featurize(ds, stream, base, args.embedder)
     noctx = np.zeros_like(contexts)
     noctx[:, 0] = contexts[:, 0]
 
-    print(f"# {ds.name}: {stream.n} prompts, {len(ds.models)} models, strongest {ds.models[ds.strongest]}, "
-          f"feedback {args.feedback_rate:.0%} after {args.feedback_delay} prompts, chunk {args.chunk}, "
-          f"seed {args.seed}, embedder {args.embedder}, context dim {contexts.shape[1]}")
-    print(f"# catalog prices (USD/M in, out): " + ", ".join(
-        f"{_short(s.name)} {s.input_price_per_mtok_usd:.3g}/{s.output_price_per_mtok_usd:.3g}" for s in catalog.models))
+    print(
+        f"# {ds.name}: {stream.n} prompts, {len(ds.models)} models, "
+        f"strongest {ds.models[ds.strongest]}, feedback {args.feedback_rate:.0%} "
+        f"after {args.feedback_delay} prompts, chunk {args.chunk}, "
+        f"seed {args.seed}, embedder {args.embedder}, context dim {contexts.shape[1]}"
+    )
+    print(
+        "# catalog prices (USD/M in, out): "
+        + ", ".join(
+            f"{_short(s.name)} {s.input_price_per_mtok_usd:.3g}/{s.output_price_per_mtok_usd:.3g}"
+            for s in catalog.models
+        )
+    )
 
     result: dict[str, dict[str, object]] = {}
     if args.drift or args.cold_start:
         kind = "drift" if args.drift else "cold-start"
-        what = (f"labels of {ds.models[scen.drift[0]]} swapped with {ds.models[scen.drift[1]]}"  # type: ignore[index]
-                if args.drift else f"{ds.models[scen.cold]} added")  # type: ignore[index]
+        what = (
+            f"labels of {ds.models[scen.drift[0]]} swapped with {ds.models[scen.drift[1]]}"  # type: ignore[index]
+            if args.drift
+            else f"{ds.models[scen.cold]} added"
+        )  # type: ignore[index]
         print(f"# scenario {kind}: at prompt {at}, {what}; default λ_cost {default_lam}")
         window = max(stream.chunk * 4, 128)
         for name, ctx in (("router", contexts), ("thompson-noctx", noctx)):
@@ -423,8 +545,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f = figures(run, ds, stream, scen)
             rep = scenario_report(run, scen, ds, stream, window)
             print(f"{name:16s} QR {_pct(f.quality_retained)} CS {_pct(f.cost_saved)}  {rep}")
-            result[name] = {"quality_retained": f.quality_retained, "cost_saved": f.cost_saved,
-                            "cs_at_95": None, "cs_at_98": None, kind: rep}
+            result[name] = {
+                "quality_retained": f.quality_retained,
+                "cost_saved": f.cost_saved,
+                "cs_at_95": None,
+                "cs_at_98": None,
+                kind: rep,
+            }
         if args.json:
             print(json.dumps(result))
         return 0
@@ -455,15 +582,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             default_runs[run.name] = run
     front = mixture_frontier(ds.subset(stream.order))
 
-    print(f"\n## λ_cost sweep (quality retained / cost saved)")
+    print("\n## λ_cost sweep (quality retained / cost saved)")
     print("λ_cost   " + "  ".join(f"{n:>22s}" for n in learners))
     for k, lam in enumerate(lambdas):
         mark = "*" if lam == default_lam else " "
-        print(f"{lam:<7g}{mark} " + "  ".join(
-            f"{_pct(pts[k].quality_retained):>10s} /{_pct(pts[k].cost_saved):>10s}" for pts in learners.values()))
+        print(
+            f"{lam:<7g}{mark} "
+            + "  ".join(
+                f"{_pct(pts[k].quality_retained):>10s} /{_pct(pts[k].cost_saved):>10s}"
+                for pts in learners.values()
+            )
+        )
 
     print(f"\n## figures (learners at the default λ_cost {default_lam}; CS@x over the sweep)")
-    print(f"{'policy':18s} {'quality':>8s} {'retained':>9s} {'cost saved':>10s} {'CS@95':>7s} {'CS@98':>7s}")
+    print(
+        f"{'policy':18s} {'quality':>8s} {'retained':>9s} {'cost saved':>10s} "
+        f"{'CS@95':>7s} {'CS@98':>7s}"
+    )
     rows_out: list[tuple[str, Figures, float | None, float | None]] = []
     for name, pts in learners.items():
         f = pts[lambdas.index(default_lam)]
@@ -471,27 +606,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, f in fixed.items():
         rows_out.append((name, f, cs_at([f], 0.95), cs_at([f], 0.98)))
     for name, f, c95, c98 in rows_out:
-        print(f"{name:18s} {f.quality:8.4f} {_pct(f.quality_retained):>9s} {_pct(f.cost_saved):>10s} "
-              f"{_pct(c95):>7s} {_pct(c98):>7s}")
-        result[name] = {"quality_retained": f.quality_retained, "cost_saved": f.cost_saved,
-                        "cs_at_95": c95, "cs_at_98": c98, "shares": dict(zip(ds.models, f.shares, strict=True))}
+        print(
+            f"{name:18s} {f.quality:8.4f} {_pct(f.quality_retained):>9s} {_pct(f.cost_saved):>10s} "
+            f"{_pct(c95):>7s} {_pct(c98):>7s}"
+        )
+        result[name] = {
+            "quality_retained": f.quality_retained,
+            "cost_saved": f.cost_saved,
+            "cs_at_95": c95,
+            "cs_at_98": c98,
+            "shares": dict(zip(ds.models, f.shares, strict=True)),
+        }
     m95, m98 = mixture_at(front, 0.95), mixture_at(front, 0.98)
-    print(f"{'hindsight-mixture':18s} {'':8s} {'':9s} {'':10s} {_pct(m95[1] if m95 else None):>7s} "
-          f"{_pct(m98[1] if m98 else None):>7s}   (95%: {m95[2] if m95 else '—'})")
-    result["hindsight-mixture"] = {"quality_retained": m95[0] if m95 else None,
-                                   "cost_saved": m95[1] if m95 else None,
-                                   "cs_at_95": m95[1] if m95 else None, "cs_at_98": m98[1] if m98 else None}
+    print(
+        f"{'hindsight-mixture':18s} {'':8s} {'':9s} {'':10s} {_pct(m95[1] if m95 else None):>7s} "
+        f"{_pct(m98[1] if m98 else None):>7s}   (95%: {m95[2] if m95 else '—'})"
+    )
+    result["hindsight-mixture"] = {
+        "quality_retained": m95[0] if m95 else None,
+        "cost_saved": m95[1] if m95 else None,
+        "cs_at_95": m95[1] if m95 else None,
+        "cs_at_98": m98[1] if m98 else None,
+    }
 
-    print(f"\n## routing distribution at the default λ_cost (share of prompts)")
+    print("\n## routing distribution at the default λ_cost (share of prompts)")
     names = [n for n, *_ in rows_out]
     print(f"{'model':16s} " + " ".join(f"{n[:9]:>9s}" for n in names))
     for j, model in enumerate(ds.models):
-        print(f"{_short(model):16s} " + " ".join(f"{100 * f.shares[j]:8.1f}%" for _, f, *_ in rows_out))
+        print(
+            f"{_short(model):16s} "
+            + " ".join(f"{100 * f.shares[j]:8.1f}%" for _, f, *_ in rows_out)
+        )
 
-    tag = (f"{ds.name}" + (f"-{args.embedder}" if args.embedder != "minilm" else "")
-           + (f"-limit{args.limit}" if args.limit else "") + (f"-seed{args.seed}" if args.seed else ""))
-    paths = plot(ds, stream, scen, {k: v for k, v in default_runs.items() if k != "oracle"},
-                 learners, fixed, front, tag)
+    tag = (
+        f"{ds.name}"
+        + (f"-{args.embedder}" if args.embedder != "minilm" else "")
+        + (f"-limit{args.limit}" if args.limit else "")
+        + (f"-seed{args.seed}" if args.seed else "")
+    )
+    paths = plot(
+        ds,
+        stream,
+        scen,
+        {k: v for k, v in default_runs.items() if k != "oracle"},
+        learners,
+        fixed,
+        front,
+        tag,
+    )
     print("\nplots: " + ", ".join(str(p) for p in paths))
     secs = sum(getattr(r, "seconds", 0.0) for r in default_runs.values())
     log.info("done (router run at default λ took %.1f s)", secs)

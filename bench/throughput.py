@@ -376,12 +376,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=5000)
     ap.add_argument("--latency-ms", type=float, default=200.0)
     ap.add_argument("--concurrency", type=int, default=64, help="calls in flight, both sides")
-    ap.add_argument("--router-procs", type=int, default=1)
-    ap.add_argument("--router-pool", default="solo")
+    # Defaults: the pools and concurrencies of `ops/worker ROLE` and docker-compose.yml.
+    ap.add_argument("--router-procs", type=int, default=2)
+    ap.add_argument("--router-pool", default="prefork")
     ap.add_argument("--executor-procs", type=int, default=2,
                     help="executor processes; each runs concurrency/procs calls at once")
     ap.add_argument("--executor-pool", default="prefork")
-    ap.add_argument("--feedback-pool", default="solo")
+    ap.add_argument("--feedback-pool", default="prefork")
     ap.add_argument("--router-chunk", type=int, default=None,
                     help=f"default router.chunk_size ({d.router.chunk_size})")
     ap.add_argument("--executor-chunk", type=int, default=None,

@@ -141,10 +141,10 @@ class RoutingEngine:
 
     def _log_prices(self) -> Array:
         """Log of each model's price for a typical call (input-heavy: 4 input tokens per output)."""
-        return np.log(np.array([
+        return np.asarray(np.log(np.array([
             4 * m.input_price_per_mtok_usd + m.output_price_per_mtok_usd + 1e-3
             for m in self.catalog.models
-        ]))
+        ])), dtype=float)
 
     def decide(
         self,
@@ -186,7 +186,9 @@ class RoutingEngine:
             ))
         return rows
 
-    def learn(self, events: Sequence[FeedbackEvent], contexts: dict[str, Array], update_id: str) -> int:
+    def learn(
+        self, events: Sequence[FeedbackEvent], contexts: dict[str, Array], update_id: str
+    ) -> int:
         return learn(self.store, events, contexts, self.dim, update_id, self.settings.decay)
 
 

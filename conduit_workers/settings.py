@@ -93,7 +93,7 @@ class RouterSettings(BaseModel):
     shared_prefix_min_chars: int = 200  # shortest shared opening that counts as a template
     # Weight of cost: the quality one would give up to save the catalog reference model's whole
     # expected cost on a typical prompt (the dearest model's when there is no reference).
-    lambda_cost: float = 0.3
+    lambda_cost: float = 0.1
     lambda_latency: float = 0.0  # weight of latency, relative to the slowest model's expected latency
     prior_quality: float = 0.5  # prior mean quality of a model never observed
     prior_strength: float = 2.0  # prior precision of the per-model mean (pseudo-observations)

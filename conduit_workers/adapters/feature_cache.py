@@ -123,7 +123,7 @@ class RedisFeatureCache:
         if use and n:
             try:
                 raw = self.client.mget(keys)
-                cached = [decode(r, dim) if r is not None else None for r in raw]
+                cached = [decode(r, dim) if isinstance(r, bytes) else None for r in raw]
                 self.breaker.success()
             except redis.RedisError as exc:
                 self._failed("read", exc)
@@ -166,5 +166,5 @@ def read_stats(client: redis.Redis, prefix: str) -> dict[str, int]:
     """Hit/miss counters of the feature cache (for ``conduit status``)."""
     raw = client.hgetall(f"{prefix}:features:stats")
     out = {k: 0 for k in STAT_FIELDS}
-    out.update({k.decode(): int(v) for k, v in raw.items()})
+    out.update({(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()})
     return out

@@ -137,7 +137,8 @@ class StaticEmbedder:
             if enc.ids:
                 out[i] = self.vectors[enc.ids].sum(axis=0)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
+        normed: Array = out / np.maximum(norms, 1e-12)
+        return normed
 
 
 def main(argv: list[str]) -> int:

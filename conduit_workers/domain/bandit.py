@@ -77,8 +77,8 @@ class ArmStats:
         iu = np.triu_indices(d)
         for i, j, v in zip(iu[0], iu[1], self.xx[iu], strict=True):
             out[f"xx:{i}:{j}"] = float(v)
-        for i, v in enumerate(self.xr):
-            out[f"xr:{i}"] = float(v)
+        for k, v in enumerate(self.xr):
+            out[f"xr:{k}"] = float(v)
         out.update(self.counters)
         return out
 
@@ -137,7 +137,7 @@ class Posterior:
         estimate); ``quality_prior``, when given, still sets its first coordinate."""
         d = stats.dim
         lam0 = prior.precision(d)
-        m0 = prior.mean(d, quality_prior) if prior_mean is None else np.array(prior_mean, dtype=float)
+        m0 = prior.mean(d) if prior_mean is None else np.array(prior_mean, dtype=float)
         if quality_prior is not None:
             m0[0] = quality_prior
         precision = lam0 + stats.xx

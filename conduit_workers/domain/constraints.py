@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 
@@ -29,9 +29,17 @@ class Constraints:
         return replace(base, **updates)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
+        # Shallow (every field is a number, None or a tuple of str): dataclasses.asdict's deep
+        # copy was a third of `conduit submit`'s time on 10,000 prompts.
+        out: dict[str, Any] = {}
+        for name in _FIELDS:
+            v = getattr(self, name)
+            if v is not None:
+                out[name] = list(v) if isinstance(v, tuple) else v
+        return out
 
 
+_FIELDS = tuple(f.name for f in fields(Constraints))
 _NUMBERS = ("lambda_cost", "lambda_latency", "max_cost_usd", "max_latency_ms", "min_quality")
 _LISTS = ("allowed_models", "allowed_providers")
 

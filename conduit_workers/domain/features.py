@@ -95,13 +95,15 @@ class SharedPrefixes:
             if len(prefix) >= self.min_chars // 2 and prefix not in self._known:
                 self._known[prefix] = self._clock
         if len(self._known) > self.capacity:
-            for p, _ in sorted(self._known.items(), key=lambda kv: kv[1])[: len(self._known) - self.capacity]:
+            oldest = sorted(self._known.items(), key=lambda kv: kv[1])
+            for p, _ in oldest[: len(self._known) - self.capacity]:
                 del self._known[p]
 
     def strip(self, text: str) -> str:
         best = ""
         for p in self._known:
-            if len(p) > len(best) and text.startswith(p) and len(text) - len(p) >= self.min_rest_chars:
+            rest = len(text) - len(p)
+            if len(p) > len(best) and rest >= self.min_rest_chars and text.startswith(p):
                 best = p
         if not best:
             return text

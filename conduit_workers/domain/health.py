@@ -109,5 +109,12 @@ class ModelHealth:
             st.cooldowns += 1
             st.outcomes.clear()
 
+    def release(self, model: str) -> None:
+        """An admitted call ended without an outcome (cancelled, or not a provider error):
+        free the probe slot it may hold, change nothing else."""
+        st = self._state(model)
+        st.breaker_probe = False
+        st.limit_probe = False
+
     def cooldowns(self, model: str) -> int:
         return self._state(model).cooldowns

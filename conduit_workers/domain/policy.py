@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from conduit_workers.domain.bandit import Array, ArmStats
+from conduit_workers.domain.bandit import ArmStats, Array
 from conduit_workers.domain.catalog import ModelSpec
 from conduit_workers.domain.constraints import Constraints
 
@@ -127,10 +127,14 @@ def choose(
             reasons.append(f"allowed_providers={list(c.allowed_providers)}")
         if c.max_cost_usd is not None:
             feasible &= costs[i] <= c.max_cost_usd
-            reasons.append(f"max_cost_usd={c.max_cost_usd:g} (cheapest expected {costs[i].min():.6f})")
+            reasons.append(
+                f"max_cost_usd={c.max_cost_usd:g} (cheapest expected {costs[i].min():.6f})"
+            )
         if c.max_latency_ms is not None:
             feasible &= latencies <= c.max_latency_ms
-            reasons.append(f"max_latency_ms={c.max_latency_ms:g} (fastest expected {latencies.min():.0f})")
+            reasons.append(
+                f"max_latency_ms={c.max_latency_ms:g} (fastest expected {latencies.min():.0f})"
+            )
         if c.min_quality is not None:
             feasible &= means[i] >= c.min_quality
             reasons.append(f"min_quality={c.min_quality:g} (best expected {means[i].max():.2f})")

@@ -92,7 +92,12 @@ async def _execute_one(
             started = time.perf_counter()
             try:
                 done = await llm.complete(model, row.prompt)
-            except ProviderError as err:
+            except BaseException as exc:
+                if health is not None and not isinstance(exc, ProviderError):
+                    health.release(model)  # cancelled or a bug: never leave a probe slot taken
+                if not isinstance(exc, ProviderError):
+                    raise
+                err = exc
                 spent_ms += (time.perf_counter() - started) * 1000
                 last_error = err
                 permanent = isinstance(err, PermanentProviderError)

@@ -59,7 +59,9 @@ def test_prior_mean_and_quality_prior():
     m = np.array([0.7, 0.1, -0.2])
     assert Posterior.from_stats(empty, prior, prior_mean=m).mean == pytest.approx(m)
     # an explicit hint from the catalog still sets the overall level
-    assert Posterior.from_stats(empty, prior, 0.9, prior_mean=m).mean == pytest.approx([0.9, 0.1, -0.2])
+    assert Posterior.from_stats(empty, prior, 0.9, prior_mean=m).mean == pytest.approx(
+        [0.9, 0.1, -0.2]
+    )
 
 
 def test_thompson_samples_are_reproducible_and_centred_on_the_posterior():
@@ -95,7 +97,10 @@ def test_decay_forgets_old_evidence_geometrically():
     # and the posterior is wider than without decay
     kept = _stats(np.array([x] * 12), np.array([1.0] * 10 + [0.0] * 2))
     prior = Prior()
-    assert Posterior.from_stats(st, prior).cov_unscaled[0, 0] > Posterior.from_stats(kept, prior).cov_unscaled[0, 0]
+    assert (
+        Posterior.from_stats(st, prior).cov_unscaled[0, 0]
+        > Posterior.from_stats(kept, prior).cov_unscaled[0, 0]
+    )
     # applying the same update id again changes nothing
     assert store.apply([Update("u2", "m", new)], decay=0.9) == 0
 

@@ -5,29 +5,42 @@ import pytest
 
 from conduit_workers.domain.features import ContextBuilder, SharedPrefixes, analyse, embedding_text
 
-FEW_SHOT = "".join(f"Context: example sentence number {i} of the prompt.\nAnswer: Yes\n\n" for i in range(8))
+FEW_SHOT = "".join(
+    f"Context: example sentence number {i} of the prompt.\nAnswer: Yes\n\n" for i in range(8)
+)
 
 
 def test_a_prefix_shared_by_the_chunk_is_stripped():
     sp = SharedPrefixes(min_chars=200)
-    items = ["Context: the court overrules smith v. jones.\nAnswer:",
-             "Context: we affirm the judgment below in part.\nAnswer:"]
+    items = [
+        "Context: the court overrules smith v. jones.\nAnswer:",
+        "Context: we affirm the judgment below in part.\nAnswer:",
+    ]
     out = sp([FEW_SHOT + items[0], FEW_SHOT + items[1], "a plain question with no template"])
     assert out == items + ["a plain question with no template"]
 
 
 def test_a_remembered_prefix_is_stripped_from_a_prompt_that_arrives_alone():
     sp = SharedPrefixes(min_chars=200)
-    sp([FEW_SHOT + "Context: one item here, long enough.", FEW_SHOT + "Context: another item, also long."])
+    sp(
+        [
+            FEW_SHOT + "Context: one item here, long enough.",
+            FEW_SHOT + "Context: another item, also long.",
+        ]
+    )
     assert sp([FEW_SHOT + "Context: a later lonely item of some length."]) == [
-        "Context: a later lonely item of some length."]
+        "Context: a later lonely item of some length."
+    ]
 
 
 def test_duplicates_and_short_shared_openings_stay_whole():
     sp = SharedPrefixes(min_chars=200)
     q = "Which of the following is a prime number?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:"
     assert sp([q, q]) == [q, q]  # nothing would remain
-    a, b = "Which of the following is true? " + "x" * 30, "Which of the following is true? " + "y" * 30
+    a, b = (
+        "Which of the following is true? " + "x" * 30,
+        "Which of the following is true? " + "y" * 30,
+    )
     assert sp([a, b]) == [a, b]  # under min_chars: an ordinary shared phrase
 
 
@@ -57,13 +70,16 @@ def test_context_has_unit_scale_and_is_the_same_in_every_process():
     assert np.mean(np.sum(a[:, 1:17] ** 2, axis=1)) == pytest.approx(1.0, abs=0.15)
 
 
-@pytest.mark.parametrize(("text", "domain"), [
-    ("def add(a, b):\n    return a + b", "code"),
-    ("Solve the equation 3x + 2 = 11", "math"),
-    ("Write a short poem about rain", "writing"),
-    ("Explain why the sky is blue", "reasoning"),
-    ("Bonjour", "other"),
-])
+@pytest.mark.parametrize(
+    ("text", "domain"),
+    [
+        ("def add(a, b):\n    return a + b", "code"),
+        ("Solve the equation 3x + 2 = 11", "math"),
+        ("Write a short poem about rain", "writing"),
+        ("Explain why the sky is blue", "reasoning"),
+        ("Bonjour", "other"),
+    ],
+)
 def test_analysis_labels_the_domain(text, domain):
     a = analyse(text)
     assert a.domain == domain

@@ -61,3 +61,11 @@ def test_task_payloads_must_be_one_list_of_ids(args, kwargs):
 def test_a_list_of_ids_is_a_valid_payload_and_other_tasks_are_not_checked():
     check_ids("conduit.executor.execute_batch", (["q1", "q2"],), {})
     check_ids("conduit.reports.daily", (1, 2), {"x": 3})
+
+
+def test_a_probe_that_ends_without_an_outcome_frees_its_slot():
+    h = ModelHealth(min_calls=1, failure_rate=0.0, cooldown_s=1.0)
+    h.record("m", 0.0, ok=False)
+    assert h.acquire("m", 2.0) == (Admit.GO, 0.0)  # the probe
+    h.release("m")  # cancelled
+    assert h.acquire("m", 2.1) == (Admit.GO, 0.0)  # the next caller may probe

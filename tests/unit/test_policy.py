@@ -24,8 +24,17 @@ def _choose(samples, constraints, lam=0.2, cost_scale=None, means=None):
     samples = np.atleast_2d(np.asarray(samples, dtype=float))
     costs = expected_costs(np.full(samples.shape[0], 400.0), SPECS, EXPS)
     lat = np.array([e.latency_ms for e in EXPS])
-    return choose(samples, samples if means is None else means, costs, lat, SPECS,
-                  [constraints] * samples.shape[0], lam, 0.0, cost_scale)
+    return choose(
+        samples,
+        samples if means is None else means,
+        costs,
+        lat,
+        SPECS,
+        [constraints] * samples.shape[0],
+        lam,
+        0.0,
+        cost_scale,
+    )
 
 
 def test_expected_costs_are_tokens_times_prices():
@@ -56,7 +65,9 @@ def test_hard_constraints_filter_and_explain():
     assert _choose([0.7, 0.8], Constraints(allowed_models=("strong",)))[0].model == "strong"
     assert _choose([0.9, 0.8], Constraints(allowed_providers=("openai",)))[0].model == "strong"
     assert _choose([0.7, 0.9], Constraints(lambda_cost=0.0, max_cost_usd=0.001))[0].model == "cheap"
-    assert _choose([0.7, 0.9], Constraints(lambda_cost=0.0, max_latency_ms=1000))[0].model == "cheap"
+    assert (
+        _choose([0.7, 0.9], Constraints(lambda_cost=0.0, max_latency_ms=1000))[0].model == "cheap"
+    )
     assert _choose([0.5, 0.9], Constraints(min_quality=0.6))[0].model == "strong"
 
 
@@ -91,8 +102,17 @@ def test_engine_learns_the_better_trade_off_and_reports_unroutable_prompts():
         rows = eng.decide(qids, texts, [Constraints()] * 64)
         ctx = {r.query_id: np.array(r.features) for r in rows}
         # cheap is always right, strong always wrong: the engine must settle on cheap
-        events = [FeedbackEvent(f"e{r.query_id}", r.query_id, r.model, EXPLICIT,
-                                1.0 if r.model == "cheap" else 0.0, 1.0) for r in rows]
+        events = [
+            FeedbackEvent(
+                f"e{r.query_id}",
+                r.query_id,
+                r.model,
+                EXPLICIT,
+                1.0 if r.model == "cheap" else 0.0,
+                1.0,
+            )
+            for r in rows
+        ]
         learn(store, events, ctx, eng.dim, f"u{step}", 1.0)
     assert sum(r.model == "cheap" for r in rows) >= 60
     rows = eng.decide(["x"], ["anything"], [Constraints(max_cost_usd=0.0)])
@@ -107,7 +127,9 @@ def test_a_model_added_later_is_explored_from_its_peers_prior():
     for step in range(10):
         rows = eng.decide([f"a{step}-{i}" for i in range(32)], texts, [Constraints()] * 32)
         ctx = {r.query_id: np.array(r.features) for r in rows}
-        events = [FeedbackEvent(f"e{r.query_id}", r.query_id, r.model, EXPLICIT, 0.6, 1.0) for r in rows]
+        events = [
+            FeedbackEvent(f"e{r.query_id}", r.query_id, r.model, EXPLICIT, 0.6, 1.0) for r in rows
+        ]
         learn(store, events, ctx, eng.dim, f"u{step}", 1.0)
     newcomer = ModelSpec("new", "openai-compatible", 0.1, 0.1, base_url=URL)
     eng2 = _engine(store, (CHEAP, STRONG, newcomer), lambda_cost=0.0)
