@@ -18,6 +18,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from conduit_workers.adapters.history import SqlHistory
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "conduit_workers" / "data" / "mmlu_sample.jsonl"
@@ -77,6 +79,15 @@ def pg_url(pg_engine: sa.Engine) -> Iterator[str]:
     yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
     with pg_engine.begin() as conn:
         conn.execute(sa.text(f'drop schema "{schema}" cascade'))
+
+
+@pytest.fixture
+def history(pg_url: str) -> Iterator[SqlHistory]:
+    """A history database in a fresh PostgreSQL schema, migrated."""
+    h = SqlHistory(pg_url, retry_for_s=5)
+    h.create_schema()
+    yield h
+    h.dispose()
 
 
 @pytest.fixture

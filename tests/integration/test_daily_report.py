@@ -23,14 +23,6 @@ CATALOG = load_catalog(DEFAULT_CATALOG, {})
 BIG, SMALL = CATALOG.reference, "mistralai/Mixtral-8x7B-Instruct-v0.1"
 
 
-@pytest.fixture
-def history(pg_url):
-    h = SqlHistory(pg_url, retry_for_s=5)
-    h.create_schema()
-    yield h
-    h.dispose()
-
-
 def _day_of_traffic(history: SqlHistory) -> None:
     items = [parse_item({"prompt": f"p{i}"}, line=i + 1, max_prompt_chars=100) for i in range(4)]
     qids = history.submit("b1", items, tag="nightly", rejected=0, constraints={}).new

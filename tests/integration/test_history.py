@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.history import DecisionRow, ResultRow, SqlHistory
+from conduit_workers.adapters.history import DecisionRow, ResultRow
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.rewards import FeedbackEvent
 
@@ -10,14 +10,6 @@ pytestmark = pytest.mark.integration
 
 def _items(*prompts):
     return [parse_item({"prompt": p}, line=i + 1, max_prompt_chars=1000) for i, p in enumerate(prompts)]
-
-
-@pytest.fixture
-def history(pg_url):
-    h = SqlHistory(pg_url, retry_for_s=5)
-    h.create_schema()
-    yield h
-    h.dispose()
 
 
 def _decide(history, qids, model="m"):

@@ -1,21 +1,13 @@
 import pytest
 import redis
 
-from conduit_workers.adapters.history import DecisionRow, ResultRow, SqlHistory
+from conduit_workers.adapters.history import DecisionRow, ResultRow
 from conduit_workers.adapters.recent_prompts import RedisRecentPrompts
 from conduit_workers.domain.items import parse_item
 from conduit_workers.workers.retries import RetryDetector
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def history(pg_url):
-    h = SqlHistory(pg_url, retry_for_s=5)
-    h.create_schema()
-    yield h
-    h.dispose()
 
 
 def _submit(history, batch, *items):
