@@ -188,9 +188,10 @@ class CachedEmbedder:
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         if self.cache_file.exists():  # another run may have added vectors meanwhile: keep them
             try:
-                data = np.load(self.cache_file)
-                for i, k in enumerate(data["keys"]):
-                    self._vectors.setdefault(str(k), data["vectors"][i])
+                with np.load(self.cache_file) as data:  # each data[...] reads the archive again
+                    keys, vecs = data["keys"], data["vectors"]
+                for i, k in enumerate(keys):
+                    self._vectors.setdefault(str(k), vecs[i])
             except (OSError, ValueError, KeyError):
                 log.warning("embedding cache %s unreadable; rewriting it", self.cache_file)
         keys = np.array(list(self._vectors))
