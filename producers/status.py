@@ -14,6 +14,7 @@ import redis
 from celery import Celery
 
 import celeryconfig
+from conduit_workers.adapters import cooldowns
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.adapters.report_sql import SqlReports
 from conduit_workers.domain.catalog import Catalog
@@ -46,6 +47,8 @@ class Status:
     errors: list[str] = field(default_factory=list)  # what could not be read
     # The router's feature cache: hits, misses, skipped (breaker open); None if unreadable.
     feature_cache: dict[str, int] | None = None
+    # Models an executor's circuit breaker has cooled down → seconds left.
+    cooling: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +155,7 @@ def collect(
         errors=errors,
         feature_cache=attempt("feature cache", lambda: feature_cache_stats(client, r.key_prefix),
                               None),
+        cooling=attempt("cooldowns", lambda: cooldowns.read(client, r.key_prefix), {}),
     )
 
 
@@ -175,6 +179,8 @@ def render(s: Status) -> list[str]:
         rate = f"{fc['hits'] / seen:.1%}" if seen else "-"
         lines.append(f"feature cache: {fc['hits']} hits, {fc['misses']} misses (hit rate {rate}), "
                      f"{fc['skipped']} routed around it (breaker open)")
+    lines.append("cooled down: " + (", ".join(f"{m} ({left:.0f} s left)"
+                                            for m, left in sorted(s.cooling.items())) or "none"))
     lines.append(f"today (UTC): {s.answers_today} answers, ${s.spend_today_usd:.6f}")
     lines.append(
         f"{'model':40} {'pulls':>6} {'errors':>6} {'reward':>7} {'quality':>7} "

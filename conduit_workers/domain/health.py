@@ -77,6 +77,13 @@ class ModelHealth:
         st = self._state(model)
         return st.open_until is not None and (now < st.open_until or st.breaker_probe)
 
+    def cooling_for(self, model: str, now: float) -> float:
+        """Seconds of cooldown left for ``model`` (0 when its breaker is closed)."""
+        st = self._states.get(model)
+        if st is None or st.open_until is None:
+            return 0.0
+        return max(0.0, st.open_until - now)
+
     def record(self, model: str, now: float, *, ok: bool, rate_limited: bool = False,
                retry_after_s: float | None = None, default_pause_s: float = 1.0) -> None:
         """Report the outcome of a call that :meth:`acquire` admitted."""

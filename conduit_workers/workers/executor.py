@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from conduit_workers.adapters import cooldowns
 from conduit_workers.adapters.history import ExecutionRow, ResultRow, SqlHistory
 from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.celery_app import app
@@ -188,6 +189,10 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
     for chunk in chunks(event_ids, rt.settings.feedback.chunk_size):
         app.send_task("conduit.feedback.apply_events", args=[chunk], queue="feedback")
+    if rt.health is not None:
+        now = time.monotonic()
+        cooling = {m: s for m in rt.catalog.names if (s := rt.health.cooling_for(m, now)) > 0}
+        cooldowns.publish(rt.store.client, rt.settings.redis.key_prefix, cooling)
     status = Counter(r.status for r in results)
     log.info(
         "execute_batch %s: %d prompts, %d new results (%s), models %s, tokens %d/%d, "
