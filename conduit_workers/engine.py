@@ -159,6 +159,8 @@ class RoutingEngine:
             contexts, analyses = self.featurize(texts)
         posts, exps, versions = self.posteriors()
         samples, means = thompson_samples(contexts, posts, self.rng, self.settings.exploration)
+        success = np.array([e.success_rate for e in exps])[None, :]
+        samples, means = samples * success, means * success
         chars = np.array([len(t) for t in texts], dtype=float)
         specs = list(self.catalog.models)
         costs = expected_costs(chars, specs, exps)

@@ -149,7 +149,11 @@ class ExecutorSettings(BaseModel):
 
 class FeedbackSettings(BaseModel):
     chunk_size: int = 256
-    error_weight: float = 1.0  # a failed call counts as a quality-0 observation of this weight
+    # Weight of a failed call as a quality-0 observation. 0 by default: failures lower the
+    # model's expected success rate (from its call counters), which the router multiplies into
+    # its sampled quality; as quality evidence they would also drag down the prior that all
+    # models share, and make every model look alike where ratings are rare.
+    error_weight: float = 0.0
     # A successful call says nothing about its quality: by default it is no evidence.
     success_weight: float = 0.0
     success_reward: float = 1.0

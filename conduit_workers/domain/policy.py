@@ -16,15 +16,22 @@ from conduit_workers.domain.bandit import ArmStats, Array
 from conduit_workers.domain.catalog import ModelSpec
 from conduit_workers.domain.constraints import Constraints
 
-CHARS_PER_TOKEN = 4.0  # rough tokens of a prompt before any call has been seen
+CHARS_PER_TOKEN = 4.0
+SUCCESS_PSEUDO_CALLS = 2.0  # rough tokens of a prompt before any call has been seen
 
 
 @dataclass(frozen=True)
 class Expectations:
-    """Expected output tokens and latency of one model, from its observed calls."""
+    """Expected output tokens, latency and success rate of one model, from its observed calls.
+
+    A failed call yields nothing, so the quality a prompt can expect from a model is its
+    sampled quality times ``success_rate``: errors steer traffic away without being mistaken
+    for (and pooled with) evidence of answer quality.
+    """
 
     out_tokens: float
     latency_ms: float
+    success_rate: float = 1.0
 
     @classmethod
     def from_stats(
@@ -37,7 +44,10 @@ class Expectations:
         # Shrink towards the prior with one pseudo-call, so one odd call does not decide.
         out = (stats.counters["out_tokens"] + default_out_tokens) / (calls + 1)
         lat = (stats.counters["latency_ms"] + prior_latency) / (calls + 1)
-        return cls(out, lat)
+        # Two pseudo-calls that succeeded: a new model is trusted, a failing one loses traffic
+        # within a few calls, and decay lets it back once it recovers.
+        ok = max(0.0, calls - stats.counters.get("errors", 0.0))
+        return cls(out, lat, (ok + SUCCESS_PSEUDO_CALLS) / (calls + SUCCESS_PSEUDO_CALLS))
 
 
 def expected_input_tokens(prompt_chars: Array) -> Array:

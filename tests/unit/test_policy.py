@@ -144,3 +144,40 @@ def test_a_model_added_later_is_explored_from_its_peers_prior():
     # and Thompson Sampling tries it
     rows = eng2.decide([f"n{i}" for i in range(64)], texts * 2, [Constraints()] * 64)
     assert any(r.model == "new" for r in rows)
+
+
+def test_failing_model_loses_traffic_through_its_success_rate():
+    """Errors only (no ratings): the cheap model that fails every call must lose its share."""
+    import numpy as np
+
+    from conduit_workers.adapters.embedder import HashingEmbedder
+    from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, Update
+    from conduit_workers.domain.bandit import ArmStats
+    from conduit_workers.domain.catalog import parse_catalog
+    from conduit_workers.engine import RoutingEngine
+    from conduit_workers.settings import RouterSettings
+
+    catalog = parse_catalog({"reference": "big", "models": [
+        {"name": "big", "provider": "openai-compatible", "base_url": "http://x/v1",
+         "input_price_per_mtok_usd": 10.0, "output_price_per_mtok_usd": 30.0},
+        {"name": "cheap", "provider": "openai-compatible", "base_url": "http://x/v1",
+         "input_price_per_mtok_usd": 0.1, "output_price_per_mtok_usd": 0.1},
+    ]}, {})
+    store = InMemoryPosteriorStore()
+    engine = RoutingEngine(catalog, store, HashingEmbedder(), RouterSettings(seed=3),
+                           rng=np.random.default_rng(3))
+    prompts = [f"question number {i} about a topic" for i in range(40)]
+    from conduit_workers.domain.constraints import Constraints
+
+    def share_cheap() -> float:
+        rows = engine.decide([str(i) for i in range(40)], prompts, [Constraints()] * 40)
+        return sum(r.model == "cheap" for r in rows) / 40
+
+    before = share_cheap()
+    failed = ArmStats.zeros(engine.dim)
+    for _ in range(10):
+        failed.add_call(error=True, latency_ms=50.0, in_tokens=0, out_tokens=0, cost_usd=0.0)
+    store.apply([Update("u", "cheap", failed)])
+    after = share_cheap()
+    assert before > 0.5  # cheap wins while nothing is known
+    assert after < 0.2
