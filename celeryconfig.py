@@ -63,7 +63,10 @@ def build(settings: Settings) -> dict[str, Any]:
         # A task that sends the next stage's task while the broker restarts waits for it (up to
         # about a minute) instead of failing after Celery's default 3 quick retries.
         "task_publish_retry_policy": {
-            "max_retries": 40, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0,
+            "max_retries": 40,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
         },
         "timezone": "UTC",
         "enable_utc": True,
@@ -72,8 +75,9 @@ def build(settings: Settings) -> dict[str, Any]:
         conf["beat_schedule"] = {
             DAILY_COST_ENTRY: {
                 "task": "conduit.reports.daily_cost",
-                "schedule": crontab(minute=settings.reports.minute_utc,
-                                    hour=settings.reports.hour_utc),
+                "schedule": crontab(
+                    minute=settings.reports.minute_utc, hour=settings.reports.hour_utc
+                ),
                 "options": {"queue": "reports", "routing_key": "reports"},
             },
         }
@@ -81,8 +85,11 @@ def build(settings: Settings) -> dict[str, Any]:
     conf.setdefault("beat_schedule", {})[SWEEP_ENTRY] = {
         "task": "conduit.feedback.sweep",
         "schedule": timedelta(seconds=settings.feedback.sweep_interval_s),
-        "options": {"queue": "feedback", "routing_key": "feedback",
-                    "expires": settings.feedback.sweep_interval_s},
+        "options": {
+            "queue": "feedback",
+            "routing_key": "feedback",
+            "expires": settings.feedback.sweep_interval_s,
+        },
     }
     if broker_url.startswith(("redis://", "rediss://", "unix://")):
         conf["broker_transport_options"] = {

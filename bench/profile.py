@@ -15,8 +15,10 @@ import re
 import sys
 from pathlib import Path
 
-IDLE = re.compile(r"\b(select|poll|epoll|_recv_into|recv|read|wait|sleep|accept|"
-                  r"_worker_process_loop)\b")
+IDLE = re.compile(
+    r"\b(select|poll|epoll|_recv_into|recv|read|wait|sleep|accept|"
+    r"_worker_process_loop)\b"
+)
 
 
 def owner(frame: str) -> str:
@@ -59,8 +61,9 @@ def summarise(path: Path, top: int) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.profile",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.profile", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("files", nargs="+", type=Path)
     ap.add_argument("--top", type=int, default=20)
     a = ap.parse_args()

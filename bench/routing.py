@@ -53,8 +53,10 @@ CHUNKS = (1, 32, 256)
 
 def load_prompts(n: int) -> list[str]:
     files = sorted(SHARED.glob("*/*.jsonl")) or [SAMPLE]
-    per_file = [[json.loads(line)["prompt"] for line in f.read_text().split("\n") if line.strip()]
-                for f in files]
+    per_file = [
+        [json.loads(line)["prompt"] for line in f.read_text().split("\n") if line.strip()]
+        for f in files
+    ]
     out: list[str] = []
     seen: set[str] = set()
     for i in range(max(len(p) for p in per_file)):
@@ -82,8 +84,9 @@ def chunked(seq: Sequence[Any], k: int) -> list[Sequence[Any]]:
     return [seq[i : i + k] for i in range(0, len(seq), k)]
 
 
-def measure(name: str, emb: Embedder, texts: list[str], a: argparse.Namespace, workdir: Path,
-            prefix: str) -> dict[str, Any]:
+def measure(
+    name: str, emb: Embedder, texts: list[str], a: argparse.Namespace, workdir: Path, prefix: str
+) -> dict[str, Any]:
     s = Settings()
     rs = s.router.model_copy(update={"embedder": name, "seed": 1})
     catalog = load_catalog(s.catalog.path, environ())
@@ -100,9 +103,13 @@ def measure(name: str, emb: Embedder, texts: list[str], a: argparse.Namespace, w
         parts = chunked(tails, k)
         out[f"encoder_{k}"] = rate(n, lambda parts=parts: [emb.embed(list(p)) for p in parts])
         tparts = chunked(texts, k)
-        out[f"route_{k}"] = rate(n, lambda tparts=tparts: [
-            engine.decide([str(i) for i in range(len(p))], list(p), cons[: len(p)])
-            for p in tparts])
+        out[f"route_{k}"] = rate(
+            n,
+            lambda tparts=tparts: [
+                engine.decide([str(i) for i in range(len(p))], list(p), cons[: len(p)])
+                for p in tparts
+            ],
+        )
         feats = [engine.featurize(list(p)) for p in tparts]
         t0 = time.perf_counter()
         for p, (ctx, an) in zip(tparts, feats, strict=True):
@@ -112,16 +119,25 @@ def measure(name: str, emb: Embedder, texts: list[str], a: argparse.Namespace, w
     # The task handler, on a history database, with and without repeats in the batch.
     history = SqlHistory(f"sqlite:///{workdir / f'{name}.db'}")
     history.create_schema()
-    sig = signature(name, rs.projection_dim, rs.embed_tail_chars, rs.strip_shared_prefix,
-                    rs.shared_prefix_min_chars, s.context_dim)
-    cache = RedisFeatureCache.from_url(a.redis, prefix, sig, rs.feature_cache_ttl_s,
-                                       rs.feature_cache_breaker_s)
+    sig = signature(
+        name,
+        rs.projection_dim,
+        rs.embed_tail_chars,
+        rs.strip_shared_prefix,
+        rs.shared_prefix_min_chars,
+        s.context_dim,
+    )
+    cache = RedisFeatureCache.from_url(
+        a.redis, prefix, sig, rs.feature_cache_ttl_s, rs.feature_cache_breaker_s
+    )
     batches = {
         "task": (texts, None),
         "task_cached_cold": ([f"{t} " for t in texts], cache),  # new texts: every one a miss
         # Every other prompt repeats one of the batch above (cached), the rest are new.
-        "task_cached_50pct_repeats": ([f"{t} " if i % 2 == 0 else f"{t}  "
-                                       for i, t in enumerate(texts)], cache),
+        "task_cached_50pct_repeats": (
+            [f"{t} " if i % 2 == 0 else f"{t}  " for i, t in enumerate(texts)],
+            cache,
+        ),
     }
     for label, (batch, fc) in batches.items():
         items = [PromptItem(prompt=p, key=f"{label}-{i}", line=i + 1) for i, p in enumerate(batch)]
@@ -142,13 +158,19 @@ def measure(name: str, emb: Embedder, texts: list[str], a: argparse.Namespace, w
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.routing",
-                                 description=__doc__.split("\n\n")[0])
-    ap.add_argument("--embedders", nargs="+", default=["static"],
-                    help="static, minilm, hashing (static)")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.routing", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument(
+        "--embedders", nargs="+", default=["static"], help="static, minilm, hashing (static)"
+    )
     ap.add_argument("--prompts", type=int, default=2048)
-    ap.add_argument("--minilm-prompts", type=int, default=256,
-                    help="fewer prompts for MiniLM, ~80/s on this machine (256)")
+    ap.add_argument(
+        "--minilm-prompts",
+        type=int,
+        default=256,
+        help="fewer prompts for MiniLM, ~80/s on this machine (256)",
+    )
     ap.add_argument("--redis", default=REDIS_URL)
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     a = ap.parse_args(argv)
@@ -162,8 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.perf_counter()
             emb = make_embedder(name)
             load_s = time.perf_counter() - t0
-            results[name] = {"load_s": round(load_s, 2), **measure(name, emb, texts, a, workdir,
-                                                                  f"{prefix}-{name}")}
+            results[name] = {
+                "load_s": round(load_s, 2),
+                **measure(name, emb, texts, a, workdir, f"{prefix}-{name}"),
+            }
     finally:
         keys = list(client.scan_iter(match=f"{prefix}*", count=5000))
         for i in range(0, len(keys), 5000):
@@ -171,19 +195,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     chars = sum(len(t) for t in texts) / len(texts)
     src = SHARED if SHARED.exists() else SAMPLE
-    print(f"routing stage, one process: {len(texts)} prompts from {src} (mean {chars:.0f} chars), "
-          "prompts/s")
-    print(f"  {'embedder':8} {'chunk':>5} {'encoder':>8} {'route':>8} {'ratio':>6} "
-          f"{'decide ms':>9} {'task':>7} {'cache cold':>10} {'50% repeats':>11}")
-    out: dict[str, Any] = {"benchmark": "routing", "prompts": len(texts),
-                           "mean_chars": round(chars)}
+    print(
+        f"routing stage, one process: {len(texts)} prompts from {src} (mean {chars:.0f} chars), "
+        "prompts/s"
+    )
+    print(
+        f"  {'embedder':8} {'chunk':>5} {'encoder':>8} {'route':>8} {'ratio':>6} "
+        f"{'decide ms':>9} {'task':>7} {'cache cold':>10} {'50% repeats':>11}"
+    )
+    out: dict[str, Any] = {
+        "benchmark": "routing",
+        "prompts": len(texts),
+        "mean_chars": round(chars),
+    }
     for name, r in results.items():
         for k in CHUNKS:
-            row = (f"  {name:8} {k:>5} {r[f'encoder_{k}']:>8.0f} {r[f'route_{k}']:>8.0f} "
-                   f"{r[f'route_{k}'] / r[f'encoder_{k}']:>6.2f} {r[f'decide_ms_{k}']:>9.3f}")
+            row = (
+                f"  {name:8} {k:>5} {r[f'encoder_{k}']:>8.0f} {r[f'route_{k}']:>8.0f} "
+                f"{r[f'route_{k}'] / r[f'encoder_{k}']:>6.2f} {r[f'decide_ms_{k}']:>9.3f}"
+            )
             if k in (32, 256):
-                row += (f" {r[f'task_{k}']:>7.0f} {r[f'task_cached_cold_{k}']:>10.0f} "
-                        f"{r[f'task_cached_50pct_repeats_{k}']:>11.0f}")
+                row += (
+                    f" {r[f'task_{k}']:>7.0f} {r[f'task_cached_cold_{k}']:>10.0f} "
+                    f"{r[f'task_cached_50pct_repeats_{k}']:>11.0f}"
+                )
             print(row)
         print(f"  {name}: load {r['load_s']} s, feature cache {r['cache_stats']}")
         out[name] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}

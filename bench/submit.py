@@ -36,8 +36,9 @@ REDIS_URL = "redis://127.0.0.1:6379/12"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.submit",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.submit", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--prompts", type=int, default=10_000)
     ap.add_argument("--redis", default=REDIS_URL)
     ap.add_argument("--database", default=None, help="history URL (default: a fresh SQLite file)")
@@ -49,20 +50,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = work / "prompts.jsonl"
     with open(path, "w", encoding="utf-8") as fh:
         for i in range(a.prompts):
-            fh.write(json.dumps({"id": f"{run}-{i}", "prompt": texts[i % len(texts)],
-                                 "metadata": {"n": i}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {"id": f"{run}-{i}", "prompt": texts[i % len(texts)], "metadata": {"n": i}}
+                )
+                + "\n"
+            )
     db = a.database or f"sqlite:///{work / 'history.db'}"
-    env = dict(os.environ, CONDUIT_REDIS__URL=a.redis, CONDUIT_DATABASE__URL=db,
-               CONDUIT_REDIS__KEY_PREFIX=f"bench-submit-{run}")
+    env = dict(
+        os.environ,
+        CONDUIT_REDIS__URL=a.redis,
+        CONDUIT_DATABASE__URL=db,
+        CONDUIT_REDIS__KEY_PREFIX=f"bench-submit-{run}",
+    )
     client = redis.Redis.from_url(a.redis)
     before = client.llen("route")
     # Create the schema first: a first-ever run would otherwise time the migrations too.
-    subprocess.run([sys.executable, "-c", "from producers.api import ConduitClient; "
-                    "ConduitClient().history"], env=env, check=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-c", "from producers.api import ConduitClient; ConduitClient().history"],
+        env=env,
+        check=True,
+        cwd=ROOT,
+    )
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "producers.cli", "submit", str(path),
-                           "--tag", "bench-submit"], env=env, capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "producers.cli", "submit", str(path), "--tag", "bench-submit"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         print(proc.stderr, file=sys.stderr)
@@ -81,8 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t2 = time.perf_counter()
     with app.producer_or_acquire() as producer:
         for i in range(0, len(ids), chunk):
-            app.send_task("conduit.router.route_batch", args=[ids[i : i + chunk]], queue="route",
-                          producer=producer)
+            app.send_task(
+                "conduit.router.route_batch",
+                args=[ids[i : i + chunk]],
+                queue="route",
+                producer=producer,
+            )
     bare = time.perf_counter() - t2
     app.close()
     # Remove what was queued (no worker runs here); other keys of db 12 are left alone.
@@ -91,17 +112,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k in client.scan_iter(match=f"bench-submit-{run}*"):
         client.delete(k)
 
-    out = {"benchmark": "submit", "prompts": a.prompts, "wall_s": round(wall, 2),
-           "prompts_per_s": round(a.prompts / wall), "startup_s": round(startup, 2),
-           "prompts_per_s_after_startup": round(a.prompts / max(wall - startup, 1e-9)),
-           "route_tasks": queued, "chunk": chunk,
-           "bare_enqueue_s": round(bare, 3), "database": db.split(":")[0]}
+    out = {
+        "benchmark": "submit",
+        "prompts": a.prompts,
+        "wall_s": round(wall, 2),
+        "prompts_per_s": round(a.prompts / wall),
+        "startup_s": round(startup, 2),
+        "prompts_per_s_after_startup": round(a.prompts / max(wall - startup, 1e-9)),
+        "route_tasks": queued,
+        "chunk": chunk,
+        "bare_enqueue_s": round(bare, 3),
+        "database": db.split(":")[0],
+    }
     out["ratio"] = round(out["prompts_per_s"] / (a.prompts / bare), 3)
-    print(f"submission: `conduit submit` of {a.prompts} prompts: {wall:.2f} s = "
-          f"{out['prompts_per_s']:,} prompts/s (start-up {startup:.2f} s of it; "
-          f"{out['prompts_per_s_after_startup']:,}/s after), {queued} route tasks of {chunk}")
-    print(f"  bare Celery producer, same {queued} messages: {bare:.3f} s "
-          f"({a.prompts / bare:,.0f} prompts/s); ratio {out['ratio']}")
+    print(
+        f"submission: `conduit submit` of {a.prompts} prompts: {wall:.2f} s = "
+        f"{out['prompts_per_s']:,} prompts/s (start-up {startup:.2f} s of it; "
+        f"{out['prompts_per_s_after_startup']:,}/s after), {queued} route tasks of {chunk}"
+    )
+    print(
+        f"  bare Celery producer, same {queued} messages: {bare:.3f} s "
+        f"({a.prompts / bare:,.0f} prompts/s); ratio {out['ratio']}"
+    )
     print(f"  CLI output: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}")
     if a.json:
         print(json.dumps(out))

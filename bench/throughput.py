@@ -72,10 +72,13 @@ def prompts(n: int, run: str) -> list[tuple[str, str]]:
 # -- baseline ------------------------------------------------------------------------------
 
 
-async def _bare(base_url: str, model: str, items: list[tuple[str, str]], concurrency: int
-                ) -> dict[str, Any]:
-    bodies = [json.dumps({"model": model, "messages": [{"role": "user", "content": p}]}).encode()
-              for _, p in items]
+async def _bare(
+    base_url: str, model: str, items: list[tuple[str, str]], concurrency: int
+) -> dict[str, Any]:
+    bodies = [
+        json.dumps({"model": model, "messages": [{"role": "user", "content": p}]}).encode()
+        for _, p in items
+    ]
     url = base_url + "/chat/completions"
     headers = {"Content-Type": "application/json", "Authorization": "Bearer not-needed"}
     call_ms: list[float] = []
@@ -100,12 +103,18 @@ async def _bare(base_url: str, model: str, items: list[tuple[str, str]], concurr
 
         await asyncio.gather(*(loop() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return {"wall_s": wall, "per_s": len(items) / wall, "call_ms": call_ms, "done_s": done_s,
-            "errors": errors}
+    return {
+        "wall_s": wall,
+        "per_s": len(items) / wall,
+        "call_ms": call_ms,
+        "done_s": done_s,
+        "errors": errors,
+    }
 
 
-def baseline(base_url: str, model: str, items: list[tuple[str, str]], concurrency: int
-             ) -> dict[str, Any]:
+def baseline(
+    base_url: str, model: str, items: list[tuple[str, str]], concurrency: int
+) -> dict[str, Any]:
     cpu = time.process_time()
     out = asyncio.run(_bare(base_url, model, items, concurrency))
     out["cpu_s"] = time.process_time() - cpu
@@ -185,8 +194,10 @@ class Role:
     ready_s: float = 0.0
 
 
-TASK_DONE = re.compile(r"Task (conduit\.\w+\.\w+)\[[^\]]+\] (?:succeeded|retry|raised).*? in "
-                       r"([0-9.]+)s")
+TASK_DONE = re.compile(
+    r"Task (conduit\.\w+\.\w+)\[[^\]]+\] (?:succeeded|retry|raised).*? in "
+    r"([0-9.]+)s"
+)
 
 
 def busy_from_log(path: Path, since_bytes: int) -> dict[str, tuple[int, float]]:
@@ -206,18 +217,36 @@ def _count(engine: sa.Engine, run: str) -> tuple[int, int, int]:
     """(results, feedback events, unapplied feedback events) of this run's prompts."""
     like = f"{run}%"
     with engine.connect() as conn:
-        res = conn.scalar(sa.select(sa.func.count()).select_from(t.results)
-                          .where(t.results.c.query_id.like(like))) or 0
-        fb = conn.scalar(sa.select(sa.func.count()).select_from(t.feedback)
-                         .where(t.feedback.c.query_id.like(like))) or 0
-        unapplied = conn.scalar(sa.select(sa.func.count()).select_from(t.feedback)
-                                .where(t.feedback.c.query_id.like(like),
-                                       t.feedback.c.applied_at.is_(None))) or 0
+        res = (
+            conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(t.results)
+                .where(t.results.c.query_id.like(like))
+            )
+            or 0
+        )
+        fb = (
+            conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(t.feedback)
+                .where(t.feedback.c.query_id.like(like))
+            )
+            or 0
+        )
+        unapplied = (
+            conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(t.feedback)
+                .where(t.feedback.c.query_id.like(like), t.feedback.c.applied_at.is_(None))
+            )
+            or 0
+        )
     return int(res), int(fb), int(unapplied)
 
 
-def _wait_all(engine: sa.Engine, run: str, n: int, t0: float, timeout_s: float,
-              poll_s: float = 0.1) -> tuple[float, float]:
+def _wait_all(
+    engine: sa.Engine, run: str, n: int, t0: float, timeout_s: float, poll_s: float = 0.1
+) -> tuple[float, float]:
     """Seconds from t0 until every prompt is answered, and until all feedback is applied."""
     answered = None
     deadline = time.perf_counter() + timeout_s
@@ -229,12 +258,15 @@ def _wait_all(engine: sa.Engine, run: str, n: int, t0: float, timeout_s: float,
         if answered is not None and fb > 0 and unapplied == 0:
             return answered, now
         time.sleep(poll_s)
-    raise TimeoutError(f"run {run}: not finished after {timeout_s:.0f} s "
-                       f"(results {res}/{n}, feedback unapplied {unapplied})")
+    raise TimeoutError(
+        f"run {run}: not finished after {timeout_s:.0f} s "
+        f"(results {res}/{n}, feedback unapplied {unapplied})"
+    )
 
 
-def conduit_run(a: argparse.Namespace, base_url: str, workdir: Path, items: list[tuple[str, str]],
-                run: str) -> dict[str, Any]:
+def conduit_run(
+    a: argparse.Namespace, base_url: str, workdir: Path, items: list[tuple[str, str]], run: str
+) -> dict[str, Any]:
     prefix = f"bench-tp-{run}"
     db_url = a.database or f"sqlite:///{workdir / 'history.db'}"
     schema = None
@@ -248,11 +280,17 @@ def conduit_run(a: argparse.Namespace, base_url: str, workdir: Path, items: list
         sep = "&" if "?" in db_url else "?"
         db_url = f"{db_url}{sep}options={quote(f'-csearch_path={schema}')}"
     exec_conc = max(1, a.concurrency // a.executor_procs)
-    env = dict(os.environ, CONDUIT_REDIS__URL=a.redis, CONDUIT_REDIS__KEY_PREFIX=prefix,
-               CONDUIT_DATABASE__URL=db_url, CONDUIT_REPLAY_URL=base_url,
-               CONDUIT_ROUTER__EMBEDDER=a.embedder, CONDUIT_ROUTER__SEED="1",
-               CONDUIT_EXECUTOR__CONCURRENCY=str(exec_conc),
-               CONDUIT_EXECUTOR__HTTP_CLIENT=a.http_client)
+    env = dict(
+        os.environ,
+        CONDUIT_REDIS__URL=a.redis,
+        CONDUIT_REDIS__KEY_PREFIX=prefix,
+        CONDUIT_DATABASE__URL=db_url,
+        CONDUIT_REPLAY_URL=base_url,
+        CONDUIT_ROUTER__EMBEDDER=a.embedder,
+        CONDUIT_ROUTER__SEED="1",
+        CONDUIT_EXECUTOR__CONCURRENCY=str(exec_conc),
+        CONDUIT_EXECUTOR__HTTP_CLIENT=a.http_client,
+    )
     if a.router_chunk:
         env["CONDUIT_ROUTER__CHUNK_SIZE"] = str(a.router_chunk)
     if a.executor_chunk:
@@ -262,9 +300,11 @@ def conduit_run(a: argparse.Namespace, base_url: str, workdir: Path, items: list
     saved = {k: os.environ.get(k) for k in env if k.startswith("CONDUIT_")}
     os.environ.update({k: v for k, v in env.items() if k.startswith("CONDUIT_")})
     settings = Settings()
-    roles = [Role("router", ["route"], a.router_pool, a.router_procs),
-             Role("executor", ["execute"], a.executor_pool, a.executor_procs),
-             Role("feedback", ["feedback"], a.feedback_pool, 1)]
+    roles = [
+        Role("router", ["route"], a.router_pool, a.router_procs),
+        Role("executor", ["execute"], a.executor_pool, a.executor_procs),
+        Role("feedback", ["feedback"], a.feedback_pool, 1),
+    ]
     client = ConduitClient(settings)
     engine = sa.create_engine(db_url)
     rclient = redis.Redis.from_url(a.redis)
@@ -272,24 +312,34 @@ def conduit_run(a: argparse.Namespace, base_url: str, workdir: Path, items: list
         _ = client.history  # create the schema before the workers race to
         for r in roles:
             started = time.perf_counter()
-            r.proc = start_worker(r.queues, env, workdir / f"{r.name}.log", concurrency=r.procs,
-                                  name=f"bench-{r.name}", pool=r.pool)
+            r.proc = start_worker(
+                r.queues,
+                env,
+                workdir / f"{r.name}.log",
+                concurrency=r.procs,
+                name=f"bench-{r.name}",
+                pool=r.pool,
+            )
             r.ready_s = -started
         for r in roles:
             assert r.proc is not None
             wait_worker_ready(r.proc, timeout_s=120)
             r.ready_s += time.perf_counter()
         # Warm-up: loads the embedder (router), HTTP clients (executor), DB pools; not timed.
-        warm = [PromptItem(prompt=p, key=f"{run}w-{i}", external_id=f"w-{i}", line=i + 1)
-                for i, (_, p) in enumerate(prompts(max(2 * settings.executor.chunk_size, 128),
-                                                   run + "w"))]
+        warm = [
+            PromptItem(prompt=p, key=f"{run}w-{i}", external_id=f"w-{i}", line=i + 1)
+            for i, (_, p) in enumerate(
+                prompts(max(2 * settings.executor.chunk_size, 128), run + "w")
+            )
+        ]
         w0 = time.perf_counter()
         client.submit_items(warm, tag="bench-warmup")
         _wait_all(engine, f"{run}w", len(warm), w0, a.timeout)
         warm_s = time.perf_counter() - w0
         # Query keys carry the run id, so that the counts find this run's rows.
-        items_ = [PromptItem(prompt=p, key=i, external_id=i, line=k + 1)
-                  for k, (i, p) in enumerate(items)]
+        items_ = [
+            PromptItem(prompt=p, key=i, external_id=i, line=k + 1) for k, (i, p) in enumerate(items)
+        ]
         offsets = {r.name: (workdir / f"{r.name}.log").stat().st_size for r in roles}
         cpu0 = {r.name: cpu_s(r.proc.popen.pid) for r in roles if r.proc}
         wait0 = {r.name: wait_s(r.proc.popen.pid) for r in roles if r.proc}
@@ -298,11 +348,26 @@ def conduit_run(a: argparse.Namespace, base_url: str, workdir: Path, items: list
             # py-spy samples every worker process (and its pool children) during the timed run.
             for r in roles:
                 assert r.proc is not None
-                spies.append(subprocess.Popen(
-                    [shutil.which("py-spy") or "py-spy", "record", "--pid", str(r.proc.popen.pid),
-                     "--subprocesses", "--rate", "100", "--format", "raw", "--nonblocking",
-                     "--output", str(workdir / f"profile-{r.name}.txt")],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                spies.append(
+                    subprocess.Popen(
+                        [
+                            shutil.which("py-spy") or "py-spy",
+                            "record",
+                            "--pid",
+                            str(r.proc.popen.pid),
+                            "--subprocesses",
+                            "--rate",
+                            "100",
+                            "--format",
+                            "raw",
+                            "--nonblocking",
+                            "--output",
+                            str(workdir / f"profile-{r.name}.txt"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
             time.sleep(1.0)
         t0 = time.perf_counter()
         t0_wall = time.time()
@@ -316,11 +381,14 @@ def conduit_run(a: argparse.Namespace, base_url: str, workdir: Path, items: list
         for spy in spies:
             spy.wait(30)
         with engine.connect() as conn:
-            rows = conn.execute(sa.select(t.results.c.created_at, t.results.c.latency_ms,
-                                          t.results.c.status)
-                                .where(t.results.c.query_id.like(f"{run}-%"))).all()
-        done_s = [(r[0] if r[0].tzinfo else r[0].replace(tzinfo=UTC)).timestamp() - t0_wall
-                  for r in rows]
+            rows = conn.execute(
+                sa.select(t.results.c.created_at, t.results.c.latency_ms, t.results.c.status).where(
+                    t.results.c.query_id.like(f"{run}-%")
+                )
+            ).all()
+        done_s = [
+            (r[0] if r[0].tzinfo else r[0].replace(tzinfo=UTC)).timestamp() - t0_wall for r in rows
+        ]
         stages = {}
         for r in roles:
             assert r.proc is not None
@@ -329,24 +397,36 @@ def conduit_run(a: argparse.Namespace, base_url: str, workdir: Path, items: list
             secs = sum(v[1] for v in busy.values())
             rss = rss_mb(r.proc.popen.pid)
             stages[r.name] = {
-                "pool": r.pool, "processes": r.procs, "tasks": tasks,
-                "busy_s": round(secs, 2), "busy_share": round(secs / drained_s / r.procs, 3),
+                "pool": r.pool,
+                "processes": r.procs,
+                "tasks": tasks,
+                "busy_s": round(secs, 2),
+                "busy_share": round(secs / drained_s / r.procs, 3),
                 "cpu_s": round(cpu1[r.name] - cpu0[r.name], 2),
                 "cpu_wait_s": round(wait1[r.name] - wait0[r.name], 2),
-                "rss_mb": round(sum(rss), 1), "rss_max_process_mb": round(max(rss or [0]), 1),
-                "startup_s": round(r.ready_s, 2), "torch": torch_loaded(r.proc.popen.pid),
+                "rss_mb": round(sum(rss), 1),
+                "rss_max_process_mb": round(max(rss or [0]), 1),
+                "startup_s": round(r.ready_s, 2),
+                "torch": torch_loaded(r.proc.popen.pid),
             }
         return {
-            "submitted": sub.enqueued, "submit_s": round(submit_s, 3),
-            "answered_s": round(answered_s, 2), "drained_s": round(drained_s, 2),
-            "per_s": len(items_) / drained_s, "answered_per_s": len(items_) / answered_s,
+            "submitted": sub.enqueued,
+            "submit_s": round(submit_s, 3),
+            "answered_s": round(answered_s, 2),
+            "drained_s": round(drained_s, 2),
+            "per_s": len(items_) / drained_s,
+            "answered_per_s": len(items_) / answered_s,
             "errors": sum(1 for r in rows if r[2] != "ok"),
-            "done_s": done_s, "call_ms": [float(r[1]) for r in rows],
-            "warmup_s": round(warm_s, 2), "stages": stages,
+            "done_s": done_s,
+            "call_ms": [float(r[1]) for r in rows],
+            "warmup_s": round(warm_s, 2),
+            "stages": stages,
             "executor_concurrency": exec_conc,
-            "chunks": {"router": settings.router.chunk_size,
-                       "executor": settings.executor.chunk_size,
-                       "feedback": settings.feedback.chunk_size},
+            "chunks": {
+                "router": settings.router.chunk_size,
+                "executor": settings.executor.chunk_size,
+                "feedback": settings.feedback.chunk_size,
+            },
         }
     finally:
         for r in roles:
@@ -371,32 +451,52 @@ def conduit_run(a: argparse.Namespace, base_url: str, workdir: Path, items: list
 
 def main(argv: Sequence[str] | None = None) -> int:
     d = Settings()
-    ap = argparse.ArgumentParser(prog="python -m bench.throughput",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.throughput", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--prompts", type=int, default=5000)
     ap.add_argument("--latency-ms", type=float, default=200.0)
     ap.add_argument("--concurrency", type=int, default=64, help="calls in flight, both sides")
     # Defaults: the pools and concurrencies of `ops/worker ROLE` and docker-compose.yml.
     ap.add_argument("--router-procs", type=int, default=2)
     ap.add_argument("--router-pool", default="prefork")
-    ap.add_argument("--executor-procs", type=int, default=2,
-                    help="executor processes; each runs concurrency/procs calls at once")
+    ap.add_argument(
+        "--executor-procs",
+        type=int,
+        default=2,
+        help="executor processes; each runs concurrency/procs calls at once",
+    )
     ap.add_argument("--executor-pool", default="prefork")
     ap.add_argument("--feedback-pool", default="prefork")
-    ap.add_argument("--router-chunk", type=int, default=None,
-                    help=f"default router.chunk_size ({d.router.chunk_size})")
-    ap.add_argument("--executor-chunk", type=int, default=None,
-                    help=f"default executor.chunk_size ({d.executor.chunk_size})")
-    ap.add_argument("--feedback-chunk", type=int, default=None,
-                    help=f"default feedback.chunk_size ({d.feedback.chunk_size})")
+    ap.add_argument(
+        "--router-chunk",
+        type=int,
+        default=None,
+        help=f"default router.chunk_size ({d.router.chunk_size})",
+    )
+    ap.add_argument(
+        "--executor-chunk",
+        type=int,
+        default=None,
+        help=f"default executor.chunk_size ({d.executor.chunk_size})",
+    )
+    ap.add_argument(
+        "--feedback-chunk",
+        type=int,
+        default=None,
+        help=f"default feedback.chunk_size ({d.feedback.chunk_size})",
+    )
     ap.add_argument("--embedder", default="static", help="router embedder (static)")
     ap.add_argument("--http-client", default=d.executor.http_client, help="aiohttp or httpx2")
     ap.add_argument("--redis", default=REDIS_URL)
     ap.add_argument("--database", default=None, help="history URL (default: a fresh SQLite file)")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, database)")
-    ap.add_argument("--profile", action="store_true",
-                    help="sample the workers with py-spy (implies --keep; see bench/profile.py)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the workers with py-spy (implies --keep; see bench/profile.py)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     a = ap.parse_args(argv)
     a.keep = a.keep or a.profile
@@ -406,8 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     items = prompts(a.prompts, run)
     model = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-    replay, base_url = start_replay_server([SAMPLE], workdir / "replay.log",
-                                           latency_ms=a.latency_ms)
+    replay, base_url = start_replay_server(
+        [SAMPLE], workdir / "replay.log", latency_ms=a.latency_ms
+    )
     try:
         b1 = baseline(base_url, model, items, a.concurrency)
         c = conduit_run(a, base_url, workdir, items, run)
@@ -418,8 +519,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = os.getloadavg()[0]
     ideal = a.concurrency / (a.latency_ms / 1000) if a.latency_ms else float("inf")
     out = {
-        "benchmark": "throughput", "prompts": a.prompts, "latency_ms": a.latency_ms,
-        "concurrency": a.concurrency, "ideal_per_s": round(ideal, 1),
+        "benchmark": "throughput",
+        "prompts": a.prompts,
+        "latency_ms": a.latency_ms,
+        "concurrency": a.concurrency,
+        "ideal_per_s": round(ideal, 1),
         "baseline_per_s": round(b["per_s"], 1),
         "baseline_runs_per_s": [round(b1["per_s"], 1), round(b2["per_s"], 1)],
         "conduit_per_s": round(c["per_s"], 1),
@@ -434,35 +538,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         "conduit_p50_call_ms": round(pct(c["call_ms"], 0.5), 1),
         "conduit_p95_call_ms": round(pct(c["call_ms"], 0.95), 1),
         "baseline_cpu_ms_per_call": round(b["cpu_s"] / a.prompts * 1000, 3),
-        "baseline_errors": b["errors"], "conduit_errors": c["errors"],
-        **{k: c[k] for k in ("submit_s", "answered_s", "drained_s", "warmup_s", "stages",
-                             "chunks", "executor_concurrency")},
-        "http_client": a.http_client, "embedder": a.embedder, "load_avg_1m": round(load, 2),
+        "baseline_errors": b["errors"],
+        "conduit_errors": c["errors"],
+        **{
+            k: c[k]
+            for k in (
+                "submit_s",
+                "answered_s",
+                "drained_s",
+                "warmup_s",
+                "stages",
+                "chunks",
+                "executor_concurrency",
+            )
+        },
+        "http_client": a.http_client,
+        "embedder": a.embedder,
+        "load_avg_1m": round(load, 2),
         "cores": os.cpu_count(),
         "database": "sqlite" if not a.database else a.database.split(":")[0],
     }
-    print(f"throughput: {a.prompts} prompts, replay latency {a.latency_ms:.0f} ms, concurrency "
-          f"{a.concurrency} (ideal {ideal:.0f}/s); machine load {load:.1f} on "
-          f"{os.cpu_count()} cores")
-    print(f"  bare asyncio (aiohttp):   {out['baseline_per_s']:8.1f} prompts/s  (runs "
-          f"{out['baseline_runs_per_s']}), done p50 {out['baseline_p50_done_s']} s / p95 "
-          f"{out['baseline_p95_done_s']} s, call p50 {out['baseline_p50_call_ms']} ms / p95 "
-          f"{out['baseline_p95_call_ms']} ms, {out['baseline_cpu_ms_per_call']} ms CPU/call")
-    print(f"  conduit (all 4 stages):   {out['conduit_per_s']:8.1f} prompts/s  (answered at "
-          f"{out['conduit_answered_per_s']}/s), done p50 {out['conduit_p50_done_s']} s / p95 "
-          f"{out['conduit_p95_done_s']} s, call p50 {out['conduit_p50_call_ms']} ms / p95 "
-          f"{out['conduit_p95_call_ms']} ms")
-    print(f"  ratio {out['ratio']:.3f}   submit {c['submit_s']} s, all answered "
-          f"{c['answered_s']} s, all feedback applied {c['drained_s']} s; errors "
-          f"{c['errors']}; chunks {c['chunks']}, executor concurrency "
-          f"{c['executor_concurrency']} per process, "
-          f"HTTP {a.http_client}, embedder {a.embedder}")
-    print(f"  {'stage':9} {'pool':8} {'procs':>5} {'tasks':>6} {'busy s':>7} {'busy %':>7} "
-          f"{'CPU s':>6} {'wait s':>6} {'RSS MB':>7} {'max/proc':>8} {'ready s':>7} torch")
+    print(
+        f"throughput: {a.prompts} prompts, replay latency {a.latency_ms:.0f} ms, concurrency "
+        f"{a.concurrency} (ideal {ideal:.0f}/s); machine load {load:.1f} on "
+        f"{os.cpu_count()} cores"
+    )
+    print(
+        f"  bare asyncio (aiohttp):   {out['baseline_per_s']:8.1f} prompts/s  (runs "
+        f"{out['baseline_runs_per_s']}), done p50 {out['baseline_p50_done_s']} s / p95 "
+        f"{out['baseline_p95_done_s']} s, call p50 {out['baseline_p50_call_ms']} ms / p95 "
+        f"{out['baseline_p95_call_ms']} ms, {out['baseline_cpu_ms_per_call']} ms CPU/call"
+    )
+    print(
+        f"  conduit (all 4 stages):   {out['conduit_per_s']:8.1f} prompts/s  (answered at "
+        f"{out['conduit_answered_per_s']}/s), done p50 {out['conduit_p50_done_s']} s / p95 "
+        f"{out['conduit_p95_done_s']} s, call p50 {out['conduit_p50_call_ms']} ms / p95 "
+        f"{out['conduit_p95_call_ms']} ms"
+    )
+    print(
+        f"  ratio {out['ratio']:.3f}   submit {c['submit_s']} s, all answered "
+        f"{c['answered_s']} s, all feedback applied {c['drained_s']} s; errors "
+        f"{c['errors']}; chunks {c['chunks']}, executor concurrency "
+        f"{c['executor_concurrency']} per process, "
+        f"HTTP {a.http_client}, embedder {a.embedder}"
+    )
+    print(
+        f"  {'stage':9} {'pool':8} {'procs':>5} {'tasks':>6} {'busy s':>7} {'busy %':>7} "
+        f"{'CPU s':>6} {'wait s':>6} {'RSS MB':>7} {'max/proc':>8} {'ready s':>7} torch"
+    )
     for name, s in c["stages"].items():
-        print(f"  {name:9} {s['pool']:8} {s['processes']:>5} {s['tasks']:>6} {s['busy_s']:>7} "
-              f"{s['busy_share']:>7.1%} {s['cpu_s']:>6} {s['cpu_wait_s']:>6} {s['rss_mb']:>7} "
-              f"{s['rss_max_process_mb']:>8} {s['startup_s']:>7} {s['torch']}")
+        print(
+            f"  {name:9} {s['pool']:8} {s['processes']:>5} {s['tasks']:>6} {s['busy_s']:>7} "
+            f"{s['busy_share']:>7.1%} {s['cpu_s']:>6} {s['cpu_wait_s']:>6} {s['rss_mb']:>7} "
+            f"{s['rss_max_process_mb']:>8} {s['startup_s']:>7} {s['torch']}"
+        )
     if not a.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

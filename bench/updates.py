@@ -36,8 +36,9 @@ from conduit_workers.settings import Settings
 REDIS_URL = "redis://127.0.0.1:6379/12"
 
 
-def _events(writer: int, n: int, models: int, dim: int, seed: int
-            ) -> tuple[list[FeedbackEvent], dict[str, np.ndarray]]:
+def _events(
+    writer: int, n: int, models: int, dim: int, seed: int
+) -> tuple[list[FeedbackEvent], dict[str, np.ndarray]]:
     """A writer's events. Rewards and contexts are multiples of 1/8, so every sum is exact."""
     rng = np.random.default_rng([seed, writer])
     model_ix = rng.integers(0, models, n)
@@ -49,16 +50,29 @@ def _events(writer: int, n: int, models: int, dim: int, seed: int
     for i in range(n):
         qid = f"w{writer}q{i}"
         contexts[qid] = ctx[i]
-        events.append(FeedbackEvent(
-            f"implicit:{qid}", qid, f"model-{model_ix[i]}", IMPLICIT, float(rewards[i]), 1.0,
-            is_call=True, error=bool(errors[i]), latency_ms=float(i % 7) * 25.0,
-            in_tokens=int(i % 50), out_tokens=int(i % 13), cost_usd=float(i % 5) / 1024.0))
+        events.append(
+            FeedbackEvent(
+                f"implicit:{qid}",
+                qid,
+                f"model-{model_ix[i]}",
+                IMPLICIT,
+                float(rewards[i]),
+                1.0,
+                is_call=True,
+                error=bool(errors[i]),
+                latency_ms=float(i % 7) * 25.0,
+                in_tokens=int(i % 50),
+                out_tokens=int(i % 13),
+                cost_usd=float(i % 5) / 1024.0,
+            )
+        )
     return events, contexts
 
 
 def _writer(args: dict[str, Any], writer: int, start: Any, out: Any) -> None:
-    events, contexts = _events(writer, args["per_writer"], args["models"], args["dim"],
-                               args["seed"])
+    events, contexts = _events(
+        writer, args["per_writer"], args["models"], args["dim"], args["seed"]
+    )
     chunk = args["chunk"]
     chunks = [events[i : i + chunk] for i in range(0, len(events), chunk)]
     redo = np.random.default_rng([args["seed"], writer, 1]).random(len(chunks)) < args["redeliver"]
@@ -90,8 +104,10 @@ def _run(mode: str, args: dict[str, Any]) -> tuple[float, int, int]:
     """Wall time from the start signal to the last writer done; calls; updates applied."""
     ctx = mp.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=({**args, "mode": mode}, w, start, out))
-             for w in range(args["writers"])]
+    procs = [
+        ctx.Process(target=_writer, args=({**args, "mode": mode}, w, start, out))
+        for w in range(args["writers"])
+    ]
     for p in procs:
         p.start()
     time.sleep(0.5 + 0.0002 * args["per_writer"])  # let every writer build its events
@@ -131,8 +147,11 @@ def _check(args: dict[str, Any], store: RedisPosteriorStore) -> dict[str, Any]:
                 err = abs(g.counters[k] - e.counters[k]) / max(1.0, abs(e.counters[k]))
                 max_rel = max(max_rel, err)
         scale = max(1.0, float(np.abs(e.xx).max()))
-        max_rel = max(max_rel, float(np.abs(g.xx - e.xx).max()) / scale,
-                      float(np.abs(g.xr - e.xr).max()) / scale)
+        max_rel = max(
+            max_rel,
+            float(np.abs(g.xx - e.xx).max()) / scale,
+            float(np.abs(g.xr - e.xr).max()) / scale,
+        )
     # Aggregated counters cannot say which events a wrong total came from; any mismatch of the
     # exact sums beyond float noise counts as at least one lost or doubled event.
     if max_rel > 1e-9 and lost == doubled == 0:
@@ -147,24 +166,41 @@ def _cleanup(client: redis.Redis, prefix: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.updates",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.updates", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--writers", type=int, default=4, help="concurrent feedback processes (4)")
     ap.add_argument("--events", type=int, default=200_000, help="feedback events in all (200000)")
-    ap.add_argument("--chunk", type=int, default=None,
-                    help="events per feedback task (default: feedback.chunk_size)")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="events per feedback task (default: feedback.chunk_size)",
+    )
     ap.add_argument("--models", type=int, default=10, help="models the events spread over (10)")
-    ap.add_argument("--redeliver", type=float, default=0.05,
-                    help="share of chunks applied twice under the same update id (0.05)")
+    ap.add_argument(
+        "--redeliver",
+        type=float,
+        default=0.05,
+        help="share of chunks applied twice under the same update id (0.05)",
+    )
     ap.add_argument("--redis", default=REDIS_URL, help=f"Redis URL ({REDIS_URL})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     a = ap.parse_args(argv)
     settings = Settings()
     prefix = f"bench-updates-{uuid.uuid4().hex[:8]}"
-    args = {"writers": a.writers, "per_writer": a.events // a.writers, "models": a.models,
-            "dim": settings.context_dim, "chunk": a.chunk or settings.feedback.chunk_size,
-            "redeliver": a.redeliver, "redis": a.redis, "seed": a.seed, "prefix": prefix}
+    args = {
+        "writers": a.writers,
+        "per_writer": a.events // a.writers,
+        "models": a.models,
+        "dim": settings.context_dim,
+        "chunk": a.chunk or settings.feedback.chunk_size,
+        "redeliver": a.redeliver,
+        "redis": a.redis,
+        "seed": a.seed,
+        "prefix": prefix,
+    }
     events = args["per_writer"] * a.writers
     client = redis.Redis.from_url(a.redis)
     try:
@@ -174,20 +210,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _cleanup(client, prefix)
     out = {
-        "benchmark": "updates", "writers": a.writers, "events": events, "chunk": args["chunk"],
-        "models": a.models, "context_dim": args["dim"], "learn_calls": calls,
-        "updates_applied": applied, "events_per_s": round(events / lua_s),
-        "raw_hincrbyfloat_per_s": round(events / raw_s), "ratio": round(raw_s / lua_s, 3),
-        "updates_per_s": round(applied / lua_s), **check,
+        "benchmark": "updates",
+        "writers": a.writers,
+        "events": events,
+        "chunk": args["chunk"],
+        "models": a.models,
+        "context_dim": args["dim"],
+        "learn_calls": calls,
+        "updates_applied": applied,
+        "events_per_s": round(events / lua_s),
+        "raw_hincrbyfloat_per_s": round(events / raw_s),
+        "ratio": round(raw_s / lua_s, 3),
+        "updates_per_s": round(applied / lua_s),
+        **check,
     }
-    print(f"posterior updates: {a.writers} writers, {events} events, chunk {args['chunk']}, "
-          f"{a.models} models, context dim {args['dim']}, {a.redeliver:.0%} of chunks redelivered")
-    print(f"  conduit learn (aggregate + 1 Lua/model/update): {out['events_per_s']:>9,} events/s "
-          f"({out['updates_per_s']:,} atomic updates/s)")
-    print(f"  raw pipelined HINCRBYFLOAT (1 per event):        "
-          f"{out['raw_hincrbyfloat_per_s']:>9,} events/s")
-    print(f"  ratio {out['ratio']:.2f}   lost {check['lost']}   doubled {check['doubled']}   "
-          f"max relative error {check['max_rel_error']:.1e}")
+    print(
+        f"posterior updates: {a.writers} writers, {events} events, chunk {args['chunk']}, "
+        f"{a.models} models, context dim {args['dim']}, {a.redeliver:.0%} of chunks redelivered"
+    )
+    print(
+        f"  conduit learn (aggregate + 1 Lua/model/update): {out['events_per_s']:>9,} events/s "
+        f"({out['updates_per_s']:,} atomic updates/s)"
+    )
+    print(
+        f"  raw pipelined HINCRBYFLOAT (1 per event):        "
+        f"{out['raw_hincrbyfloat_per_s']:>9,} events/s"
+    )
+    print(
+        f"  ratio {out['ratio']:.2f}   lost {check['lost']}   doubled {check['doubled']}   "
+        f"max relative error {check['max_rel_error']:.1e}"
+    )
     if a.json:
         print(json.dumps(out))
     return 0 if check["lost"] == check["doubled"] == 0 else 1

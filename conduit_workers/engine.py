@@ -106,8 +106,11 @@ class RoutingEngine:
             # database and its queue, and is applied when Redis answers again.
             self.degraded = True
             last = dict(zip(names, self._cache.key, strict=True))
-            log.warning("posterior store unavailable: routing from the last known posteriors "
-                        "(versions %s) until it returns", last)
+            log.warning(
+                "posterior store unavailable: routing from the last known posteriors "
+                "(versions %s) until it returns",
+                last,
+            )
             return self._cache.posteriors, self._cache.expectations, last
         if self.degraded:
             log.warning("posterior store available again: routing from fresh posteriors")
@@ -130,10 +133,12 @@ class RoutingEngine:
             if prior_mean is not None:
                 m0 = prior_mean.copy()
                 m0[0] += off
-            posts.append(Posterior.from_stats(st, self.prior, spec.quality_prior,
-                                              prior_mean=m0, noise_sd=sd))
-            exps.append(Expectations.from_stats(st, spec, rs.default_output_tokens,
-                                                rs.default_latency_ms))
+            posts.append(
+                Posterior.from_stats(st, self.prior, spec.quality_prior, prior_mean=m0, noise_sd=sd)
+            )
+            exps.append(
+                Expectations.from_stats(st, spec, rs.default_output_tokens, rs.default_latency_ms)
+            )
         calls = sum(st.counters["calls"] for st in stats)
         typical_in = sum(st.counters["in_tokens"] for st in stats) / calls if calls else None
         self._cache = _Cached(key, self.dim, posts, exps, typical_in)
@@ -141,10 +146,17 @@ class RoutingEngine:
 
     def _log_prices(self) -> Array:
         """Log of each model's price for a typical call (input-heavy: 4 input tokens per output)."""
-        return np.asarray(np.log(np.array([
-            4 * m.input_price_per_mtok_usd + m.output_price_per_mtok_usd + 1e-3
-            for m in self.catalog.models
-        ])), dtype=float)
+        return np.asarray(
+            np.log(
+                np.array(
+                    [
+                        4 * m.input_price_per_mtok_usd + m.output_price_per_mtok_usd + 1e-3
+                        for m in self.catalog.models
+                    ]
+                )
+            ),
+            dtype=float,
+        )
 
     def decide(
         self,
@@ -168,24 +180,34 @@ class RoutingEngine:
         typical = self._cache.typical_in_tokens if self._cache is not None else None
         if typical is None:
             typical = float(expected_input_tokens(chars).mean())
-        choices = choose(samples, means, costs, latencies, specs, list(constraints),
-                         self.settings.lambda_cost, self.settings.lambda_latency,
-                         cost_scale=reference_cost(typical, specs, exps, self.catalog.reference))
+        choices = choose(
+            samples,
+            means,
+            costs,
+            latencies,
+            specs,
+            list(constraints),
+            self.settings.lambda_cost,
+            self.settings.lambda_latency,
+            cost_scale=reference_cost(typical, specs, exps, self.catalog.reference),
+        )
         rows = []
         for i, (qid, ch, an) in enumerate(zip(query_ids, choices, analyses, strict=True)):
             j = self.catalog.index(ch.model) if ch.model else None
-            rows.append(DecisionRow(
-                query_id=qid,
-                model=ch.model,
-                ranked=list(ch.ranked),
-                features=[round(float(v), 7) for v in contexts[i]],
-                utilities={k: round(v, 6) for k, v in ch.utility.items()},
-                domain=an.domain,
-                complexity=an.complexity,
-                expected_cost_usd=float(costs[i, j]) if j is not None else None,
-                posterior_versions=versions,
-                reason=ch.reason,
-            ))
+            rows.append(
+                DecisionRow(
+                    query_id=qid,
+                    model=ch.model,
+                    ranked=list(ch.ranked),
+                    features=[round(float(v), 7) for v in contexts[i]],
+                    utilities={k: round(v, 6) for k, v in ch.utility.items()},
+                    domain=an.domain,
+                    complexity=an.complexity,
+                    expected_cost_usd=float(costs[i, j]) if j is not None else None,
+                    posterior_versions=versions,
+                    reason=ch.reason,
+                )
+            )
         return rows
 
     def learn(
@@ -204,8 +226,11 @@ def learn(
 ) -> int:
     """Apply feedback events to the posteriors: one atomic, idempotent update per model."""
     deltas = aggregate(events, contexts, dim)
-    updates = [Update(f"{update_id}:{model}", model, delta)
-               for model, delta in sorted(deltas.items()) if not delta.is_empty()]
+    updates = [
+        Update(f"{update_id}:{model}", model, delta)
+        for model, delta in sorted(deltas.items())
+        if not delta.is_empty()
+    ]
     return store.apply(updates, decay)
 
 

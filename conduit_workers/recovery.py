@@ -53,7 +53,10 @@ def replay_history(
 
 
 def rebuild_posteriors(
-    history: SqlHistory, store: RedisPosteriorStore, models: Sequence[str], dim: int,
+    history: SqlHistory,
+    store: RedisPosteriorStore,
+    models: Sequence[str],
+    dim: int,
     decay: float = 1.0,
 ) -> RebuildOutcome:
     """Overwrite the Redis posteriors of ``models`` with those replayed from the history."""

@@ -42,7 +42,7 @@ class BrokerSettings(BaseModel):
     # own default scans every 10 s x 10 = 100 s; recovery takes about timeout + this interval.
     restore_interval_s: int = 10
     # Hard time limit of one task (the pool child is killed and the task redelivered); None = none.
-    # Keep it below ``visibility_timeout_s`` so that a stuck task is retried before it is duplicated.
+    # Keep it below ``visibility_timeout_s``: a stuck task is then retried before it is duplicated.
     task_time_limit_s: int | None = None
     # A task delivered more often than this (e.g. it kills its worker each time) is moved to the
     # dead-letter table instead of running again; so is a task that fails for good.
@@ -76,7 +76,9 @@ class RouterSettings(BaseModel):
     """Contextual Thompson Sampling and the utility it maximises."""
 
     chunk_size: int = 64  # prompts per route task
-    embedder: str = "minilm"  # "minilm" (sentence-transformers), "static" (distilled, no torch) or "hashing"
+    embedder: str = (
+        "minilm"  # "minilm" (sentence-transformers), "static" (distilled, no torch) or "hashing"
+    )
     # The "static" embedder's folder; distilled from the shipped MiniLM weights on first use.
     static_model_dir: Path = Path.home() / ".cache" / "conduit" / "minilm-static"
     # Redis cache of query features (context + analysis) by prompt hash; 0 turns it off.
@@ -88,13 +90,19 @@ class RouterSettings(BaseModel):
     # Embedding reduced to this many dimensions. 32 predicts the quality gap on MMLU a little
     # better than 16 (and 64 no better), at 36² posterior cells per model.
     projection_dim: int = 32
-    embed_tail_chars: int = 1_000  # embed the end of the prompt: shared few-shot prefixes blind the encoder
-    strip_shared_prefix: bool = True  # drop openings shared by prompts (few-shot, templates) before embedding
+    embed_tail_chars: int = (
+        1_000  # embed the end of the prompt: shared few-shot prefixes blind the encoder
+    )
+    strip_shared_prefix: bool = (
+        True  # drop openings shared by prompts (few-shot, templates) before embedding
+    )
     shared_prefix_min_chars: int = 200  # shortest shared opening that counts as a template
     # Weight of cost: the quality one would give up to save the catalog reference model's whole
     # expected cost on a typical prompt (the dearest model's when there is no reference).
     lambda_cost: float = 0.1
-    lambda_latency: float = 0.0  # weight of latency, relative to the slowest model's expected latency
+    lambda_latency: float = (
+        0.0  # weight of latency, relative to the slowest model's expected latency
+    )
     prior_quality: float = 0.5  # prior mean quality of a model never observed
     prior_strength: float = 2.0  # prior precision of the per-model mean (pseudo-observations)
     # Prior precision of the contextual weights (pseudo-observations per direction): with many
@@ -105,8 +113,12 @@ class RouterSettings(BaseModel):
     # guarantee for much less exploration of 10+ models on streams of a few thousand prompts.
     exploration: float = 0.5
     peer_prior: bool = True  # centre each model's prior on all models' pooled estimate
-    price_prior: bool = False  # shift each model's prior by its price tier (slope fitted across models)
-    estimate_noise: bool = True  # estimate the noise of a quality from the rewards seen (≤ noise_sd)
+    price_prior: bool = (
+        False  # shift each model's prior by its price tier (slope fitted across models)
+    )
+    estimate_noise: bool = (
+        True  # estimate the noise of a quality from the rewards seen (≤ noise_sd)
+    )
     # Forgetting factor per unit of a model's new evidence (1.0 = none): 0.998 keeps a memory of
     # ~500 ratings per model, so a model whose quality drops loses its share within a bounded
     # number of prompts while stationary streams lose little.

@@ -24,7 +24,12 @@ from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.domain.catalog import Catalog, load_catalog
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.items import PromptItem, parse_item, parse_line
-from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id, validate_rating
+from conduit_workers.domain.rewards import (
+    EXPLICIT,
+    FeedbackEvent,
+    explicit_event_id,
+    validate_rating,
+)
 from conduit_workers.errors import InputError
 from conduit_workers.settings import Settings, environ, get_settings
 
@@ -82,7 +87,9 @@ class ConduitClient:
 
     # -- submitting -----------------------------------------------------------------------
 
-    def parse(self, items: Iterable[dict[str, Any] | str]) -> tuple[list[PromptItem], list[InputError]]:
+    def parse(
+        self, items: Iterable[dict[str, Any] | str]
+    ) -> tuple[list[PromptItem], list[InputError]]:
         """Validate items (dicts, or bare prompt strings); errors are numbered from 1."""
         limits = self.settings.limits
         known = frozenset(self.catalog.names)
@@ -91,8 +98,15 @@ class ConduitClient:
             try:
                 if isinstance(obj, str):
                     obj = {"prompt": obj}
-                ok.append(parse_item(obj, line=n, max_prompt_chars=limits.max_prompt_chars,
-                                     max_metadata_chars=limits.max_metadata_chars, known_models=known))
+                ok.append(
+                    parse_item(
+                        obj,
+                        line=n,
+                        max_prompt_chars=limits.max_prompt_chars,
+                        max_metadata_chars=limits.max_metadata_chars,
+                        known_models=known,
+                    )
+                )
             except InputError as exc:
                 errors.append(exc)
         return ok, errors
@@ -118,9 +132,15 @@ class ConduitClient:
                     if not text.strip():
                         continue
                     try:
-                        ok.append(parse_line(text, line=n, max_prompt_chars=limits.max_prompt_chars,
-                                             max_metadata_chars=limits.max_metadata_chars,
-                                             known_models=known))
+                        ok.append(
+                            parse_line(
+                                text,
+                                line=n,
+                                max_prompt_chars=limits.max_prompt_chars,
+                                max_metadata_chars=limits.max_metadata_chars,
+                                known_models=known,
+                            )
+                        )
                     except InputError as exc:
                         errors.append(exc)
             except OSError as exc:  # e.g. a directory, or an I/O error half-way
@@ -128,22 +148,40 @@ class ConduitClient:
         return ok, errors
 
     def submit_items(
-        self, items: Sequence[PromptItem], *, tag: str | None = None,
-        constraints: Constraints | None = None, rejected: int = 0, batch_id: str | None = None,
+        self,
+        items: Sequence[PromptItem],
+        *,
+        tag: str | None = None,
+        constraints: Constraints | None = None,
+        rejected: int = 0,
+        batch_id: str | None = None,
     ) -> Submission:
         """Record validated prompts as one batch and send them to the routers."""
         batch_id = batch_id or uuid.uuid4().hex
-        outcome = self.history.submit(batch_id, items, tag=tag, rejected=rejected,
-                                      constraints=(constraints or Constraints()).to_json())
+        outcome = self.history.submit(
+            batch_id,
+            items,
+            tag=tag,
+            rejected=rejected,
+            constraints=(constraints or Constraints()).to_json(),
+        )
         # Earlier submissions' prompts that are still unanswered go again: routing and
         # execution skip whatever was done, so nothing is answered twice.
         todo = outcome.new + self.history.unanswered(outcome.existing)
         self._send("conduit.router.route_batch", "route", todo, self.settings.router.chunk_size)
-        return Submission(batch_id, len(outcome.new) + len(outcome.existing), len(outcome.new),
-                          len(outcome.existing), len(todo))
+        return Submission(
+            batch_id,
+            len(outcome.new) + len(outcome.existing),
+            len(outcome.new),
+            len(outcome.existing),
+            len(todo),
+        )
 
     def submit(
-        self, items: Iterable[dict[str, Any] | str], *, tag: str | None = None,
+        self,
+        items: Iterable[dict[str, Any] | str],
+        *,
+        tag: str | None = None,
         constraints: Constraints | None = None,
     ) -> Submission:
         """Validate and submit a list of prompts (dicts like the JSONL lines, or strings)."""
@@ -152,8 +190,9 @@ class ConduitClient:
         sub.errors = errors
         return sub
 
-    def submit_file(self, path: Path, *, tag: str | None = None,
-                    constraints: Constraints | None = None) -> Submission:
+    def submit_file(
+        self, path: Path, *, tag: str | None = None, constraints: Constraints | None = None
+    ) -> Submission:
         ok, errors = self.parse_file(path)
         sub = self.submit_items(ok, tag=tag, constraints=constraints, rejected=len(errors))
         sub.errors = errors
@@ -164,8 +203,9 @@ class ConduitClient:
             return
         with self.app.producer_or_acquire() as producer:
             for i in range(0, len(ids), chunk):
-                self.app.send_task(task, args=[list(ids[i : i + chunk])], queue=queue,
-                                   producer=producer)
+                self.app.send_task(
+                    task, args=[list(ids[i : i + chunk])], queue=queue, producer=producer
+                )
 
     # -- waiting --------------------------------------------------------------------------
 
@@ -173,7 +213,11 @@ class ConduitClient:
         return self.history.batch_progress(batch_id)
 
     def wait(
-        self, batch_id: str, *, timeout_s: float | None = None, poll_s: float = 0.5,
+        self,
+        batch_id: str,
+        *,
+        timeout_s: float | None = None,
+        poll_s: float = 0.5,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Block until every prompt of the batch has a result; return the results."""
@@ -185,8 +229,10 @@ class ConduitClient:
             if done >= total:
                 return self.results(batch_id)
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"batch {batch_id}: {done} of {total} prompts answered after "
-                                   f"{timeout_s:.0f} s; are workers running on the queues?")
+                raise TimeoutError(
+                    f"batch {batch_id}: {done} of {total} prompts answered after "
+                    f"{timeout_s:.0f} s; are workers running on the queues?"
+                )
             time.sleep(poll_s)
 
     def results(self, batch_id: str) -> list[dict[str, Any]]:
@@ -211,7 +257,9 @@ class ConduitClient:
             qid, model = answered[ref]
             events.append(FeedbackEvent(explicit_event_id(qid), qid, model, EXPLICIT, value, 1.0))
         fresh = self.history.add_feedback(events) if events else []
-        self._send("conduit.feedback.apply_events", "feedback", fresh, self.settings.feedback.chunk_size)
+        self._send(
+            "conduit.feedback.apply_events", "feedback", fresh, self.settings.feedback.chunk_size
+        )
         return FeedbackOutcome(len(fresh), len(events) - len(fresh), errors)
 
     def feedback_file(self, path: Path) -> FeedbackOutcome:

@@ -41,25 +41,45 @@ def cli() -> None:
 @click.option("--tag", help="A label for the batch (reports group spend by it).")
 @click.option("--wait/--no-wait", default=False, help="Wait for every answer, with a progress bar.")
 @click.option("--out", type=click.Path(path_type=Path), help="With --wait: write results as JSONL.")
-@click.option("--constraints", "constraints_json", help='Batch constraints as JSON, e.g. '
-              '\'{"lambda_cost": 0.5, "max_cost_usd": 0.01}\'.')
-@click.option("--timeout", "timeout_s", type=float, default=None, help="Give up waiting after this many seconds.")
-def submit(file: Path, tag: str | None, wait: bool, out: Path | None,
-           constraints_json: str | None, timeout_s: float | None) -> None:
+@click.option(
+    "--constraints",
+    "constraints_json",
+    help='Batch constraints as JSON, e.g. \'{"lambda_cost": 0.5, "max_cost_usd": 0.01}\'.',
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=None,
+    help="Give up waiting after this many seconds.",
+)
+def submit(
+    file: Path,
+    tag: str | None,
+    wait: bool,
+    out: Path | None,
+    constraints_json: str | None,
+    timeout_s: float | None,
+) -> None:
     """Submit FILE.jsonl: one {"id"?, "prompt", "user"?, "metadata"?, "constraints"?} per line."""
     client = _client()
     try:
         constraints = None
         if constraints_json:
             try:
-                constraints = parse_constraints(json.loads(constraints_json), frozenset(client.catalog.names))
+                constraints = parse_constraints(
+                    json.loads(constraints_json), frozenset(client.catalog.names)
+                )
             except ValueError as exc:
                 raise click.UsageError(f"--constraints: {exc}") from None
         sub = client.submit_file(file, tag=tag, constraints=constraints)
         _report_errors(sub.errors)
-        click.echo(f"batch {sub.batch_id}: {sub.accepted} prompts accepted ({sub.new} new, "
-                   f"{sub.existing} submitted before), {len(sub.errors)} rejected, "
-                   f"{sub.enqueued} sent to the routers", err=True)
+        click.echo(
+            f"batch {sub.batch_id}: {sub.accepted} prompts accepted ({sub.new} new, "
+            f"{sub.existing} submitted before), {len(sub.errors)} rejected, "
+            f"{sub.enqueued} sent to the routers",
+            err=True,
+        )
         if wait:
             bar = _progress_bar(sub.accepted, "answered")
 
@@ -95,7 +115,9 @@ def _print_summary(rows: list[dict[str, Any]]) -> None:
         s["cost"] += r["cost_usd"] or 0.0
     click.echo(f"{'model':45} {'prompts':>8} {'in tok':>9} {'out tok':>8} {'cost USD':>10}")
     for name, s in sorted(by_model.items()):
-        click.echo(f"{name:45} {s['prompts']:>8.0f} {s['in']:>9.0f} {s['out']:>8.0f} {s['cost']:>10.5f}")
+        click.echo(
+            f"{name:45} {s['prompts']:>8.0f} {s['in']:>9.0f} {s['out']:>8.0f} {s['cost']:>10.5f}"
+        )
 
 
 @cli.command()
@@ -121,9 +143,15 @@ def results(batch_id: str, out: Path | None) -> None:
 
 @cli.command()
 @click.argument("query_id", required=False)
-@click.option("--rating", type=float, help="Quality of the answer, from 0 (useless) to 1 (perfect).")
-@click.option("--file", "file", type=click.Path(path_type=Path),
-              help='JSONL of {"id": …, "rating": 0..1} lines.')
+@click.option(
+    "--rating", type=float, help="Quality of the answer, from 0 (useless) to 1 (perfect)."
+)
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(path_type=Path),
+    help='JSONL of {"id": …, "rating": 0..1} lines.',
+)
 def feedback(query_id: str | None, rating: float | None, file: Path | None) -> None:
     """Rate an answer: `conduit feedback QUERY_ID --rating 0.8`, or `--file ratings.jsonl`."""
     if (query_id is None) == (file is None):
@@ -137,8 +165,10 @@ def feedback(query_id: str | None, rating: float | None, file: Path | None) -> N
                 raise click.UsageError("--rating is required with QUERY_ID")
             outcome = client.feedback([(query_id or "", rating)])
         _report_errors(outcome.errors)
-        click.echo(f"{outcome.applied} ratings sent, {outcome.duplicates} already given, "
-                   f"{len(outcome.errors)} rejected")
+        click.echo(
+            f"{outcome.applied} ratings sent, {outcome.duplicates} already given, "
+            f"{len(outcome.errors)} rejected"
+        )
         if outcome.errors and not outcome.applied:
             sys.exit(1)
     except InputError as exc:
@@ -149,9 +179,12 @@ def feedback(query_id: str | None, rating: float | None, file: Path | None) -> N
 
 @cli.command()
 @click.option("--reset", is_flag=True, help="Forget all learned evidence (asks no question).")
-@click.option("--rebuild", is_flag=True,
-              help="Rebuild the posteriors from the history database (after Redis lost them); "
-                   "stop the feedback workers first.")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Rebuild the posteriors from the history database (after Redis lost them); "
+    "stop the feedback workers first.",
+)
 def posteriors(reset: bool, rebuild: bool) -> None:
     """Show what the router has learned per model."""
     from conduit_workers.adapters.posterior_store import RedisPosteriorStore
@@ -169,26 +202,41 @@ def posteriors(reset: bool, rebuild: bool) -> None:
         from conduit_workers.recovery import rebuild_posteriors
 
         out = rebuild_posteriors(client.history, store, names, s.context_dim, s.router.decay)
-        click.echo(f"posteriors of {len(names)} models rebuilt from {out.events} applied "
-                   f"feedback events ({out.updates} updates)", err=True)
-    prior = Prior(s.router.prior_quality, s.router.prior_strength, s.router.context_prior_strength,
-                  s.router.noise_sd)
-    click.echo(f"{'model':45} {'version':>7} {'evidence':>8} {'mean q':>7} {'± sd':>6} "
-               f"{'calls':>6} {'errors':>6} {'ms/call':>8} {'USD spent':>10}")
+        click.echo(
+            f"posteriors of {len(names)} models rebuilt from {out.events} applied "
+            f"feedback events ({out.updates} updates)",
+            err=True,
+        )
+    prior = Prior(
+        s.router.prior_quality,
+        s.router.prior_strength,
+        s.router.context_prior_strength,
+        s.router.noise_sd,
+    )
+    click.echo(
+        f"{'model':45} {'version':>7} {'evidence':>8} {'mean q':>7} {'± sd':>6} "
+        f"{'calls':>6} {'errors':>6} {'ms/call':>8} {'USD spent':>10}"
+    )
     for name, (version, stats) in store.read(names, s.context_dim).items():
         post = Posterior.from_stats(stats, prior, client.catalog.get(name).quality_prior)
         c = stats.counters
         sd = s.router.noise_sd * post.cov_unscaled[0, 0] ** 0.5
         ms = c["latency_ms"] / c["calls"] if c["calls"] else 0.0
         mean_q = c["r"] / c["n"] if c["n"] else post.mean[0]
-        click.echo(f"{name:45} {version:>7} {c['n']:>8.1f} {mean_q:>7.3f} {sd:>6.3f} "
-                   f"{c['calls']:>6.0f} {c['errors']:>6.0f} {ms:>8.1f} {c['cost_usd']:>10.5f}")
+        click.echo(
+            f"{name:45} {version:>7} {c['n']:>8.1f} {mean_q:>7.3f} {sd:>6.3f} "
+            f"{c['calls']:>6.0f} {c['errors']:>6.0f} {ms:>8.1f} {c['cost_usd']:>10.5f}"
+        )
 
 
 @cli.command()
 @click.option("--prompts", type=int, default=400, help="How many prompts of the shipped sample.")
-@click.option("--waves", type=int, default=4, help="Submit in this many waves, rating each before the next.")
-@click.option("--latency-ms", type=float, default=30.0, help="Latency of the replay server per call.")
+@click.option(
+    "--waves", type=int, default=4, help="Submit in this many waves, rating each before the next."
+)
+@click.option(
+    "--latency-ms", type=float, default=30.0, help="Latency of the replay server per call."
+)
 @click.option("--keep-db", is_flag=True, help="Keep the demo's history database of an earlier run.")
 def demo(prompts: int, waves: int, latency_ms: float, keep_db: bool) -> None:
     """Run a batch of real MMLU prompts through the whole system and print what it saved."""

@@ -40,12 +40,19 @@ def _say(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def run_demo(prompts: int = 400, waves: int = 4, latency_ms: float = 30.0, keep_db: bool = False,
-             workdir: Path = Path("var/demo")) -> dict[str, Any]:
+def run_demo(
+    prompts: int = 400,
+    waves: int = 4,
+    latency_ms: float = 30.0,
+    keep_db: bool = False,
+    workdir: Path = Path("var/demo"),
+) -> dict[str, Any]:
     """Run the demo; return the summary figures (also printed)."""
     base = get_settings()
     workdir.mkdir(parents=True, exist_ok=True)
-    sample = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()][:prompts]
+    sample = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()][
+        :prompts
+    ]
     if not sample:
         raise ConfigError(f"the demo sample {SAMPLE} is empty or missing")
     procs: list[Proc] = []
@@ -62,21 +69,37 @@ def run_demo(prompts: int = 400, waves: int = 4, latency_ms: float = 30.0, keep_
         replay, replay_url = start_replay_server([SAMPLE], workdir / "replay.log", latency_ms)
         procs.append(replay)
         os.environ["CONDUIT_REPLAY_URL"] = replay_url  # the catalog's ${CONDUIT_REPLAY_URL}
-        env = dict(os.environ, CONDUIT_REDIS__URL=redis_url, CONDUIT_DATABASE__URL=db_url,
-                   CONDUIT_REDIS__KEY_PREFIX=DEMO_PREFIX, CONDUIT_REPLAY_URL=replay_url)
+        env = dict(
+            os.environ,
+            CONDUIT_REDIS__URL=redis_url,
+            CONDUIT_DATABASE__URL=db_url,
+            CONDUIT_REDIS__KEY_PREFIX=DEMO_PREFIX,
+            CONDUIT_REPLAY_URL=replay_url,
+        )
         settings = Settings(
             redis=RedisSettings(url=redis_url, key_prefix=DEMO_PREFIX),
             database=DatabaseSettings(url=db_url),
-            broker=base.broker, catalog=base.catalog, router=base.router,
-            executor=base.executor, feedback=base.feedback, limits=base.limits,
+            broker=base.broker,
+            catalog=base.catalog,
+            router=base.router,
+            executor=base.executor,
+            feedback=base.feedback,
+            limits=base.limits,
         )
         catalog = load_catalog(settings.catalog.path, os.environ)
         store = RedisPosteriorStore.from_url(redis_url, DEMO_PREFIX)
         store.reset(list(catalog.names))
-        _say(f"replay server at {replay_url}; history in {db_url}; starting a worker "
-             f"(logs in {workdir}/worker.log) …")
-        worker = start_worker(["route", "execute", "feedback"], env, workdir / "worker.log",
-                              concurrency=2, name="demo")
+        _say(
+            f"replay server at {replay_url}; history in {db_url}; starting a worker "
+            f"(logs in {workdir}/worker.log) …"
+        )
+        worker = start_worker(
+            ["route", "execute", "feedback"],
+            env,
+            workdir / "worker.log",
+            concurrency=2,
+            name="demo",
+        )
         procs.append(worker)
         wait_worker_ready(worker, timeout_s=120)
         summary = _run_waves(ConduitClient(settings), sample, waves)
@@ -112,7 +135,9 @@ def _run_waves(client: ConduitClient, sample: list[dict[str, Any]], waves: int) 
     size = max(1, -(-len(sample) // max(1, waves)))
     rows: list[dict[str, Any]] = []
     per_wave: list[dict[str, int]] = []
-    bar = tqdm(total=len(sample), desc="answered", unit="prompt", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(sample), desc="answered", unit="prompt", file=sys.stderr, dynamic_ncols=True
+    )
     started = time.monotonic()
     try:
         for w in range(0, len(sample), size):
@@ -125,8 +150,11 @@ def _run_waves(client: ConduitClient, sample: list[dict[str, Any]], waves: int) 
 
             got = client.wait(sub.batch_id, timeout_s=600, poll_s=0.3, on_progress=show)
             rows.extend(got)
-            ratings = [(r["external_id"], labels[r["external_id"]][r["model"]]["quality"])
-                       for r in got if r["status"] == "ok" and r["model"] in labels[r["external_id"]]]
+            ratings = [
+                (r["external_id"], labels[r["external_id"]][r["model"]]["quality"])
+                for r in got
+                if r["status"] == "ok" and r["model"] in labels[r["external_id"]]
+            ]
             client.feedback(ratings)
             counts: dict[str, int] = defaultdict(int)
             for r in got:
@@ -138,8 +166,13 @@ def _run_waves(client: ConduitClient, sample: list[dict[str, Any]], waves: int) 
     return _summarise(rows, labels, per_wave, time.monotonic() - started, client)
 
 
-def _summarise(rows: list[dict[str, Any]], labels: dict[str, Any], per_wave: list[dict[str, int]],
-               elapsed_s: float, client: ConduitClient) -> dict[str, Any]:
+def _summarise(
+    rows: list[dict[str, Any]],
+    labels: dict[str, Any],
+    per_wave: list[dict[str, int]],
+    elapsed_s: float,
+    client: ConduitClient,
+) -> dict[str, Any]:
     catalog = client.catalog
     ref = catalog.get(catalog.reference)
     models: dict[str, dict[str, float]] = {}
@@ -185,13 +218,27 @@ def _print_summary(s: dict[str, Any], reference: str) -> None:
     out(f"{'model':42} {'prompts':>7} {'in tok':>8} {'out tok':>8} {'cost USD':>10} {'quality':>8}")
     for name, m in sorted(s["models"].items()):
         q = m["quality"] / m["prompts"] if m["prompts"] else 0.0
-        out(f"{name:42} {m['prompts']:>7.0f} {m['in']:>8.0f} {m['out']:>8.0f} {m['cost']:>10.5f} {q:>8.3f}")
-    out(f"{'Conduit, all models':42} {s['prompts']:>7} {'':>8} {'':>8} {s['cost_usd']:>10.5f} "
-        f"{s['mean_quality']:>8.3f}")
+        out(
+            f"{name:42} {m['prompts']:>7.0f} {m['in']:>8.0f} {m['out']:>8.0f} "
+            f"{m['cost']:>10.5f} {q:>8.3f}"
+        )
+    out(
+        f"{'Conduit, all models':42} {s['prompts']:>7} {'':>8} {'':>8} {s['cost_usd']:>10.5f} "
+        f"{s['mean_quality']:>8.3f}"
+    )
     st = s["strongest"]
-    out(f"{'always ' + reference:42} {st['prompts']:>7.0f} {st['in']:>8.0f} {st['out']:>8.0f} "
-        f"{st['cost']:>10.5f} {s['strongest_mean_quality']:>8.3f}")
-    out(f"cost saved {100 * s['cost_saved']:.1f}% at {100 * s['quality_retained']:.1f}% of the "
-        f"strongest model's quality")
-    out("routing per wave: " + " | ".join(
-        ", ".join(f"{k.split('/')[-1]} {v}" for k, v in sorted(w.items())) for w in s["per_wave"]))
+    out(
+        f"{'always ' + reference:42} {st['prompts']:>7.0f} {st['in']:>8.0f} {st['out']:>8.0f} "
+        f"{st['cost']:>10.5f} {s['strongest_mean_quality']:>8.3f}"
+    )
+    out(
+        f"cost saved {100 * s['cost_saved']:.1f}% at {100 * s['quality_retained']:.1f}% of the "
+        f"strongest model's quality"
+    )
+    out(
+        "routing per wave: "
+        + " | ".join(
+            ", ".join(f"{k.split('/')[-1]} {v}" for k, v in sorted(w.items()))
+            for w in s["per_wave"]
+        )
+    )

@@ -37,8 +37,10 @@ def list_(as_json: bool) -> None:
                 continue
             at = datetime.fromtimestamp(d.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
             ids = len(d.args[0]) if d.args and isinstance(d.args[0], list) else "?"
-            click.echo(f"{d.task_id}  {at}  {d.task}  {d.reason} after {d.deliveries} "
-                       f"deliveries, {d.retries} retries  ({ids} ids)  {d.error}")
+            click.echo(
+                f"{d.task_id}  {at}  {d.task}  {d.reason} after {d.deliveries} "
+                f"deliveries, {d.retries} retries  ({ids} ids)  {d.error}"
+            )
         if not as_json:
             click.echo(f"{len(letters)} dead letters", err=True)
     finally:

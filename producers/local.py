@@ -30,8 +30,11 @@ def free_port() -> int:
 
 def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
-                                         socket_timeout=timeout_s).ping())
+        return bool(
+            redis.Redis.from_url(
+                url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+            ).ping()
+        )
     except (redis.RedisError, OSError, ValueError):
         return False
 
@@ -67,8 +70,11 @@ class Proc:
 def _spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None) -> Proc:
     log = open(log_path, "wb") if log_path else None  # noqa: SIM115
     popen = subprocess.Popen(
-        list(argv), env=dict(env), stdout=log or subprocess.DEVNULL,
-        stderr=subprocess.STDOUT if log else subprocess.DEVNULL, start_new_session=True,
+        list(argv),
+        env=dict(env),
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+        start_new_session=True,
     )
     return Proc(name, popen, log_path, log)
 
@@ -83,22 +89,48 @@ def start_private_redis(workdir: Path) -> tuple[Proc, str]:
             "or set CONDUIT_REDIS__URL to a running Redis"
         )
     port = free_port()
-    proc = _spawn("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                            "--appendonly", "no", "--dir", str(workdir)],
-                  os.environ, workdir / "redis.log")
+    proc = _spawn(
+        "redis",
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        os.environ,
+        workdir / "redis.log",
+    )
     url = f"redis://127.0.0.1:{port}/0"
     _wait(lambda: redis_answers(url), 10, "private Redis", proc)
     return proc, url
 
 
 def start_replay_server(
-    data: Sequence[Path], log_path: Path, latency_ms: float = 0.0, extra_args: Sequence[str] = (),
+    data: Sequence[Path],
+    log_path: Path,
+    latency_ms: float = 0.0,
+    extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> tuple[Proc, str]:
     """The replay server on a free port; its base URL (``http://127.0.0.1:PORT/v1``)."""
     port = free_port()
-    argv = [sys.executable, "-m", "conduit_workers.replay", "--port", str(port),
-            "--latency-ms", str(latency_ms), *extra_args]
+    argv = [
+        sys.executable,
+        "-m",
+        "conduit_workers.replay",
+        "--port",
+        str(port),
+        "--latency-ms",
+        str(latency_ms),
+        *extra_args,
+    ]
     for p in data:
         argv += ["--data", str(p)]
     proc = _spawn("replay-server", argv, env or os.environ, log_path)
@@ -116,23 +148,53 @@ def start_replay_server(
 
 
 def start_worker(
-    queues: Sequence[str], env: Mapping[str, str], log_path: Path, *, concurrency: int = 2,
-    name: str = "conduit", pool: str = "prefork", extra_args: Sequence[str] = (),
+    queues: Sequence[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    concurrency: int = 2,
+    name: str = "conduit",
+    pool: str = "prefork",
+    extra_args: Sequence[str] = (),
 ) -> Proc:
     """``celery -A conduit_workers worker -Q …`` as a subprocess."""
-    argv = [sys.executable, "-m", "celery", "-A", "conduit_workers", "worker",
-            "-Q", ",".join(queues), "-c", str(concurrency), "-P", pool,
-            "-n", f"{name}-{os.getpid()}-{free_port()}@%h", "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", *extra_args]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "conduit_workers",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-n",
+        f"{name}-{os.getpid()}-{free_port()}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        *extra_args,
+    ]
     return _spawn(f"worker[{','.join(queues)}]", argv, env, log_path)
 
 
 def wait_worker_ready(proc: Proc, timeout_s: float = 60.0) -> None:
     """Wait until the worker's log says it is ready to consume."""
     ready = re.compile(r"\bready\.")
-    _wait(lambda: bool(proc.log_path and proc.log_path.exists()
-                       and ready.search(proc.log_path.read_text(errors="replace"))),
-          timeout_s, proc.name, proc)
+    _wait(
+        lambda: bool(
+            proc.log_path
+            and proc.log_path.exists()
+            and ready.search(proc.log_path.read_text(errors="replace"))
+        ),
+        timeout_s,
+        proc.name,
+        proc,
+    )
 
 
 def _wait(cond: object, timeout_s: float, what: str, proc: Proc) -> None:

@@ -153,8 +153,9 @@ def collect(
         spend_today_usd=usd,
         dead_letters=attempt("dead letters", lambda: dead_letter_count(client, r.key_prefix), None),
         errors=errors,
-        feature_cache=attempt("feature cache", lambda: feature_cache_stats(client, r.key_prefix),
-                              None),
+        feature_cache=attempt(
+            "feature cache", lambda: feature_cache_stats(client, r.key_prefix), None
+        ),
         cooling=attempt("cooldowns", lambda: cooldowns.read(client, r.key_prefix), {}),
     )
 
@@ -177,10 +178,14 @@ def render(s: Status) -> list[str]:
         fc = s.feature_cache
         seen = fc["hits"] + fc["misses"]
         rate = f"{fc['hits'] / seen:.1%}" if seen else "-"
-        lines.append(f"feature cache: {fc['hits']} hits, {fc['misses']} misses (hit rate {rate}), "
-                     f"{fc['skipped']} routed around it (breaker open)")
-    lines.append("cooled down: " + (", ".join(f"{m} ({left:.0f} s left)"
-                                            for m, left in sorted(s.cooling.items())) or "none"))
+        lines.append(
+            f"feature cache: {fc['hits']} hits, {fc['misses']} misses (hit rate {rate}), "
+            f"{fc['skipped']} routed around it (breaker open)"
+        )
+    lines.append(
+        "cooled down: "
+        + (", ".join(f"{m} ({left:.0f} s left)" for m, left in sorted(s.cooling.items())) or "none")
+    )
     lines.append(f"today (UTC): {s.answers_today} answers, ${s.spend_today_usd:.6f}")
     lines.append(
         f"{'model':40} {'pulls':>6} {'errors':>6} {'reward':>7} {'quality':>7} "

@@ -25,7 +25,9 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "conduit_workers" / "data" / "mmlu_sample.jsonl"
 TEST_PREFIX = "conduit-test"
 REDIS_URL = os.environ.get("CONDUIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-PG_URL = os.environ.get("CONDUIT_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "CONDUIT_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
 
 
 def _unavailable(what: str, exc: BaseException) -> None:
@@ -42,11 +44,18 @@ def redis_client() -> redis.Redis:
         client.ping()
     except (redis.RedisError, OSError) as exc:
         _unavailable(f"Redis at {REDIS_URL}", exc)
-    foreign = [k for k in client.scan_iter(count=1000) if not k.startswith(TEST_PREFIX.encode())
-               and not k.startswith((b"_kombu", b"route", b"execute", b"feedback", b"unacked"))]
+    foreign = [
+        k
+        for k in client.scan_iter(count=1000)
+        if not k.startswith(TEST_PREFIX.encode())
+        and not k.startswith((b"_kombu", b"route", b"execute", b"feedback", b"unacked"))
+    ]
     if foreign:
-        pytest.exit(f"refusing to run: Redis {REDIS_URL} holds keys the tests did not write "
-                    f"(e.g. {foreign[0]!r}); point CONDUIT_TEST_REDIS_URL at an empty db", 2)
+        pytest.exit(
+            f"refusing to run: Redis {REDIS_URL} holds keys the tests did not write "
+            f"(e.g. {foreign[0]!r}); point CONDUIT_TEST_REDIS_URL at an empty db",
+            2,
+        )
     return client
 
 

@@ -38,5 +38,5 @@ def read(client: redis.Redis, prefix: str) -> dict[str, float]:
     out = {}
     for k, ttl in zip(keys, pipe.execute(), strict=True):
         if ttl and ttl > 0:
-            out[k.decode()[len(prefix) + len(":cooldown:"):]] = ttl / 1000
+            out[k.decode()[len(prefix) + len(":cooldown:") :]] = ttl / 1000
     return out

@@ -49,8 +49,11 @@ class MiniLMEmbedder:
         if not texts:
             return np.zeros((0, self.dim))
         out = self.model.encode(
-            texts, batch_size=self.batch_size, convert_to_numpy=True,
-            normalize_embeddings=True, show_progress_bar=False,
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
         )
         return np.asarray(out, dtype=np.float64)
 
@@ -85,5 +88,6 @@ def make_embedder(name: str, static_model_dir: Path | None = None) -> Embedder:
         return StaticEmbedder(static_model_dir or RouterSettings().static_model_dir)
     if name == "hashing":
         return HashingEmbedder()
-    raise ConfigError(f"unknown embedder {name!r} (CONDUIT_ROUTER__EMBEDDER): "
-                      "use 'minilm', 'static' or 'hashing'")
+    raise ConfigError(
+        f"unknown embedder {name!r} (CONDUIT_ROUTER__EMBEDDER): use 'minilm', 'static' or 'hashing'"
+    )

@@ -83,8 +83,14 @@ def decode(raw: bytes, dim: int) -> tuple[Array, Analysis] | None:
 class RedisFeatureCache:
     """Get-or-compute features for a chunk: one MGET, then one pipeline for the misses."""
 
-    def __init__(self, client: redis.Redis, prefix: str, signature: str, ttl_s: int,
-                 breaker: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        signature: str,
+        ttl_s: int,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.signature = signature
@@ -93,11 +99,19 @@ class RedisFeatureCache:
         self.skipped = 0  # prompts routed without the cache, not yet counted in Redis
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, signature: str, ttl_s: int, breaker_s: float,
-                 timeout_s: float = 0.25) -> RedisFeatureCache:
+    def from_url(
+        cls,
+        url: str,
+        prefix: str,
+        signature: str,
+        ttl_s: int,
+        breaker_s: float,
+        timeout_s: float = 0.25,
+    ) -> RedisFeatureCache:
         # Short timeouts: a slow cache must cost less than the embedding it saves.
-        client = redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                      socket_connect_timeout=timeout_s)
+        client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         return cls(client, prefix, signature, ttl_s, CircuitBreaker(breaker_s))
 
     def key(self, text: str) -> str:
@@ -109,12 +123,17 @@ class RedisFeatureCache:
         return f"{self.prefix}:features:stats"
 
     def _failed(self, what: str, exc: Exception) -> None:
-        log.warning("feature cache %s failed (%s); skipping it for %.0f s", what,
-                    type(exc).__name__, self.breaker.open_s)
+        log.warning(
+            "feature cache %s failed (%s); skipping it for %.0f s",
+            what,
+            type(exc).__name__,
+            self.breaker.open_s,
+        )
         self.breaker.failure()
 
-    def featurize(self, texts: Sequence[str], compute: Compute, dim: int
-                  ) -> tuple[Array, list[Any]]:
+    def featurize(
+        self, texts: Sequence[str], compute: Compute, dim: int
+    ) -> tuple[Array, list[Any]]:
         """Contexts (n, dim) and analyses of ``texts``; ``compute`` runs on the misses only."""
         n = len(texts)
         cached: list[tuple[Array, Analysis] | None] = [None] * n

@@ -134,8 +134,11 @@ class SqlHistory:
                     raise StoreUnavailable(
                         f"history database unavailable: {type(exc.orig).__name__}"
                     ) from exc
-                log.warning("history database unavailable (%s); retrying in %.1fs",
-                            type(exc.orig).__name__, delay)
+                log.warning(
+                    "history database unavailable (%s); retrying in %.1fs",
+                    type(exc.orig).__name__,
+                    delay,
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -153,8 +156,13 @@ class SqlHistory:
     # -- producers ------------------------------------------------------------------------
 
     def submit(
-        self, batch_id: str, items: Sequence[PromptItem], *, tag: str | None,
-        rejected: int, constraints: dict[str, Any],
+        self,
+        batch_id: str,
+        items: Sequence[PromptItem],
+        *,
+        tag: str | None,
+        rejected: int,
+        constraints: dict[str, Any],
     ) -> SubmitOutcome:
         """Record a batch and its prompts; a prompt known already is linked, not added again."""
         ts = now()
@@ -163,11 +171,21 @@ class SqlHistory:
             keys = list(dict.fromkeys(i.key for i in items))
             existing: set[str] = set()
             for chunk in _chunks(keys, 1000):
-                existing.update(conn.scalars(select(t.queries.c.id).where(t.queries.c.id.in_(chunk))))
+                existing.update(
+                    conn.scalars(select(t.queries.c.id).where(t.queries.c.id.in_(chunk)))
+                )
             conn.execute(
                 self._insert_ignore(t.batches),
-                [{"id": batch_id, "tag": tag, "created_at": ts, "accepted": len(keys),
-                  "rejected": rejected, "constraints": constraints}],
+                [
+                    {
+                        "id": batch_id,
+                        "tag": tag,
+                        "created_at": ts,
+                        "accepted": len(keys),
+                        "rejected": rejected,
+                        "constraints": constraints,
+                    }
+                ],
             )
             seen: set[str] = set()
             rows, links = [], []
@@ -177,18 +195,25 @@ class SqlHistory:
                 seen.add(it.key)
                 links.append({"batch_id": batch_id, "query_id": it.key, "line": it.line})
                 if it.key not in existing:
-                    rows.append({
-                        "id": it.key, "external_id": it.external_id, "user_name": it.user,
-                        "prompt": it.prompt, "prompt_chars": len(it.prompt),
-                        "metadata": it.metadata, "constraints": it.constraints.to_json(),
-                        "created_at": ts,
-                    })
+                    rows.append(
+                        {
+                            "id": it.key,
+                            "external_id": it.external_id,
+                            "user_name": it.user,
+                            "prompt": it.prompt,
+                            "prompt_chars": len(it.prompt),
+                            "metadata": it.metadata,
+                            "constraints": it.constraints.to_json(),
+                            "created_at": ts,
+                        }
+                    )
             for chunk in _chunks(rows, 500):
                 conn.execute(self._insert_ignore(t.queries), chunk)
             for chunk in _chunks(links, 1000):
                 conn.execute(self._insert_ignore(t.batch_items), chunk)
-            return SubmitOutcome(batch_id, [k for k in keys if k not in existing],
-                                 [k for k in keys if k in existing])
+            return SubmitOutcome(
+                batch_id, [k for k in keys if k not in existing], [k for k in keys if k in existing]
+            )
 
         return self._tx(run)
 
@@ -198,7 +223,11 @@ class SqlHistory:
         def run(conn: Connection) -> list[str]:
             done: set[str] = set()
             for chunk in _chunks(list(query_ids), 1000):
-                done.update(conn.scalars(select(t.results.c.query_id).where(t.results.c.query_id.in_(chunk))))
+                done.update(
+                    conn.scalars(
+                        select(t.results.c.query_id).where(t.results.c.query_id.in_(chunk))
+                    )
+                )
             return [q for q in query_ids if q not in done]
 
         return self._tx(run)
@@ -207,12 +236,26 @@ class SqlHistory:
         """(prompts in the batch, prompts with a result)."""
 
         def run(conn: Connection) -> tuple[int, int]:
-            total = conn.scalar(select(func.count()).select_from(t.batch_items)
-                                .where(t.batch_items.c.batch_id == batch_id)) or 0
-            done = conn.scalar(
-                select(func.count()).select_from(t.batch_items.join(
-                    t.results, t.results.c.query_id == t.batch_items.c.query_id))
-                .where(t.batch_items.c.batch_id == batch_id)) or 0
+            total = (
+                conn.scalar(
+                    select(func.count())
+                    .select_from(t.batch_items)
+                    .where(t.batch_items.c.batch_id == batch_id)
+                )
+                or 0
+            )
+            done = (
+                conn.scalar(
+                    select(func.count())
+                    .select_from(
+                        t.batch_items.join(
+                            t.results, t.results.c.query_id == t.batch_items.c.query_id
+                        )
+                    )
+                    .where(t.batch_items.c.batch_id == batch_id)
+                )
+                or 0
+            )
             return int(total), int(done)
 
         return self._tx(run)
@@ -221,13 +264,29 @@ class SqlHistory:
         """One dict per prompt of the batch, in input order, with its result if any."""
         bi, q, r, d = t.batch_items, t.queries, t.results, t.decisions
         stmt = (
-            select(bi.c.line, q.c.id, q.c.external_id, r.c.model, r.c.status, r.c.response,
-                   r.c.input_tokens, r.c.output_tokens, r.c.cost_usd, r.c.latency_ms,
-                   r.c.attempts, r.c.fallbacks, r.c.error_class, r.c.error_message,
-                   d.c.domain, d.c.complexity)
-            .select_from(bi.join(q, q.c.id == bi.c.query_id)
-                         .outerjoin(r, r.c.query_id == q.c.id)
-                         .outerjoin(d, d.c.query_id == q.c.id))
+            select(
+                bi.c.line,
+                q.c.id,
+                q.c.external_id,
+                r.c.model,
+                r.c.status,
+                r.c.response,
+                r.c.input_tokens,
+                r.c.output_tokens,
+                r.c.cost_usd,
+                r.c.latency_ms,
+                r.c.attempts,
+                r.c.fallbacks,
+                r.c.error_class,
+                r.c.error_message,
+                d.c.domain,
+                d.c.complexity,
+            )
+            .select_from(
+                bi.join(q, q.c.id == bi.c.query_id)
+                .outerjoin(r, r.c.query_id == q.c.id)
+                .outerjoin(d, d.c.query_id == q.c.id)
+            )
             .where(bi.c.batch_id == batch_id)
             .order_by(bi.c.line)
         )
@@ -235,8 +294,11 @@ class SqlHistory:
 
     def query_ids_by_external(self, batch_id: str) -> dict[str, str]:
         bi, q = t.batch_items, t.queries
-        stmt = (select(q.c.external_id, q.c.id).select_from(bi.join(q, q.c.id == bi.c.query_id))
-                .where(bi.c.batch_id == batch_id))
+        stmt = (
+            select(q.c.external_id, q.c.id)
+            .select_from(bi.join(q, q.c.id == bi.c.query_id))
+            .where(bi.c.batch_id == batch_id)
+        )
         return self._tx(lambda conn: {e: i for e, i in conn.execute(stmt) if e is not None})
 
     # -- router ---------------------------------------------------------------------------
@@ -250,9 +312,11 @@ class SqlHistory:
             for chunk in _chunks(list(query_ids), 1000):
                 stmt = (
                     select(q.c.id, q.c.prompt, q.c.constraints, b.c.constraints, q.c.user_name)
-                    .select_from(q.outerjoin(d, d.c.query_id == q.c.id)
-                                 .join(bi, bi.c.query_id == q.c.id)
-                                 .join(b, b.c.id == bi.c.batch_id))
+                    .select_from(
+                        q.outerjoin(d, d.c.query_id == q.c.id)
+                        .join(bi, bi.c.query_id == q.c.id)
+                        .join(b, b.c.id == bi.c.batch_id)
+                    )
                     .where(q.c.id.in_(chunk), d.c.query_id.is_(None))
                 )
                 for qid, prompt, qc, bc, user in conn.execute(stmt):
@@ -263,12 +327,22 @@ class SqlHistory:
 
     def insert_decisions(self, rows: Sequence[DecisionRow]) -> None:
         ts = now()
-        values = [{
-            "query_id": r.query_id, "model": r.model, "ranked": r.ranked, "features": r.features,
-            "utilities": r.utilities, "domain": r.domain, "complexity": r.complexity,
-            "expected_cost_usd": r.expected_cost_usd, "posterior_versions": r.posterior_versions,
-            "reason": r.reason, "created_at": ts,
-        } for r in rows]
+        values = [
+            {
+                "query_id": r.query_id,
+                "model": r.model,
+                "ranked": r.ranked,
+                "features": r.features,
+                "utilities": r.utilities,
+                "domain": r.domain,
+                "complexity": r.complexity,
+                "expected_cost_usd": r.expected_cost_usd,
+                "posterior_versions": r.posterior_versions,
+                "reason": r.reason,
+                "created_at": ts,
+            }
+            for r in rows
+        ]
         if values:
             self._tx(lambda conn: conn.execute(self._insert_ignore(t.decisions), values))
 
@@ -283,8 +357,9 @@ class SqlHistory:
             for chunk in _chunks(list(query_ids), 1000):
                 stmt = (
                     select(q.c.id, q.c.prompt, d.c.model, d.c.ranked, d.c.reason)
-                    .select_from(q.join(d, d.c.query_id == q.c.id)
-                                 .outerjoin(r, r.c.query_id == q.c.id))
+                    .select_from(
+                        q.join(d, d.c.query_id == q.c.id).outerjoin(r, r.c.query_id == q.c.id)
+                    )
                     .where(q.c.id.in_(chunk), r.c.query_id.is_(None))
                 )
                 out.extend(ExecutionRow(*row) for row in conn.execute(stmt))
@@ -292,7 +367,9 @@ class SqlHistory:
 
         return self._tx(run)
 
-    def record_results(self, results: Sequence[ResultRow], events: Sequence[FeedbackEvent]) -> list[str]:
+    def record_results(
+        self, results: Sequence[ResultRow], events: Sequence[FeedbackEvent]
+    ) -> list[str]:
         """Store results and their implicit feedback in one transaction; ignore duplicates.
 
         Returns the ids of the results newly stored (a redelivered task stores none twice).
@@ -301,11 +378,15 @@ class SqlHistory:
 
         def run(conn: Connection) -> list[str]:
             ids = [r.query_id for r in results]
-            known = set(conn.scalars(select(t.results.c.query_id).where(t.results.c.query_id.in_(ids))))
+            known = set(
+                conn.scalars(select(t.results.c.query_id).where(t.results.c.query_id.in_(ids)))
+            )
             fresh = [r for r in results if r.query_id not in known]
             if fresh:
-                conn.execute(self._insert_ignore(t.results),
-                             [{**r.__dict__, "created_at": ts} for r in fresh])
+                conn.execute(
+                    self._insert_ignore(t.results),
+                    [{**r.__dict__, "created_at": ts} for r in fresh],
+                )
             fresh_ids = {r.query_id for r in fresh}
             evs = [e for e in events if e.query_id in fresh_ids]
             if evs:
@@ -341,39 +422,57 @@ class SqlHistory:
         f, d = t.feedback, t.decisions
 
         def run(conn: Connection) -> tuple[list[FeedbackEvent], dict[str, Array]]:
-            conn.execute(update(f).where(f.c.id.in_(list(event_ids)), f.c.update_id.is_(None))
-                         .values(update_id=update_id))
+            conn.execute(
+                update(f)
+                .where(f.c.id.in_(list(event_ids)), f.c.update_id.is_(None))
+                .values(update_id=update_id)
+            )
             rows = conn.execute(
-                select(f, d.c.features).select_from(f.outerjoin(d, d.c.query_id == f.c.query_id))
+                select(f, d.c.features)
+                .select_from(f.outerjoin(d, d.c.query_id == f.c.query_id))
                 .where(f.c.update_id == update_id, f.c.applied_at.is_(None))
             ).all()
             events = [_row_event(row._mapping) for row in rows]
-            contexts = {row.query_id: np.asarray(row.features, dtype=float)
-                        for row in rows if row.features}
+            contexts = {
+                row.query_id: np.asarray(row.features, dtype=float) for row in rows if row.features
+            }
             return events, contexts
 
         return self._tx(run)
 
     def mark_applied(self, update_id: str) -> None:
         f = t.feedback
-        self._tx(lambda conn: conn.execute(
-            update(f).where(f.c.update_id == update_id, f.c.applied_at.is_(None)).values(applied_at=now())))
+        self._tx(
+            lambda conn: conn.execute(
+                update(f)
+                .where(f.c.update_id == update_id, f.c.applied_at.is_(None))
+                .values(applied_at=now())
+            )
+        )
 
     def unapplied_feedback_ids(self, older_than_s: float = 0.0, limit: int = 10_000) -> list[str]:
         """Events nobody has applied yet (a lost feedback task leaves these behind)."""
         f = t.feedback
         cutoff = datetime.fromtimestamp(time.time() - older_than_s, UTC)
-        stmt = (select(f.c.id).where(f.c.applied_at.is_(None), f.c.created_at <= cutoff)
-                .order_by(f.c.created_at).limit(limit))
+        stmt = (
+            select(f.c.id)
+            .where(f.c.applied_at.is_(None), f.c.created_at <= cutoff)
+            .order_by(f.c.created_at)
+            .limit(limit)
+        )
         return self._tx(lambda conn: list(conn.scalars(stmt)))
 
     def stale_unanswered(self, older_than_s: float, limit: int = 10_000) -> list[str]:
         """Prompts submitted more than ``older_than_s`` ago that still have no result."""
         q, r = t.queries, t.results
         cutoff = datetime.fromtimestamp(time.time() - older_than_s, UTC)
-        stmt = (select(q.c.id).select_from(q.outerjoin(r, r.c.query_id == q.c.id))
-                .where(r.c.query_id.is_(None), q.c.created_at <= cutoff)
-                .order_by(q.c.created_at).limit(limit))
+        stmt = (
+            select(q.c.id)
+            .select_from(q.outerjoin(r, r.c.query_id == q.c.id))
+            .where(r.c.query_id.is_(None), q.c.created_at <= cutoff)
+            .order_by(q.c.created_at)
+            .limit(limit)
+        )
         return self._tx(lambda conn: list(conn.scalars(stmt)))
 
     def stale_feedback(
@@ -383,9 +482,12 @@ class SqlHistory:
         (``None``: not claimed)."""
         f = t.feedback
         cutoff = datetime.fromtimestamp(time.time() - older_than_s, UTC)
-        stmt = (select(f.c.update_id, f.c.id)
-                .where(f.c.applied_at.is_(None), f.c.created_at <= cutoff)
-                .order_by(f.c.created_at, f.c.id).limit(limit))
+        stmt = (
+            select(f.c.update_id, f.c.id)
+            .where(f.c.applied_at.is_(None), f.c.created_at <= cutoff)
+            .order_by(f.c.created_at, f.c.id)
+            .limit(limit)
+        )
 
         def run(conn: Connection) -> dict[str | None, list[str]]:
             out: dict[str | None, list[str]] = {}
@@ -402,8 +504,13 @@ class SqlHistory:
         def run(conn: Connection) -> list[str]:
             out: list[str] = []
             for chunk in _chunks(list(query_ids), 1000):
-                out.extend(conn.scalars(select(f.c.id).where(
-                    f.c.query_id.in_(chunk), f.c.applied_at.is_(None)).order_by(f.c.id)))
+                out.extend(
+                    conn.scalars(
+                        select(f.c.id)
+                        .where(f.c.query_id.in_(chunk), f.c.applied_at.is_(None))
+                        .order_by(f.c.id)
+                    )
+                )
             return out
 
         return self._tx(run)
@@ -411,13 +518,19 @@ class SqlHistory:
     def applied_feedback(self) -> tuple[list[FeedbackEvent], dict[str, Array]]:
         """Every applied event in order of application, with contexts (to rebuild posteriors)."""
         f, d = t.feedback, t.decisions
-        stmt = (select(f, d.c.features).select_from(f.outerjoin(d, d.c.query_id == f.c.query_id))
-                .where(f.c.applied_at.is_not(None)).order_by(f.c.applied_at, f.c.id))
+        stmt = (
+            select(f, d.c.features)
+            .select_from(f.outerjoin(d, d.c.query_id == f.c.query_id))
+            .where(f.c.applied_at.is_not(None))
+            .order_by(f.c.applied_at, f.c.id)
+        )
 
         def run(conn: Connection) -> tuple[list[FeedbackEvent], dict[str, Array]]:
             rows = conn.execute(stmt).all()
-            return ([_row_event(r._mapping) for r in rows],
-                    {r.query_id: np.asarray(r.features, dtype=float) for r in rows if r.features})
+            return (
+                [_row_event(r._mapping) for r in rows],
+                {r.query_id: np.asarray(r.features, dtype=float) for r in rows if r.features},
+            )
 
         return self._tx(run)
 
@@ -427,14 +540,19 @@ class SqlHistory:
         """Every applied event with the update id that applied it, in order of application
         (update by update), and the decision contexts (to rebuild the posteriors)."""
         f, d = t.feedback, t.decisions
-        stmt = (select(f, d.c.features).select_from(f.outerjoin(d, d.c.query_id == f.c.query_id))
-                .where(f.c.applied_at.is_not(None))
-                .order_by(f.c.applied_at, f.c.update_id, f.c.id))
+        stmt = (
+            select(f, d.c.features)
+            .select_from(f.outerjoin(d, d.c.query_id == f.c.query_id))
+            .where(f.c.applied_at.is_not(None))
+            .order_by(f.c.applied_at, f.c.update_id, f.c.id)
+        )
 
         def run(conn: Connection) -> tuple[list[tuple[str, FeedbackEvent]], dict[str, Array]]:
             rows = conn.execute(stmt).all()
-            return ([(r.update_id, _row_event(r._mapping)) for r in rows],
-                    {r.query_id: np.asarray(r.features, dtype=float) for r in rows if r.features})
+            return (
+                [(r.update_id, _row_event(r._mapping)) for r in rows],
+                {r.query_id: np.asarray(r.features, dtype=float) for r in rows if r.features},
+            )
 
         return self._tx(run)
 
@@ -447,9 +565,11 @@ class SqlHistory:
             by_id: dict[str, tuple[str, str]] = {}
             by_ext: dict[str, list[tuple[str, str]]] = {}
             for chunk in _chunks(list(dict.fromkeys(refs)), 500):
-                stmt = (select(q.c.id, q.c.external_id, r.c.model)
-                        .select_from(q.join(r, r.c.query_id == q.c.id))
-                        .where((q.c.id.in_(chunk)) | (q.c.external_id.in_(chunk)), r.c.status == "ok"))
+                stmt = (
+                    select(q.c.id, q.c.external_id, r.c.model)
+                    .select_from(q.join(r, r.c.query_id == q.c.id))
+                    .where((q.c.id.in_(chunk)) | (q.c.external_id.in_(chunk)), r.c.status == "ok")
+                )
                 wanted = set(chunk)
                 for qid, ext, model in conn.execute(stmt):
                     if qid in wanted:
@@ -466,18 +586,35 @@ class SqlHistory:
 
 def _event_row(e: FeedbackEvent, ts: datetime) -> dict[str, Any]:
     return {
-        "id": e.id, "query_id": e.query_id, "model": e.model, "kind": e.kind,
-        "reward": e.reward, "weight": e.weight, "is_call": e.is_call, "error": e.error,
-        "latency_ms": e.latency_ms, "in_tokens": e.in_tokens, "out_tokens": e.out_tokens,
-        "cost_usd": e.cost_usd, "created_at": ts,
+        "id": e.id,
+        "query_id": e.query_id,
+        "model": e.model,
+        "kind": e.kind,
+        "reward": e.reward,
+        "weight": e.weight,
+        "is_call": e.is_call,
+        "error": e.error,
+        "latency_ms": e.latency_ms,
+        "in_tokens": e.in_tokens,
+        "out_tokens": e.out_tokens,
+        "cost_usd": e.cost_usd,
+        "created_at": ts,
     }
 
 
 def _row_event(m: Any) -> FeedbackEvent:
     return FeedbackEvent(
-        id=m["id"], query_id=m["query_id"], model=m["model"], kind=m["kind"],
-        reward=m["reward"], weight=m["weight"], is_call=bool(m["is_call"]), error=bool(m["error"]),
-        latency_ms=m["latency_ms"], in_tokens=m["in_tokens"], out_tokens=m["out_tokens"],
+        id=m["id"],
+        query_id=m["query_id"],
+        model=m["model"],
+        kind=m["kind"],
+        reward=m["reward"],
+        weight=m["weight"],
+        is_call=bool(m["is_call"]),
+        error=bool(m["error"]),
+        latency_ms=m["latency_ms"],
+        in_tokens=m["in_tokens"],
+        out_tokens=m["out_tokens"],
         cost_usd=m["cost_usd"],
     )
 
@@ -491,12 +628,20 @@ def _is_transient(exc: DBAPIError) -> bool:
     if exc.connection_invalidated:
         return True
     text = str(exc.orig).lower()
-    return any(s in text for s in (
-        "could not connect", "connection refused", "server closed the connection",
-        "terminating connection", "database is locked", "the database system is",
-        "connection reset", "ssl connection has been closed", "no connection to the server",
-    ))
+    return any(
+        s in text
+        for s in (
+            "could not connect",
+            "connection refused",
+            "server closed the connection",
+            "terminating connection",
+            "database is locked",
+            "the database system is",
+            "connection reset",
+            "ssl connection has been closed",
+            "no connection to the server",
+        )
+    )
 
 
-__all__ = ["SqlHistory", "QueryRow", "DecisionRow", "ExecutionRow", "ResultRow",
-           "SubmitOutcome"]
+__all__ = ["SqlHistory", "QueryRow", "DecisionRow", "ExecutionRow", "ResultRow", "SubmitOutcome"]

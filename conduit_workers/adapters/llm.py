@@ -58,20 +58,24 @@ def shared_http_client(kind: str, max_connections: int, timeout_s: float) -> Any
     if kind == "httpx2":
         return None
     if kind != "aiohttp":
-        raise ConfigError(f"unknown HTTP client {kind!r} (CONDUIT_EXECUTOR__HTTP_CLIENT): "
-                          "use 'aiohttp' or 'httpx2'")
+        raise ConfigError(
+            f"unknown HTTP client {kind!r} (CONDUIT_EXECUTOR__HTTP_CLIENT): "
+            "use 'aiohttp' or 'httpx2'"
+        )
     import httpx2
     from openai import DefaultAioHttpClient
 
     return DefaultAioHttpClient(
         timeout=timeout_s,
-        limits=httpx2.Limits(max_connections=max_connections,
-                             max_keepalive_connections=max_connections),
+        limits=httpx2.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
     )
 
 
-def build_model(spec: ModelSpec, env: Mapping[str, str], timeout_s: float,
-                http_client: Any = None) -> Model:
+def build_model(
+    spec: ModelSpec, env: Mapping[str, str], timeout_s: float, http_client: Any = None
+) -> Model:
     """A pydantic-ai model for a catalog entry; the API key is read from ``spec.api_key_env``."""
     key = env.get(spec.api_key_env) if spec.api_key_env else None
     if spec.provider in ("openai", "openai-compatible"):
@@ -82,19 +86,28 @@ def build_model(spec: ModelSpec, env: Mapping[str, str], timeout_s: float,
         if spec.provider == "openai" and not key:
             raise ConfigError(f"model {spec.name}: set {spec.api_key_env} to its OpenAI API key")
         client = AsyncOpenAI(
-            base_url=spec.base_url, api_key=key or "not-needed", max_retries=0, timeout=timeout_s,
+            base_url=spec.base_url,
+            api_key=key or "not-needed",
+            max_retries=0,
+            timeout=timeout_s,
             http_client=http_client,
         )
         return OpenAIChatModel(spec.provider_model, provider=OpenAIProvider(openai_client=client))
     if not key:
-        raise ConfigError(f"model {spec.name}: set {spec.api_key_env} to its {spec.provider} API key")
+        raise ConfigError(
+            f"model {spec.name}: set {spec.api_key_env} to its {spec.provider} API key"
+        )
     if spec.provider == "anthropic":
         from anthropic import AsyncAnthropic
         from pydantic_ai.models.anthropic import AnthropicModel
         from pydantic_ai.providers.anthropic import AnthropicProvider
 
-        aclient = AsyncAnthropic(api_key=key, base_url=spec.base_url, max_retries=0, timeout=timeout_s)
-        return AnthropicModel(spec.provider_model, provider=AnthropicProvider(anthropic_client=aclient))
+        aclient = AsyncAnthropic(
+            api_key=key, base_url=spec.base_url, max_retries=0, timeout=timeout_s
+        )
+        return AnthropicModel(
+            spec.provider_model, provider=AnthropicProvider(anthropic_client=aclient)
+        )
     if spec.provider == "google":
         from pydantic_ai.models.google import GoogleModel
         from pydantic_ai.providers.google import GoogleProvider
@@ -105,7 +118,9 @@ def build_model(spec: ModelSpec, env: Mapping[str, str], timeout_s: float,
             from pydantic_ai.models.groq import GroqModel
             from pydantic_ai.providers.groq import GroqProvider
         except ImportError as exc:
-            raise ConfigError(f"model {spec.name}: the groq provider needs `pip install groq`") from exc
+            raise ConfigError(
+                f"model {spec.name}: the groq provider needs `pip install groq`"
+            ) from exc
         return GroqModel(spec.provider_model, provider=GroqProvider(api_key=key))
     raise ConfigError(f"model {spec.name}: unknown provider {spec.provider!r}")
 
@@ -127,9 +142,17 @@ def classify(exc: BaseException, model_name: str) -> ProviderError:
         return PermanentProviderError(f"HTTP {status}: {hint}", model_name, status)
     if isinstance(exc, pai_exc.ModelRateLimitError):
         return RetryableProviderError("rate limited", model_name, 429, retry_after)
-    if isinstance(exc, (pai_exc.ModelRequestRejectedError, pai_exc.ModelQuotaExceededError,
-                        pai_exc.ContentFilterError)):
-        code = {pai_exc.ModelAuthenticationError: 401, pai_exc.ModelNotFoundError: 404}.get(type(exc))
+    if isinstance(
+        exc,
+        (
+            pai_exc.ModelRequestRejectedError,
+            pai_exc.ModelQuotaExceededError,
+            pai_exc.ContentFilterError,
+        ),
+    ):
+        code = {pai_exc.ModelAuthenticationError: 401, pai_exc.ModelNotFoundError: 404}.get(
+            type(exc)
+        )
         hint = _PERMANENT_HINT.get(code or 0, "permanent error (not retried)")
         return PermanentProviderError(f"{type(exc).__name__}: {hint}", model_name, code)
     if isinstance(exc, pai_exc.ModelTimeoutError):
@@ -144,9 +167,16 @@ def classify(exc: BaseException, model_name: str) -> ProviderError:
 class LLMClient:
     """Calls catalog models; ``complete`` raises :class:`ProviderError` subclasses only."""
 
-    def __init__(self, catalog: Catalog, env: Mapping[str, str], timeout_s: float = 60.0,
-                 max_output_tokens: int | None = None, *, http_client: str = "aiohttp",
-                 max_connections: int = 256) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        env: Mapping[str, str],
+        timeout_s: float = 60.0,
+        max_output_tokens: int | None = None,
+        *,
+        http_client: str = "aiohttp",
+        max_connections: int = 256,
+    ) -> None:
         self.catalog = catalog
         self.env = env
         self.timeout_s = timeout_s
@@ -162,8 +192,9 @@ class LLMClient:
             http = None
             if spec.provider in ("openai", "openai-compatible"):
                 if self._http is None:
-                    self._http = shared_http_client(self.http_client_kind, self.max_connections,
-                                                    self.timeout_s)
+                    self._http = shared_http_client(
+                        self.http_client_kind, self.max_connections, self.timeout_s
+                    )
                 http = self._http
             self._models[name] = build_model(spec, self.env, self.timeout_s, http)
         return self._models[name]
@@ -178,8 +209,11 @@ class LLMClient:
         try:
             model = self.model(model_name)
             response = await asyncio.wait_for(
-                model_request(model, [ModelRequest.user_text_prompt(prompt)],
-                              model_settings=ModelSettings(**settings)),  # type: ignore[typeddict-item]
+                model_request(
+                    model,
+                    [ModelRequest.user_text_prompt(prompt)],
+                    model_settings=ModelSettings(**settings),
+                ),  # type: ignore[typeddict-item]
                 timeout=self.timeout_s + 1.0,
             )
         except ConfigError:
@@ -193,4 +227,6 @@ class LLMClient:
         if not text.strip():
             raise RetryableProviderError("empty response", model_name)
         usage = response.usage
-        return Completion(text, int(usage.input_tokens or 0), int(usage.output_tokens or 0), latency_ms)
+        return Completion(
+            text, int(usage.input_tokens or 0), int(usage.output_tokens or 0), latency_ms
+        )

@@ -105,8 +105,10 @@ def unpack(raw: bytes, dim: int) -> ArmStats:
     iu = _triu(dim)
     k = len(iu[0])
     if len(values) != k + dim + len(COUNTERS):
-        raise ValueError(f"stored statistics hold {len(values)} numbers, dim {dim} needs "
-                         f"{k + dim + len(COUNTERS)}")
+        raise ValueError(
+            f"stored statistics hold {len(values)} numbers, dim {dim} needs "
+            f"{k + dim + len(COUNTERS)}"
+        )
     stats = ArmStats.zeros(dim)
     stats.xx[iu] = values[:k]
     stats.xx.T[iu] = values[:k]
@@ -126,7 +128,9 @@ class PosteriorStore(Protocol):
 class RedisPosteriorStore:
     """:class:`PosteriorStore` on Redis hashes; reads are cached per model version."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "conduit", applied_ttl_s: int = 604_800) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str = "conduit", applied_ttl_s: int = 604_800
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.applied_ttl_s = applied_ttl_s
@@ -134,8 +138,13 @@ class RedisPosteriorStore:
         self._cache: dict[str, tuple[int, ArmStats]] = {}
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "conduit", applied_ttl_s: int = 604_800,
-                 socket_timeout_s: float = 5.0) -> RedisPosteriorStore:
+    def from_url(
+        cls,
+        url: str,
+        prefix: str = "conduit",
+        applied_ttl_s: int = 604_800,
+        socket_timeout_s: float = 5.0,
+    ) -> RedisPosteriorStore:
         client = redis.Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
         )
@@ -158,7 +167,8 @@ class RedisPosteriorStore:
                 pipe.hget(self.posterior_key(m), "version")
             versions = [int(v) if v is not None else 0 for v in pipe.execute()]
             stale = [
-                m for m, v in zip(models, versions, strict=True)
+                m
+                for m, v in zip(models, versions, strict=True)
                 if m not in self._cache or self._cache[m][0] != v or self._cache[m][1].dim != dim
             ]
             if stale:
@@ -177,9 +187,17 @@ class RedisPosteriorStore:
         """Apply each update atomically, at most once per update id; returns how many applied."""
         if not updates:
             return 0
-        calls = [(self.posterior_key(u.model), self.applied_key(u.update_id), self.applied_ttl_s,
-                  u.delta.dim, pack(u.delta), repr(_decay_factor(decay, u.delta)))
-                 for u in updates]
+        calls = [
+            (
+                self.posterior_key(u.model),
+                self.applied_key(u.update_id),
+                self.applied_ttl_s,
+                u.delta.dim,
+                pack(u.delta),
+                repr(_decay_factor(decay, u.delta)),
+            )
+            for u in updates
+        ]
         try:
             for attempt in (1, 2):
                 # EVALSHA straight into the pipeline: a Script object would make every
@@ -212,8 +230,9 @@ class RedisPosteriorStore:
             pipe = self.client.pipeline(transaction=True)
             key = self.posterior_key(model)
             pipe.delete(key)
-            pipe.hset(key, mapping={"stats": pack(stats), "dim": str(stats.dim),
-                                    "version": str(version)})
+            pipe.hset(
+                key, mapping={"stats": pack(stats), "dim": str(stats.dim), "version": str(version)}
+            )
             for uid in update_ids:
                 pipe.set(self.applied_key(uid), "1", ex=self.applied_ttl_s)
             pipe.execute()

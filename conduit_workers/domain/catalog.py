@@ -76,7 +76,9 @@ class Catalog:
             dupes = sorted({n for n in names if names.count(n) > 1})
             raise ConfigError(f"the catalog lists model(s) {dupes} more than once")
         if self.reference not in names:
-            raise ConfigError(f"catalog reference {self.reference!r} is not one of its models {names}")
+            raise ConfigError(
+                f"catalog reference {self.reference!r} is not one of its models {names}"
+            )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -121,7 +123,9 @@ _FIELDS = {
 }
 
 
-def parse_catalog(data: Mapping[str, Any], env: Mapping[str, str], source: str = "catalog") -> Catalog:
+def parse_catalog(
+    data: Mapping[str, Any], env: Mapping[str, str], source: str = "catalog"
+) -> Catalog:
     """Build a catalog from decoded TOML; raise :class:`ConfigError` naming the bad value."""
     raw_models = data.get("models")
     if not isinstance(raw_models, list):
@@ -133,7 +137,9 @@ def parse_catalog(data: Mapping[str, Any], env: Mapping[str, str], source: str =
             raise ConfigError(f"{where}: expected a table")
         unknown = set(raw) - set(_FIELDS)
         if unknown:
-            raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_FIELDS)}")
+            raise ConfigError(
+                f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_FIELDS)}"
+            )
         values: dict[str, Any] = {}
         for key, typ in _FIELDS.items():
             if raw.get(key) is None:
@@ -159,8 +165,12 @@ def parse_catalog(data: Mapping[str, Any], env: Mapping[str, str], source: str =
         raise ConfigError(f"{source}: the catalog lists no model; add a [[models]] table")
     reference = data.get("reference")
     if reference is None:
-        reference = max(specs, key=lambda m: m.output_price_per_mtok_usd + m.input_price_per_mtok_usd).name
-    return Catalog(models=tuple(specs), reference=str(reference), version=str(data.get("version", "1")))
+        reference = max(
+            specs, key=lambda m: m.output_price_per_mtok_usd + m.input_price_per_mtok_usd
+        ).name
+    return Catalog(
+        models=tuple(specs), reference=str(reference), version=str(data.get("version", "1"))
+    )
 
 
 def load_catalog(path: Path, env: Mapping[str, str]) -> Catalog:

@@ -25,7 +25,9 @@ class Constraints:
 
     def merged_over(self, base: Constraints) -> Constraints:
         """These constraints, with unset fields taken from ``base`` (query over batch)."""
-        updates = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        updates = {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
         return replace(base, **updates)
 
     def to_json(self) -> dict[str, Any]:
@@ -57,7 +59,12 @@ def parse_constraints(obj: Any, known_models: frozenset[str] | None = None) -> C
     for name in _NUMBERS:
         if name in obj and obj[name] is not None:
             v = obj[name]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or v < 0
+            ):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
             values[name] = float(v)
     if values.get("min_quality", 0.0) > 1.0:

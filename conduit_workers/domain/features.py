@@ -109,7 +109,7 @@ class SharedPrefixes:
             return text
         self._clock += 1
         self._known[best] = self._clock
-        return text[len(best):]
+        return text[len(best) :]
 
     def __call__(self, texts: Sequence[str]) -> list[str]:
         self.learn(texts)

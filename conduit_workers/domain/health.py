@@ -84,8 +84,16 @@ class ModelHealth:
             return 0.0
         return max(0.0, st.open_until - now)
 
-    def record(self, model: str, now: float, *, ok: bool, rate_limited: bool = False,
-               retry_after_s: float | None = None, default_pause_s: float = 1.0) -> None:
+    def record(
+        self,
+        model: str,
+        now: float,
+        *,
+        ok: bool,
+        rate_limited: bool = False,
+        retry_after_s: float | None = None,
+        default_pause_s: float = 1.0,
+    ) -> None:
         """Report the outcome of a call that :meth:`acquire` admitted."""
         st = self._state(model)
         if rate_limited:
@@ -110,8 +118,11 @@ class ModelHealth:
             return
         st.outcomes.append(ok)
         failures = st.outcomes.count(False)
-        if (st.open_until is None and len(st.outcomes) >= self.min_calls
-                and failures > self.failure_rate * len(st.outcomes)):
+        if (
+            st.open_until is None
+            and len(st.outcomes) >= self.min_calls
+            and failures > self.failure_rate * len(st.outcomes)
+        ):
             st.open_until = now + self.cooldown_s
             st.cooldowns += 1
             st.outcomes.clear()

@@ -81,7 +81,9 @@ def parse_item(
     external_id = obj.get("id")
     if external_id is not None:
         if isinstance(external_id, bool) or not isinstance(external_id, (str, int)):
-            raise InputError(f"'id' must be a string or integer, got {type(external_id).__name__}", line)
+            raise InputError(
+                f"'id' must be a string or integer, got {type(external_id).__name__}", line
+            )
         external_id = str(external_id)
         if not external_id or len(external_id) > 200:
             raise InputError("'id' must have 1 to 200 characters", line)

@@ -80,8 +80,11 @@ def reference_cost(
     still a guess) does not flatten every other cost difference.
     """
     costs = {
-        s.name: (typical_in_tokens * s.input_price_per_mtok_usd
-                 + e.out_tokens * s.output_price_per_mtok_usd) / 1e6
+        s.name: (
+            typical_in_tokens * s.input_price_per_mtok_usd
+            + e.out_tokens * s.output_price_per_mtok_usd
+        )
+        / 1e6
         for s, e in zip(specs, exp, strict=True)
     }
     scale = costs[reference] if reference in costs else max(costs.values())

@@ -46,7 +46,9 @@ def explicit_event_id(query_id: str) -> str:
     return f"explicit:{query_id}"
 
 
-def implicit_reward(error: bool, success_reward: float, success_weight: float, error_weight: float) -> tuple[float, float]:
+def implicit_reward(
+    error: bool, success_reward: float, success_weight: float, error_weight: float
+) -> tuple[float, float]:
     """(reward, weight) of one call's outcome."""
     if error:
         return 0.0, error_weight
@@ -54,7 +56,11 @@ def implicit_reward(error: bool, success_reward: float, success_weight: float, e
 
 
 def validate_rating(rating: float) -> float:
-    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(rating):
+    if (
+        isinstance(rating, bool)
+        or not isinstance(rating, (int, float))
+        or not math.isfinite(rating)
+    ):
         raise ValueError(f"a rating must be a number in [0, 1], got {rating!r}")
     if not 0.0 <= rating <= 1.0:
         raise ValueError(f"a rating must be in [0, 1], got {rating}")
@@ -76,8 +82,11 @@ def aggregate(
     for model, evs in by_model.items():
         # Vectorised per model: the feedback stage aggregates tens of thousands of events/s.
         stats = out[model] = ArmStats.zeros(dim)
-        seen = [(x, ev) for ev in evs if ev.weight != 0.0
-                and (x := contexts.get(ev.query_id)) is not None]
+        seen = [
+            (x, ev)
+            for ev in evs
+            if ev.weight != 0.0 and (x := contexts.get(ev.query_id)) is not None
+        ]
         if seen:
             x = np.asarray([s[0] for s in seen], dtype=np.float64).reshape(len(seen), dim)
             w = np.fromiter((s[1].weight for s in seen), dtype=np.float64, count=len(seen))
@@ -92,6 +101,11 @@ def aggregate(
             c["rr"] += float(w @ (r * r))
         for ev in evs:
             if ev.is_call:
-                stats.add_call(error=ev.error, latency_ms=ev.latency_ms, in_tokens=ev.in_tokens,
-                               out_tokens=ev.out_tokens, cost_usd=ev.cost_usd)
+                stats.add_call(
+                    error=ev.error,
+                    latency_ms=ev.latency_ms,
+                    in_tokens=ev.in_tokens,
+                    out_tokens=ev.out_tokens,
+                    cost_usd=ev.cost_usd,
+                )
     return out

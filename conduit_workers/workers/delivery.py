@@ -23,9 +23,13 @@ from conduit_workers.workers.runtime import runtime
 log = logging.getLogger(__name__)
 
 # Tasks whose one argument is a list of ids (prompt or feedback event ids).
-ID_TASKS = frozenset({
-    "conduit.router.route_batch", "conduit.executor.execute_batch", "conduit.feedback.apply_events",
-})
+ID_TASKS = frozenset(
+    {
+        "conduit.router.route_batch",
+        "conduit.executor.execute_batch",
+        "conduit.feedback.apply_events",
+    }
+)
 MAX_ID_CHARS = 200
 
 
@@ -34,13 +38,18 @@ def check_ids(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     if name not in ID_TASKS:
         return
     if kwargs or len(args) != 1 or not isinstance(args[0], list):
-        raise InputError(f"{name} takes one list of ids; got {len(args)} positional and "
-                         f"{len(kwargs)} keyword arguments")
-    bad = [i for i, v in enumerate(args[0])
-           if not isinstance(v, str) or not 0 < len(v) <= MAX_ID_CHARS]
+        raise InputError(
+            f"{name} takes one list of ids; got {len(args)} positional and "
+            f"{len(kwargs)} keyword arguments"
+        )
+    bad = [
+        i for i, v in enumerate(args[0]) if not isinstance(v, str) or not 0 < len(v) <= MAX_ID_CHARS
+    ]
     if bad:
-        raise InputError(f"{name}: payload item {bad[0]} is not an id string "
-                         f"(type {type(args[0][bad[0]]).__name__})")
+        raise InputError(
+            f"{name}: payload item {bad[0]} is not an id string "
+            f"(type {type(args[0][bad[0]]).__name__})"
+        )
 
 
 class ConduitTask(Task):  # type: ignore[misc]
@@ -54,33 +63,58 @@ class ConduitTask(Task):  # type: ignore[misc]
             except redis.RedisError:
                 n = 1  # cannot count: run it (at least once beats losing it)
             if n > limit:
-                log.error("task %s %s delivered %d times without finishing: moved to the "
-                          "dead-letter queue", self.name, req.id, n - 1)
-                self._dead(req.id, list(args), "redelivered",
-                           f"delivered {n - 1} times without finishing (limit {limit})", n - 1)
+                log.error(
+                    "task %s %s delivered %d times without finishing: moved to the "
+                    "dead-letter queue",
+                    self.name,
+                    req.id,
+                    n - 1,
+                )
+                self._dead(
+                    req.id,
+                    list(args),
+                    "redelivered",
+                    f"delivered {n - 1} times without finishing (limit {limit})",
+                    n - 1,
+                )
                 return None
         check_ids(self.name, args, kwargs)
         return super().__call__(*args, **kwargs)
 
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
-                   einfo: Any) -> None:
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
         if isinstance(exc, TimeLimitExceeded) and not self.app.conf.task_acks_on_timeout:
             return  # requeued, not failed: counted as one more delivery when it comes back
-        log.error("task %s %s failed for good (%s): moved to the dead-letter queue",
-                  self.name, task_id, type(exc).__name__)
+        log.error(
+            "task %s %s failed for good (%s): moved to the dead-letter queue",
+            self.name,
+            task_id,
+            type(exc).__name__,
+        )
         self._dead(task_id, list(args or []), "failed", f"{type(exc).__name__}: {exc}"[:500], None)
 
-    def _dead(self, task_id: str, args: list[Any], reason: str, error: str,
-              deliveries: int | None) -> None:
+    def _dead(
+        self, task_id: str, args: list[Any], reason: str, error: str, deliveries: int | None
+    ) -> None:
         info = self.request.delivery_info or {}
         try:
             rt = runtime()
             if deliveries is None:
                 key = rt.dead_letters.delivery_key(task_id, self.request.retries or 0)
                 deliveries = int(rt.dead_letters.client.get(key) or 1)
-            rt.dead_letters.put(DeadLetter(
-                task_id=task_id, task=self.name, args=args,
-                queue=info.get("routing_key"), reason=reason, error=error,
-                deliveries=deliveries, retries=self.request.retries or 0, at=now()))
+            rt.dead_letters.put(
+                DeadLetter(
+                    task_id=task_id,
+                    task=self.name,
+                    args=args,
+                    queue=info.get("routing_key"),
+                    reason=reason,
+                    error=error,
+                    deliveries=deliveries,
+                    retries=self.request.retries or 0,
+                    at=now(),
+                )
+            )
         except redis.RedisError as exc:
             log.error("could not record dead letter %s (%s)", task_id, type(exc).__name__)

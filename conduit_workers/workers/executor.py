@@ -22,7 +22,12 @@ from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.celery_app import app
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.health import Admit, ModelHealth
-from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent, implicit_event_id, implicit_reward
+from conduit_workers.domain.rewards import (
+    IMPLICIT,
+    FeedbackEvent,
+    implicit_event_id,
+    implicit_reward,
+)
 from conduit_workers.errors import PermanentProviderError, ProviderError, StoreUnavailable
 from conduit_workers.settings import ExecutorSettings, FeedbackSettings
 from conduit_workers.workers.runtime import chunks, runtime
@@ -65,18 +70,27 @@ async def _admit(health: ModelHealth | None, model: str, force: bool, budget_s: 
 
 
 async def _execute_one(
-    row: ExecutionRow, llm: LLMClient, catalog: Catalog, ex: ExecutorSettings, fb: FeedbackSettings,
+    row: ExecutionRow,
+    llm: LLMClient,
+    catalog: Catalog,
+    ex: ExecutorSettings,
+    fb: FeedbackSettings,
     health: ModelHealth | None = None,
 ) -> _Outcome:
     if row.model is None:
-        return _Outcome(ResultRow(row.query_id, None, "unroutable", error_class="unroutable",
-                                  error_message=row.reason), [])
+        return _Outcome(
+            ResultRow(
+                row.query_id, None, "unroutable", error_class="unroutable", error_message=row.reason
+            ),
+            [],
+        )
     models = ([row.model] + [m for m in row.ranked if m != row.model])[:MAX_MODELS_TRIED]
     if health is not None:
         # Models cooling down go last: traffic falls back to the next-best, they stay a last resort.
         now = time.monotonic()
-        models = ([m for m in models if not health.cooling(m, now)]
-                  + [m for m in models if health.cooling(m, now)])
+        models = [m for m in models if not health.cooling(m, now)] + [
+            m for m in models if health.cooling(m, now)
+        ]
     events: list[FeedbackEvent] = []
     attempts = 0
     tried = 0
@@ -105,45 +119,102 @@ async def _execute_one(
                 if health is not None:
                     # A permanent error (400, 401) is the request's or the key's fault, not a
                     # sign that the model is down.
-                    health.record(model, time.monotonic(), ok=permanent,
-                                  rate_limited=err.status_code == 429,
-                                  retry_after_s=err.retry_after_s)
+                    health.record(
+                        model,
+                        time.monotonic(),
+                        ok=permanent,
+                        rate_limited=err.status_code == 429,
+                        retry_after_s=err.retry_after_s,
+                    )
                 if permanent or (health is not None and health.cooling(model, time.monotonic())):
                     break
-                if attempt < ex.max_attempts and not (health is not None and err.status_code == 429):
-                    await asyncio.sleep(backoff_s(attempt, ex.backoff_base_s, ex.backoff_max_s,
-                                                  err.retry_after_s))
+                if attempt < ex.max_attempts and not (
+                    health is not None and err.status_code == 429
+                ):
+                    await asyncio.sleep(
+                        backoff_s(attempt, ex.backoff_base_s, ex.backoff_max_s, err.retry_after_s)
+                    )
                 continue
             if health is not None:
                 health.record(model, time.monotonic(), ok=True)
             cost = catalog.get(model).cost_usd(done.input_tokens, done.output_tokens)
-            reward, weight = implicit_reward(False, fb.success_reward, fb.success_weight, fb.error_weight)
-            events.append(FeedbackEvent(
-                implicit_event_id(row.query_id, model), row.query_id, model, IMPLICIT, reward, weight,
-                is_call=True, latency_ms=done.latency_ms, in_tokens=done.input_tokens,
-                out_tokens=done.output_tokens, cost_usd=cost))
-            return _Outcome(ResultRow(
-                row.query_id, model, "ok", done.text, done.input_tokens, done.output_tokens, cost,
-                done.latency_ms, attempts, tried), events)
+            reward, weight = implicit_reward(
+                False, fb.success_reward, fb.success_weight, fb.error_weight
+            )
+            events.append(
+                FeedbackEvent(
+                    implicit_event_id(row.query_id, model),
+                    row.query_id,
+                    model,
+                    IMPLICIT,
+                    reward,
+                    weight,
+                    is_call=True,
+                    latency_ms=done.latency_ms,
+                    in_tokens=done.input_tokens,
+                    out_tokens=done.output_tokens,
+                    cost_usd=cost,
+                )
+            )
+            return _Outcome(
+                ResultRow(
+                    row.query_id,
+                    model,
+                    "ok",
+                    done.text,
+                    done.input_tokens,
+                    done.output_tokens,
+                    cost,
+                    done.latency_ms,
+                    attempts,
+                    tried,
+                ),
+                events,
+            )
         if model_attempts == 0:
             continue  # skipped (cooling down or rate limited): no call, no evidence
         tried += 1
-        reward, weight = implicit_reward(True, fb.success_reward, fb.success_weight, fb.error_weight)
-        events.append(FeedbackEvent(
-            implicit_event_id(row.query_id, model), row.query_id, model, IMPLICIT, reward, weight,
-            is_call=True, error=True, latency_ms=spent_ms))
+        reward, weight = implicit_reward(
+            True, fb.success_reward, fb.success_weight, fb.error_weight
+        )
+        events.append(
+            FeedbackEvent(
+                implicit_event_id(row.query_id, model),
+                row.query_id,
+                model,
+                IMPLICIT,
+                reward,
+                weight,
+                is_call=True,
+                error=True,
+                latency_ms=spent_ms,
+            )
+        )
         if isinstance(last_error, PermanentProviderError):
             break
     assert last_error is not None
-    return _Outcome(ResultRow(
-        row.query_id, last_error.model_name, "error", attempts=attempts,
-        fallbacks=max(0, len(events) - 1), error_class=last_error.error_class,
-        error_message=str(last_error)), events)
+    return _Outcome(
+        ResultRow(
+            row.query_id,
+            last_error.model_name,
+            "error",
+            attempts=attempts,
+            fallbacks=max(0, len(events) - 1),
+            error_class=last_error.error_class,
+            error_message=str(last_error),
+        ),
+        events,
+    )
 
 
 async def handle_execute_batch(
-    query_ids: Sequence[str], history: SqlHistory, llm: LLMClient, catalog: Catalog,
-    ex: ExecutorSettings, fb: FeedbackSettings, health: ModelHealth | None = None,
+    query_ids: Sequence[str],
+    history: SqlHistory,
+    llm: LLMClient,
+    catalog: Catalog,
+    ex: ExecutorSettings,
+    fb: FeedbackSettings,
+    health: ModelHealth | None = None,
 ) -> tuple[list[ResultRow], list[str]]:
     """Answer the chunk's decided, unanswered prompts; return the new results and the ids of
     the feedback events to apply.
@@ -182,11 +253,19 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
     rt = runtime()
     started = time.perf_counter()
     try:
-        results, event_ids = rt.run(handle_execute_batch(
-            query_ids, rt.history, rt.llm, rt.catalog, rt.settings.executor, rt.settings.feedback,
-            rt.health))
+        results, event_ids = rt.run(
+            handle_execute_batch(
+                query_ids,
+                rt.history,
+                rt.llm,
+                rt.catalog,
+                rt.settings.executor,
+                rt.settings.feedback,
+                rt.health,
+            )
+        )
     except StoreUnavailable as exc:
-        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from None
     for chunk in chunks(event_ids, rt.settings.feedback.chunk_size):
         app.send_task("conduit.feedback.apply_events", args=[chunk], queue="feedback")
     if rt.health is not None:
@@ -196,8 +275,15 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
     status = Counter(r.status for r in results)
     log.info(
         "execute_batch %s: %d prompts, %d new results (%s), models %s, tokens %d/%d, "
-        "cost $%.6f, %.0f ms", self.request.id, len(query_ids), len(results), dict(status),
+        "cost $%.6f, %.0f ms",
+        self.request.id,
+        len(query_ids),
+        len(results),
+        dict(status),
         dict(Counter(r.model for r in results if r.status == "ok")),
-        sum(r.input_tokens for r in results), sum(r.output_tokens for r in results),
-        sum(r.cost_usd for r in results), (time.perf_counter() - started) * 1000)
+        sum(r.input_tokens for r in results),
+        sum(r.output_tokens for r in results),
+        sum(r.cost_usd for r in results),
+        (time.perf_counter() - started) * 1000,
+    )
     return len(results)

@@ -42,8 +42,9 @@ def apply_events(self, event_ids: list[str]) -> int:  # type: ignore[no-untyped-
     """
     rt = runtime()
     try:
-        n, applied = handle_apply_events(event_ids, rt.history, rt.store,
-                                         rt.settings.context_dim, rt.settings.router.decay)
+        n, applied = handle_apply_events(
+            event_ids, rt.history, rt.store, rt.settings.context_dim, rt.settings.router.decay
+        )
     except StoreUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(2 ** min(self.request.retries, 5), 30)) from None
     log.info("apply_events %s: %d events, %d posterior updates", self.request.id, n, applied)
@@ -51,7 +52,11 @@ def apply_events(self, event_ids: list[str]) -> int:  # type: ignore[no-untyped-
 
 
 def handle_sweep(
-    history: SqlHistory, store: PosteriorStore, dim: int, decay: float, older_than_s: float,
+    history: SqlHistory,
+    store: PosteriorStore,
+    dim: int,
+    decay: float,
+    older_than_s: float,
 ) -> tuple[list[str], list[str], int]:
     """Find work whose task was lost; (prompts to route again, unclaimed events to apply again,
     events applied here under the update id that had claimed them).
@@ -87,18 +92,31 @@ def sweep(self) -> int:  # type: ignore[no-untyped-def]
     rt = runtime()
     fb = rt.settings.feedback
     try:
-        prompts, events, applied = handle_sweep(rt.history, rt.store, rt.settings.context_dim,
-                                                rt.settings.router.decay, fb.sweep_after_s)
+        prompts, events, applied = handle_sweep(
+            rt.history,
+            rt.store,
+            rt.settings.context_dim,
+            rt.settings.router.decay,
+            fb.sweep_after_s,
+        )
     except StoreUnavailable as exc:
         log.warning("sweep %s skipped: %s", self.request.id, exc)
         return 0
     for chunk in chunks(prompts, rt.settings.router.chunk_size):
-        app.send_task("conduit.router.route_batch", args=[chunk],
-                      queue=TASK_QUEUES["conduit.router.route_batch"])
+        app.send_task(
+            "conduit.router.route_batch",
+            args=[chunk],
+            queue=TASK_QUEUES["conduit.router.route_batch"],
+        )
     for chunk in chunks(events, fb.chunk_size):
         app.send_task("conduit.feedback.apply_events", args=[chunk], queue="feedback")
     if prompts or events or applied:
-        log.warning("sweep %s: %d prompts without a result and %d feedback events re-sent, "
-                    "%d claimed events applied (their tasks were lost)", self.request.id,
-                    len(prompts), len(events), applied)
+        log.warning(
+            "sweep %s: %d prompts without a result and %d feedback events re-sent, "
+            "%d claimed events applied (their tasks were lost)",
+            self.request.id,
+            len(prompts),
+            len(events),
+            applied,
+        )
     return len(prompts) + len(events) + applied

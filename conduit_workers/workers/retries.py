@@ -20,8 +20,13 @@ def retry_event_id(query_id: str) -> str:
 
 
 class RetryDetector:
-    def __init__(self, recent: RedisRecentPrompts, history: SqlHistory, threshold: float,
-                 send_feedback: Callable[[list[str]], None]) -> None:
+    def __init__(
+        self,
+        recent: RedisRecentPrompts,
+        history: SqlHistory,
+        threshold: float,
+        send_feedback: Callable[[list[str]], None],
+    ) -> None:
         self.recent = recent
         self.history = history
         self.threshold = threshold
@@ -52,9 +57,16 @@ class RetryDetector:
             return []
         answered = self.history.answered_by([x.earlier_query_id for x in retries])
         events = [
-            FeedbackEvent(retry_event_id(x.earlier_query_id), x.earlier_query_id,
-                          answered[x.earlier_query_id][1], RETRY, 0.0, 1.0)
-            for x in retries if x.earlier_query_id in answered
+            FeedbackEvent(
+                retry_event_id(x.earlier_query_id),
+                x.earlier_query_id,
+                answered[x.earlier_query_id][1],
+                RETRY,
+                0.0,
+                1.0,
+            )
+            for x in retries
+            if x.earlier_query_id in answered
         ]
         fresh = self.history.add_feedback(events) if events else []
         if fresh:

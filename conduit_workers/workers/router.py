@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def handle_route_batch(
-    query_ids: Sequence[str], history: SqlHistory, engine: RoutingEngine,
-    retries: RetryDetector | None = None, features: RedisFeatureCache | None = None,
+    query_ids: Sequence[str],
+    history: SqlHistory,
+    engine: RoutingEngine,
+    retries: RetryDetector | None = None,
+    features: RedisFeatureCache | None = None,
 ) -> int:
     """Decide a model for each prompt of the chunk that has no decision yet; return how many.
 
@@ -38,8 +41,11 @@ def handle_route_batch(
         for r in rows
     ]
     texts = [r.prompt for r in rows]
-    contexts, analyses = (features.featurize(texts, engine.featurize, engine.dim)
-                          if features is not None else (None, None))
+    contexts, analyses = (
+        features.featurize(texts, engine.featurize, engine.dim)
+        if features is not None
+        else (None, None)
+    )
     decisions = engine.decide([r.id for r in rows], texts, constraints, contexts, analyses)
     history.insert_decisions(decisions)
     return len(decisions)
@@ -69,14 +75,20 @@ def route_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-d
     rt = runtime()
     started = time.perf_counter()
     try:
-        decided = handle_route_batch(query_ids, rt.history, rt.engine, _retry_detector(rt),
-                                     rt.feature_cache)
+        decided = handle_route_batch(
+            query_ids, rt.history, rt.engine, _retry_detector(rt), rt.feature_cache
+        )
     except StoreUnavailable as exc:
-        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from None
     for chunk in chunks(list(query_ids), rt.settings.executor.chunk_size):
         app.send_task("conduit.executor.execute_batch", args=[chunk], queue="execute")
-    log.info("route_batch %s: %d prompts, %d decided in %.0f ms", self.request.id, len(query_ids),
-             decided, (time.perf_counter() - started) * 1000)
+    log.info(
+        "route_batch %s: %d prompts, %d decided in %.0f ms",
+        self.request.id,
+        len(query_ids),
+        decided,
+        (time.perf_counter() - started) * 1000,
+    )
     return decided
 
 

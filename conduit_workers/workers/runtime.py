@@ -43,7 +43,9 @@ class Runtime:
     @cached_property
     def store(self) -> RedisPosteriorStore:
         r = self.settings.redis
-        return RedisPosteriorStore.from_url(r.url, r.key_prefix, r.applied_ttl_s, r.socket_timeout_s)
+        return RedisPosteriorStore.from_url(
+            r.url, r.key_prefix, r.applied_ttl_s, r.socket_timeout_s
+        )
 
     @cached_property
     def dead_letters(self) -> RedisDeadLetters:
@@ -55,8 +57,9 @@ class Runtime:
         from conduit_workers.engine import RoutingEngine
 
         rs = self.settings.router
-        return RoutingEngine(self.catalog, self.store,
-                             make_embedder(rs.embedder, rs.static_model_dir), rs)
+        return RoutingEngine(
+            self.catalog, self.store, make_embedder(rs.embedder, rs.static_model_dir), rs
+        )
 
     @cached_property
     def feature_cache(self) -> Any:
@@ -66,26 +69,44 @@ class Runtime:
             return None
         from conduit_workers.adapters.feature_cache import RedisFeatureCache, signature
 
-        sig = signature(rs.embedder, rs.projection_dim, rs.embed_tail_chars, rs.strip_shared_prefix,
-                        rs.shared_prefix_min_chars, self.settings.context_dim)
+        sig = signature(
+            rs.embedder,
+            rs.projection_dim,
+            rs.embed_tail_chars,
+            rs.strip_shared_prefix,
+            rs.shared_prefix_min_chars,
+            self.settings.context_dim,
+        )
         return RedisFeatureCache.from_url(
-            rs.feature_cache_url or self.settings.redis.url, self.settings.redis.key_prefix, sig,
-            rs.feature_cache_ttl_s, rs.feature_cache_breaker_s, rs.feature_cache_timeout_s)
+            rs.feature_cache_url or self.settings.redis.url,
+            self.settings.redis.key_prefix,
+            sig,
+            rs.feature_cache_ttl_s,
+            rs.feature_cache_breaker_s,
+            rs.feature_cache_timeout_s,
+        )
 
     @cached_property
     def llm(self) -> Any:
         from conduit_workers.adapters.llm import LLMClient
 
         ex = self.settings.executor
-        return LLMClient(self.catalog, environ(), ex.timeout_s, ex.max_output_tokens,
-                         http_client=ex.http_client, max_connections=ex.max_connections)
+        return LLMClient(
+            self.catalog,
+            environ(),
+            ex.timeout_s,
+            ex.max_output_tokens,
+            http_client=ex.http_client,
+            max_connections=ex.max_connections,
+        )
 
     @cached_property
     def health(self) -> ModelHealth:
         """Rate-limit gate and circuit breaker per model, shared by this process's calls."""
         ex = self.settings.executor
-        return ModelHealth(ex.health_window, ex.cooldown_min_calls, ex.cooldown_failure_rate,
-                           ex.cooldown_s)
+        return ModelHealth(
+            ex.health_window, ex.cooldown_min_calls, ex.cooldown_failure_rate, ex.cooldown_s
+        )
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on this process's one event loop (clients stay bound to it)."""

@@ -44,19 +44,28 @@ def system(redis_client: redis.Redis, pg_engine: sa.Engine, tmp_path_factory) ->
     try:
         replay, replay_url = start_replay_server([SAMPLE], workdir / "replay.log", latency_ms=5)
         procs.append(replay)
-        env = dict(os.environ, CONDUIT_REDIS__URL=REDIS_URL, CONDUIT_DATABASE__URL=db_url,
-                   CONDUIT_REDIS__KEY_PREFIX=TEST_PREFIX, CONDUIT_REPLAY_URL=replay_url,
-                   CONDUIT_ROUTER__SEED="7",
-                   # No forgetting here, so the posteriors must equal the feedback sums exactly;
-                   # decay itself is tested on the Lua script (test_posterior_store.py).
-                   CONDUIT_ROUTER__DECAY="1.0")
+        env = dict(
+            os.environ,
+            CONDUIT_REDIS__URL=REDIS_URL,
+            CONDUIT_DATABASE__URL=db_url,
+            CONDUIT_REDIS__KEY_PREFIX=TEST_PREFIX,
+            CONDUIT_REPLAY_URL=replay_url,
+            CONDUIT_ROUTER__SEED="7",
+            # No forgetting here, so the posteriors must equal the feedback sums exactly;
+            # decay itself is tested on the Lua script (test_posterior_store.py).
+            CONDUIT_ROUTER__DECAY="1.0",
+        )
         os.environ["CONDUIT_REPLAY_URL"] = replay_url
-        worker = start_worker(["route", "execute", "feedback"], env, workdir / "worker.log",
-                              concurrency=2, name="e2e")
+        worker = start_worker(
+            ["route", "execute", "feedback"], env, workdir / "worker.log", concurrency=2, name="e2e"
+        )
         procs.append(worker)
         wait_worker_ready(worker, timeout_s=120)
-        settings = Settings(redis=RedisSettings(url=REDIS_URL, key_prefix=TEST_PREFIX),
-                            database=DatabaseSettings(url=db_url), router=RouterSettings(seed=7, decay=1.0))
+        settings = Settings(
+            redis=RedisSettings(url=REDIS_URL, key_prefix=TEST_PREFIX),
+            database=DatabaseSettings(url=db_url),
+            router=RouterSettings(seed=7, decay=1.0),
+        )
         client = ConduitClient(settings)
         store = RedisPosteriorStore.from_url(REDIS_URL, TEST_PREFIX)
         yield System(settings, env, client, store, replay_url, workdir, procs)

@@ -81,27 +81,45 @@ class FaultSystem:
 
     def start_worker(self, role: str, wait: bool = True, concurrency: int = 2) -> Proc:
         self.restarts += 1
-        proc = start_worker([role], self.env, self.workdir / f"worker-{role}-{self.restarts}.log",
-                            concurrency=concurrency, name=f"fault-{role}")
+        proc = start_worker(
+            [role],
+            self.env,
+            self.workdir / f"worker-{role}-{self.restarts}.log",
+            concurrency=concurrency,
+            name=f"fault-{role}",
+        )
         self.workers[role] = proc
         if wait:
             wait_worker_ready(proc, timeout_s=90)
         return proc
 
     def start_beat(self) -> Proc:
-        argv = [sys.executable, "-m", "celery", "-A", "conduit_workers", "beat",
-                "-s", str(self.workdir / "beat-schedule"), "--loglevel", "INFO"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "conduit_workers",
+            "beat",
+            "-s",
+            str(self.workdir / "beat-schedule"),
+            "--loglevel",
+            "INFO",
+        ]
         log_path = self.workdir / "beat.log"
         log = open(log_path, "ab")  # noqa: SIM115
-        popen = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        popen = subprocess.Popen(
+            argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.beat = Proc("beat", popen, log_path, log)
         return self.beat
 
     def start_all(self, concurrency: dict[str, int] | None = None) -> None:
         self.start_beat()
-        procs = [self.start_worker(r, wait=False, concurrency=(concurrency or {}).get(r, 2))
-                 for r in ROLES]
+        procs = [
+            self.start_worker(r, wait=False, concurrency=(concurrency or {}).get(r, 2))
+            for r in ROLES
+        ]
         for p in procs:
             wait_worker_ready(p, timeout_s=90)
 
@@ -175,8 +193,10 @@ class FaultSystem:
 
     def submit(self, tag: str, n: int = 500) -> tuple[str, list[str]]:
         """``n`` distinct prompts (unknown to the replay data: generated answers)."""
-        items = [{"id": f"{tag}-{i}", "prompt": f"[{tag}] question {i}: what is {i} plus {i % 13}?"}
-                 for i in range(n)]
+        items = [
+            {"id": f"{tag}-{i}", "prompt": f"[{tag}] question {i}: what is {i} plus {i % 13}?"}
+            for i in range(n)
+        ]
         sub = self.client.submit(items, tag=tag)
         assert (sub.accepted, sub.new, sub.errors) == (n, n, []), sub
         by_external = self.client.history.query_ids_by_external(sub.batch_id)
@@ -220,20 +240,36 @@ class FaultSystem:
             return json.loads(r.read())  # type: ignore[no-any-return]
 
     def set_profiles(self, profiles: dict[str, Any]) -> None:
-        req = urllib.request.Request(self.replay_url.removesuffix("/v1") + "/_replay/profiles",
-                                     data=json.dumps(profiles).encode(), method="PUT",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.replay_url.removesuffix("/v1") + "/_replay/profiles",
+            data=json.dumps(profiles).encode(),
+            method="PUT",
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req) as r:
             assert r.status == 200
 
 
-def start_system(workdir: Path, redis_url: str, db_url: str, latency_ms: float = 40,
-                 extra_env: dict[str, str] | None = None, start: bool = True) -> FaultSystem:
-    replay, replay_url = start_replay_server([SAMPLE], workdir / "replay.log",
-                                             latency_ms=latency_ms)
+def start_system(
+    workdir: Path,
+    redis_url: str,
+    db_url: str,
+    latency_ms: float = 40,
+    extra_env: dict[str, str] | None = None,
+    start: bool = True,
+) -> FaultSystem:
+    replay, replay_url = start_replay_server(
+        [SAMPLE], workdir / "replay.log", latency_ms=latency_ms
+    )
     base = {k: v for k, v in os.environ.items() if k != "CONDUIT_BROKER__URL"}
-    env = {**base, **FAULT_ENV, "CONDUIT_REDIS__URL": redis_url,
-           "CONDUIT_DATABASE__URL": db_url, "CONDUIT_REPLAY_URL": replay_url, **(extra_env or {})}
+    env = {
+        **base,
+        **FAULT_ENV,
+        "CONDUIT_REDIS__URL": redis_url,
+        "CONDUIT_DATABASE__URL": db_url,
+        "CONDUIT_REPLAY_URL": replay_url,
+        **(extra_env or {}),
+    }
     system = FaultSystem(workdir, env, replay, replay_url)
     os.environ["CONDUIT_REPLAY_URL"] = replay_url  # the producer's catalog reads it
     if start:
@@ -258,8 +294,9 @@ class Checked:
     cost_usd: float
 
 
-def check_exactly_once(system: FaultSystem, batch_id: str, expected: list[str],
-                       max_duplicate_calls: int) -> Checked:
+def check_exactly_once(
+    system: FaultSystem, batch_id: str, expected: list[str], max_duplicate_calls: int
+) -> Checked:
     """Every accepted prompt has exactly one result row; cost totals equal the sum of the
     per-result costs (and the catalog's prices); the posterior totals equal exactly the feedback
     recorded in the history database, each update applied once; no prompt or answer text in
@@ -269,12 +306,16 @@ def check_exactly_once(system: FaultSystem, batch_id: str, expected: list[str],
     settings = system.settings
     catalog = load_catalog(settings.catalog.path, {"CONDUIT_REPLAY_URL": system.replay_url})
     with engine.connect() as conn:
-        accepted = set(conn.scalars(sa.select(t.batch_items.c.query_id)
-                                    .where(t.batch_items.c.batch_id == batch_id)))
+        accepted = set(
+            conn.scalars(
+                sa.select(t.batch_items.c.query_id).where(t.batch_items.c.batch_id == batch_id)
+            )
+        )
         results = conn.execute(sa.select(t.results)).all()
         feedback = conn.execute(
             sa.select(t.feedback, t.decisions.c.features).select_from(
-                t.feedback.outerjoin(t.decisions, t.decisions.c.query_id == t.feedback.c.query_id))
+                t.feedback.outerjoin(t.decisions, t.decisions.c.query_id == t.feedback.c.query_id)
+            )
         ).all()
     assert accepted == set(expected), "the batch lost or gained prompts"
     per_query = Counter(r.query_id for r in results)
@@ -303,8 +344,11 @@ def check_exactly_once(system: FaultSystem, batch_id: str, expected: list[str],
         version, stats = read[model]
         c = stats.counters
         assert version == len({f.update_id for f in mine}), f"{model}: an update applied twice"
-        want = {"calls": sum(f.is_call for f in mine),
-                "errors": sum(f.is_call and f.error for f in mine), "events": len(mine)}
+        want = {
+            "calls": sum(f.is_call for f in mine),
+            "errors": sum(f.is_call and f.error for f in mine),
+            "events": len(mine),
+        }
         assert c["calls"] == want["calls"], (model, dict(c), want)
         assert c["errors"] == want["errors"], (model, dict(c), want)
         assert c["in_tokens"] == sum(f.in_tokens for f in mine)
@@ -312,22 +356,34 @@ def check_exactly_once(system: FaultSystem, batch_id: str, expected: list[str],
         assert np.isclose(c["cost_usd"], sum(f.cost_usd for f in mine), rtol=1e-9, atol=1e-12)
         assert np.isclose(c["n"], sum(f.weight for f in mine), atol=1e-9)
         assert np.isclose(c["r"], sum(f.weight * f.reward for f in mine), atol=1e-9)
-        xx = sum((f.weight * np.outer(f.features, f.features) for f in mine if f.features),
-                 np.zeros_like(stats.xx))
+        xx = sum(
+            (f.weight * np.outer(f.features, f.features) for f in mine if f.features),
+            np.zeros_like(stats.xx),
+        )
         np.testing.assert_allclose(stats.xx, xx, atol=1e-9)
     spent = sum(read[m][1].counters["cost_usd"] for m in catalog.names)
     assert np.isclose(spent, total_cost, rtol=1e-9, atol=1e-12), "posterior spend != billed cost"
 
     # Ids only on the broker: no prompt or answer text in the worker logs (INFO level).
     with engine.connect() as conn:
-        texts = conn.execute(sa.select(t.queries.c.prompt, t.results.c.response).select_from(
-            t.queries.outerjoin(t.results, t.results.c.query_id == t.queries.c.id))).all()
+        texts = conn.execute(
+            sa.select(t.queries.c.prompt, t.results.c.response).select_from(
+                t.queries.outerjoin(t.results, t.results.c.query_id == t.queries.c.id)
+            )
+        ).all()
     logs = system.worker_logs()
     leaked = [p for p, r in texts if p in logs or (r and len(r) > 20 and r in logs)]
     assert not leaked, f"{len(leaked)} prompts or answers appear in the worker logs"
 
     stats = system.replay_stats()
     assert stats["duplicates"] <= max_duplicate_calls, (
-        f"{stats['duplicates']} duplicate LLM calls (bound {max_duplicate_calls})")
-    return Checked(len(accepted), dict(Counter(r.status for r in results)), stats["calls"],
-                   stats["duplicates"], len(feedback), total_cost)
+        f"{stats['duplicates']} duplicate LLM calls (bound {max_duplicate_calls})"
+    )
+    return Checked(
+        len(accepted),
+        dict(Counter(r.status for r in results)),
+        stats["calls"],
+        stats["duplicates"],
+        len(feedback),
+        total_cost,
+    )

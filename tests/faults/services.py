@@ -34,13 +34,29 @@ class PrivateRedis:
         self.start()
 
     def start(self) -> None:
-        aof = (["--appendonly", "yes", "--appendfsync", "always"] if self.persist
-               else ["--appendonly", "no"])
+        aof = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persist
+            else ["--appendonly", "no"]
+        )
         log = open(self.workdir / f"redis-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--dir", str(self.workdir), *aof],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--dir",
+                str(self.workdir),
+                *aof,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 10
         while not redis_answers(self.url, 0.3):
             assert time.monotonic() < deadline, "private Redis did not start"
@@ -83,14 +99,20 @@ class PrivatePostgres:
         self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
         conf = self.data / "postgresql.conf"
         with open(conf, "a") as fh:
-            fh.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
-                     f"unix_socket_directories = '{self.dir}'\nfsync = off\n")
+            fh.write(
+                f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.dir}'\nfsync = off\n"
+            )
         self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
         self.start()
 
     def _pg(self, exe: str, *args: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / exe), *args],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(PG_BIN / exe), *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def start(self) -> None:
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "pg.log"), "-w", "start")

@@ -15,8 +15,10 @@ CHUNK = 25  # executor chunk: the calls of one killed task may be made again
 
 
 def _report(name: str, recovery_s: float, checked) -> None:  # type: ignore[no-untyped-def]
-    print(f"\nFAULT {name}: recovery {recovery_s:.1f} s, {checked.llm_calls} LLM calls, "
-          f"{checked.duplicate_calls} duplicates, statuses {checked.statuses}")
+    print(
+        f"\nFAULT {name}: recovery {recovery_s:.1f} s, {checked.llm_calls} LLM calls, "
+        f"{checked.duplicate_calls} duplicates, statuses {checked.statuses}"
+    )
 
 
 def test_kill_executor_pool_child(system: FaultSystem) -> None:

@@ -23,8 +23,13 @@ MAX_DELIVERIES = 5  # the default of CONDUIT_BROKER__MAX_DELIVERIES
 
 
 def _cli(system: FaultSystem, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "producers.cli", *args], env=system.env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "producers.cli", *args],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _wait(cond, timeout_s: float = 60, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
@@ -45,16 +50,23 @@ class _Evil:
 
 
 def test_poison_messages_go_to_the_dead_letter_queue_and_can_be_redriven(
-        system: FaultSystem, tmp_path: Path) -> None:
+    system: FaultSystem, tmp_path: Path
+) -> None:
     # A batch recorded but not yet sent: its route tasks are published by hand below.
     client = system.client
-    items = [parse_item({"id": f"poison-{i}", "prompt": f"[poison] question {i}: {i} + {i % 7}?"},
-                        line=i + 1, max_prompt_chars=1000, max_metadata_chars=1000)
-             for i in range(N)]
+    items = [
+        parse_item(
+            {"id": f"poison-{i}", "prompt": f"[poison] question {i}: {i} + {i % 7}?"},
+            line=i + 1,
+            max_prompt_chars=1000,
+            max_metadata_chars=1000,
+        )
+        for i in range(N)
+    ]
     batch = uuid.uuid4().hex
     client.history.submit(batch, items, tag="poison", rejected=0, constraints={})
     ids = [it.key for it in items]
-    chunks = [ids[i:i + 50] for i in range(0, N, 50)]
+    chunks = [ids[i : i + 50] for i in range(0, N, 50)]
 
     # 1. A payload that is not a list of ids: refused by the task, dead-lettered at once.
     bad = client.app.send_task("conduit.router.route_batch", args=[[1, {"x": 2}]], queue="route")
@@ -62,18 +74,25 @@ def test_poison_messages_go_to_the_dead_letter_queue_and_can_be_redriven(
     #    time): the first deliveries run (idempotently), the next is dead-lettered unrun.
     looping = str(uuid.uuid4())
     for _ in range(MAX_DELIVERIES + 1):
-        client.app.send_task("conduit.router.route_batch", args=[chunks[0]], queue="route",
-                             task_id=looping)
+        client.app.send_task(
+            "conduit.router.route_batch", args=[chunks[0]], queue="route", task_id=looping
+        )
     for chunk in chunks[1:]:
         client.app.send_task("conduit.router.route_batch", args=[chunk], queue="route")
     # 3. Bodies that are not JSON: a pickle that would run a command, and raw bytes.
     marker = tmp_path / "pickle-was-executed"
-    client.app.send_task("conduit.router.route_batch", args=[_Evil(marker)], queue="route",
-                         serializer="pickle")
+    client.app.send_task(
+        "conduit.router.route_batch", args=[_Evil(marker)], queue="route", serializer="pickle"
+    )
     with client.app.producer_or_acquire() as producer:
-        producer.publish(b"\x00\x01 not json", routing_key="route", exchange="route",
-                         content_type="application/octet-stream", content_encoding="binary",
-                         headers={"task": "conduit.router.route_batch", "id": str(uuid.uuid4())})
+        producer.publish(
+            b"\x00\x01 not json",
+            routing_key="route",
+            exchange="route",
+            content_type="application/octet-stream",
+            content_encoding="binary",
+            headers={"task": "conduit.router.route_batch", "id": str(uuid.uuid4())},
+        )
 
     started = time.monotonic()
     done = system.wait_settled(batch)
@@ -86,9 +105,21 @@ def test_poison_messages_go_to_the_dead_letter_queue_and_can_be_redriven(
     listed = _cli(system, "dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     letters = {d["task_id"]: d for d in map(json.loads, listed.stdout.splitlines())}
-    _wait(lambda: len(letters) >= 2 or letters.update(
-        {d["task_id"]: d for d in map(json.loads, _cli(system, "dlq", "list", "--json")
-                                       .stdout.splitlines())}) or False, what="two dead letters")
+    _wait(
+        lambda: (
+            len(letters) >= 2
+            or letters.update(
+                {
+                    d["task_id"]: d
+                    for d in map(
+                        json.loads, _cli(system, "dlq", "list", "--json").stdout.splitlines()
+                    )
+                }
+            )
+            or False
+        ),
+        what="two dead letters",
+    )
     assert set(letters) == {bad.id, looping}
     assert letters[bad.id]["reason"] == "failed" and "InputError" in letters[bad.id]["error"]
     assert letters[looping]["reason"] == "redelivered"
@@ -110,7 +141,9 @@ def test_poison_messages_go_to_the_dead_letter_queue_and_can_be_redriven(
     check_exactly_once(system, batch, ids, max_duplicate_calls=len(chunks[0]))
     for role in ("route", "execute", "feedback"):
         assert system.workers[role].alive()
-    print(f"\nFAULT poison messages: 2 dead letters (malformed payload; {MAX_DELIVERIES} "
-          f"deliveries), pickle and binary bodies refused; batch settled in "
-          f"{done - started:.1f} s, {checked.llm_calls} LLM calls, "
-          f"{checked.duplicate_calls} duplicates")
+    print(
+        f"\nFAULT poison messages: 2 dead letters (malformed payload; {MAX_DELIVERIES} "
+        f"deliveries), pickle and binary bodies refused; batch settled in "
+        f"{done - started:.1f} s, {checked.llm_calls} LLM calls, "
+        f"{checked.duplicate_calls} duplicates"
+    )

@@ -38,11 +38,20 @@ def _get(url: str, auth: str | None) -> tuple[int, bytes]:
 def test_flower_and_logs_hold_ids_not_prompts(system: FaultSystem) -> None:
     port = free_port()
     auth = "ops:s3cret-flower"
-    env = dict(system.env, CONDUIT_FLOWER__PORT=str(port), CONDUIT_FLOWER__BASIC_AUTH=auth,
-               CONDUIT_PROVIDER_KEY="sk-never-log-me")
+    env = dict(
+        system.env,
+        CONDUIT_FLOWER__PORT=str(port),
+        CONDUIT_FLOWER__BASIC_AUTH=auth,
+        CONDUIT_PROVIDER_KEY="sk-never-log-me",
+    )
     log = open(system.workdir / "flower.log", "wb")  # noqa: SIM115
-    flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "conduit_workers", "flower"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "conduit_workers", "flower"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -60,11 +69,17 @@ def test_flower_and_logs_hold_ids_not_prompts(system: FaultSystem) -> None:
         assert status == 200
         tasks = json.loads(body)
         names = {v["name"] for v in tasks.values()}
-        assert {"conduit.router.route_batch", "conduit.executor.execute_batch",
-                "conduit.feedback.apply_events"} <= names, names
+        assert {
+            "conduit.router.route_batch",
+            "conduit.executor.execute_batch",
+            "conduit.feedback.apply_events",
+        } <= names, names
         with system.client.history.engine.connect() as conn:
-            texts = conn.execute(sa.select(t.queries.c.prompt, t.results.c.response).select_from(
-                t.queries.join(t.results, t.results.c.query_id == t.queries.c.id))).all()
+            texts = conn.execute(
+                sa.select(t.queries.c.prompt, t.results.c.response).select_from(
+                    t.queries.join(t.results, t.results.c.query_id == t.queries.c.id)
+                )
+            ).all()
         shown = json.dumps(tasks)
         for prompt, response in texts:
             assert prompt not in shown and (response or "§") not in shown

@@ -23,8 +23,9 @@ CHUNK = 25
 def _snapshot(system: FaultSystem) -> dict[str, tuple[int, np.ndarray]]:
     """Each model's version and statistics, as Redis stores them (read uncached)."""
     settings = system.settings
-    names = list(load_catalog(settings.catalog.path,
-                              {"CONDUIT_REPLAY_URL": system.replay_url}).names)
+    names = list(
+        load_catalog(settings.catalog.path, {"CONDUIT_REPLAY_URL": system.replay_url}).names
+    )
     store = system.store
     out = {}
     for m in names:
@@ -44,14 +45,17 @@ def test_redis_restarted_mid_batch(system: FaultSystem, private_redis: PrivateRe
     done = system.wait_settled(batch, timeout_s=180)
     checked = check_exactly_once(system, batch, ids, max_duplicate_calls=2 * CHUNK)
     assert checked.statuses == {"ok": N}
-    print(f"\nFAULT Redis (broker + posteriors) killed for 3 s mid-batch: settled "
-          f"{done - down:.1f} s after the kill, {checked.llm_calls} LLM calls, "
-          f"{checked.duplicate_calls} duplicates, workers restarted after a crash: "
-          f"{system.crashed or 'none'}")
+    print(
+        f"\nFAULT Redis (broker + posteriors) killed for 3 s mid-batch: settled "
+        f"{done - down:.1f} s after the kill, {checked.llm_calls} LLM calls, "
+        f"{checked.duplicate_calls} duplicates, workers restarted after a crash: "
+        f"{system.crashed or 'none'}"
+    )
 
 
-def test_redis_lost_posteriors_rebuilt_from_history(system: FaultSystem,
-                                                    private_redis: PrivateRedis) -> None:
+def test_redis_lost_posteriors_rebuilt_from_history(
+    system: FaultSystem, private_redis: PrivateRedis
+) -> None:
     batch, ids = system.submit("redislost", N)
     system.wait_settled(batch)
     rated = system.client.feedback([(f"redislost-{i}", (i % 5) / 4) for i in range(0, N, 2)])
@@ -68,8 +72,13 @@ def test_redis_lost_posteriors_rebuilt_from_history(system: FaultSystem,
     assert system.store.client.dbsize() == 0
 
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "producers.cli", "posteriors", "--rebuild"],
-                         env=system.env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "producers.cli", "posteriors", "--rebuild"],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     took = time.monotonic() - started
     assert out.returncode == 0, out.stderr
     assert "rebuilt from" in out.stderr
@@ -82,8 +91,10 @@ def test_redis_lost_posteriors_rebuilt_from_history(system: FaultSystem,
         np.testing.assert_allclose(values2, values, rtol=1e-12, atol=1e-12)
     system.start_worker("feedback")
     check_exactly_once(system, batch, ids, max_duplicate_calls=0)
-    print(f"\nFAULT Redis lost (no persistence): posteriors of {len(before)} models rebuilt "
-          f"from the history database in {took:.1f} s (command included), equal to the lost ones")
+    print(
+        f"\nFAULT Redis lost (no persistence): posteriors of {len(before)} models rebuilt "
+        f"from the history database in {took:.1f} s (command included), equal to the lost ones"
+    )
 
 
 def test_postgres_down_10_s_mid_batch(workdir: Path, private_redis: PrivateRedis) -> None:
@@ -100,20 +111,28 @@ def test_postgres_down_10_s_mid_batch(workdir: Path, private_redis: PrivateRedis
         checked = check_exactly_once(system, batch, ids, max_duplicate_calls=2 * CHUNK)
         assert checked.statuses == {"ok": N}
         assert "history database unavailable" in system.worker_logs()
-        print(f"\nFAULT PostgreSQL stopped for 10 s mid-batch: settled {done - down:.1f} s "
-              f"after the stop, {checked.llm_calls} LLM calls, "
-              f"{checked.duplicate_calls} duplicates")
+        print(
+            f"\nFAULT PostgreSQL stopped for 10 s mid-batch: settled {done - down:.1f} s "
+            f"after the stop, {checked.llm_calls} LLM calls, "
+            f"{checked.duplicate_calls} duplicates"
+        )
     finally:
         system.stop()
         pg.destroy()
 
 
 def test_posterior_redis_unreachable_router_degrades_feedback_waits(
-        workdir: Path, private_redis: PrivateRedis, db_url: str) -> None:
+    workdir: Path, private_redis: PrivateRedis, db_url: str
+) -> None:
     (workdir / "posteriors").mkdir()
     posteriors = PrivateRedis(workdir / "posteriors", persist=True)
-    system = start_system(workdir, posteriors.url, db_url, start=False,
-                          extra_env={"CONDUIT_BROKER__URL": private_redis.url})
+    system = start_system(
+        workdir,
+        posteriors.url,
+        db_url,
+        start=False,
+        extra_env={"CONDUIT_BROKER__URL": private_redis.url},
+    )
     # One router process: it has routed (and cached the posteriors) before Redis goes away.
     system.start_all(concurrency={"route": 1})
     try:
@@ -132,24 +151,30 @@ def test_posterior_redis_unreachable_router_degrades_feedback_waits(
         check_exactly_once(system, first, first_ids, max_duplicate_calls=0)
         checked = check_exactly_once(system, batch, ids, max_duplicate_calls=0)
         assert checked.statuses == {"ok": 2 * N}
-        print(f"\nFAULT posterior Redis down while routing: {N} prompts routed (degraded) and "
-              f"answered in {answered - down:.1f} s without it; feedback applied "
-              f"{done - back:.1f} s after it returned; {checked.llm_calls} LLM calls, "
-              f"{checked.duplicate_calls} duplicates")
+        print(
+            f"\nFAULT posterior Redis down while routing: {N} prompts routed (degraded) and "
+            f"answered in {answered - down:.1f} s without it; feedback applied "
+            f"{done - back:.1f} s after it returned; {checked.llm_calls} LLM calls, "
+            f"{checked.duplicate_calls} duplicates"
+        )
     finally:
         system.stop()
         posteriors.stop()
 
 
 def test_broker_redis_lost_mid_batch_the_sweep_resends_lost_work(
-        workdir: Path, private_redis: PrivateRedis, db_url: str) -> None:
+    workdir: Path, private_redis: PrivateRedis, db_url: str
+) -> None:
     (workdir / "broker").mkdir()
     broker = PrivateRedis(workdir / "broker", persist=False)
     # The sweep re-sends work older than 10 s: sooner than the suite's default, so that the
     # lost work comes back quickly (some live work may be sent twice: duplicate calls).
-    system = start_system(workdir, private_redis.url, db_url,
-                          extra_env={"CONDUIT_BROKER__URL": broker.url,
-                                     "CONDUIT_FEEDBACK__SWEEP_AFTER_S": "10"})
+    system = start_system(
+        workdir,
+        private_redis.url,
+        db_url,
+        extra_env={"CONDUIT_BROKER__URL": broker.url, "CONDUIT_FEEDBACK__SWEEP_AFTER_S": "10"},
+    )
     try:
         batch, ids = system.submit("brokerlost", N)
         system.wait_answered(batch, 100)
@@ -160,10 +185,12 @@ def test_broker_redis_lost_mid_batch_the_sweep_resends_lost_work(
         checked = check_exactly_once(system, batch, ids, max_duplicate_calls=4 * CHUNK)
         assert checked.statuses == {"ok": N}
         assert "re-sent" in system.worker_logs()
-        print(f"\nFAULT broker Redis lost mid-batch (no persistence): the sweep re-sent the lost "
-              f"work; settled {done - lost:.1f} s after the loss, {checked.llm_calls} LLM calls, "
-              f"{checked.duplicate_calls} duplicates, workers restarted after a crash: "
-              f"{system.crashed or 'none'}")
+        print(
+            f"\nFAULT broker Redis lost mid-batch (no persistence): the sweep re-sent the lost "
+            f"work; settled {done - lost:.1f} s after the loss, {checked.llm_calls} LLM calls, "
+            f"{checked.duplicate_calls} duplicates, workers restarted after a crash: "
+            f"{system.crashed or 'none'}"
+        )
     finally:
         system.stop()
         broker.stop()

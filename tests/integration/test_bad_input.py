@@ -27,9 +27,10 @@ GOOD = [{"id": f"g{i}", "prompt": f"good prompt number {i}"} for i in range(6)]
 
 @pytest.fixture
 def client(redis_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    settings = Settings(redis=RedisSettings(url=redis_url, key_prefix=TEST_PREFIX),
-                        database=DatabaseSettings(url=f"sqlite:///{tmp_path / 'h.db'}",
-                                                  retry_for_s=1))
+    settings = Settings(
+        redis=RedisSettings(url=redis_url, key_prefix=TEST_PREFIX),
+        database=DatabaseSettings(url=f"sqlite:///{tmp_path / 'h.db'}", retry_for_s=1),
+    )
     c = ConduitClient(settings)
     yield c
     c.close()
@@ -45,18 +46,21 @@ def _queued(redis_url: str) -> int:
 
 
 def test_a_file_with_every_kind_of_bad_line_keeps_the_good_ones(client, redis_url, tmp_path):
-    lines = [json.dumps(GOOD[0]),
-             "{not json",
-             json.dumps({"id": "x", "prompt": ""}),
-             json.dumps({"id": "y"}),
-             json.dumps({"prompt": 42}),
-             '{"prompt": "a", "constraints": {"max_cost_usd": NaN}}',
-             json.dumps({"prompt": "b" * 40_000}),
-             json.dumps({"prompt": "c", "constraints": {"allowed_models": ["gpt-9"]}}),
-             json.dumps(GOOD[1])]
+    lines = [
+        json.dumps(GOOD[0]),
+        "{not json",
+        json.dumps({"id": "x", "prompt": ""}),
+        json.dumps({"id": "y"}),
+        json.dumps({"prompt": 42}),
+        '{"prompt": "a", "constraints": {"max_cost_usd": NaN}}',
+        json.dumps({"prompt": "b" * 40_000}),
+        json.dumps({"prompt": "c", "constraints": {"allowed_models": ["gpt-9"]}}),
+        json.dumps(GOOD[1]),
+    ]
     src = tmp_path / "batch.jsonl"
-    src.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe not utf-8\n"
-                    + json.dumps(GOOD[2]).encode() + b"\n")
+    src.write_bytes(
+        "\n".join(lines).encode() + b"\n\xff\xfe not utf-8\n" + json.dumps(GOOD[2]).encode() + b"\n"
+    )
     sub = client.submit_file(src, tag="bad")
     reasons = {e.line: str(e) for e in sub.errors}
     assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 8, 10]
@@ -72,8 +76,15 @@ def test_a_file_with_every_kind_of_bad_line_keeps_the_good_ones(client, redis_ur
 
 
 def test_the_python_api_reports_bad_items_by_position(client):
-    items = [GOOD[0], None, 5, {"prompt": "n", "constraints": {"max_cost_usd": math.nan}},
-             {"prompt": "m", "metadata": {"v": math.inf}}, "a bare prompt", GOOD[1]]
+    items = [
+        GOOD[0],
+        None,
+        5,
+        {"prompt": "n", "constraints": {"max_cost_usd": math.nan}},
+        {"prompt": "m", "metadata": {"v": math.inf}},
+        "a bare prompt",
+        GOOD[1],
+    ]
     sub = client.submit(items, tag="api")  # type: ignore[arg-type]
     lines = sorted(e.line for e in sub.errors if e.line is not None)
     assert lines == [2, 3, 4, 5], [str(e) for e in sub.errors]
@@ -89,11 +100,18 @@ def test_an_unreadable_file_is_one_clear_error(client, tmp_path):
 
 
 def test_cli_says_why_it_cannot_read_the_file(client, tmp_path):
-    env = {"CONDUIT_DATABASE__URL": client.settings.database.url,
-           "CONDUIT_REDIS__URL": client.settings.redis.url, "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "producers.cli", "submit",
-                          str(tmp_path / "nope.jsonl")], env=env, capture_output=True, text=True,
-                         timeout=60)
+    env = {
+        "CONDUIT_DATABASE__URL": client.settings.database.url,
+        "CONDUIT_REDIS__URL": client.settings.redis.url,
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "producers.cli", "submit", str(tmp_path / "nope.jsonl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0 and "cannot read" in out.stderr and "No such file" in out.stderr
     assert "Traceback" not in out.stderr
 

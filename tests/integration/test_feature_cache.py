@@ -64,8 +64,9 @@ def test_other_settings_never_reuse_features(redis_url):
 
 def test_unreachable_cache_opens_the_breaker_and_routing_goes_on(redis_url):
     engine, emb = _engine()
-    cache = RedisFeatureCache.from_url("redis://127.0.0.1:9/0", TEST_PREFIX, "sig", ttl_s=60,
-                                       breaker_s=30, timeout_s=0.2)
+    cache = RedisFeatureCache.from_url(
+        "redis://127.0.0.1:9/0", TEST_PREFIX, "sig", ttl_s=60, breaker_s=30, timeout_s=0.2
+    )
     ctx, an = cache.featurize(["p1", "p2"], engine.featurize, engine.dim)
     assert ctx.shape == (2, engine.dim) and len(an) == 2
     assert cache.breaker.is_open

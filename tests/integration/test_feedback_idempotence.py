@@ -38,19 +38,44 @@ def _events() -> tuple[list[FeedbackEvent], list[DecisionRow]]:
     for i in range(N_EVENTS):
         qid = f"q{i % 5}"
         model = MODELS[i % 2]
-        events.append(FeedbackEvent(f"e{i}", qid, model, "explicit" if i % 3 else "implicit",
-                                    float(rng.random()), float(rng.choice([0.0, 0.5, 1.0])),
-                                    is_call=i % 3 == 0, error=i % 4 == 0, latency_ms=10.0 * i,
-                                    in_tokens=i, out_tokens=2 * i, cost_usd=0.001 * i))
+        events.append(
+            FeedbackEvent(
+                f"e{i}",
+                qid,
+                model,
+                "explicit" if i % 3 else "implicit",
+                float(rng.random()),
+                float(rng.choice([0.0, 0.5, 1.0])),
+                is_call=i % 3 == 0,
+                error=i % 4 == 0,
+                latency_ms=10.0 * i,
+                in_tokens=i,
+                out_tokens=2 * i,
+                cost_usd=0.001 * i,
+            )
+        )
     for q in range(5):
-        decisions.append(DecisionRow(f"q{q}", "a", ["a", "b"], list(rng.standard_normal(DIM)),
-                                     {}, "general", 0.5, None, {}))
+        decisions.append(
+            DecisionRow(
+                f"q{q}",
+                "a",
+                ["a", "b"],
+                list(rng.standard_normal(DIM)),
+                {},
+                "general",
+                0.5,
+                None,
+                {},
+            )
+        )
     return events, decisions
 
 
 # One delivery: some event ids, and where its worker died (None: it finished).
-delivery = st.tuples(st.lists(st.integers(0, N_EVENTS - 1), min_size=1, max_size=N_EVENTS),
-                     st.sampled_from([None, "after_claim", "after_apply"]))
+delivery = st.tuples(
+    st.lists(st.integers(0, N_EVENTS - 1), min_size=1, max_size=N_EVENTS),
+    st.sampled_from([None, "after_claim", "after_apply"]),
+)
 
 
 def _deliver(ids: list[str], stop: str | None, history: SqlHistory, store: object) -> None:
@@ -98,8 +123,9 @@ def _assert_equal(read: dict[str, tuple[int, ArmStats]]) -> None:
             assert got.counters[k] == pytest.approx(v, rel=1e-12, abs=1e-12), (model, k)
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(deliveries=st.lists(delivery, max_size=8), rnd=st.randoms(use_true_random=False))
 def test_interleavings_apply_each_event_once_in_memory(deliveries, rnd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     rnd.shuffle(deliveries)
@@ -108,11 +134,15 @@ def test_interleavings_apply_each_event_once_in_memory(deliveries, rnd, tmp_path
     _assert_equal(store.read(list(MODELS), DIM))
 
 
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(deliveries=st.lists(delivery, max_size=8))
-def test_interleavings_apply_each_event_once_in_redis(deliveries, redis_client: redis.Redis,  # type: ignore[no-untyped-def]
-                                                       tmp_path: Path) -> None:
+def test_interleavings_apply_each_event_once_in_redis(
+    deliveries,
+    redis_client: redis.Redis,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     redis_client.flushdb()
     store = RedisPosteriorStore(redis_client, f"{TEST_PREFIX}-{uuid.uuid4().hex[:8]}")
     _run(deliveries, store, tmp_path)

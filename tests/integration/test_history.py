@@ -9,13 +9,20 @@ pytestmark = pytest.mark.integration
 
 
 def _items(*prompts):
-    return [parse_item({"prompt": p}, line=i + 1, max_prompt_chars=1000) for i, p in enumerate(prompts)]
+    return [
+        parse_item({"prompt": p}, line=i + 1, max_prompt_chars=1000) for i, p in enumerate(prompts)
+    ]
 
 
 def _decide(history, qids, model="m"):
-    history.insert_decisions([
-        DecisionRow(q, model, [model], [1.0, 0.5], {model: 0.5}, "other", 0.1, 0.001, {model: 0})
-        for q in qids])
+    history.insert_decisions(
+        [
+            DecisionRow(
+                q, model, [model], [1.0, 0.5], {model: 0.5}, "other", 0.1, 0.001, {model: 0}
+            )
+            for q in qids
+        ]
+    )
 
 
 def test_resubmission_links_known_prompts_instead_of_adding_them(history):
@@ -28,16 +35,22 @@ def test_resubmission_links_known_prompts_instead_of_adding_them(history):
 
 
 def test_decisions_and_results_are_written_once(history):
-    sub = history.submit("b", _items("a", "b"), tag=None, rejected=0, constraints={"lambda_cost": 0.2})
+    sub = history.submit(
+        "b", _items("a", "b"), tag=None, rejected=0, constraints={"lambda_cost": 0.2}
+    )
     qa, qb = sub.new
     rows = history.load_queries([qa, qb])
-    assert [r.prompt for r in rows] == ["a", "b"] and rows[0].batch_constraints == {"lambda_cost": 0.2}
+    assert [r.prompt for r in rows] == ["a", "b"] and rows[0].batch_constraints == {
+        "lambda_cost": 0.2
+    }
     _decide(history, [qa])
     _decide(history, [qa], model="other")  # a redelivered route task: ignored
     assert [r.id for r in history.load_queries([qa, qb])] == [qb]
     execution = history.load_for_execution([qa, qb])
     assert [(e.query_id, e.model) for e in execution] == [(qa, "m")]
-    ev = FeedbackEvent(f"implicit:{qa}:m", qa, "m", "implicit", 1.0, 0.0, is_call=True, cost_usd=0.2)
+    ev = FeedbackEvent(
+        f"implicit:{qa}:m", qa, "m", "implicit", 1.0, 0.0, is_call=True, cost_usd=0.2
+    )
     res = ResultRow(qa, "m", "ok", "answer", 3, 1, 0.2, 10.0, 1, 0)
     assert history.record_results([res], [ev]) == [qa]
     assert history.record_results([res], [ev]) == []

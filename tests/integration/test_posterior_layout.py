@@ -21,8 +21,10 @@ DIM = 4
 def _writer(url: str, w: int) -> None:
     store = RedisPosteriorStore.from_url(url, TEST_PREFIX)
     for k in range(20):
-        evs = [FeedbackEvent(f"e{w}-{k}-{i}", f"q{w}-{k}-{i}", "m", IMPLICIT, 0.5, 1.0,
-                             is_call=True) for i in range(10)]
+        evs = [
+            FeedbackEvent(f"e{w}-{k}-{i}", f"q{w}-{k}-{i}", "m", IMPLICIT, 0.5, 1.0, is_call=True)
+            for i in range(10)
+        ]
         ctx = {e.query_id: np.array([1.0, 0.5, -0.5, 0.25]) for e in evs}
         learn(store, evs, ctx, DIM, f"u{w}-{k}")
         learn(store, evs, ctx, DIM, f"u{w}-{k}")  # redelivered: applied once
@@ -49,8 +51,9 @@ def test_legacy_layout_is_refused_with_advice(redis_url):
     with pytest.raises(StoreUnavailable):
         learn(store, evs, {"q": np.ones(DIM)}, DIM, "u")
     with pytest.raises(redis.ResponseError, match="conduit posteriors --reset"):
-        store.client.evalsha(store._apply.sha, 2, store.posterior_key("m"), "x", 60, DIM,
-                             b"\0" * 8, "1")
+        store.client.evalsha(
+            store._apply.sha, 2, store.posterior_key("m"), "x", 60, DIM, b"\0" * 8, "1"
+        )
 
 
 def test_a_script_missing_from_redis_is_loaded_again(redis_url):

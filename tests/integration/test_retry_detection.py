@@ -24,21 +24,30 @@ def test_user_reasking_marks_the_earlier_answer_once(history, redis_url):
     history.insert_decisions([DecisionRow(first, "m", ["m"], [1.0], {}, "other", 0.1, 0.0, {})])
     history.record_results([ResultRow(first, "m", "ok", "answer")], [])
 
-    again, others = _submit(history, "b2",
-                            {"prompt": "explain how TCP slow start works?", "user": "ann"},
-                            {"prompt": "Explain how TCP slow start works", "user": "bob"})
+    again, others = _submit(
+        history,
+        "b2",
+        {"prompt": "explain how TCP slow start works?", "user": "ann"},
+        {"prompt": "Explain how TCP slow start works", "user": "bob"},
+    )
     ids = detector.detect(history.load_queries([again, others]))
     assert ids == [f"retry:{first}"] and sent == [ids]
     events, _ = history.claim_feedback(ids, "u")
-    assert [(e.query_id, e.model, e.kind, e.reward, e.weight) for e in events] == \
-        [(first, "m", "retry", 0.0, 1.0)]
+    assert [(e.query_id, e.model, e.kind, e.reward, e.weight) for e in events] == [
+        (first, "m", "retry", 0.0, 1.0)
+    ]
     # the same retry seen again (a redelivered task) adds nothing
     assert detector.detect(history.load_queries([again])) == []
 
 
 def test_detection_is_skipped_when_redis_is_unreachable(history):
-    dead = RedisRecentPrompts(redis.Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.3,
-                                                    socket_connect_timeout=0.3), TEST_PREFIX, 60)
+    dead = RedisRecentPrompts(
+        redis.Redis.from_url(
+            "redis://127.0.0.1:1/0", socket_timeout=0.3, socket_connect_timeout=0.3
+        ),
+        TEST_PREFIX,
+        60,
+    )
     detector = RetryDetector(dead, history, 0.9, lambda ids: None)
     (q,) = _submit(history, "b", {"prompt": "hello there", "user": "ann"})
     assert detector.detect(history.load_queries([q])) == []

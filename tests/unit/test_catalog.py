@@ -8,8 +8,13 @@ from conduit_workers.settings import DEFAULT_CATALOG
 
 
 def _model(**kw):
-    base = {"name": "m", "provider": "openai-compatible", "base_url": "http://x/v1",
-            "input_price_per_mtok_usd": 1.0, "output_price_per_mtok_usd": 2.0}
+    base = {
+        "name": "m",
+        "provider": "openai-compatible",
+        "base_url": "http://x/v1",
+        "input_price_per_mtok_usd": 1.0,
+        "output_price_per_mtok_usd": 2.0,
+    }
     base.update(kw)
     return base
 
@@ -24,7 +29,9 @@ def test_shipped_catalog_lists_the_demo_models_and_expands_the_replay_url():
 
 
 def test_cost_is_tokens_times_price_per_million():
-    cat = parse_catalog({"models": [_model(input_price_per_mtok_usd=10, output_price_per_mtok_usd=30)]}, {})
+    cat = parse_catalog(
+        {"models": [_model(input_price_per_mtok_usd=10, output_price_per_mtok_usd=30)]}, {}
+    )
     assert cat.get("m").cost_usd(1_000, 100) == pytest.approx(0.01 + 0.003)
 
 

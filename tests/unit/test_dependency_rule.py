@@ -5,7 +5,8 @@ import sys
 def test_domain_imports_no_infrastructure():
     code = (
         "import sys, conduit_workers.domain.bandit, conduit_workers.domain.policy, "
-        "conduit_workers.domain.features, conduit_workers.domain.items, conduit_workers.domain.rewards, "
+        "conduit_workers.domain.features, conduit_workers.domain.items, "
+        "conduit_workers.domain.rewards, "
         "conduit_workers.domain.catalog\n"
         "bad = sorted({m.split('.')[0] for m in sys.modules} & "
         "{'celery', 'redis', 'sqlalchemy', 'pydantic_ai', 'torch', 'kombu'})\n"

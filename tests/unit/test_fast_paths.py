@@ -22,10 +22,22 @@ def _events(n: int, dim: int, seed: int) -> tuple[list[FeedbackEvent], dict[str,
         qid = f"q{i}"
         if i % 5:  # some events have no context (never routed)
             contexts[qid] = rng.standard_normal(dim)
-        events.append(FeedbackEvent(f"e{i}", qid, f"m{i % 3}", IMPLICIT, float(rng.random()),
-                                    float(i % 4 != 0), is_call=bool(i % 2), error=bool(i % 7 == 0),
-                                    latency_ms=10.0 * i, in_tokens=i, out_tokens=2 * i,
-                                    cost_usd=0.001 * i))
+        events.append(
+            FeedbackEvent(
+                f"e{i}",
+                qid,
+                f"m{i % 3}",
+                IMPLICIT,
+                float(rng.random()),
+                float(i % 4 != 0),
+                is_call=bool(i % 2),
+                error=bool(i % 7 == 0),
+                latency_ms=10.0 * i,
+                in_tokens=i,
+                out_tokens=2 * i,
+                cost_usd=0.001 * i,
+            )
+        )
     return events, contexts
 
 
@@ -40,8 +52,13 @@ def test_vectorised_aggregate_equals_one_event_at_a_time():
             if x is not None:
                 want.add_observation(x, ev.reward, ev.weight)
             if ev.is_call:
-                want.add_call(error=ev.error, latency_ms=ev.latency_ms, in_tokens=ev.in_tokens,
-                              out_tokens=ev.out_tokens, cost_usd=ev.cost_usd)
+                want.add_call(
+                    error=ev.error,
+                    latency_ms=ev.latency_ms,
+                    in_tokens=ev.in_tokens,
+                    out_tokens=ev.out_tokens,
+                    cost_usd=ev.cost_usd,
+                )
         np.testing.assert_allclose(got[model].xx, want.xx, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(got[model].xr, want.xr, rtol=1e-12, atol=1e-12)
         for k, v in want.counters.items():

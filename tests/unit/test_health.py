@@ -49,10 +49,18 @@ def test_a_healthy_model_with_some_failures_stays_closed():
     assert not h.cooling("m", 40.0) and h.cooldowns("m") == 0
 
 
-@pytest.mark.parametrize("args, kwargs", [
-    ((), {}), (("a",), {}), (([1, 2],), {}), ((["ok", ""],), {}), ((["x" * 201],), {}),
-    ((["a"],), {"x": 1}), ((["a"], ["b"]), {}),
-])
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [
+        ((), {}),
+        (("a",), {}),
+        (([1, 2],), {}),
+        ((["ok", ""],), {}),
+        ((["x" * 201],), {}),
+        ((["a"],), {"x": 1}),
+        ((["a"], ["b"]), {}),
+    ],
+)
 def test_task_payloads_must_be_one_list_of_ids(args, kwargs):
     with pytest.raises(InputError):
         check_ids("conduit.router.route_batch", args, kwargs)

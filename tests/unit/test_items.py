@@ -13,14 +13,22 @@ def parse(text: str, **kw):
 
 def test_valid_line_keeps_its_fields_and_ignores_unknown_ones():
     item = parse('{"id": 12, "prompt": "hi", "user": "ann", "metadata": {"k": 1}, "source": "x"}')
-    assert (item.prompt, item.external_id, item.user, item.metadata, item.line) == ("hi", "12", "ann", {"k": 1}, 7)
+    assert (item.prompt, item.external_id, item.user, item.metadata, item.line) == (
+        "hi",
+        "12",
+        "ann",
+        {"k": 1},
+        7,
+    )
 
 
 def test_same_item_gives_same_key_and_id_takes_precedence_over_text():
     assert parse('{"prompt": "a"}').key == parse('{"prompt": "a"}').key
     assert parse('{"prompt": "a"}').key != parse('{"prompt": "b"}').key
     assert parse('{"prompt": "a", "user": "u"}').key != parse('{"prompt": "a"}').key
-    assert parse('{"id": "q1", "prompt": "a"}').key == parse('{"id": "q1", "prompt": "a again"}').key
+    assert (
+        parse('{"id": "q1", "prompt": "a"}').key == parse('{"id": "q1", "prompt": "a again"}').key
+    )
     assert idempotency_key("a", None, None) != idempotency_key("a", "a", None)
 
 
@@ -60,7 +68,10 @@ def test_error_messages_never_echo_the_prompt():
 
 def test_unknown_model_in_constraint_is_rejected():
     with pytest.raises(InputError, match=r"unknown model\(s\) \['gpt-9'\]"):
-        parse('{"prompt": "a", "constraints": {"allowed_models": ["gpt-9"]}}', known_models=frozenset({"m"}))
+        parse(
+            '{"prompt": "a", "constraints": {"allowed_models": ["gpt-9"]}}',
+            known_models=frozenset({"m"}),
+        )
 
 
 def test_query_constraints_override_batch_constraints():

@@ -157,15 +157,32 @@ def test_failing_model_loses_traffic_through_its_success_rate():
     from conduit_workers.engine import RoutingEngine
     from conduit_workers.settings import RouterSettings
 
-    catalog = parse_catalog({"reference": "big", "models": [
-        {"name": "big", "provider": "openai-compatible", "base_url": "http://x/v1",
-         "input_price_per_mtok_usd": 10.0, "output_price_per_mtok_usd": 30.0},
-        {"name": "cheap", "provider": "openai-compatible", "base_url": "http://x/v1",
-         "input_price_per_mtok_usd": 0.1, "output_price_per_mtok_usd": 0.1},
-    ]}, {})
+    catalog = parse_catalog(
+        {
+            "reference": "big",
+            "models": [
+                {
+                    "name": "big",
+                    "provider": "openai-compatible",
+                    "base_url": "http://x/v1",
+                    "input_price_per_mtok_usd": 10.0,
+                    "output_price_per_mtok_usd": 30.0,
+                },
+                {
+                    "name": "cheap",
+                    "provider": "openai-compatible",
+                    "base_url": "http://x/v1",
+                    "input_price_per_mtok_usd": 0.1,
+                    "output_price_per_mtok_usd": 0.1,
+                },
+            ],
+        },
+        {},
+    )
     store = InMemoryPosteriorStore()
-    engine = RoutingEngine(catalog, store, HashingEmbedder(), RouterSettings(seed=3),
-                           rng=np.random.default_rng(3))
+    engine = RoutingEngine(
+        catalog, store, HashingEmbedder(), RouterSettings(seed=3), rng=np.random.default_rng(3)
+    )
     prompts = [f"question number {i} about a topic" for i in range(40)]
     from conduit_workers.domain.constraints import Constraints
 

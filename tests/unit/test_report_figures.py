@@ -133,8 +133,13 @@ def test_report_files_are_written_and_a_rerun_replaces_them(tmp_path):
     empty = build_report(day, [], [], {}, CATALOG)
     folder = write_report(empty, tmp_path)
     (folder / "stale.txt").write_text("from an earlier run")
-    busy = build_report(day, [_r("q1", "small", "small"), _r("q2", "big", "big", minutes=5)],
-                        [], {"q1": 1.0}, CATALOG)
+    busy = build_report(
+        day,
+        [_r("q1", "small", "small"), _r("q2", "big", "big", minutes=5)],
+        [],
+        {"q1": 1.0},
+        CATALOG,
+    )
     assert write_report(busy, tmp_path) == folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2026-11-24"]
     assert not (folder / "stale.txt").exists()

@@ -14,13 +14,16 @@ def test_near_identical_prompts_are_close_and_different_ones_are_not():
 
 
 def test_find_retries_picks_the_most_similar_earlier_prompt_above_threshold():
-    v = {k: text_vector(t) for k, t in {
-        "old1": "explain the french revolution in detail please",
-        "old2": "explain the french revolution in detail",
-        "other": "write a haiku about autumn leaves",
-        "new": "explain the french revolution in detail",
-        "new2": "write a haiku about autumn leaves",
-    }.items()}
+    v = {
+        k: text_vector(t)
+        for k, t in {
+            "old1": "explain the french revolution in detail please",
+            "old2": "explain the french revolution in detail",
+            "other": "write a haiku about autumn leaves",
+            "new": "explain the french revolution in detail",
+            "new2": "write a haiku about autumn leaves",
+        }.items()
+    }
     recent = [("old1", v["old1"]), ("old2", v["old2"])]
     found = find_retries([("new", v["new"]), ("new2", v["new2"])], recent, threshold=0.9)
     assert [(r.query_id, r.earlier_query_id) for r in found] == [("new", "old2")]

@@ -5,7 +5,12 @@ import pytest
 
 from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, Update
 from conduit_workers.domain.bandit import ArmStats
-from conduit_workers.domain.rewards import FeedbackEvent, aggregate, implicit_reward, validate_rating
+from conduit_workers.domain.rewards import (
+    FeedbackEvent,
+    aggregate,
+    implicit_reward,
+    validate_rating,
+)
 from conduit_workers.errors import InputError, PermanentProviderError, RetryableProviderError
 
 
@@ -14,9 +19,22 @@ def test_aggregate_sums_observations_and_calls_per_model():
     events = [
         FeedbackEvent("e1", "q1", "a", "explicit", 1.0, 1.0),
         FeedbackEvent("e2", "q2", "a", "explicit", 0.0, 1.0),
-        FeedbackEvent("e3", "q1", "b", "implicit", 0.0, 1.0, is_call=True, error=True, latency_ms=30),
-        FeedbackEvent("e4", "q3", "b", "implicit", 1.0, 0.0, is_call=True, latency_ms=10,
-                      in_tokens=5, out_tokens=2, cost_usd=0.5),
+        FeedbackEvent(
+            "e3", "q1", "b", "implicit", 0.0, 1.0, is_call=True, error=True, latency_ms=30
+        ),
+        FeedbackEvent(
+            "e4",
+            "q3",
+            "b",
+            "implicit",
+            1.0,
+            0.0,
+            is_call=True,
+            latency_ms=10,
+            in_tokens=5,
+            out_tokens=2,
+            cost_usd=0.5,
+        ),
     ]
     out = aggregate(events, {"q1": x1, "q2": x2}, dim=2)
     a, b = out["a"], out["b"]
@@ -56,8 +74,11 @@ def test_in_memory_store_applies_an_update_id_once():
 
 
 def test_errors_pickle_with_their_fields():
-    for err in (RetryableProviderError("timeout", "m", None, 2.0),
-                PermanentProviderError("HTTP 401", "m", 401), InputError("bad", 3)):
+    for err in (
+        RetryableProviderError("timeout", "m", None, 2.0),
+        PermanentProviderError("HTTP 401", "m", 401),
+        InputError("bad", 3),
+    ):
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and str(back) == str(err)
     assert RetryableProviderError("HTTP 429", "m", 429).error_class == "http_429"
