@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery.schedules import crontab
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from conduit_workers.settings import Settings
 

@@ -59,7 +59,7 @@ class ConduitCollector(Collector):
         h = self.client.history
 
         def q(stmt: Any) -> list[Any]:
-            return h._tx(lambda conn: conn.execute(stmt).all())
+            return h._tx(lambda conn: list(conn.execute(stmt).all()))
 
         out: list[Metric] = []
         m = CounterMetricFamily("conduit_routing_decisions", "Routing decisions", labels=["model"])

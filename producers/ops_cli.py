@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
 import json
 import os
 import socket
@@ -86,7 +91,7 @@ def db() -> None:
     """The history database's schema (Alembic migrations)."""
 
 
-def _engine():  # type: ignore[no-untyped-def]
+def _engine() -> Engine:
     from sqlalchemy import create_engine
 
     from conduit_workers.settings import get_settings

@@ -75,7 +75,8 @@ class HashingEmbedder:
                 h = int.from_bytes(hashlib.blake2b(tok.encode(), digest_size=8).digest(), "little")
                 out[i, h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
         norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
+        unit: Array = out / np.maximum(norms, 1e-12)
+        return unit
 
 
 def make_embedder(name: str, static_model_dir: Path | None = None) -> Embedder:

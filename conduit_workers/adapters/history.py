@@ -188,7 +188,8 @@ class SqlHistory:
                 ],
             )
             seen: set[str] = set()
-            rows, links = [], []
+            rows: list[dict[str, Any]] = []
+            links: list[dict[str, Any]] = []
             for it in items:
                 if it.key in seen:
                     continue
@@ -207,10 +208,10 @@ class SqlHistory:
                             "created_at": ts,
                         }
                     )
-            for chunk in _chunks(rows, 500):
-                conn.execute(self._insert_ignore(t.queries), chunk)
-            for chunk in _chunks(links, 1000):
-                conn.execute(self._insert_ignore(t.batch_items), chunk)
+            for row_chunk in _chunks(rows, 500):
+                conn.execute(self._insert_ignore(t.queries), row_chunk)
+            for link_chunk in _chunks(links, 1000):
+                conn.execute(self._insert_ignore(t.batch_items), link_chunk)
             return SubmitOutcome(
                 batch_id, [k for k in keys if k not in existing], [k for k in keys if k in existing]
             )
@@ -353,7 +354,7 @@ class SqlHistory:
         q, d, r = t.queries, t.decisions, t.results
 
         def run(conn: Connection) -> list[ExecutionRow]:
-            out = []
+            out: list[ExecutionRow] = []
             for chunk in _chunks(list(query_ids), 1000):
                 stmt = (
                     select(q.c.id, q.c.prompt, d.c.model, d.c.ranked, d.c.reason)

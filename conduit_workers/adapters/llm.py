@@ -150,9 +150,11 @@ def classify(exc: BaseException, model_name: str) -> ProviderError:
             pai_exc.ContentFilterError,
         ),
     ):
-        code = {pai_exc.ModelAuthenticationError: 401, pai_exc.ModelNotFoundError: 404}.get(
-            type(exc)
-        )
+        codes: dict[type[BaseException], int] = {
+            pai_exc.ModelAuthenticationError: 401,
+            pai_exc.ModelNotFoundError: 404,
+        }
+        code = codes.get(type(exc))
         hint = _PERMANENT_HINT.get(code or 0, "permanent error (not retried)")
         return PermanentProviderError(f"{type(exc).__name__}: {hint}", model_name, code)
     if isinstance(exc, pai_exc.ModelTimeoutError):
@@ -201,7 +203,7 @@ class LLMClient:
 
     async def complete(self, model_name: str, prompt: str) -> Completion:
         spec = self.catalog.get(model_name)
-        settings: dict[str, Any] = {"timeout": self.timeout_s}
+        settings = ModelSettings(timeout=self.timeout_s)
         max_tokens = self.max_output_tokens or spec.max_output_tokens
         if max_tokens:
             settings["max_tokens"] = max_tokens
@@ -212,8 +214,8 @@ class LLMClient:
                 model_request(
                     model,
                     [ModelRequest.user_text_prompt(prompt)],
-                    model_settings=ModelSettings(**settings),
-                ),  # type: ignore[typeddict-item]
+                    model_settings=settings,
+                ),
                 timeout=self.timeout_s + 1.0,
             )
         except ConfigError:
