@@ -91,30 +91,28 @@ class ConduitClient:
         self, items: Iterable[dict[str, Any] | str]
     ) -> tuple[list[PromptItem], list[InputError]]:
         """Validate items (dicts, or bare prompt strings); errors are numbered from 1."""
-        limits = self.settings.limits
-        known = frozenset(self.catalog.names)
+        rules = self._validation_rules()
         ok, errors = [], []
         for n, obj in enumerate(items, start=1):
             try:
                 if isinstance(obj, str):
                     obj = {"prompt": obj}
-                ok.append(
-                    parse_item(
-                        obj,
-                        line=n,
-                        max_prompt_chars=limits.max_prompt_chars,
-                        max_metadata_chars=limits.max_metadata_chars,
-                        known_models=known,
-                    )
-                )
+                ok.append(parse_item(obj, line=n, **rules))
             except InputError as exc:
                 errors.append(exc)
         return ok, errors
 
+    def _validation_rules(self) -> dict[str, Any]:
+        limits = self.settings.limits
+        return {
+            "max_prompt_chars": limits.max_prompt_chars,
+            "max_metadata_chars": limits.max_metadata_chars,
+            "known_models": frozenset(self.catalog.names),
+        }
+
     def parse_file(self, path: Path) -> tuple[list[PromptItem], list[InputError]]:
         """Validate a JSONL file line by line; a bad line is reported, the rest go on."""
-        limits = self.settings.limits
-        known = frozenset(self.catalog.names)
+        rules = self._validation_rules()
         ok, errors = [], []
         try:
             fh = open(path, "rb")  # noqa: SIM115
@@ -132,15 +130,7 @@ class ConduitClient:
                     if not text.strip():
                         continue
                     try:
-                        ok.append(
-                            parse_line(
-                                text,
-                                line=n,
-                                max_prompt_chars=limits.max_prompt_chars,
-                                max_metadata_chars=limits.max_metadata_chars,
-                                known_models=known,
-                            )
-                        )
+                        ok.append(parse_line(text, line=n, **rules))
                     except InputError as exc:
                         errors.append(exc)
             except OSError as exc:  # e.g. a directory, or an I/O error half-way

@@ -69,6 +69,35 @@ async def _admit(health: ModelHealth | None, model: str, force: bool, budget_s: 
         waited += wait_s
 
 
+def _call_event(
+    query_id: str,
+    model: str,
+    fb: FeedbackSettings,
+    *,
+    error: bool,
+    latency_ms: float,
+    in_tokens: int = 0,
+    out_tokens: int = 0,
+    cost_usd: float = 0.0,
+) -> FeedbackEvent:
+    """The implicit feedback event of one model's call(s) for a prompt."""
+    reward, weight = implicit_reward(error, fb.success_reward, fb.success_weight, fb.error_weight)
+    return FeedbackEvent(
+        implicit_event_id(query_id, model),
+        query_id,
+        model,
+        IMPLICIT,
+        reward,
+        weight,
+        is_call=True,
+        error=error,
+        latency_ms=latency_ms,
+        in_tokens=in_tokens,
+        out_tokens=out_tokens,
+        cost_usd=cost_usd,
+    )
+
+
 async def _execute_one(
     row: ExecutionRow,
     llm: LLMClient,
@@ -138,18 +167,12 @@ async def _execute_one(
             if health is not None:
                 health.record(model, time.monotonic(), ok=True)
             cost = catalog.get(model).cost_usd(done.input_tokens, done.output_tokens)
-            reward, weight = implicit_reward(
-                False, fb.success_reward, fb.success_weight, fb.error_weight
-            )
             events.append(
-                FeedbackEvent(
-                    implicit_event_id(row.query_id, model),
+                _call_event(
                     row.query_id,
                     model,
-                    IMPLICIT,
-                    reward,
-                    weight,
-                    is_call=True,
+                    fb,
+                    error=False,
                     latency_ms=done.latency_ms,
                     in_tokens=done.input_tokens,
                     out_tokens=done.output_tokens,
@@ -174,22 +197,7 @@ async def _execute_one(
         if model_attempts == 0:
             continue  # skipped (cooling down or rate limited): no call, no evidence
         tried += 1
-        reward, weight = implicit_reward(
-            True, fb.success_reward, fb.success_weight, fb.error_weight
-        )
-        events.append(
-            FeedbackEvent(
-                implicit_event_id(row.query_id, model),
-                row.query_id,
-                model,
-                IMPLICIT,
-                reward,
-                weight,
-                is_call=True,
-                error=True,
-                latency_ms=spent_ms,
-            )
-        )
+        events.append(_call_event(row.query_id, model, fb, error=True, latency_ms=spent_ms))
         if isinstance(last_error, PermanentProviderError):
             break
     assert last_error is not None
