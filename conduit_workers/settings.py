@@ -145,7 +145,10 @@ class ExecutorSettings(BaseModel):
     http_client: str = "aiohttp"
     max_connections: int = 256  # of that shared client (kept alive too: no reconnect churn)
     timeout_s: float = 60.0
-    max_attempts: int = 3  # per model, for retryable errors (429, 5xx, timeout)
+    max_attempts: int = 3  # per model, for retryable errors (5xx, timeout; 429 without a gate)
+    # How long a prompt waits for a rate-limited model (429 + Retry-After) before falling back.
+    # 429s behind the shared gate are not failures: they do not use up ``max_attempts``.
+    rate_limit_wait_s: float = 30.0
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
     max_output_tokens: int | None = None

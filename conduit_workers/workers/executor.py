@@ -1,8 +1,10 @@
 """Executor role: call the chosen model for each prompt of a chunk, concurrently.
 
-Per prompt: retry retryable errors (429, 5xx, timeout, empty answer) with exponential backoff
-and the provider's Retry-After; after ``max_attempts`` fall back to the next-best model of the
-decision; a permanent error (400, 401, …) ends the prompt with that error. The result and one
+Per prompt: retry retryable errors (5xx, timeout, empty answer) with exponential backoff; after
+``max_attempts`` fall back to the next-best model of the decision. A 429 closes the model's gate
+for its Retry-After (one probe goes first when it reopens): the prompt waits there, using up no
+attempt, for up to ``rate_limit_wait_s`` before it falls back. A permanent error (400, 401, …)
+ends the prompt with that error. The result and one
 implicit feedback event per model tried are stored in one transaction, once per prompt.
 """
 
@@ -127,9 +129,14 @@ async def _execute_one(
     for k, model in enumerate(models):
         spent_ms = 0.0
         model_attempts = 0
+        failures = 0  # retryable failures; a 429 under the shared gate is not one
         force = k == len(models) - 1 and not events
-        for attempt in range(1, ex.max_attempts + 1):
-            if not await _admit(health, model, force, ex.backoff_max_s):
+        # A rate-limited model is waited for (at its gate) for up to ``rate_limit_wait_s``
+        # before the prompt falls back: a provider's 429 window must not end prompts in error.
+        wait_until = time.monotonic() + ex.rate_limit_wait_s
+        while failures < ex.max_attempts:
+            budget_s = max(0.0, wait_until - time.monotonic())
+            if not await _admit(health, model, force, budget_s):
                 break
             attempts += 1
             model_attempts += 1
@@ -145,6 +152,7 @@ async def _execute_one(
                 spent_ms += (time.perf_counter() - started) * 1000
                 last_error = err
                 permanent = isinstance(err, PermanentProviderError)
+                gated = health is not None and err.status_code == 429
                 if health is not None:
                     # A permanent error (400, 401) is the request's or the key's fault, not a
                     # sign that the model is down.
@@ -157,11 +165,14 @@ async def _execute_one(
                     )
                 if permanent or (health is not None and health.cooling(model, time.monotonic())):
                     break
-                if attempt < ex.max_attempts and not (
-                    health is not None and err.status_code == 429
-                ):
+                if gated:
+                    if time.monotonic() >= wait_until:
+                        break
+                    continue  # the gate holds every call to the model until Retry-After
+                failures += 1
+                if failures < ex.max_attempts:
                     await asyncio.sleep(
-                        backoff_s(attempt, ex.backoff_base_s, ex.backoff_max_s, err.retry_after_s)
+                        backoff_s(failures, ex.backoff_base_s, ex.backoff_max_s, err.retry_after_s)
                     )
                 continue
             if health is not None:
