@@ -10,7 +10,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.history import SqlHistory, now
+from conduit_workers.adapters.history import SqlHistory
+from conduit_workers.adapters.history_base import now
 from conduit_workers.domain.report import CallFact, ResultFact
 from conduit_workers.domain.rewards import EXPLICIT
 
