@@ -60,6 +60,7 @@ from .profile import (
     parse_profiles,
     profiles_to_json,
 )
+from .requests import BadRequest, parse_chat
 
 __all__ = ["build_app", "run", "serve"]
 
@@ -164,75 +165,6 @@ def _model_object(model: str) -> dict[str, Any]:
     return {"id": model, "object": "model", "created": 0, "owned_by": _OWNER}
 
 
-# --- Request parsing -----------------------------------------------------------------------------
-
-
-class _BadRequest(Exception):
-    """A request the server answers with 400; the message says what to fix."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-def _content_text(content: Any, where: str) -> str:
-    """Text of a message content: a string, or the text parts of a list of parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts: list[str] = []
-        for part in content:
-            if not isinstance(part, dict):
-                raise _BadRequest(f"{where} parts must be objects", where)
-            if part.get("type") == "text":
-                text = part.get("text")
-                if not isinstance(text, str):
-                    raise _BadRequest(f"{where} text parts need a string 'text'", where)
-                texts.append(text)
-        return "\n".join(texts)
-    raise _BadRequest(f"{where} must be a string or a list of content parts", where)
-
-
-def _max_tokens(body: dict[str, Any]) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _BadRequest(f"{name} must be an integer >= 1, got {value!r}", name)
-        return value
-    return None
-
-
-def _parse_chat(body: Any) -> tuple[str, str, int, int | None]:
-    """Return (model, prompt, characters of all messages, output cap) of a chat request."""
-    if not isinstance(body, dict):
-        raise _BadRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _BadRequest("'model' is required and must be a string", "model")
-    if body.get("stream"):
-        raise _BadRequest("stream=true is not supported by the replay server", "stream")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _BadRequest("'messages' must be a non-empty list", "messages")
-    prompt: str | None = None
-    n_chars = 0
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _BadRequest(f"messages[{i}] must be an object", "messages")
-        text = _content_text(message.get("content"), f"messages[{i}].content")
-        n_chars += len(text)
-        if message.get("role") == "user":
-            prompt = text
-    if prompt is None:
-        raise _BadRequest("'messages' holds no message with role 'user'", "messages")
-    return model, prompt, n_chars, _max_tokens(body)
-
-
 # --- Handlers ------------------------------------------------------------------------------------
 
 
@@ -288,11 +220,11 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         return denied
     try:
         body = json.loads(await request.read())
-        model, prompt, n_chars, cap = _parse_chat(body)
+        model, prompt, n_chars, cap = parse_chat(body)
     except (ValueError, UnicodeDecodeError):
         state.stats.statuses[400] += 1
         return _error(400, "the request body is not valid JSON")
-    except _BadRequest as exc:
+    except BadRequest as exc:
         state.stats.statuses[400] += 1
         return _error(400, exc.message, param=exc.param)
     if model not in state.models:
