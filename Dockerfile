@@ -11,4 +11,6 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
 RUN useradd --create-home conduit \
  && mkdir -p /var/lib/conduit/reports /var/lib/conduit/beat && chown -R conduit /var/lib/conduit
 USER conduit
+# The router's default embedder: MiniLM distilled to static vectors, once, at build time.
+RUN python -m conduit_workers.adapters.static_embedder /home/conduit/.cache/conduit/minilm-static
 CMD ["celery", "-A", "conduit_workers", "worker", "-Q", "route,execute,feedback"]

