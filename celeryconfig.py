@@ -4,7 +4,10 @@
 
 - JSON only: a pickle body on the broker is refused, never executed.
 - Late acks, prefetch 1, reject on worker loss: a task whose worker dies is delivered again
-  (at least once); every task is idempotent by key, so its effects still happen once.
+  (at least once); every task is idempotent by key, so its effects still happen once. Prefetch
+  is per pool slot: the executor's threads pool (``ops/worker executor``, ``-c 4``) reserves 4
+  tasks, which run at once over the process's shared LLM call slots, so the next chunk's calls
+  start as soon as a slot frees instead of after the slowest call of the previous chunk.
 - No result backend: results live in the history database, keyed by prompt.
 """
 

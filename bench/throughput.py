@@ -8,14 +8,18 @@ against the fastest bare asyncio client, on the same replay server at the same c
    keep-alive connection pool, request bodies pre-encoded (the fastest client we could write;
    see bench/README.md). It runs before and after Conduit; the ratio uses the faster run.
 3. Conduit: router, executor and feedback workers start as subprocesses on their own queues
-   (``celery -A conduit_workers worker -Q …``) with ``executor procs × executor.concurrency =
-   --concurrency`` calls in flight; a warm-up batch (not timed) loads the embedder and the
-   clients; then the producer API submits the N prompts and the clock stops when every prompt
-   has a result *and* every feedback event has been applied to the Redis posteriors.
+   (``celery -A conduit_workers worker -Q …``) with the pools of ``ops/worker``: one executor
+   process, threads pool, ``executor.concurrency = --concurrency`` calls in flight shared by
+   its tasks (``--executor-pool prefork``: ``procs × concurrency/procs``); a warm-up batch
+   (not timed) loads the embedder and the clients; then the producer API submits the N prompts
+   and the clock stops when every prompt has a result *and* every feedback event has been
+   applied to the Redis posteriors.
 
 Prints both throughputs and their ratio, p50/p95 of each prompt's completion time since the
 batch was submitted and of its LLM call, each stage's busy time and CPU, and each worker
-role's RSS and start-up. Uses Redis db 12 (broker and posteriors, own key prefix) and an
+role's RSS and start-up, and the mean LLM calls in flight on each side (the sum of the call
+latencies over the run's wall time: below ``--concurrency`` when slots sit idle between chunks).
+Uses Redis db 12 (broker and posteriors, own key prefix) and an
 SQLite file of its own (``--database`` for PostgreSQL); cleans up after itself.
 """
 
@@ -279,7 +283,11 @@ def conduit_run(
         admin.dispose()
         sep = "&" if "?" in db_url else "?"
         db_url = f"{db_url}{sep}options={quote(f'-csearch_path={schema}')}"
-    exec_conc = max(1, a.concurrency // a.executor_procs)
+    # prefork: one task per pool process, each with its share of the calls; threads: one
+    # process whose pool threads run tasks at once over its shared call slots.
+    exec_conc = (
+        a.concurrency if a.executor_pool == "threads" else max(1, a.concurrency // a.executor_procs)
+    )
     env = dict(
         os.environ,
         CONDUIT_REDIS__URL=a.redis,
@@ -463,10 +471,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--executor-procs",
         type=int,
-        default=2,
-        help="executor processes; each runs concurrency/procs calls at once",
+        default=4,
+        help="executor pool size (-c): threads of the one process with --executor-pool threads "
+        "(tasks at once over --concurrency call slots), else processes with concurrency/procs "
+        "calls each",
     )
-    ap.add_argument("--executor-pool", default="prefork")
+    ap.add_argument("--executor-pool", default="threads", help="threads (ops/worker) or prefork")
     ap.add_argument("--feedback-pool", default="prefork")
     ap.add_argument(
         "--router-chunk",
@@ -487,7 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"default feedback.chunk_size ({d.feedback.chunk_size})",
     )
     ap.add_argument("--embedder", default="static", help="router embedder (static)")
-    ap.add_argument("--http-client", default=d.executor.http_client, help="aiohttp or httpx2")
+    ap.add_argument(
+        "--http-client",
+        default=d.executor.http_client,
+        choices=["direct", "aiohttp", "httpx2"],
+        help="direct (no SDK), aiohttp or httpx2 (the OpenAI SDK over that transport)",
+    )
     ap.add_argument("--redis", default=REDIS_URL)
     ap.add_argument("--database", default=None, help="history URL (default: a fresh SQLite file)")
     ap.add_argument("--timeout", type=float, default=600.0)
@@ -538,6 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "conduit_p50_call_ms": round(pct(c["call_ms"], 0.5), 1),
         "conduit_p95_call_ms": round(pct(c["call_ms"], 0.95), 1),
         "baseline_cpu_ms_per_call": round(b["cpu_s"] / a.prompts * 1000, 3),
+        # Little's law: mean calls in flight = total call time / wall time.
+        "baseline_mean_in_flight": round(sum(b["call_ms"]) / 1000 / b["wall_s"], 1),
+        "conduit_mean_in_flight": round(sum(c["call_ms"]) / 1000 / c["drained_s"], 1),
         "baseline_errors": b["errors"],
         "conduit_errors": c["errors"],
         **{
@@ -567,13 +585,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  bare asyncio (aiohttp):   {out['baseline_per_s']:8.1f} prompts/s  (runs "
         f"{out['baseline_runs_per_s']}), done p50 {out['baseline_p50_done_s']} s / p95 "
         f"{out['baseline_p95_done_s']} s, call p50 {out['baseline_p50_call_ms']} ms / p95 "
-        f"{out['baseline_p95_call_ms']} ms, {out['baseline_cpu_ms_per_call']} ms CPU/call"
+        f"{out['baseline_p95_call_ms']} ms, {out['baseline_cpu_ms_per_call']} ms CPU/call, "
+        f"{out['baseline_mean_in_flight']} calls in flight"
     )
     print(
         f"  conduit (all 4 stages):   {out['conduit_per_s']:8.1f} prompts/s  (answered at "
         f"{out['conduit_answered_per_s']}/s), done p50 {out['conduit_p50_done_s']} s / p95 "
         f"{out['conduit_p95_done_s']} s, call p50 {out['conduit_p50_call_ms']} ms / p95 "
-        f"{out['conduit_p95_call_ms']} ms"
+        f"{out['conduit_p95_call_ms']} ms, {out['conduit_mean_in_flight']} calls in flight"
     )
     print(
         f"  ratio {out['ratio']:.3f}   submit {c['submit_s']} s, all answered "

@@ -43,6 +43,8 @@ class BrokerSettings(BaseModel):
     restore_interval_s: int = 10
     # Hard time limit of one task (the pool child is killed and the task redelivered); None = none.
     # Keep it below ``visibility_timeout_s``: a stuck task is then retried before it is duplicated.
+    # Prefork pools only: the executor's threads pool cannot kill a task (its calls are bounded
+    # by ``executor.timeout_s`` instead).
     task_time_limit_s: int | None = None
     # A task delivered more often than this (e.g. it kills its worker each time) is moved to the
     # dead-letter table instead of running again; so is a task that fails for good.
@@ -76,9 +78,10 @@ class RouterSettings(BaseModel):
     """Contextual Thompson Sampling and the utility it maximises."""
 
     chunk_size: int = 64  # prompts per route task
-    embedder: str = (
-        "minilm"  # "minilm" (sentence-transformers), "static" (distilled, no torch) or "hashing"
-    )
+    # "static" (MiniLM distilled to word-piece vectors: no torch, ~100x MiniLM's rate, CS@95
+    # within 1 point of it on every shared data file; bench/README.md), "minilm"
+    # (sentence-transformers, torch) or "hashing" (no weights; tests).
+    embedder: str = "static"
     # The "static" embedder's folder; distilled from the shipped MiniLM weights on first use.
     static_model_dir: Path = Path.home() / ".cache" / "conduit" / "minilm-static"
     # Redis cache of query features (context + analysis) by prompt hash; 0 turns it off.
@@ -106,12 +109,15 @@ class RouterSettings(BaseModel):
     prior_quality: float = 0.5  # prior mean quality of a model never observed
     prior_strength: float = 2.0  # prior precision of the per-model mean (pseudo-observations)
     # Prior precision of the contextual weights (pseudo-observations per direction): with many
-    # models and short streams, a model's own contextual correction must earn its keep.
-    context_prior_strength: float = 16.0
+    # models and short streams, a model's own contextual correction must earn its keep. 48
+    # rather than 16 (with exploration 0.3): a weak per-prompt correction estimated from a few
+    # hundred ratings moved decisions more by its noise than by its signal (bench/README.md).
+    context_prior_strength: float = 48.0
     noise_sd: float = 0.5  # observation noise of a [0, 1] quality
     # Scale of the posterior samples. Below 1 trades a little of Thompson Sampling's worst-case
-    # guarantee for much less exploration of 10+ models on streams of a few thousand prompts.
-    exploration: float = 0.5
+    # guarantee for much less exploration of 10+ models on streams of a few thousand prompts
+    # (0.3: measured over 6 seeds and the whole λ sweep on the shared files, bench/README.md).
+    exploration: float = 0.3
     peer_prior: bool = True  # centre each model's prior on all models' pooled estimate
     price_prior: bool = (
         False  # shift each model's prior by its price tier (slope fitted across models)
@@ -119,10 +125,11 @@ class RouterSettings(BaseModel):
     estimate_noise: bool = (
         True  # estimate the noise of a quality from the rewards seen (≤ noise_sd)
     )
-    # Forgetting factor per unit of a model's new evidence (1.0 = none): 0.998 keeps a memory of
-    # ~500 ratings per model, so a model whose quality drops loses its share within a bounded
-    # number of prompts while stationary streams lose little.
-    decay: float = 0.998
+    # Forgetting factor per unit of a model's new evidence (1.0 = none): 0.999 keeps a memory of
+    # ~1,000 ratings per model, so a model whose quality drops loses its share within a bounded
+    # number of prompts while the contextual weights (36 per model) keep enough ratings to be
+    # learnt (0.998, ~500 ratings, cost MMLU ~2 points of CS@95).
+    decay: float = 0.999
     default_output_tokens: int = 256  # expected output of a model never observed
     default_latency_ms: float = 1_000.0  # expected latency of a model never observed
     seed: int | None = None  # fixed seed for reproducible sampling (tests, benchmarks)
@@ -138,11 +145,14 @@ class RetrySettings(BaseModel):
 
 class ExecutorSettings(BaseModel):
     chunk_size: int = 64  # prompts per execute task, called concurrently inside it
-    concurrency: int = 32  # LLM calls in flight per execute task
-    # HTTP client under the OpenAI SDK (OpenAI and OpenAI-compatible models), one per process
-    # shared by all models: "aiohttp" (the SDK's aiohttp transport, ~2x less CPU per call than
-    # its default under concurrency; bench/README.md) or "httpx2" (the SDK's default).
-    http_client: str = "aiohttp"
+    # LLM calls in flight per executor process, shared by the tasks its pool threads run at
+    # once (``ops/worker executor``: threads pool); with prefork, per pool process.
+    concurrency: int = 64
+    # How OpenAI and OpenAI-compatible models are called, one HTTP client per process shared by
+    # all models: "direct" (Conduit's pydantic-ai model posting chat completions with aiohttp,
+    # no SDK: text prompts only, ~0.3 ms of CPU per call), "aiohttp" (pydantic-ai's OpenAI
+    # model, the SDK over its aiohttp transport, ~1.3-3 ms) or "httpx2" (the SDK's default, ~5 ms).
+    http_client: str = "direct"
     max_connections: int = 256  # of that shared client (kept alive too: no reconnect churn)
     timeout_s: float = 60.0
     max_attempts: int = 3  # per model, for retryable errors (5xx, timeout; 429 without a gate)

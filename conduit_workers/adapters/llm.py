@@ -47,21 +47,29 @@ class Completion:
     latency_ms: float
 
 
-def shared_http_client(kind: str, max_connections: int, timeout_s: float) -> Any:
-    """The HTTP client that every OpenAI(-compatible) model of a process shares, or None for
-    the SDK's default (one httpx2 client per model).
+HTTP_CLIENTS = ("direct", "aiohttp", "httpx2")
 
-    ``aiohttp`` is the OpenAI SDK's own aiohttp transport: under 32-64 concurrent calls
-    httpx2's connection pool scans every connection on each request (``has_expired``), which
-    made the SDK's default cost ~5 ms of CPU per call against ~3 ms with aiohttp.
+
+def shared_http_client(kind: str, max_connections: int, timeout_s: float) -> Any:
+    """The HTTP client that every OpenAI(-compatible) model of a process shares: a
+    :class:`SharedSession` for ``direct``, the SDK's aiohttp transport for ``aiohttp``, None
+    for the SDK's default (one httpx2 client per model).
+
+    ``direct`` (:class:`OpenAIHttpModel`, no SDK) costs ~0.3 ms of CPU per call; the SDK
+    ~1.3-3 ms over aiohttp and ~5 ms over httpx2, whose connection pool scans every connection
+    on each request (``has_expired``) under 32-64 concurrent calls (bench/README.md).
     """
-    if kind == "httpx2":
-        return None
-    if kind != "aiohttp":
+    if kind not in HTTP_CLIENTS:
         raise ConfigError(
             f"unknown HTTP client {kind!r} (CONDUIT_EXECUTOR__HTTP_CLIENT): "
-            "use 'aiohttp' or 'httpx2'"
+            f"use one of {', '.join(HTTP_CLIENTS)}"
         )
+    if kind == "httpx2":
+        return None
+    if kind == "direct":
+        from conduit_workers.adapters.openai_http import SharedSession
+
+        return SharedSession(max_connections)
     import httpx2
     from openai import DefaultAioHttpClient
 
@@ -76,15 +84,29 @@ def shared_http_client(kind: str, max_connections: int, timeout_s: float) -> Any
 def build_model(
     spec: ModelSpec, env: Mapping[str, str], timeout_s: float, http_client: Any = None
 ) -> Model:
-    """A pydantic-ai model for a catalog entry; the API key is read from ``spec.api_key_env``."""
+    """A pydantic-ai model for a catalog entry; the API key is read from ``spec.api_key_env``.
+
+    OpenAI(-compatible) models get :class:`OpenAIHttpModel` when ``http_client`` is a
+    :class:`SharedSession` (``direct``), else pydantic-ai's SDK-backed ``OpenAIChatModel``.
+    """
     key = env.get(spec.api_key_env) if spec.api_key_env else None
     if spec.provider in ("openai", "openai-compatible"):
+        from conduit_workers.adapters.openai_http import OpenAIHttpModel, SharedSession
+
+        if spec.provider == "openai" and not key:
+            raise ConfigError(f"model {spec.name}: set {spec.api_key_env} to its OpenAI API key")
+        if isinstance(http_client, SharedSession):
+            return OpenAIHttpModel(
+                spec.provider_model,
+                session=http_client,
+                base_url=spec.base_url,
+                api_key=key or "not-needed",
+                timeout_s=timeout_s,
+            )
         from openai import AsyncOpenAI
         from pydantic_ai.models.openai import OpenAIChatModel
         from pydantic_ai.providers.openai import OpenAIProvider
 
-        if spec.provider == "openai" and not key:
-            raise ConfigError(f"model {spec.name}: set {spec.api_key_env} to its OpenAI API key")
         client = AsyncOpenAI(
             base_url=spec.base_url,
             api_key=key or "not-needed",
@@ -176,7 +198,7 @@ class LLMClient:
         timeout_s: float = 60.0,
         max_output_tokens: int | None = None,
         *,
-        http_client: str = "aiohttp",
+        http_client: str = "direct",
         max_connections: int = 256,
     ) -> None:
         self.catalog = catalog

@@ -234,9 +234,13 @@ async def handle_execute_batch(
     ex: ExecutorSettings,
     fb: FeedbackSettings,
     health: ModelHealth | None = None,
+    slots: asyncio.Semaphore | None = None,
 ) -> tuple[list[ResultRow], list[str]]:
     """Answer the chunk's decided, unanswered prompts; return the new results and the ids of
     the feedback events to apply.
+
+    ``slots`` bounds the calls in flight; the process's (shared by the chunks that its pool
+    threads run at once) or, when None, ``ex.concurrency`` for this chunk alone.
 
     The event ids are all the chunk's events not applied yet, not only the new ones: a task
     redelivered after its worker died between storing results and sending them to the
@@ -246,7 +250,7 @@ async def handle_execute_batch(
     results: list[ResultRow] = []
     fresh: set[str] = set()
     if rows:
-        sem = asyncio.Semaphore(ex.concurrency)
+        sem = slots if slots is not None else asyncio.Semaphore(ex.concurrency)
 
         async def bounded(row: ExecutionRow) -> _Outcome:
             async with sem:
@@ -260,6 +264,13 @@ async def handle_execute_batch(
     return [r for r in results if r.query_id in fresh], pending
 
 
+async def _cooling(health: ModelHealth, names: Sequence[str]) -> dict[str, float]:
+    """Seconds of cooldown left per cooling model; read on the event loop, the only thread
+    that changes the breakers."""
+    now = time.monotonic()
+    return {m: s for m in names if (s := health.cooling_for(m, now)) > 0}
+
+
 @app.task(name="conduit.executor.execute_batch", bind=True, max_retries=20)
 def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Call the LLMs for a chunk of routed prompts.
@@ -267,7 +278,9 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
     Queue ``execute``. Payload: prompt ids only. Idempotent: prompts with a result are skipped
     and a result is stored at most once per prompt (a duplicate call after a crash is
     possible, a duplicate bill is not). Provider retries happen inside; the task itself
-    retries only while the history database is unavailable.
+    retries only while the history database is unavailable. Thread-safe: under the threads
+    pool several run at once on the process's one event loop and share its
+    ``executor.concurrency`` call slots.
     """
     rt = runtime()
     started = time.perf_counter()
@@ -281,6 +294,7 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
                 rt.settings.executor,
                 rt.settings.feedback,
                 rt.health,
+                rt.call_slots,
             )
         )
     except StoreUnavailable as exc:
@@ -288,8 +302,7 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
     for chunk in chunks(event_ids, rt.settings.feedback.chunk_size):
         app.send_task("conduit.feedback.apply_events", args=[chunk], queue="feedback")
     if rt.health is not None:
-        now = time.monotonic()
-        cooling = {m: s for m in rt.catalog.names if (s := rt.health.cooling_for(m, now)) > 0}
+        cooling = rt.run(_cooling(rt.health, rt.catalog.names))
         cooldowns.publish(rt.store.client, rt.settings.redis.key_prefix, cooling)
     status = Counter(r.status for r in results)
     log.info(

@@ -3,13 +3,19 @@
 Built lazily in the process that uses it (after Celery's fork), keyed by pid, so no
 connection or event loop crosses a fork. The router's encoder is loaded only by processes that
 route: executor and feedback processes never import torch.
+
+Thread-safe: under the executor's ``threads`` pool several tasks of one process share the
+runtime, its one event loop (in a thread of its own), its HTTP connections and its LLM call
+slots (``executor.concurrency`` per process), so that a task waiting for the slowest call of
+its chunk never leaves slots idle while other chunks wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine
+import threading
+from collections.abc import Callable, Coroutine
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -21,37 +27,57 @@ from conduit_workers.domain.health import ModelHealth
 from conduit_workers.settings import Settings, environ, get_settings
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _once(build: Callable[[R], T]) -> cached_property[T]:
+    """A cached property built once per runtime even when pool threads ask at the same time
+    (two SQL engines or HTTP clients would waste connections; two migrations, time)."""
+    name = build.__name__
+
+    def get(self: R) -> T:
+        with self._lock:  # type: ignore[attr-defined]
+            if name not in self.__dict__:
+                self.__dict__[name] = build(self)
+            value: T = self.__dict__[name]
+            return value
+
+    get.__name__ = name
+    get.__doc__ = build.__doc__
+    return cached_property(get)
 
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pid = os.getpid()
+        self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
 
-    @cached_property
+    @_once
     def catalog(self) -> Catalog:
         return load_catalog(self.settings.catalog.path, environ())
 
-    @cached_property
+    @_once
     def history(self) -> SqlHistory:
         db = self.settings.database
         history = SqlHistory(db.url, retry_for_s=db.retry_for_s, pool_size=db.pool_size)
         history.create_schema(auto_migrate=db.auto_migrate)
         return history
 
-    @cached_property
+    @_once
     def store(self) -> RedisPosteriorStore:
         r = self.settings.redis
         return RedisPosteriorStore.from_url(
             r.url, r.key_prefix, r.applied_ttl_s, r.socket_timeout_s
         )
 
-    @cached_property
+    @_once
     def dead_letters(self) -> RedisDeadLetters:
         return RedisDeadLetters(self.store.client, self.settings.redis.key_prefix)
 
-    @cached_property
+    @_once
     def engine(self) -> Any:
         from conduit_workers.adapters.embedder import make_embedder
         from conduit_workers.engine import RoutingEngine
@@ -61,7 +87,7 @@ class Runtime:
             self.catalog, self.store, make_embedder(rs.embedder, rs.static_model_dir), rs
         )
 
-    @cached_property
+    @_once
     def feature_cache(self) -> Any:
         """The router's cache of query features, or None when turned off (ttl 0)."""
         rs = self.settings.router
@@ -86,7 +112,7 @@ class Runtime:
             rs.feature_cache_timeout_s,
         )
 
-    @cached_property
+    @_once
     def llm(self) -> Any:
         from conduit_workers.adapters.llm import LLMClient
 
@@ -100,7 +126,7 @@ class Runtime:
             max_connections=ex.max_connections,
         )
 
-    @cached_property
+    @_once
     def health(self) -> ModelHealth:
         """Rate-limit gate and circuit breaker per model, shared by this process's calls."""
         ex = self.settings.executor
@@ -108,21 +134,49 @@ class Runtime:
             ex.health_window, ex.cooldown_min_calls, ex.cooldown_failure_rate, ex.cooldown_s
         )
 
+    @_once
+    def call_slots(self) -> asyncio.Semaphore:
+        """LLM calls in flight in this process, over all its tasks (``executor.concurrency``)."""
+        return asyncio.Semaphore(self.settings.executor.concurrency)
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed() or not self._loop.is_running():
+                loop = asyncio.new_event_loop()
+                started = threading.Event()
+                loop.call_soon(started.set)
+                thread = threading.Thread(
+                    target=loop.run_forever, name="conduit-event-loop", daemon=True
+                )
+                thread.start()
+                started.wait()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
+
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on this process's one event loop (clients stay bound to it)."""
-        if self._loop is None or self._loop.is_closed():
-            self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(coro)
+        """Run a coroutine on this process's one event loop and wait for it; callable from any
+        thread (clients, connections and call slots stay bound to that loop)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._event_loop())
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. a soft time limit in the waiting thread: stop the calls too
+            raise
 
 
 _runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
 
 
 def runtime() -> Runtime:
     global _runtime
-    if _runtime is None or _runtime.pid != os.getpid():
-        _runtime = Runtime(get_settings())
-    return _runtime
+    rt = _runtime
+    if rt is None or rt.pid != os.getpid():
+        with _runtime_lock:
+            if _runtime is None or _runtime.pid != os.getpid():
+                _runtime = Runtime(get_settings())
+            rt = _runtime
+    return rt
 
 
 def chunks(seq: list[T], n: int) -> list[list[T]]:

@@ -32,6 +32,7 @@ from producers.local import Proc, start_replay_server, start_worker, wait_worker
 from tests.conftest import SAMPLE, TEST_PREFIX
 
 ROLES = ("route", "execute", "feedback")
+POOLS = {"execute": "threads"}  # as ops/worker runs each role
 VISIBILITY_TIMEOUT_S = 12
 RESTORE_INTERVAL_S = 2
 TASK_TIME_LIMIT_S = 10
@@ -79,7 +80,11 @@ class FaultSystem:
 
     # -- processes ------------------------------------------------------------------------
 
-    def start_worker(self, role: str, wait: bool = True, concurrency: int = 2) -> Proc:
+    def start_worker(
+        self, role: str, wait: bool = True, concurrency: int = 2, pool: str | None = None
+    ) -> Proc:
+        """One worker for the role's queue, with the pool of ``ops/worker`` (the executor's
+        is threads: ``concurrency`` tasks at once over its shared call slots) unless ``pool``."""
         self.restarts += 1
         proc = start_worker(
             [role],
@@ -87,6 +92,7 @@ class FaultSystem:
             self.workdir / f"worker-{role}-{self.restarts}.log",
             concurrency=concurrency,
             name=f"fault-{role}",
+            pool=pool or POOLS.get(role, "prefork"),
         )
         self.workers[role] = proc
         if wait:

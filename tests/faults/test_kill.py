@@ -22,6 +22,10 @@ def _report(name: str, recovery_s: float, checked) -> None:  # type: ignore[no-u
 
 
 def test_kill_executor_pool_child(system: FaultSystem) -> None:
+    # Pool children are prefork's (`ops/worker executor -P prefork`); the default threads
+    # pool has none, its whole-worker kill is the next test.
+    system.kill_worker("execute")
+    system.start_worker("execute", pool="prefork")
     batch, ids = system.submit("kchild", N)
     system.wait_answered(batch, 100)
     # A child between two tasks dies without losing one: kill again until one was mid-task.
@@ -45,7 +49,7 @@ def test_kill_whole_executor_worker(system: FaultSystem) -> None:
     killed = time.monotonic()
     system.start_worker("execute")  # what a supervisor (systemd, compose restart:) does
     done = system.wait_settled(batch)
-    # Both pool processes were mid-task: up to two chunks' calls are made again.
+    # Both pool threads were mid-task: up to two chunks' calls are made again.
     checked = check_exactly_once(system, batch, ids, max_duplicate_calls=2 * CHUNK)
     assert checked.statuses == {"ok": N}
     _report("whole executor worker kill -9", done - killed, checked)

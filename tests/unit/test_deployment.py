@@ -112,7 +112,8 @@ def test_environment_names_are_settings_or_catalog_variables():
         (
             "worker",
             ["executor", "-c", "8"],
-            "celery -A conduit_workers worker -Q execute -c 2 -n executor@%h --loglevel INFO -c 8",
+            "celery -A conduit_workers worker -Q execute -P threads -c 4 -n executor@%h "
+            "--loglevel INFO -c 8",
         ),
         ("worker", ["feedback"], "-Q feedback "),
         ("worker", ["reports"], "-Q reports "),

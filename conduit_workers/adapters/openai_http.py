@@ -1,0 +1,260 @@
+"""A pydantic-ai model for OpenAI(-compatible) chat completions, posted with aiohttp.
+
+``OpenAIHttpModel`` is a real :class:`pydantic_ai.models.Model` (called through
+``pydantic_ai.direct.model_request`` like every other provider's), for the one shape the executor
+sends: text messages in, one text answer out, no tools, no streaming. It skips the OpenAI SDK,
+whose request-parameter transformation and httpx-style request and response objects cost
+1-3 ms of CPU per call under concurrency, more than the rest of an executor's work
+(bench/README.md, "Pipeline throughput"). Anything it cannot send (tools, images, native
+structured output) is refused with a :class:`~pydantic_ai.exceptions.UserError` naming the way
+out: the SDK-backed model (``CONDUIT_EXECUTOR__HTTP_CLIENT=aiohttp``).
+
+Errors are pydantic-ai's, as its OpenAI model raises them: an HTTP status ≥ 400 is a
+:class:`~pydantic_ai.exceptions.ModelHTTPError` of the status's category (with the response
+headers, so ``retry_after`` comes from ``Retry-After``), a transport failure a
+:class:`~pydantic_ai.exceptions.ModelConnectionError` (``ModelTimeoutError`` for a timeout), a
+200 without an answer an :class:`~pydantic_ai.exceptions.UnexpectedModelBehavior`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from pydantic_ai import exceptions as pai_exc
+from pydantic_ai.messages import (
+    InstructionPart,
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    SystemPromptPart,
+    TextPart,
+    UserPromptPart,
+)
+from pydantic_ai.models import Model, ModelRequestParameters
+from pydantic_ai.settings import ModelSettings
+from pydantic_ai.usage import RequestUsage
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+_SDK_HINT = "use the SDK-backed model instead (CONDUIT_EXECUTOR__HTTP_CLIENT=aiohttp)"
+# ModelSettings keys sent as the chat-completions field of the same name (``stop_sequences``
+# is renamed); others (timeout) are applied here, the rest are not supported by this model.
+_BODY_SETTINGS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+)
+_FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
+
+
+def http_error(status: int, model_name: str, body: object, headers: Mapping[str, str]) -> Exception:
+    """The pydantic-ai error for an HTTP error status, in the category pydantic-ai's OpenAI
+    model would give it (``except ModelHTTPError`` and ``except ModelRateLimitError`` both
+    catch a 429)."""
+    err = body.get("error") if isinstance(body, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    etype = err.get("type") if isinstance(err, dict) else None
+    code = code if isinstance(code, str) else None
+    category: Any
+    if status == 429 and code != "insufficient_quota":
+        category = pai_exc.ModelRateLimitError
+    elif status == 402 or code == "insufficient_quota":
+        category = pai_exc.ModelQuotaExceededError
+    elif status in (401, 403):
+        category = pai_exc.ModelAuthenticationError
+    elif status == 404 or code == "model_not_found":
+        category = pai_exc.ModelNotFoundError
+    elif code == "context_length_exceeded":
+        category = pai_exc.ModelContextWindowExceededError
+    elif status in (400, 413, 422):
+        category = pai_exc.ModelRequestRejectedError
+    elif status == 529:
+        category = pai_exc.ModelOverloadedError
+    elif status == 503:
+        category = pai_exc.ModelUnavailableError
+    elif status >= 500:
+        category = pai_exc.ModelServerError
+    else:
+        category = None
+    return pai_exc.ModelHTTPError.for_category(
+        category,
+        status_code=status,
+        model_name=model_name,
+        body=body,
+        headers=dict(headers),
+        provider_error_code=code,
+        provider_error_type=etype if isinstance(etype, str) else None,
+    )
+
+
+class SharedSession:
+    """One aiohttp session (keep-alive connection pool) for every model of a process; made on
+    first use, inside the event loop that then owns it."""
+
+    def __init__(self, max_connections: int = 256) -> None:
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections, limit_per_host=self.max_connections
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                json_serialize=json.dumps,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _messages(
+    messages: list[ModelMessage], instructions: str | None, model_name: str
+) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    if instructions:
+        out.append({"role": "system", "content": instructions})
+    for message in messages:
+        if isinstance(message, ModelRequest):
+            for part in message.parts:
+                if isinstance(part, SystemPromptPart):
+                    out.append({"role": "system", "content": part.content})
+                elif isinstance(part, UserPromptPart) and isinstance(part.content, str):
+                    out.append({"role": "user", "content": part.content})
+                else:
+                    raise pai_exc.UserError(
+                        f"{model_name}: {type(part).__name__} with non-text content is not "
+                        f"supported by OpenAIHttpModel; {_SDK_HINT}"
+                    )
+        elif isinstance(message, ModelResponse):
+            text = "".join(p.content for p in message.parts if isinstance(p, TextPart))
+            out.append({"role": "assistant", "content": text})
+    return out
+
+
+class OpenAIHttpModel(Model):
+    """Chat completions of one model at an OpenAI(-compatible) endpoint, without the SDK."""
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        session: SharedSession,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        settings: ModelSettings | None = None,
+    ) -> None:
+        super().__init__(settings=settings)
+        self._model_name = model_name
+        self._base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
+        self._url = self._base_url + "/chat/completions"
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._session = session
+        self._timeout_s = timeout_s
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def system(self) -> str:
+        return "openai"
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def _body(
+        self,
+        messages: list[ModelMessage],
+        settings: ModelSettings | None,
+        params: ModelRequestParameters,
+    ) -> dict[str, Any]:
+        if params.function_tools or params.output_tools or params.native_tools:
+            raise pai_exc.UserError(
+                f"{self._model_name}: tools are not supported by OpenAIHttpModel; {_SDK_HINT}"
+            )
+        if params.output_mode == "native":
+            raise pai_exc.UserError(
+                f"{self._model_name}: native structured output is not supported by "
+                f"OpenAIHttpModel; {_SDK_HINT}"
+            )
+        parts: list[InstructionPart] = self._get_instruction_parts(messages, params) or []
+        instructions = InstructionPart.join(parts) if parts else None
+        body: dict[str, Any] = {
+            "model": self._model_name,
+            "messages": _messages(messages, instructions, self._model_name),
+        }
+        s: Mapping[str, Any] = settings or {}
+        for key in _BODY_SETTINGS:
+            if s.get(key) is not None:
+                body[key] = s[key]
+        if s.get("stop_sequences"):
+            body["stop"] = s["stop_sequences"]
+        return body
+
+    async def request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        settings, params = self.prepare_request(model_settings, model_request_parameters)
+        body = self._body(messages, settings, params)
+        timeout = (settings or {}).get("timeout", self._timeout_s)
+        total = timeout if isinstance(timeout, int | float) else self._timeout_s
+        try:
+            async with self._session.get().post(
+                self._url,
+                data=json.dumps(body),
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=total),
+            ) as resp:
+                raw = await resp.read()
+                status, headers = resp.status, resp.headers
+        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors
+            raise pai_exc.ModelTimeoutError(self._model_name, "request timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise pai_exc.ModelConnectionError(
+                self._model_name, f"connection error ({type(exc).__name__})"
+            ) from exc
+        try:
+            data: Any = json.loads(raw) if raw else None
+        except ValueError:
+            data = None
+        if status >= 400:
+            raise http_error(status, self._model_name, data, headers) from None
+        try:
+            choice = data["choices"][0]
+            content = choice["message"].get("content") or ""
+            usage = data.get("usage") or {}
+        except (TypeError, KeyError, IndexError, AttributeError):
+            raise pai_exc.UnexpectedModelBehavior(
+                f"{self._model_name}: the response has no choices (HTTP {status})"
+            ) from None
+        return ModelResponse(
+            parts=[TextPart(content)] if content else [],
+            usage=RequestUsage(
+                input_tokens=int(usage.get("prompt_tokens") or 0),
+                output_tokens=int(usage.get("completion_tokens") or 0),
+            ),
+            model_name=data.get("model") or self._model_name,
+            provider_name="openai",
+            provider_url=self._base_url,
+            provider_response_id=data.get("id"),
+            finish_reason=_FINISH.get(choice.get("finish_reason") or "", None),  # type: ignore[arg-type]
+        )

@@ -1,0 +1,180 @@
+"""OpenAIHttpModel: Conduit's SDK-free pydantic-ai model for OpenAI-compatible chat completions.
+
+Against a local aiohttp server (no real LLM): the request it sends, the response it reads, and
+that every failure reaches the executor as the same retryable or permanent error as through the
+SDK-backed model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from pydantic_ai import exceptions as pai_exc
+from pydantic_ai.direct import model_request
+from pydantic_ai.messages import ModelRequest
+from pydantic_ai.models import ModelRequestParameters
+from pydantic_ai.tools import ToolDefinition
+
+from conduit_workers.adapters.llm import LLMClient, classify
+from conduit_workers.adapters.openai_http import OpenAIHttpModel, SharedSession
+from conduit_workers.domain.catalog import load_catalog
+from conduit_workers.errors import PermanentProviderError, RetryableProviderError
+from conduit_workers.settings import DEFAULT_CATALOG
+
+PROMPT = "SECRET-PROMPT what is 2 + 2?"
+OK = {
+    "id": "chatcmpl-1",
+    "model": "m",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 1},
+}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _serve(handler: Handler, body: Callable[[str], Awaitable[Any]]) -> Any:
+    """Run ``body(base_url)`` against a local server answering every POST with ``handler``."""
+
+    async def main() -> Any:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            return await body(f"http://127.0.0.1:{port}/v1")
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(main())
+
+
+def _answer(status: int, payload: Any, headers: dict[str, str] | None = None) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response(payload, status=status, headers=headers)
+
+    return handler
+
+
+async def _call(base_url: str, **kw: Any) -> Any:
+    session = SharedSession()
+    model = OpenAIHttpModel("m", session=session, base_url=base_url, api_key="k", **kw)
+    try:
+        return await model_request(
+            model, [ModelRequest.user_text_prompt(PROMPT)], model_settings={"max_tokens": 5}
+        )
+    finally:
+        await session.close()
+
+
+def test_request_body_and_response_through_pydantic_ai() -> None:
+    seen: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen["body"] = await request.json()
+        seen["auth"] = request.headers.get("Authorization")
+        return web.json_response(OK)
+
+    response = _serve(handler, _call)
+    assert seen["body"] == {
+        "model": "m",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": 5,
+    }
+    assert seen["auth"] == "Bearer k"
+    assert response.text == "4"
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (7, 1)
+    assert response.provider_response_id == "chatcmpl-1"
+    assert response.finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "status,headers,category,retryable,retry_after",
+    [
+        (429, {"Retry-After": "3"}, pai_exc.ModelRateLimitError, True, 3.0),
+        (500, None, pai_exc.ModelServerError, True, None),
+        (503, None, pai_exc.ModelUnavailableError, True, None),
+        (400, None, pai_exc.ModelRequestRejectedError, False, None),
+        (401, None, pai_exc.ModelAuthenticationError, False, None),
+        (404, None, pai_exc.ModelNotFoundError, False, None),
+    ],
+)
+def test_http_errors_are_pydantic_ai_categories_and_classify_as_before(
+    status: int,
+    headers: dict[str, str] | None,
+    category: type[Exception],
+    retryable: bool,
+    retry_after: float | None,
+) -> None:
+    body = {"error": {"message": f"echo: {PROMPT}", "type": "x"}}
+    with pytest.raises(pai_exc.ModelHTTPError) as info:
+        _serve(_answer(status, body, headers), _call)
+    exc = info.value
+    assert isinstance(exc, category)
+    assert exc.status_code == status
+    err = classify(exc, "m")
+    assert isinstance(err, RetryableProviderError if retryable else PermanentProviderError)
+    assert err.status_code == status
+    assert err.retry_after_s == retry_after
+    assert "SECRET" not in str(err)  # a provider body may echo the prompt: never in the message
+
+
+def test_a_200_without_choices_is_retryable() -> None:
+    with pytest.raises(pai_exc.UnexpectedModelBehavior) as info:
+        _serve(_answer(200, {"object": "error"}), _call)
+    assert isinstance(classify(info.value, "m"), RetryableProviderError)
+
+
+def test_timeout_and_refused_connection_are_retryable() -> None:
+    async def hang(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(5)
+        return web.json_response(OK)
+
+    with pytest.raises(pai_exc.ModelTimeoutError) as timeout:
+        _serve(hang, lambda url: _call(url, timeout_s=0.2))
+    err = classify(timeout.value, "m")
+    assert isinstance(err, RetryableProviderError) and "timeout" in str(err)
+
+    with pytest.raises(pai_exc.ModelConnectionError) as refused:
+        asyncio.run(_call("http://127.0.0.1:9/v1"))
+    assert isinstance(classify(refused.value, "m"), RetryableProviderError)
+
+
+def test_tools_are_refused_with_the_way_out() -> None:
+    async def body(url: str) -> Any:
+        model = OpenAIHttpModel("m", session=SharedSession(), base_url=url)
+        params = ModelRequestParameters(
+            function_tools=[ToolDefinition(name="f", parameters_json_schema={"type": "object"})]
+        )
+        return await model.request([ModelRequest.user_text_prompt("x")], None, params)
+
+    with pytest.raises(pai_exc.UserError, match="HTTP_CLIENT=aiohttp"):
+        _serve(_answer(200, OK), body)
+
+
+def test_llm_client_uses_it_by_default_with_one_session_for_all_models() -> None:
+    env = {"CONDUIT_REPLAY_URL": "http://127.0.0.1:9/v1"}
+    catalog = load_catalog(DEFAULT_CATALOG, env)
+    a, b = list(catalog.names)[:2]
+    client = LLMClient(catalog, env)
+    ma, mb = client.model(a), client.model(b)
+    assert isinstance(ma, OpenAIHttpModel) and isinstance(mb, OpenAIHttpModel)
+    assert ma._session is mb._session
+
+    async def body(url: str) -> Any:
+        served = load_catalog(DEFAULT_CATALOG, {"CONDUIT_REPLAY_URL": url})
+        llm = LLMClient(served, {})
+        try:
+            return await llm.complete(a, PROMPT)
+        finally:
+            await llm._http.close()
+
+    done = _serve(_answer(200, OK), body)
+    assert (done.text, done.input_tokens, done.output_tokens) == ("4", 7, 1)
