@@ -466,7 +466,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="withhold the favoured cheaper model until mid-stream",
     )
-    ap.add_argument("--embedder", choices=("minilm", "static", "hashing"), default="minilm")
+    default_embedder = RouterSettings().embedder
+    ap.add_argument(
+        "--embedder",
+        choices=("minilm", "static", "hashing"),
+        default=default_embedder,
+        help=f"prompt embedder (default {default_embedder!r}, the production RouterSettings "
+        "default; outputs for other embedders get a -<embedder> suffix)",
+    )
     ap.add_argument("--no-baselines", action="store_true", help="the router's sweep only")
     ap.add_argument(
         "--set",
@@ -640,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tag = (
         f"{ds.name}"
-        + (f"-{args.embedder}" if args.embedder != "minilm" else "")
+        + (f"-{args.embedder}" if args.embedder != default_embedder else "")
         + (f"-limit{args.limit}" if args.limit else "")
         + (f"-seed{args.seed}" if args.seed else "")
     )

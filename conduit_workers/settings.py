@@ -78,9 +78,9 @@ class RouterSettings(BaseModel):
     """Contextual Thompson Sampling and the utility it maximises."""
 
     chunk_size: int = 64  # prompts per route task
-    # "static" (MiniLM distilled to word-piece vectors: no torch, ~100x MiniLM's rate, CS@95
-    # within 1 point of it on every shared data file; bench/README.md), "minilm"
-    # (sentence-transformers, torch) or "hashing" (no weights; tests).
+    # "static" (MiniLM distilled to word-piece vectors: no torch, ~100x MiniLM's rate; CS@95
+    # 3-7 points below it on MMLU, within seed noise on the other shared files; bench/README.md),
+    # "minilm" (sentence-transformers, torch) or "hashing" (no weights; tests).
     embedder: str = "static"
     # The "static" embedder's folder; distilled from the shipped MiniLM weights on first use.
     static_model_dir: Path = Path.home() / ".cache" / "conduit" / "minilm-static"
