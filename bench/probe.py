@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.datasets import Dataset, cached_embedder, catalog_for, load
-from bench.quality import Stream, _NullStore, featurize
+from bench.streaming import Stream, _NullStore, featurize
 from conduit_workers.domain.bandit import Array
 from conduit_workers.engine import RoutingEngine
 from conduit_workers.settings import RouterSettings

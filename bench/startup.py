@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from bench.throughput import rss_mb, torch_loaded
+    from bench.procstats import rss_mb, torch_loaded
     from producers.local import Proc, start_worker
 
     ap = argparse.ArgumentParser(prog="python -m bench.startup", description=__doc__)
