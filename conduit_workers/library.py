@@ -38,11 +38,9 @@ from conduit_workers.domain.catalog import Catalog, load_catalog
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.rewards import (
     EXPLICIT,
-    IMPLICIT,
     FeedbackEvent,
+    call_event,
     explicit_event_id,
-    implicit_event_id,
-    implicit_reward,
     validate_rating,
 )
 from conduit_workers.engine import RoutingEngine, update_id_for
@@ -183,19 +181,11 @@ class Router:
         """What calling the model did (implicit feedback): an error counts as poor quality;
         latency and tokens feed the expected latency and cost."""
         qid, chosen = self._target(decision, model)
-        fb = self.settings.feedback
-        reward, weight = implicit_reward(
-            error, fb.success_reward, fb.success_weight, fb.error_weight
-        )
         cost = 0.0 if error else self.catalog.get(chosen).cost_usd(input_tokens, output_tokens)
-        event = FeedbackEvent(
-            implicit_event_id(qid, chosen),
+        event = call_event(
             qid,
             chosen,
-            IMPLICIT,
-            reward,
-            weight,
-            is_call=True,
+            self.settings.feedback.call_weights,
             error=error,
             latency_ms=latency_ms,
             in_tokens=input_tokens,

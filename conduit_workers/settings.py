@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conduit_workers.domain.features import N_CHEAP
+from conduit_workers.domain.rewards import CallWeights
 
 DEFAULT_CATALOG = Path(__file__).parent / "data" / "catalog.toml"
 
@@ -189,6 +190,11 @@ class FeedbackSettings(BaseModel):
     # it twice is harmless, it only costs duplicate calls).
     sweep_interval_s: float = 300.0
     sweep_after_s: float = 7200.0
+
+    @property
+    def call_weights(self) -> CallWeights:
+        """How a call's outcome counts as quality evidence (see the three fields above)."""
+        return CallWeights(self.success_reward, self.success_weight, self.error_weight)
 
 
 class ReportSettings(BaseModel):

@@ -55,6 +55,48 @@ def implicit_reward(
     return success_reward, success_weight
 
 
+@dataclass(frozen=True)
+class CallWeights:
+    """How a call's outcome counts as quality evidence: reward and weight of a success, weight
+    of a failure (whose reward is 0)."""
+
+    success_reward: float = 1.0
+    success_weight: float = 0.0
+    error_weight: float = 0.0
+
+
+def call_event(
+    query_id: str,
+    model: str,
+    weights: CallWeights,
+    *,
+    error: bool,
+    latency_ms: float,
+    in_tokens: int = 0,
+    out_tokens: int = 0,
+    cost_usd: float = 0.0,
+) -> FeedbackEvent:
+    """The implicit feedback event of a model's call(s) for a prompt (one per prompt and model:
+    its id makes a repeat a no-op)."""
+    reward, weight = implicit_reward(
+        error, weights.success_reward, weights.success_weight, weights.error_weight
+    )
+    return FeedbackEvent(
+        implicit_event_id(query_id, model),
+        query_id,
+        model,
+        IMPLICIT,
+        reward,
+        weight,
+        is_call=True,
+        error=error,
+        latency_ms=latency_ms,
+        in_tokens=in_tokens,
+        out_tokens=out_tokens,
+        cost_usd=cost_usd,
+    )
+
+
 def validate_rating(rating: float) -> float:
     if (
         isinstance(rating, bool)

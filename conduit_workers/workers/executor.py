@@ -24,12 +24,7 @@ from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.celery_app import app
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.health import Admit, ModelHealth
-from conduit_workers.domain.rewards import (
-    IMPLICIT,
-    FeedbackEvent,
-    implicit_event_id,
-    implicit_reward,
-)
+from conduit_workers.domain.rewards import FeedbackEvent, call_event
 from conduit_workers.errors import PermanentProviderError, ProviderError, StoreUnavailable
 from conduit_workers.settings import ExecutorSettings, FeedbackSettings
 from conduit_workers.workers.runtime import chunks, runtime
@@ -69,35 +64,6 @@ async def _admit(health: ModelHealth | None, model: str, force: bool, budget_s: 
             return False
         await asyncio.sleep(wait_s)
         waited += wait_s
-
-
-def _call_event(
-    query_id: str,
-    model: str,
-    fb: FeedbackSettings,
-    *,
-    error: bool,
-    latency_ms: float,
-    in_tokens: int = 0,
-    out_tokens: int = 0,
-    cost_usd: float = 0.0,
-) -> FeedbackEvent:
-    """The implicit feedback event of one model's call(s) for a prompt."""
-    reward, weight = implicit_reward(error, fb.success_reward, fb.success_weight, fb.error_weight)
-    return FeedbackEvent(
-        implicit_event_id(query_id, model),
-        query_id,
-        model,
-        IMPLICIT,
-        reward,
-        weight,
-        is_call=True,
-        error=error,
-        latency_ms=latency_ms,
-        in_tokens=in_tokens,
-        out_tokens=out_tokens,
-        cost_usd=cost_usd,
-    )
 
 
 async def _execute_one(
@@ -179,10 +145,10 @@ async def _execute_one(
                 health.record(model, time.monotonic(), ok=True)
             cost = catalog.get(model).cost_usd(done.input_tokens, done.output_tokens)
             events.append(
-                _call_event(
+                call_event(
                     row.query_id,
                     model,
-                    fb,
+                    fb.call_weights,
                     error=False,
                     latency_ms=done.latency_ms,
                     in_tokens=done.input_tokens,
@@ -208,7 +174,9 @@ async def _execute_one(
         if model_attempts == 0:
             continue  # skipped (cooling down or rate limited): no call, no evidence
         tried += 1
-        events.append(_call_event(row.query_id, model, fb, error=True, latency_ms=spent_ms))
+        events.append(
+            call_event(row.query_id, model, fb.call_weights, error=True, latency_ms=spent_ms)
+        )
         if isinstance(last_error, PermanentProviderError):
             break
     assert last_error is not None
