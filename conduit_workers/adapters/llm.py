@@ -223,6 +223,14 @@ class LLMClient:
             self._models[name] = build_model(spec, self.env, self.timeout_s, http)
         return self._models[name]
 
+    async def aclose(self) -> None:
+        """Close the shared HTTP client (its connections) on the loop that used it."""
+        http, self._http = self._http, None
+        self._models.clear()
+        close = getattr(http, "close", None) or getattr(http, "aclose", None)
+        if close is not None:
+            await close()
+
     async def complete(self, model_name: str, prompt: str) -> Completion:
         spec = self.catalog.get(model_name)
         settings = ModelSettings(timeout=self.timeout_s)

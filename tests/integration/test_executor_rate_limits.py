@@ -65,11 +65,14 @@ def _run(server: RunningServer, ex: ExecutorSettings, heal_after_s: float | None
         task = asyncio.create_task(
             _execute_one(row, llm, catalog, ex, FeedbackSettings(), ModelHealth())
         )
-        if heal_after_s is not None:
-            await asyncio.sleep(heal_after_s)
-            healed = await asyncio.to_thread(server.request, "PUT", "/_replay/profiles", {})
-            assert healed.status == 200
-        return await task
+        try:
+            if heal_after_s is not None:
+                await asyncio.sleep(heal_after_s)
+                healed = await asyncio.to_thread(server.request, "PUT", "/_replay/profiles", {})
+                assert healed.status == 200
+            return await task
+        finally:
+            await llm.aclose()
 
     return asyncio.run(main())
 
