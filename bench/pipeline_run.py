@@ -53,32 +53,18 @@ class Role:
 def _count(engine: sa.Engine, run: str) -> tuple[int, int, int]:
     """(results, feedback events, unapplied feedback events) of this run's prompts."""
     like = f"{run}%"
+    r, f = t.results, t.feedback
     with engine.connect() as conn:
-        res = (
-            conn.scalar(
-                sa.select(sa.func.count())
-                .select_from(t.results)
-                .where(t.results.c.query_id.like(like))
-            )
-            or 0
+
+        def count(table: sa.Table, *where: sa.ColumnElement[bool]) -> int:
+            stmt = sa.select(sa.func.count()).select_from(table).where(*where)
+            return int(conn.scalar(stmt) or 0)
+
+        return (
+            count(r, r.c.query_id.like(like)),
+            count(f, f.c.query_id.like(like)),
+            count(f, f.c.query_id.like(like), f.c.applied_at.is_(None)),
         )
-        fb = (
-            conn.scalar(
-                sa.select(sa.func.count())
-                .select_from(t.feedback)
-                .where(t.feedback.c.query_id.like(like))
-            )
-            or 0
-        )
-        unapplied = (
-            conn.scalar(
-                sa.select(sa.func.count())
-                .select_from(t.feedback)
-                .where(t.feedback.c.query_id.like(like), t.feedback.c.applied_at.is_(None))
-            )
-            or 0
-        )
-    return int(res), int(fb), int(unapplied)
 
 
 def _wait_all(

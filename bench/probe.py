@@ -23,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.baselines import Run
 from bench.datasets import Dataset, cached_embedder, catalog_for, load
-from bench.streaming import Stream, _NullStore, featurize
+from bench.quality import _pct
+from bench.scoring import Figures, cs_at, figures
+from bench.streaming import Scenario, Stream, _NullStore, featurize
 from conduit_workers.domain.bandit import Array
 from conduit_workers.engine import RoutingEngine
 from conduit_workers.settings import RouterSettings
@@ -58,28 +61,15 @@ def cross_predictions(x: Array, quality: Array, folds: int, seed: int) -> Array:
     return pred
 
 
-def frontier(ds: Dataset, pred: Array) -> list[tuple[float, float, float]]:
-    """(λ, quality retained, cost saved) of routing by ``pred − λ·cost/reference``."""
-    s = ds.strongest
-    q_ref, c_ref = ds.quality[:, s].mean(), ds.cost[:, s].sum()
-    unit = ds.cost[:, s].mean()  # the reference model's mean cost: one scale for the file
-    rows = np.arange(ds.n)
-    out = []
-    for lam in LAMBDAS:
-        pick = np.argmax(pred - lam * ds.cost / unit, axis=1)
-        out.append(
-            (
-                float(lam),
-                float(ds.quality[rows, pick].mean() / q_ref),
-                float(1 - ds.cost[rows, pick].sum() / c_ref),
-            )
-        )
-    return out
-
-
-def cs_at(points: list[tuple[float, float, float]], level: float) -> float | None:
-    ok = [saved for _, retained, saved in points if retained >= level]
-    return max(ok) if ok else None
+def frontier(ds: Dataset, pred: Array) -> list[Figures]:
+    """The figures of routing each prompt by ``pred − λ·cost/reference``, over the λ sweep."""
+    unit = ds.cost[:, ds.strongest].mean()  # the reference model's mean cost: one scale
+    stream = Stream(np.arange(ds.n), np.zeros(ds.n, dtype=bool), 0, 32)
+    scen = Scenario(ds.quality)
+    return [
+        figures(Run("probe", np.argmax(pred - lam * ds.cost / unit, axis=1)), ds, stream, scen)
+        for lam in LAMBDAS
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         x, _ = featurize(ds, stream, settings, embedder)
         what = f"production context ({x.shape[1]} dims)"
     points = frontier(ds, cross_predictions(x, ds.quality, args.folds, args.seed))
-    figures = {
+    out = {
         "data": ds.name,
         "embedder": embedder,
         "input": "full" if args.full else "context",
@@ -113,15 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         "cs_at_98": cs_at(points, 0.98),
     }
 
-    def pct(v: float | None) -> str:
-        return "—" if v is None else f"{100 * v:.1f}%"
-
     print(
         f"offline probe on {ds.name}, {embedder}, {what}, {args.folds}-fold ridge with every "
-        f"label: CS@95 {pct(figures['cs_at_95'])}, CS@98 {pct(figures['cs_at_98'])}"
+        f"label: CS@95 {_pct(out['cs_at_95']).strip()}, "
+        f"CS@98 {_pct(out['cs_at_98']).strip()}"
     )
     if args.json:
-        print(json.dumps(figures))
+        print(json.dumps(out))
     return 0
 
 
