@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from conduit_workers.replay import ReplayConfig
@@ -109,3 +110,50 @@ def start_replay(config: ReplayConfig) -> RunningServer:
         assert not thread.is_alive(), "replay server did not stop within 10 s"
 
     return RunningServer(base_url=f"http://127.0.0.1:{port[0]}", stop=stop)
+
+
+PROMPT_1 = "What is the capital of France?\nA. Paris\nB. Rome\nC. Madrid\nD. Berlin\nAnswer:"
+PROMPT_2 = "Write a function that adds two numbers."
+PROMPT_3 = "Summarise the plot of Hamlet in one paragraph.\n"  # recorded with a trailing newline
+RESPONSE_1 = "A. Paris"
+RESPONSE_2 = "def add(a, b):\n    return a + b"
+
+
+def write_replay_data(path: Path) -> Path:
+    """Two models: 'strong' records responses, 'cheap' only token counts (as in MMLU)."""
+    lines = [
+        {
+            "id": "p1",
+            "prompt": PROMPT_1,
+            "source": "test/mc",
+            "models": {
+                "strong": {"quality": 1.0, "input_tokens": 31, "output_tokens": 4,
+                           "cost_usd": 0.001, "response": RESPONSE_1},
+                "cheap": {"quality": 0.0, "input_tokens": 31, "output_tokens": 1,
+                          "cost_usd": 0.0001},
+            },
+            "meta": {"contaminated": False},
+        },
+        {
+            "id": "p2",
+            "prompt": PROMPT_2,
+            "source": "test/code",
+            "models": {
+                "strong": {"quality": 1.0, "input_tokens": 9, "output_tokens": 14,
+                           "cost_usd": 0.002, "response": RESPONSE_2},
+                "cheap": {"quality": 1.0, "input_tokens": 9, "output_tokens": 40,
+                          "cost_usd": 0.0002},
+            },
+        },
+        {
+            "id": "p3",
+            "prompt": PROMPT_3,
+            "source": "test/summary",
+            "models": {
+                "strong": {"quality": 1.0, "input_tokens": 12, "output_tokens": 3,
+                           "cost_usd": 0.001, "response": "Hamlet avenges his father."},
+            },
+        },
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path

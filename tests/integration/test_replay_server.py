@@ -7,94 +7,17 @@ requests go through real sockets exactly as an executor's would.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from conduit_workers.replay import ModelProfile, ReplayConfig
-from conduit_workers.replay.data import load_index
-from conduit_workers.replay.profile import load_profiles
-from tests.replay_harness import Reply, RunningServer, start_replay
+from conduit_workers.replay import ModelProfile
+from tests.replay_harness import PROMPT_1, PROMPT_2, PROMPT_3, RESPONSE_2, Reply, RunningServer
 
 pytestmark = pytest.mark.integration
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-PROMPT_1 = "What is the capital of France?\nA. Paris\nB. Rome\nC. Madrid\nD. Berlin\nAnswer:"
-PROMPT_2 = "Write a function that adds two numbers."
-PROMPT_3 = "Summarise the plot of Hamlet in one paragraph.\n"  # recorded with a trailing newline
-RESPONSE_1 = "A. Paris"
-RESPONSE_2 = "def add(a, b):\n    return a + b"
-
-
-def _write_data(path: Path) -> Path:
-    """Two models: 'strong' records responses, 'cheap' only token counts (as in MMLU)."""
-    lines = [
-        {
-            "id": "p1",
-            "prompt": PROMPT_1,
-            "source": "test/mc",
-            "models": {
-                "strong": {"quality": 1.0, "input_tokens": 31, "output_tokens": 4,
-                           "cost_usd": 0.001, "response": RESPONSE_1},
-                "cheap": {"quality": 0.0, "input_tokens": 31, "output_tokens": 1,
-                          "cost_usd": 0.0001},
-            },
-            "meta": {"contaminated": False},
-        },
-        {
-            "id": "p2",
-            "prompt": PROMPT_2,
-            "source": "test/code",
-            "models": {
-                "strong": {"quality": 1.0, "input_tokens": 9, "output_tokens": 14,
-                           "cost_usd": 0.002, "response": RESPONSE_2},
-                "cheap": {"quality": 1.0, "input_tokens": 9, "output_tokens": 40,
-                          "cost_usd": 0.0002},
-            },
-        },
-        {
-            "id": "p3",
-            "prompt": PROMPT_3,
-            "source": "test/summary",
-            "models": {
-                "strong": {"quality": 1.0, "input_tokens": 12, "output_tokens": 3,
-                           "cost_usd": 0.001, "response": "Hamlet avenges his father."},
-            },
-        },
-    ]  # fmt: skip
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def data_file(tmp_path: Path) -> Path:
-    return _write_data(tmp_path / "data.jsonl")
-
-
-@pytest.fixture
-def start_server(data_file: Path) -> Iterator[Callable[..., RunningServer]]:
-    """Start servers over the test data; keyword arguments go to ReplayConfig."""
-    servers: list[RunningServer] = []
-
-    def start(**kwargs: Any) -> RunningServer:
-        kwargs.setdefault("data_paths", [data_file])
-        server = start_replay(ReplayConfig(**kwargs))
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def _content(reply: Reply) -> str:
@@ -434,99 +357,3 @@ def test_pydantic_ai_sees_429_as_model_http_error(
     assert caught.value.status_code == 429
     assert caught.value.model_name == "strong"
     assert (caught.value.headers or {}).get("retry-after") == "2"
-
-
-# --- Data, profiles and the command line ---------------------------------------------------------
-
-
-def test_profile_file_validation(tmp_path: Path) -> None:
-    path = tmp_path / "profiles.json"
-    path.write_text(json.dumps({"*": {"latency_ms": 50}, "m": {"rate_429": 0.5}}))
-    profiles = load_profiles(path)
-    assert profiles["m"] == ModelProfile(latency_ms=50, rate_429=0.5)
-
-    path.write_text(json.dumps({"*": {"latency": 50}}))
-    with pytest.raises(ValueError, match=r"profiles\.json.*unknown key 'latency'"):
-        load_profiles(path)
-    path.write_text(json.dumps({"m": {"rate_500": 1.5}}))
-    with pytest.raises(ValueError, match="rate_500"):
-        load_profiles(path)
-    path.write_text(json.dumps({"m": {"rate_500": 0.7, "rate_429": 0.7}}))
-    with pytest.raises(ValueError, match="sum to 1.4"):
-        load_profiles(path)
-
-
-def test_loading_fourteen_thousand_lines_is_fast(tmp_path: Path) -> None:
-    path = tmp_path / "big.jsonl"
-    with path.open("w") as fh:
-        for i in range(14_000):
-            record = {
-                "id": f"q{i}",
-                "prompt": f"Question {i}: which option is right?\nA. x\nB. y\nC. z\nD. w\nAnswer:",
-                "source": "test/big",
-                "models": {
-                    m: {"quality": 1.0, "input_tokens": 20, "output_tokens": 1, "cost_usd": 1e-5}
-                    for m in ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1")
-                },
-                "meta": {"contaminated": False},
-            }
-            fh.write(json.dumps(record) + "\n")
-    started = time.perf_counter()
-    index = load_index([path])
-    assert time.perf_counter() - started < 1.5
-    assert index.n_prompts == 14_000
-    assert len(index.models) == 2
-
-
-def test_bad_data_line_names_file_and_line(tmp_path: Path) -> None:
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"prompt": "x", "models": {}}\n{"prompt": 3, "models": {}}\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
-        load_index([path])
-
-
-def _ignore_errors(func: Callable[..., Any]) -> Callable[..., None]:
-    def call(*args: Any) -> None:
-        try:
-            func(*args)
-        except OSError:
-            pass
-
-    return call
-
-
-def test_cli_serves_until_sigterm(data_file: Path, tmp_path: Path) -> None:
-    profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps({"*": {"rate_500": 1.0}, "strong": {"rate_500": 0}}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "conduit_workers.replay", "--data", str(data_file),
-         "--port", "0", "--model", "cli-extra", "--profile", str(profile), "--latency-ms", "1"],
-        cwd=REPO_ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )  # fmt: skip
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert line.startswith("replay server on http://127.0.0.1:"), line
-        assert "3 prompts" in line and "cli-extra" in line
-        port = int(line.split("127.0.0.1:")[1].split("/")[0])
-        server = RunningServer(base_url=f"http://127.0.0.1:{port}", stop=lambda: None)
-        assert server.request("GET", "/healthz").body == "ok"
-        assert server.chat("strong", PROMPT_2).status == 200
-        assert server.chat("cheap", PROMPT_2).status == 500
-        # A call hanging for 30 s must not hold up a clean exit on SIGTERM.
-        server.request("PUT", "/_replay/profiles", {"*": {"rate_hang": 1.0, "hang_s": 30}})
-        hung = threading.Thread(target=_ignore_errors(server.chat), args=("strong", PROMPT_2))
-        hung.start()
-        time.sleep(0.3)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        assert time.monotonic() - started < 5
-        hung.join(5)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
