@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from conduit_workers.adapters.embedder import Embedder, make_embedder
+from conduit_workers.adapters.static_distill import model_id
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.catalog import Catalog, ModelSpec
+from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +156,7 @@ class CachedEmbedder:
         self._inner: Embedder | None = None
         self._vectors: dict[str, Array] = {}
         self._dirty = False
-        self.dim = 384 if name == "minilm" else 256
+        self.dim = 256 if name == "hashing" else 384
         if cache_file.exists():
             data = np.load(cache_file)
             keys, vecs = data["keys"], data["vectors"]
@@ -204,4 +206,9 @@ class CachedEmbedder:
 
 
 def cached_embedder(ds: Dataset, name: str) -> CachedEmbedder:
-    return CachedEmbedder(name, CACHE / f"{ds.name}-{name}.npz")
+    """The cached ``name`` embedder for ``ds``; a static embedder's cache is named after the
+    vectors it was computed with, so rebuilt vectors never meet stale embeddings."""
+    tag = name
+    if name == "static":
+        tag = model_id(RouterSettings().static_model_dir.expanduser()) or name
+    return CachedEmbedder(name, CACHE / f"{ds.name}-{tag}.npz")

@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from conduit_workers.adapters.embedder import Embedder, make_embedder
+from conduit_workers.adapters.embedder import Embedder, embedder_id, make_embedder
 from conduit_workers.adapters.feature_cache import RedisFeatureCache, read_stats, signature
 from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
@@ -127,7 +127,7 @@ def measure(
     history = SqlHistory(f"sqlite:///{workdir / f'{name}.db'}")
     history.create_schema()
     sig = signature(
-        name,
+        embedder_id(emb),
         rs.projection_dim,
         rs.embed_tail_chars,
         rs.strip_shared_prefix,

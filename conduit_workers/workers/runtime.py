@@ -93,10 +93,11 @@ class Runtime:
         rs = self.settings.router
         if rs.feature_cache_ttl_s <= 0:
             return None
+        from conduit_workers.adapters.embedder import embedder_id
         from conduit_workers.adapters.feature_cache import RedisFeatureCache, signature
 
         sig = signature(
-            rs.embedder,
+            embedder_id(self.engine.embedder),
             rs.projection_dim,
             rs.embed_tail_chars,
             rs.strip_shared_prefix,

