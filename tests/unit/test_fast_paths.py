@@ -233,3 +233,20 @@ def test_openai_compatible_models_share_one_http_client(monkeypatch):
     assert type(ma.client._client).__name__ == "_InstalledAioHttpClient"  # type: ignore[attr-defined]
     plain = LLMClient(catalog, env, http_client="httpx2")
     assert plain.model(a).client._client is not plain.model(b).client._client  # type: ignore[attr-defined]
+
+
+def test_embedder_id_names_the_static_vectors_so_caches_never_mix_them(tmp_path: Path):
+    from conduit_workers.adapters.embedder import HashingEmbedder, embedder_id
+    from conduit_workers.adapters.static_embedder import StaticEmbedder
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = write_static_model(tmp_path / "a", np.zeros((30522, 2)))
+    b = write_static_model(tmp_path / "b", np.ones((30522, 2)))
+    meta = json.loads((b / "meta.json").read_text())
+    (b / "meta.json").write_text(json.dumps({**meta, "holdout_cos_after": 0.8}))  # rebuilt
+    ida = embedder_id(StaticEmbedder(a, distill_if_missing=False))
+    idb = embedder_id(StaticEmbedder(b, distill_if_missing=False))
+    assert ida.startswith("static-") and idb.startswith("static-") and ida != idb
+    assert ida == embedder_id(StaticEmbedder(a, distill_if_missing=False))
+    assert embedder_id(HashingEmbedder()) == "HashingEmbedder"
