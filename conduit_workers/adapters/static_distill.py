@@ -277,16 +277,16 @@ def distill(
     np.save(tmp / "vectors.npy", vectors.astype(np.float32))
     shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    _install(tmp, out_dir)
+    _install(tmp, out_dir, corpus_dir)
     log.info("distilled the static embedder into %s in %.1f s", out_dir, meta["distill_s"])
     return out_dir
 
 
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Move a finished model into place; an older one there is replaced, a current one that
-    another process finished meanwhile is kept."""
+def _install(tmp: Path, out_dir: Path, corpus_dir: Path | None) -> None:
+    """Move a finished model into place. One there already is replaced when it is of another
+    format, or untrained while the corpus is there; else another process finished first: kept."""
     if out_dir.exists():
-        if is_current(out_dir):
+        if is_current(out_dir, corpus_dir):
             shutil.rmtree(tmp, ignore_errors=True)
             return
         old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")

@@ -88,17 +88,32 @@ def test_a_model_is_current_only_in_this_format_and_trained_when_the_corpus_is_t
     assert sd.model_id(tmp_path / "absent") is None
 
 
-def test_install_replaces_an_outdated_model_and_keeps_a_current_one(tmp_path: Path) -> None:
-    def build(name: str, fmt: int, tag: str) -> Path:
-        d = tmp_path / name
+def test_install_replaces_an_outdated_or_untrained_model_and_keeps_a_current_one(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    corpus = _corpus(tmp_path)
+
+    def build(name: str, fmt: int, tag: str, trained: bool = False) -> Path:
+        d = models / name
         d.mkdir()
         np.save(d / "vectors.npy", np.zeros((2, 2), dtype=np.float32))
-        (d / "meta.json").write_text(json.dumps({"format": fmt, "corpus": None, "tag": tag}))
+        meta = {"format": fmt, "corpus": {"texts": 2} if trained else None, "tag": tag}
+        (d / "meta.json").write_text(json.dumps(meta))
         return d
 
+    def tag() -> str:
+        return str(json.loads((out / "meta.json").read_text())["tag"])
+
     out = build("minilm-static", sd.FORMAT - 1, "old")
-    sd._install(build("tmp1", sd.FORMAT, "new"), out)
-    assert json.loads((out / "meta.json").read_text())["tag"] == "new"
-    sd._install(build("tmp2", sd.FORMAT, "later"), out)  # another process finished first
-    assert json.loads((out / "meta.json").read_text())["tag"] == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["minilm-static"]
+    sd._install(build("tmp1", sd.FORMAT, "untrained"), out, None)
+    assert tag() == "untrained"
+    sd._install(build("tmp2", sd.FORMAT, "later"), out, None)  # another process finished first
+    assert tag() == "untrained"
+    # The corpus is there now: an untrained model gives way to a trained one, and stays so.
+    sd._install(build("tmp3", sd.FORMAT, "trained", trained=True), out, corpus)
+    assert tag() == "trained"
+    sd._install(build("tmp4", sd.FORMAT, "untrained again"), out, corpus)
+    assert tag() == "trained"
+    assert sorted(p.name for p in models.iterdir()) == ["minilm-static"]
