@@ -230,9 +230,10 @@ def distill(
     corpus_texts: int = 40_000,
     epochs: int = 8,
     sif_coefficient: float = 1e-4,
+    force: bool = False,
 ) -> Path:
-    """Build the static model into ``out_dir`` (replaced atomically). ``corpus_dir`` None or
-    without WordNet's files: step 1 only."""
+    """Build the static model into ``out_dir`` (replaced atomically; a current model there is
+    kept unless ``force``). ``corpus_dir`` None or without WordNet's files: step 1 only."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
@@ -277,16 +278,17 @@ def distill(
     np.save(tmp / "vectors.npy", vectors.astype(np.float32))
     shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    _install(tmp, out_dir, corpus_dir)
+    _install(tmp, out_dir, corpus_dir, force)
     log.info("distilled the static embedder into %s in %.1f s", out_dir, meta["distill_s"])
     return out_dir
 
 
-def _install(tmp: Path, out_dir: Path, corpus_dir: Path | None) -> None:
-    """Move a finished model into place. One there already is replaced when it is of another
-    format, or untrained while the corpus is there; else another process finished first: kept."""
+def _install(tmp: Path, out_dir: Path, corpus_dir: Path | None, force: bool = False) -> None:
+    """Move a finished model into place. One there already is replaced when asked (``force``),
+    of another format, or untrained while the corpus is there; else another process finished
+    first: kept."""
     if out_dir.exists():
-        if is_current(out_dir, corpus_dir):
+        if not force and is_current(out_dir, corpus_dir):
             shutil.rmtree(tmp, ignore_errors=True)
             return
         old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.force and is_current(out_dir, args.corpus):
         print(f"static embedder in {out_dir} is up to date")
         return 0
-    distill(out_dir, args.corpus, args.texts, args.epochs)
+    distill(out_dir, args.corpus, args.texts, args.epochs, force=args.force)
     return 0
 
 

@@ -116,4 +116,6 @@ def test_install_replaces_an_outdated_or_untrained_model_and_keeps_a_current_one
     assert tag() == "trained"
     sd._install(build("tmp4", sd.FORMAT, "untrained again"), out, corpus)
     assert tag() == "trained"
+    sd._install(build("tmp5", sd.FORMAT, "forced", trained=True), out, corpus, force=True)
+    assert tag() == "forced"  # --force rebuilds a current model
     assert sorted(p.name for p in models.iterdir()) == ["minilm-static"]
