@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_init
+from celery.signals import celeryd_init, worker_ready
 
 import celeryconfig
 from conduit_workers.adapters.flower import apply_flower_defaults
@@ -57,3 +57,21 @@ def _import_role_tasks(options: dict[str, Any], **_: Any) -> None:
 
 
 celeryd_init.connect(_import_role_tasks, weak=False)
+
+
+def _check_models(**_: Any) -> None:
+    # Said once at start-up, before any prompt is routed to a model that cannot be called.
+    from conduit_workers.adapters.model_check import uncallable_models, warn_uncallable
+    from conduit_workers.domain.catalog import load_catalog
+    from conduit_workers.errors import ConfigError
+    from conduit_workers.settings import environ
+
+    try:
+        catalog = load_catalog(get_settings().catalog.path, environ())
+    except ConfigError as exc:
+        logging.getLogger(__name__).error("the model catalog cannot be read: %s", exc)
+        return
+    warn_uncallable(uncallable_models(catalog, environ()), "worker")
+
+
+worker_ready.connect(_check_models, weak=False)

@@ -19,6 +19,25 @@ def _letters(client: ConduitClient) -> RedisDeadLetters:
     return RedisDeadLetters(client_, s.key_prefix)
 
 
+_PROMPT_TASKS = ("conduit.router.route_batch", "conduit.executor.execute_batch")
+
+
+def _ids(d: DeadLetter) -> list[str]:
+    arg = d.args[0] if d.args else None
+    return [str(x) for x in arg] if isinstance(arg, list) else []
+
+
+def _routable(client: ConduitClient) -> list[str]:
+    """The catalog's models that can be called (key and SDK present where this runs)."""
+    from conduit_workers.adapters.model_check import uncallable_models
+    from conduit_workers.settings import environ
+
+    uncallable = uncallable_models(client.catalog, environ())
+    for name, reason in sorted(uncallable.items()):
+        click.echo(f"warning: model {name} cannot be called ({reason}); not routed to", err=True)
+    return [m for m in client.catalog.names if m not in uncallable]
+
+
 @click.group()
 def dlq() -> None:
     """The dead-letter queue: tasks that failed for good or kept killing their worker."""
@@ -50,8 +69,16 @@ def list_(as_json: bool) -> None:
 @dlq.command()
 @click.argument("task_ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Re-drive every dead letter.")
-def redrive(task_ids: tuple[str, ...], all_: bool) -> None:
-    """Send dead letters again (as new tasks, with the same payload) and remove them."""
+@click.option(
+    "--reroute",
+    is_flag=True,
+    help="Route again the unanswered prompts decided for a model the catalog no longer has "
+    "(or that cannot be called here), instead of executing the old decision.",
+)
+def redrive(task_ids: tuple[str, ...], all_: bool, reroute: bool) -> None:
+    """Send dead letters again (as new tasks, with the same payload) and remove them.
+
+    Prompts already answered are skipped by the workers: no paid call is made twice."""
     if bool(task_ids) == all_:
         raise click.UsageError("give TASK_IDS or --all")
     client = ConduitClient()
@@ -63,9 +90,16 @@ def redrive(task_ids: tuple[str, ...], all_: bool) -> None:
             if d is None:
                 raise click.ClickException(f"no dead letter {tid!r}; see `conduit dlq list`")
             todo.append(d)
+        routable = _routable(client) if reroute else None
         for d in todo:
-            queue = celeryconfig.TASK_QUEUES.get(d.task, d.queue)
-            new = client.app.send_task(d.task, args=d.args, queue=queue)
+            task = d.task
+            if routable is not None and task in _PROMPT_TASKS and _ids(d):
+                stale = client.history.forget_stale_decisions(_ids(d), routable)
+                if stale:
+                    click.echo(f"{d.task_id}: {len(stale)} prompts to route again")
+                task = "conduit.router.route_batch"  # it sends the execute tasks on
+            queue = celeryconfig.TASK_QUEUES.get(task, d.queue)
+            new = client.app.send_task(task, args=d.args, queue=queue)
             letters.remove(d.task_id)
             click.echo(f"{d.task_id} re-driven as {new.id} on {queue}")
         click.echo(f"{len(todo)} dead letters re-driven", err=True)

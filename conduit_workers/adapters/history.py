@@ -275,6 +275,32 @@ class SqlHistory(FeedbackHistory):
         if values:
             self._tx(lambda conn: conn.execute(self._insert_ignore(t.decisions), values))
 
+    def forget_stale_decisions(self, query_ids: Sequence[str], models: Sequence[str]) -> list[str]:
+        """Delete the decisions of unanswered prompts decided for a model not in ``models``
+        (gone from the catalog), so that the routers decide them again; return their ids."""
+        d, r = t.decisions, t.results
+
+        def run(conn: Connection) -> list[str]:
+            stale: list[str] = []
+            for chunk in chunks(list(query_ids), 1000):
+                stale.extend(
+                    conn.scalars(
+                        select(d.c.query_id)
+                        .select_from(d.outerjoin(r, r.c.query_id == d.c.query_id))
+                        .where(
+                            d.c.query_id.in_(chunk),
+                            r.c.query_id.is_(None),
+                            d.c.model.is_not(None),
+                            d.c.model.not_in(list(models)),
+                        )
+                    )
+                )
+            for chunk in chunks(stale, 1000):
+                conn.execute(d.delete().where(d.c.query_id.in_(chunk)))
+            return stale
+
+        return self._tx(run)
+
     # -- executor -------------------------------------------------------------------------
 
     def load_for_execution(self, query_ids: Sequence[str]) -> list[ExecutionRow]:

@@ -81,7 +81,7 @@ results = Table(
     metadata,
     Column("query_id", String(64), ForeignKey("queries.id"), primary_key=True),
     Column("model", String(200), nullable=True),
-    Column("status", String(20), nullable=False),  # ok | error | unroutable
+    Column("status", String(20), nullable=False),  # ok | error | unroutable | unavailable
     Column("response", Text, nullable=True),
     Column("input_tokens", Integer, nullable=False, default=0),
     Column("output_tokens", Integer, nullable=False, default=0),

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from conduit_workers.adapters import cooldowns
@@ -25,7 +25,12 @@ from conduit_workers.celery_app import app
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.health import Admit, ModelHealth
 from conduit_workers.domain.rewards import FeedbackEvent, call_event
-from conduit_workers.errors import PermanentProviderError, ProviderError, StoreUnavailable
+from conduit_workers.errors import (
+    ConfigError,
+    PermanentProviderError,
+    ProviderError,
+    StoreUnavailable,
+)
 from conduit_workers.settings import ExecutorSettings, FeedbackSettings
 from conduit_workers.workers.runtime import chunks, runtime
 
@@ -73,6 +78,7 @@ async def _execute_one(
     ex: ExecutorSettings,
     fb: FeedbackSettings,
     health: ModelHealth | None = None,
+    callable_models: Collection[str] | None = None,
 ) -> _Outcome:
     if row.model is None:
         return _Outcome(
@@ -81,7 +87,8 @@ async def _execute_one(
             ),
             [],
         )
-    models = ([row.model] + [m for m in row.ranked if m != row.model])[:MAX_MODELS_TRIED]
+    unusable: dict[str, str] = {}
+    models = _callable_ranking(row, catalog, callable_models, unusable)[:MAX_MODELS_TRIED]
     if health is not None:
         # Models cooling down go last: traffic falls back to the next-best, they stay a last resort.
         now = time.monotonic()
@@ -112,6 +119,12 @@ async def _execute_one(
             except BaseException as exc:
                 if health is not None and not isinstance(exc, ProviderError):
                     health.release(model)  # cancelled or a bug: never leave a probe slot taken
+                if isinstance(exc, ConfigError):
+                    # No request was sent (no key, no SDK): the next model of the ranking.
+                    unusable[model] = str(exc)
+                    attempts -= 1
+                    model_attempts -= 1
+                    break
                 if not isinstance(exc, ProviderError):
                     raise
                 err = exc
@@ -179,7 +192,8 @@ async def _execute_one(
         )
         if isinstance(last_error, PermanentProviderError):
             break
-    assert last_error is not None
+    if last_error is None:
+        return _unavailable(row, unusable, attempts)
     return _Outcome(
         ResultRow(
             row.query_id,
@@ -194,6 +208,48 @@ async def _execute_one(
     )
 
 
+def _callable_ranking(
+    row: ExecutionRow,
+    catalog: Catalog,
+    callable_models: Collection[str] | None,
+    unusable: dict[str, str],
+) -> list[str]:
+    """The decided model then the rest of the ranking, without the models this worker cannot
+    call (gone from its catalog since the decision, or without key or SDK); ``unusable``
+    gets why each was left out."""
+    names = set(catalog.names)
+    out = []
+    for m in [row.model] + [m for m in row.ranked if m != row.model]:
+        if m is None:
+            continue
+        if m not in names:
+            unusable[m] = "not in this worker's catalog"
+        elif callable_models is not None and m not in callable_models:
+            unusable[m] = "cannot be called by this worker (API key or SDK missing)"
+        else:
+            out.append(m)
+    return out
+
+
+def _unavailable(row: ExecutionRow, unusable: dict[str, str], attempts: int) -> _Outcome:
+    """No model of the prompt's ranking could be called here: the prompt ends on its own."""
+    why = "; ".join(f"{m}: {r}" for m, r in unusable.items())
+    return _Outcome(
+        ResultRow(
+            row.query_id,
+            row.model,
+            "unavailable",
+            attempts=attempts,
+            error_class="model_unavailable",
+            error_message=(
+                f"no model of the prompt's ranking can be called ({why}); fix the catalog or "
+                "the keys, then submit it again under a new id"
+            )[:2000],
+        ),
+        [],
+    )
+
+
 async def handle_execute_batch(
     query_ids: Sequence[str],
     history: SqlHistory,
@@ -203,6 +259,7 @@ async def handle_execute_batch(
     fb: FeedbackSettings,
     health: ModelHealth | None = None,
     slots: asyncio.Semaphore | None = None,
+    callable_models: Collection[str] | None = None,
 ) -> tuple[list[ResultRow], list[str]]:
     """Answer the chunk's decided, unanswered prompts; return the new results and the ids of
     the feedback events to apply.
@@ -213,6 +270,10 @@ async def handle_execute_batch(
     The event ids are all the chunk's events not applied yet, not only the new ones: a task
     redelivered after its worker died between storing results and sending them to the
     feedback queue sends them now (an event is claimed by one update only, so never twice).
+
+    Per prompt, never per chunk: a prompt whose models cannot be called here is re-routed or
+    ends as ``unavailable``, and should one prompt raise, the answers of the others are stored
+    before the error propagates, so that a redelivery never pays for them again.
     """
     rows = await asyncio.to_thread(history.load_for_execution, query_ids)
     results: list[ResultRow] = []
@@ -222,12 +283,16 @@ async def handle_execute_batch(
 
         async def bounded(row: ExecutionRow) -> _Outcome:
             async with sem:
-                return await _execute_one(row, llm, catalog, ex, fb, health)
+                return await _execute_one(row, llm, catalog, ex, fb, health, callable_models)
 
-        outcomes = await asyncio.gather(*(bounded(r) for r in rows))
+        done = await asyncio.gather(*(bounded(r) for r in rows), return_exceptions=True)
+        outcomes = [o for o in done if isinstance(o, _Outcome)]
         results = [o.result for o in outcomes]
         events = [e for o in outcomes for e in o.events]
         fresh = set(await asyncio.to_thread(history.record_results, results, events))
+        failed = [e for e in done if isinstance(e, BaseException)]
+        if failed:
+            raise failed[0]
     pending = await asyncio.to_thread(history.unapplied_feedback_for, query_ids)
     return [r for r in results if r.query_id in fresh], pending
 
@@ -263,6 +328,7 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
                 rt.settings.feedback,
                 rt.health,
                 rt.call_slots,
+                rt.callable_models,
             )
         )
     except StoreUnavailable as exc:

@@ -60,6 +60,19 @@ class Runtime:
         return load_catalog(self.settings.catalog.path, environ())
 
     @_once
+    def uncallable(self) -> dict[str, str]:
+        """Catalog models this process cannot call (no key, no SDK) and why; warned once."""
+        from conduit_workers.adapters.model_check import uncallable_models, warn_uncallable
+
+        out = uncallable_models(self.catalog, environ())
+        warn_uncallable(out, f"process {self.pid}")
+        return out
+
+    @property
+    def callable_models(self) -> frozenset[str]:
+        return frozenset(self.catalog.names) - set(self.uncallable)
+
+    @_once
     def history(self) -> SqlHistory:
         db = self.settings.database
         history = SqlHistory(db.url, retry_for_s=db.retry_for_s, pool_size=db.pool_size)
@@ -80,11 +93,15 @@ class Runtime:
     @_once
     def engine(self) -> Any:
         from conduit_workers.adapters.embedder import make_embedder
+        from conduit_workers.adapters.model_check import routable_catalog
         from conduit_workers.engine import RoutingEngine
 
         rs = self.settings.router
         return RoutingEngine(
-            self.catalog, self.store, make_embedder(rs.embedder, rs.static_model_dir), rs
+            routable_catalog(self.catalog, self.uncallable),
+            self.store,
+            make_embedder(rs.embedder, rs.static_model_dir),
+            rs,
         )
 
     @_once
