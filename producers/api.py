@@ -10,6 +10,8 @@ Tasks are sent by name (``conduit.router.route_batch`` …); no worker code is i
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -49,6 +51,16 @@ class FeedbackOutcome:
     applied: int
     duplicates: int
     errors: list[InputError] = field(default_factory=list)
+
+
+def _open_input(path: Path) -> Any:
+    """The file's bytes, or standard input's for ``-`` (left open when done)."""
+    if str(path) == "-":
+        return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+    try:
+        return open(path, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
 
 
 class ConduitClient:
@@ -111,19 +123,18 @@ class ConduitClient:
         }
 
     def parse_file(self, path: Path) -> tuple[list[PromptItem], list[InputError]]:
-        """Validate a JSONL file line by line; a bad line is reported, the rest go on."""
+        """Validate a JSONL file (``-``: standard input) line by line; a bad line is reported,
+        the rest go on."""
         rules = self._validation_rules()
         ok, errors = [], []
-        try:
-            fh = open(path, "rb")  # noqa: SIM115
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+        fh = _open_input(path)
         with fh:
             try:
-                # Bytes, decoded line by line: a line that is not UTF-8 is rejected alone.
+                # Bytes, decoded line by line: a line that is not UTF-8 is rejected alone; a
+                # byte-order mark opening the file is skipped.
                 for n, raw in enumerate(fh, start=1):
                     try:
-                        text = raw.decode("utf-8")
+                        text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
                     except UnicodeDecodeError as exc:
                         errors.append(InputError(f"not UTF-8 text (byte {exc.start + 1})", n))
                         continue

@@ -24,11 +24,19 @@ def _progress_bar(total: int, label: str) -> Any:
     return tqdm(total=total, desc=label, unit="prompt", file=sys.stderr, dynamic_ncols=True)
 
 
-def _report_errors(errors: list[InputError], limit: int = 20) -> None:
+def _report_errors(errors: list[InputError], limit: int = 20, rejects: Path | None = None) -> None:
+    """The first ``limit`` rejected lines on screen; all of them in ``rejects`` (JSONL)."""
+    if rejects is not None:
+        with open(rejects, "w", encoding="utf-8") as fh:
+            for err in errors:
+                fh.write(json.dumps({"line": err.line, "reason": err.reason}) + "\n")
     for err in errors[:limit]:
         click.echo(f"  rejected {err}", err=True)
     if len(errors) > limit:
-        click.echo(f"  … and {len(errors) - limit} more rejected lines", err=True)
+        where = f"all in {rejects}" if rejects else "--rejects FILE writes them all"
+        click.echo(f"  … and {len(errors) - limit} more rejected lines ({where})", err=True)
+    elif rejects is not None and errors:
+        click.echo(f"  rejected lines written to {rejects}", err=True)
 
 
 @click.group()
@@ -39,6 +47,12 @@ def cli() -> None:
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--tag", help="A label for the batch (reports group spend by it).")
+@click.option("--strict", is_flag=True, help="Submit nothing and fail if any line is rejected.")
+@click.option(
+    "--rejects",
+    type=click.Path(path_type=Path),
+    help='Write every rejected line here as JSONL ({"line": n, "reason": …}).',
+)
 @click.option("--wait/--no-wait", default=False, help="Wait for every answer, with a progress bar.")
 @click.option("--out", type=click.Path(path_type=Path), help="With --wait: write results as JSONL.")
 @click.option(
@@ -56,12 +70,15 @@ def cli() -> None:
 def submit(
     file: Path,
     tag: str | None,
+    strict: bool,
+    rejects: Path | None,
     wait: bool,
     out: Path | None,
     constraints_json: str | None,
     timeout_s: float | None,
 ) -> None:
-    """Submit FILE.jsonl: one {"id"?, "prompt", "user"?, "metadata"?, "constraints"?} per line."""
+    """Submit FILE.jsonl (`-`: standard input): one {"id"?, "prompt", "user"?, "metadata"?,
+    "constraints"?} per line; a bad line is rejected alone, with its number and reason."""
     client = _client()
     try:
         constraints = None
@@ -72,8 +89,15 @@ def submit(
                 )
             except ValueError as exc:
                 raise click.UsageError(f"--constraints: {exc}") from None
-        sub = client.submit_file(file, tag=tag, constraints=constraints)
-        _report_errors(sub.errors)
+        items, errors = client.parse_file(file)
+        _report_errors(errors, rejects=rejects)
+        if strict and errors:
+            raise click.ClickException(
+                f"{len(errors)} lines rejected (--strict): nothing submitted; fix them, or "
+                "drop --strict to submit the other lines"
+            )
+        sub = client.submit_items(items, tag=tag, constraints=constraints, rejected=len(errors))
+        sub.errors = errors
         click.echo(
             f"batch {sub.batch_id}: {sub.accepted} prompts accepted ({sub.new} new, "
             f"{sub.existing} submitted before), {len(sub.errors)} rejected, "

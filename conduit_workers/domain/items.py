@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conduit_workers.domain.constraints import Constraints, parse_constraints
+from conduit_workers.domain.text import nested_text_problem, text_problem
 from conduit_workers.errors import InputError
 
 KNOWN_FIELDS = frozenset({"id", "prompt", "user", "metadata", "constraints"})
@@ -72,6 +73,8 @@ def parse_item(
         raise InputError(f"'prompt' must be a string, got {type(prompt).__name__}", line)
     if not prompt.strip():
         raise InputError("'prompt' is empty", line)
+    if problem := text_problem(prompt):
+        raise InputError(f"'prompt' {problem}", line)
     if len(prompt) > max_prompt_chars:
         raise InputError(
             f"'prompt' has {len(prompt)} characters, over the limit of {max_prompt_chars} "
@@ -87,14 +90,21 @@ def parse_item(
         external_id = str(external_id)
         if not external_id or len(external_id) > 200:
             raise InputError("'id' must have 1 to 200 characters", line)
+        if problem := text_problem(external_id):
+            raise InputError(f"'id' {problem}", line)
     user = obj.get("user")
     if user is not None and not isinstance(user, str):
         raise InputError(f"'user' must be a string, got {type(user).__name__}", line)
+    if user is not None and (problem := text_problem(user)):
+        raise InputError(f"'user' {problem}", line)
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise InputError(f"'metadata' must be an object, got {type(metadata).__name__}", line)
     if _has_nan(metadata):
         raise InputError("'metadata' holds NaN or Infinity", line)
+    for name, value in (("metadata", metadata), ("constraints", obj.get("constraints"))):
+        if problem := nested_text_problem(value):
+            raise InputError(f"'{name}' {problem}", line)
     if len(json.dumps(metadata)) > max_metadata_chars:
         raise InputError(f"'metadata' is over {max_metadata_chars} characters of JSON", line)
     try:
