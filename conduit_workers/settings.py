@@ -147,6 +147,9 @@ class RetrySettings(BaseModel):
 
     enabled: bool = True
     window_s: float = 600.0  # how long a user's prompts are remembered
+    # How many of a user's latest prompts are remembered (and each prompt compared with): a
+    # fixed-size window, at most ~2.7 KB of Redis per prompt (~170 KB per active user).
+    window_prompts: int = Field(default=64, ge=1)
     threshold: float = 0.9  # cosine of the word vectors at or above which a prompt is a retry
 
 

@@ -2,7 +2,10 @@
 
 Keys (``P`` = ``settings.redis.key_prefix``): ``P:recent:<user>`` is a sorted set of query ids
 scored by submission time (s); ``P:recentvec:<user>`` a hash of query id → float32 text vector.
-Both expire ``window_s`` after the user's last prompt; older entries are trimmed on each write.
+Both expire ``window_s`` after the user's last prompt; older entries are trimmed on each write,
+and so are all but the user's ``max_prompts`` most recent ones: a user's window is a fixed size
+(at most :func:`max_bytes_per_user` bytes of Redis memory), so each prompt is compared with at
+most ``max_prompts`` others whatever the user's batch.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import numpy as np
 import redis
 
 from conduit_workers.domain.bandit import Array
+from conduit_workers.domain.retries import VECTOR_DIM
 from conduit_workers.errors import StoreUnavailable
 
 # KEYS[1] = P:recent:<user> (sorted set), KEYS[2] = P:recentvec:<user> (hash), both written.
-# ARGV = now, cutoff, ttl (s), query id, vector bytes. Adds the prompt, drops entries older
-# than the cutoff from both keys, and renews their expiry.
+# ARGV = now, cutoff, ttl (s), query id, vector bytes, max prompts. Adds the prompt, drops
+# entries older than the cutoff and all but the newest max prompts from both keys, and renews
+# their expiry.
 REMEMBER_LUA = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
 redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
@@ -26,17 +31,34 @@ if #old > 0 then
   redis.call('ZREM', KEYS[1], unpack(old))
   redis.call('HDEL', KEYS[2], unpack(old))
 end
+local extra = redis.call('ZRANGE', KEYS[1], 0, -(tonumber(ARGV[6]) + 1))
+if #extra > 0 then
+  redis.call('ZREM', KEYS[1], unpack(extra))
+  redis.call('HDEL', KEYS[2], unpack(extra))
+end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-return #old
+return #old + #extra
 """
+# Redis memory of one entry: its float32 vector, its id twice (~32 bytes) and the sorted set's
+# and hash's own overheads (measured 2.6 KB an entry with 512 dimensions on Redis 7: the
+# allocator rounds the vector up).
+_ENTRY_OVERHEAD_BYTES = 640
+
+
+def max_bytes_per_user(max_prompts: int) -> int:
+    """Upper bound of the Redis memory of one user's window."""
+    return max_prompts * (VECTOR_DIM * 4 + _ENTRY_OVERHEAD_BYTES) + 1024
 
 
 class RedisRecentPrompts:
-    def __init__(self, client: redis.Redis, prefix: str, window_s: float) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, window_s: float, max_prompts: int = 64
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.window_s = window_s
+        self.max_prompts = max(1, max_prompts)
         self._remember = client.register_script(REMEMBER_LUA)
 
     def _keys(self, user: str) -> tuple[str, str]:
@@ -45,7 +67,8 @@ class RedisRecentPrompts:
     def recent(
         self, users: list[str], now: float | None = None
     ) -> dict[str, list[tuple[str, Array]]]:
-        """Each user's prompts of the last ``window_s`` seconds, oldest first."""
+        """Each user's prompts of the last ``window_s`` seconds (the newest ``max_prompts``),
+        oldest first."""
         now = time.time() if now is None else now
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -78,7 +101,14 @@ class RedisRecentPrompts:
             for user, qid, vec in entries:
                 self._remember(
                     keys=list(self._keys(user)),
-                    args=[now, now - self.window_s, ttl, qid, vec.astype(np.float32).tobytes()],
+                    args=[
+                        now,
+                        now - self.window_s,
+                        ttl,
+                        qid,
+                        vec.astype(np.float32).tobytes(),
+                        self.max_prompts,
+                    ],
                     client=pipe,
                 )
             pipe.execute()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,13 +40,17 @@ class Retry:
 
 
 def find_retries(
-    new: list[tuple[str, Array]], recent: list[tuple[str, Array]], threshold: float
+    new: list[tuple[str, Array]],
+    recent: list[tuple[str, Array]],
+    threshold: float,
+    limit: int = 64,
 ) -> list[Retry]:
     """For each new prompt, the most similar recent prompt of the same user at or above
     ``threshold`` (never itself). ``new`` prompts of one chunk count as recent for the later
-    ones, so a user re-asking within one batch is caught too."""
+    ones, so a user re-asking within one batch is caught too. Each prompt is compared with the
+    ``limit`` most recent prompts only: O(limit) per prompt, whatever the user's batch."""
     out: list[Retry] = []
-    pool = list(recent)
+    pool = deque(recent[-limit:], maxlen=max(1, limit))
     for qid, vec in new:
         best: tuple[float, str] | None = None
         for other_id, other_vec in pool:

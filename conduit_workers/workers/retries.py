@@ -52,7 +52,9 @@ class RetryDetector:
         retries = []
         for user in users:
             new = [(r.id, vectors[r.id]) for r in with_user if r.user == user]
-            retries += find_retries(new, recent.get(user, []), self.threshold)
+            retries += find_retries(
+                new, recent.get(user, []), self.threshold, self.recent.max_prompts
+            )
         if not retries:
             return []
         answered = self.history.answered_by([x.earlier_query_id for x in retries])

@@ -59,7 +59,9 @@ def _retry_detector(rt: Runtime) -> RetryDetector | None:
     def send(event_ids: list[str]) -> None:
         app.send_task("conduit.feedback.apply_events", args=[event_ids], queue="feedback")
 
-    recent = RedisRecentPrompts(rt.store.client, rt.settings.redis.key_prefix, cfg.window_s)
+    recent = RedisRecentPrompts(
+        rt.store.client, rt.settings.redis.key_prefix, cfg.window_s, cfg.window_prompts
+    )
     return RetryDetector(recent, rt.history, cfg.threshold, send)
 
 
