@@ -234,6 +234,26 @@ class MetricsSettings(BaseModel):
     cache_s: float = 10.0  # figures read from the history database at most this often
 
 
+class GatewaySettings(BaseModel):
+    """``conduit serve``: the OpenAI-compatible HTTP API (docs/deploy.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1  # uvicorn worker processes (each routes in-process over the shared Redis)
+    # Refuse requests without a valid API key (`conduit keys create`); off only for local trials.
+    require_key: bool = True
+    # A verified key is trusted for this long in each server process: a revoked key stops
+    # working within it. 0 checks the history database on every request.
+    key_cache_s: float = 10.0
+    # Output tokens reserved against a key's budget when a request sets no max_tokens and the
+    # model's catalog entry has no max_output_tokens; the call is then capped at it.
+    default_max_output_tokens: int = 4_096
+    # History rows of answered calls are written behind the response in batches: at most this
+    # many per transaction, at least every ``write_interval_s``.
+    write_batch: int = 512
+    write_interval_s: float = 0.02
+
+
 class Settings(BaseSettings):
     """All of Conduit's configuration, from ``CONDUIT_…`` variables or keyword arguments."""
 
@@ -253,6 +273,7 @@ class Settings(BaseSettings):
     reports: ReportSettings = Field(default_factory=ReportSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     log_level: str = "INFO"
 
     @property

@@ -282,6 +282,10 @@ def _add_replay_server() -> None:
     for command in COMMANDS:
         cli.add_command(command)
     cli.add_command(dlq)
+    from producers.serve_cli import COMMANDS as SERVE_COMMANDS
+
+    for command in SERVE_COMMANDS:
+        cli.add_command(command)
 
 
 _add_replay_server()

@@ -1,5 +1,5 @@
 """History database schema (SQLAlchemy Core): batches, queries, decisions, results, feedback,
-daily reports.
+daily reports, API keys.
 
 Every change here needs a migration in ``conduit_workers/migrations/versions/``
 (``conduit db revision -m "what changed"`` drafts one); a test compares the two.
@@ -139,4 +139,17 @@ daily_reports = Table(
     Column("mean_rating", Float, nullable=True),
     Column("figures", JSON, nullable=True),
     Column("out_dir", Text, nullable=True),
+)
+
+# API keys of `conduit serve` (`conduit keys create`): only the SHA-256 of a key is stored.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("key_hint", String(16), nullable=False),  # the key's first characters, for people
+    Column("budget_usd_per_day", Float, nullable=True),
+    Column("allowed_models", JSON, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
 )

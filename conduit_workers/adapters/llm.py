@@ -15,11 +15,19 @@ from typing import Any
 
 from pydantic_ai import exceptions as pai_exc
 from pydantic_ai.direct import model_request
-from pydantic_ai.messages import ModelRequest
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    SystemPromptPart,
+    TextPart,
+    UserPromptPart,
+)
 from pydantic_ai.models import Model
 from pydantic_ai.settings import ModelSettings
 
 from conduit_workers.domain.catalog import Catalog, ModelSpec
+from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.errors import (
     ConfigError,
     PermanentProviderError,
@@ -231,21 +239,27 @@ class LLMClient:
         if close is not None:
             await close()
 
-    async def complete(self, model_name: str, prompt: str) -> Completion:
+    async def complete(
+        self, model_name: str, prompt: str, request: ChatRequest | None = None
+    ) -> Completion:
+        """One call of ``model_name``: the ``prompt`` as one user message, or, when given,
+        ``request``'s messages and settings (the OpenAI API's body, e.g. from ``conduit serve``)."""
         spec = self.catalog.get(model_name)
         settings = ModelSettings(timeout=self.timeout_s)
         max_tokens = self.max_output_tokens or spec.max_output_tokens
+        if request is not None and request.max_tokens is not None:
+            max_tokens = min(request.max_tokens, max_tokens or request.max_tokens)
         if max_tokens:
             settings["max_tokens"] = max_tokens
+        messages: list[ModelMessage] = [ModelRequest.user_text_prompt(prompt)]
+        if request is not None:
+            messages = chat_messages(request)
+            settings.update(chat_settings(request, spec.provider))
         started = time.perf_counter()
         try:
             model = self.model(model_name)
             response = await asyncio.wait_for(
-                model_request(
-                    model,
-                    [ModelRequest.user_text_prompt(prompt)],
-                    model_settings=settings,
-                ),
+                model_request(model, messages, model_settings=settings),
                 timeout=self.timeout_s + 1.0,
             )
         except ConfigError:
@@ -262,3 +276,44 @@ class LLMClient:
         return Completion(
             text, int(usage.input_tokens or 0), int(usage.output_tokens or 0), latency_ms
         )
+
+
+def chat_messages(request: ChatRequest) -> list[ModelMessage]:
+    """pydantic-ai messages of an OpenAI conversation: system (and developer) and user turns go
+    into requests, assistant turns into responses, in their order."""
+    out: list[ModelMessage] = []
+    parts: list[SystemPromptPart | UserPromptPart] = []
+    for m in request.messages:
+        if m.role == "assistant":
+            if parts:
+                out.append(ModelRequest(parts=parts))
+                parts = []
+            out.append(ModelResponse(parts=[TextPart(m.content)]))
+        elif m.role == "user":
+            parts.append(UserPromptPart(m.content))
+        else:
+            parts.append(SystemPromptPart(m.content))
+    if parts:
+        out.append(ModelRequest(parts=parts))
+    return out
+
+
+def chat_settings(request: ChatRequest, provider: str) -> ModelSettings:
+    """The request's generation settings as pydantic-ai's; ``response_format`` and ``user`` go
+    in the body of OpenAI(-compatible) providers, which define them."""
+    s = ModelSettings()
+    if request.temperature is not None:
+        s["temperature"] = request.temperature
+    if request.top_p is not None:
+        s["top_p"] = request.top_p
+    if request.stop:
+        s["stop_sequences"] = list(request.stop)
+    extra: dict[str, Any] = {}
+    if provider in ("openai", "openai-compatible"):
+        if request.response_format is not None:
+            extra["response_format"] = dict(request.response_format)
+        if request.user is not None:
+            extra["user"] = request.user
+    if extra:
+        s["extra_body"] = extra
+    return s

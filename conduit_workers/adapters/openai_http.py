@@ -205,6 +205,9 @@ class OpenAIHttpModel(Model):
                 body[key] = s[key]
         if s.get("stop_sequences"):
             body["stop"] = s["stop_sequences"]
+        extra = s.get("extra_body")
+        if isinstance(extra, Mapping):
+            body.update(extra)  # response_format, user, provider-specific fields
         return body
 
     async def request(

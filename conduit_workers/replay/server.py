@@ -4,7 +4,7 @@ Endpoints (``/v1/*`` require ``Authorization: Bearer <api_key>`` when a key is c
 
     GET  /v1/models                 data models + profile keys + extra models, OpenAI list format
     GET  /v1/models/{model}         one model object, or 404
-    POST /v1/chat/completions       a chat.completion answer (no streaming)
+    POST /v1/chat/completions       a chat.completion answer (no streaming); JSON when asked
     GET  /_replay/stats             calls, per-model calls, faults, statuses, duplicates
     POST /_replay/stats/reset       zero the stats
     GET  /_replay/profiles          the profiles in the profile-file shape
@@ -52,6 +52,7 @@ from .data import (
     synthetic_text,
     words_for_tokens,
 )
+from .json_answer import json_answer, parse_response_format
 from .profile import (
     DEFAULT_PROFILE_KEY,
     FAULT_KINDS,
@@ -221,6 +222,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         body = json.loads(await request.read())
         model, prompt, n_chars, cap = parse_chat(body)
+        fmt = parse_response_format(body)
     except (ValueError, UnicodeDecodeError):
         state.stats.statuses[400] += 1
         return _error(400, "the request body is not valid JSON")
@@ -286,6 +288,8 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
             elif cap is not None and completion_tokens > cap:
                 content = content[: max(1, len(content) * cap // completion_tokens)]
                 completion_tokens, finish = cap, "length"
+            if fmt is not None and content:
+                content = json_answer(fmt, content)
             delay = _delay_s(state, profile, completion_tokens)
             if delay:
                 await asyncio.sleep(delay)

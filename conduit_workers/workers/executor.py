@@ -115,7 +115,7 @@ async def _execute_one(
             model_attempts += 1
             started = time.perf_counter()
             try:
-                done = await llm.complete(model, row.prompt)
+                done = await llm.complete(model, row.prompt, row.request)
             except BaseException as exc:
                 if health is not None and not isinstance(exc, ProviderError):
                     health.release(model)  # cancelled or a bug: never leave a probe slot taken

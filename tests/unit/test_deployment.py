@@ -76,6 +76,10 @@ def test_one_beat_flower_and_exporter_on_the_configured_ports():
         f"127.0.0.1:{MetricsSettings().port}:{MetricsSettings().port}"
     ]
     assert SERVICES["migrate"]["command"] == ["conduit", "db", "upgrade"]
+    api = SERVICES["api"]
+    assert api["command"][:2] == ["conduit", "serve"] and "/healthz" in " ".join(
+        api["healthcheck"]["test"]
+    )
 
 
 def test_redis_persists_the_replay_server_is_a_demo_profile_and_dependencies_exist():
@@ -86,7 +90,7 @@ def test_redis_persists_the_replay_server_is_a_demo_profile_and_dependencies_exi
     for name, svc in SERVICES.items():
         for dep in svc.get("depends_on") or {}:
             assert dep in SERVICES, (name, dep)
-        if name in ROLES or name in ("beat", "flower", "metrics"):
+        if name in ROLES or name in ("beat", "flower", "metrics", "api"):
             assert svc["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
@@ -122,6 +126,7 @@ def test_environment_names_are_settings_or_catalog_variables():
         ("flower", [], "celery -A conduit_workers flower"),
         ("metrics", [], "conduit metrics"),
         ("migrate", [], "conduit db upgrade"),
+        ("serve", ["--port", "8001"], "conduit serve --port 8001"),
     ],
 )
 def test_ops_scripts_run_each_role(script, args, expected):

@@ -1,0 +1,211 @@
+"""The application: ``create_app(settings)`` builds it; its lifespan builds (per server process)
+the catalog, the routing engine over the shared Redis posteriors, the LLM client, the budget
+ledger, the history writer and the Celery producer that sends feedback by task name.
+
+Routes (every ``/v1`` route needs ``Authorization: Bearer <key>`` unless
+``CONDUIT_GATEWAY__REQUIRE_KEY=false``)::
+
+    POST /v1/chat/completions   OpenAI's chat completion; model "conduit" is routed
+    GET  /v1/models             the catalog, plus "conduit"
+    GET  /v1/models/{model}     one of them
+    POST /v1/feedback           a rating in [0, 1] of an answer (Conduit's own)
+    GET  /healthz               "ok" once the process is ready
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.responses import PlainTextResponse, Response
+
+from conduit_workers.adapters.budget_ledger import RedisBudgetLedger
+from conduit_workers.adapters.history_gateway import ApiKey, GatewayHistory
+from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id
+from conduit_workers.gateway import errors
+from conduit_workers.gateway.auth import KeyChecker
+from conduit_workers.gateway.errors import ApiError
+from conduit_workers.gateway.responses import (
+    chat_completion,
+    json_response,
+    model_list,
+    model_object,
+)
+from conduit_workers.gateway.schemas import ROUTED, ChatCompletionRequest, FeedbackRequest
+from conduit_workers.gateway.service import Gateway
+from conduit_workers.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _State:
+    gateway: Gateway
+    keys: KeyChecker
+    history: GatewayHistory
+
+
+def _build(settings: Settings) -> tuple[_State, Any]:
+    from celery import Celery
+
+    import celeryconfig
+    from conduit_workers.adapters.embedder import make_embedder
+    from conduit_workers.adapters.llm import LLMClient
+    from conduit_workers.adapters.posterior_store import RedisPosteriorStore
+    from conduit_workers.domain.catalog import load_catalog
+    from conduit_workers.domain.health import ModelHealth
+    from conduit_workers.engine import RoutingEngine
+    from conduit_workers.gateway.decider import Decider
+    from conduit_workers.gateway.recorder import HistoryRecorder
+    from conduit_workers.settings import environ
+
+    s = settings
+    catalog = load_catalog(s.catalog.path, environ())
+    db = s.database
+    history = GatewayHistory(db.url, retry_for_s=db.retry_for_s, pool_size=db.pool_size)
+    history.create_schema(auto_migrate=db.auto_migrate)
+    r = s.redis
+    store = RedisPosteriorStore.from_url(r.url, r.key_prefix, r.applied_ttl_s, r.socket_timeout_s)
+    rs = s.router
+    engine = RoutingEngine(catalog, store, make_embedder(rs.embedder, rs.static_model_dir), rs)
+    ex = s.executor
+    llm = LLMClient(
+        catalog,
+        environ(),
+        ex.timeout_s,
+        ex.max_output_tokens,
+        http_client=ex.http_client,
+        max_connections=ex.max_connections,
+    )
+    health = ModelHealth(
+        ex.health_window, ex.cooldown_min_calls, ex.cooldown_failure_rate, ex.cooldown_s
+    )
+    ledger = RedisBudgetLedger(
+        aioredis.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s), r.key_prefix
+    )
+    producer = Celery("conduit-gateway", set_as_current=False)
+    producer.conf.update(celeryconfig.build(s))
+    chunk = s.feedback.chunk_size
+
+    def send_events(ids: list[str]) -> None:
+        for i in range(0, len(ids), chunk):
+            producer.send_task(
+                "conduit.feedback.apply_events", args=[ids[i : i + chunk]], queue="feedback"
+            )
+
+    recorder = HistoryRecorder(
+        history, send_events, batch=s.gateway.write_batch, interval_s=s.gateway.write_interval_s
+    )
+    gateway = Gateway(s, catalog, Decider(engine), llm, health, ledger, recorder)
+    keys = KeyChecker(history, s.gateway.require_key, s.gateway.key_cache_s)
+    return _State(gateway, keys, history), producer
+
+
+def state(request: Request) -> _State:
+    st: _State = request.app.state.conduit
+    return st
+
+
+async def api_key(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> ApiKey:
+    """The caller's key (401 without a valid one)."""
+    return await state(request).keys.check(authorization)
+
+
+Key = Annotated[ApiKey, Depends(api_key)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The FastAPI application (``uvicorn --factory conduit_workers.gateway.app:create_app``)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = settings or get_settings()
+        state, producer = await asyncio.to_thread(_build, s)
+        app.state.conduit = state
+        try:
+            yield
+        finally:
+            gw = state.gateway
+            await asyncio.to_thread(gw.recorder.close)
+            await gw.llm.aclose()
+            await gw.ledger.client.aclose()
+            producer.close()
+            state.history.dispose()
+
+    app = FastAPI(
+        title="Conduit",
+        summary="OpenAI-compatible API of Conduit, the LLM router that learns from feedback.",
+        version="1",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key) -> Response:
+        """OpenAI's chat completion. ``model``: ``conduit`` (routed) or a catalog model."""
+        if body.stream:
+            raise ApiError(
+                422, "stream=true is not supported yet; send stream=false", param="stream"
+            )
+        answer = await state(request).gateway.chat(body, key)
+        return chat_completion(answer)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request, key: Key) -> Response:
+        """The catalog models this key may use, and ``conduit``."""
+        return model_list([ROUTED, *state(request).gateway.visible_models(key)])
+
+    @app.get("/v1/models/{model:path}")
+    async def get_model(model: str, request: Request, key: Key) -> Response:
+        if model != ROUTED and model not in state(request).gateway.visible_models(key):
+            raise ApiError(404, f"The model {model!r} does not exist; see GET /v1/models.",
+                           code="model_not_found", param="model")  # fmt: skip
+        return json_response(model_object(model))
+
+    @app.post("/v1/feedback")
+    async def feedback(body: FeedbackRequest, request: Request, key: Key) -> Response:
+        """Rate an answer in [0, 1], once per answer; by query id (the ``x-conduit-query-id``
+        header of the call) or by a batch line's ``custom_id``."""
+        st = state(request)
+        ref = body.query_id or body.custom_id or ""
+        answered = await asyncio.to_thread(st.history.answered_by, [ref])
+        if ref not in answered:
+            # Answered by this process a moment ago: its rows may still be on their way.
+            await asyncio.to_thread(st.gateway.recorder.flush, 5.0)
+            answered = await asyncio.to_thread(st.history.answered_by, [ref])
+        if ref not in answered:
+            what = "query id" if body.query_id else "custom_id"
+            raise ApiError(
+                404,
+                f"no answered prompt with {what} {ref[:80]!r} (a failed call cannot be rated)",
+                code="not_found",
+                param="query_id" if body.query_id else "custom_id",
+            )
+        qid, model = answered[ref]
+        event = FeedbackEvent(explicit_event_id(qid), qid, model, EXPLICIT, body.rating, 1.0)
+        fresh = await asyncio.to_thread(st.history.add_feedback, [event])
+        if fresh:
+            await asyncio.to_thread(st.gateway.recorder.send_events, fresh)
+        return json_response(
+            {
+                "object": "feedback",
+                "query_id": qid,
+                "model": model,
+                "rating": body.rating,
+                "status": "accepted" if fresh else "duplicate",
+            }
+        )
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return PlainTextResponse("ok")
+
+    return app

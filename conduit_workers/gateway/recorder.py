@@ -1,0 +1,106 @@
+"""The history rows of answered calls, written behind the response: a thread gathers what the
+requests hand it and writes up to ``batch`` calls per transaction (one PostgreSQL transaction
+per call would cap a server near 900 calls/s), then sends their implicit feedback events to the
+feedback queue by task name (``conduit.feedback.apply_events``), ids only.
+
+A call's rows appear within about ``interval_s`` plus one transaction of its answer; ``flush``
+waits for everything handed over so far (feedback on a call just answered, shutdown). While the
+database is unreachable the rows wait here and are written when it answers; a process killed in
+that window loses them (the answer was given and billed in Redis, but is not in the history).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from conduit_workers.adapters.history_gateway import CallRecord, GatewayHistory
+from conduit_workers.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class HistoryRecorder:
+    def __init__(
+        self,
+        history: GatewayHistory,
+        send_events: Callable[[list[str]], None],
+        *,
+        batch: int = 512,
+        interval_s: float = 0.02,
+    ) -> None:
+        self.history = history
+        self.send_events = send_events
+        self.batch = batch
+        self.interval_s = interval_s
+        self._queue: list[CallRecord] = []
+        self._cond = threading.Condition()
+        self._added = 0
+        self._written = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="conduit-history", daemon=True)
+        self._thread.start()
+
+    def add(self, record: CallRecord) -> None:
+        with self._cond:
+            self._queue.append(record)
+            self._added += 1
+            if len(self._queue) >= self.batch:
+                self._cond.notify_all()
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every call handed over so far is written; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            target = self._added
+            self._cond.notify_all()
+            while self._written < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self.flush(timeout_s)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue and not self._closed:
+                    self._cond.wait(self.interval_s)
+                if self._closed and not self._queue:
+                    return
+                todo = self._queue[: self.batch]
+            if not todo:
+                continue
+            try:
+                event_ids = self.history.record_calls(todo)
+            except StoreUnavailable as exc:
+                log.warning("history: %d answered calls wait to be written (%s)", len(todo), exc)
+                time.sleep(1.0)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bad batch must not stop the writer
+                log.error(
+                    "history: %d answered calls not written (%s)", len(todo), type(exc).__name__
+                )
+                event_ids = None
+            with self._cond:
+                del self._queue[: len(todo)]
+                self._written += len(todo)
+                self._cond.notify_all()
+            if event_ids:
+                try:
+                    self.send_events(event_ids)
+                except Exception as exc:  # noqa: BLE001 - the feedback sweep re-sends them
+                    log.warning(
+                        "feedback queue: %d events not sent (%s); the sweep sends them later",
+                        len(event_ids),
+                        type(exc).__name__,
+                    )
