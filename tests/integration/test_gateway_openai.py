@@ -1,0 +1,264 @@
+"""`conduit serve` driven by the real OpenAI Python SDK: chat (routed and by model name), JSON
+output, models, feedback, and the SDK's own exceptions on 401/403/404/422/429. Real uvicorn,
+replay server, Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx2
+import openai
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy import select
+
+from conduit_workers.adapters import history_schema as t
+from conduit_workers.adapters.history_gateway import GatewayHistory
+from conduit_workers.replay import ReplayConfig
+from conduit_workers.settings import (
+    CatalogSettings,
+    DatabaseSettings,
+    GatewaySettings,
+    RedisSettings,
+    RouterSettings,
+    Settings,
+)
+from tests.conftest import PG_URL, REDIS_URL, TEST_PREFIX
+from tests.gateway_harness import queued_tasks, start_gateway, write_catalog
+from tests.replay_harness import PROMPT_1, RESPONSE_1, start_replay, write_replay_data
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Api:
+    url: str  # the gateway's /v1
+    history: GatewayHistory
+    keys: dict[str, str]  # name -> key
+    redis: redis.Redis
+
+    def client(self, key: str | None = "main", **kw: Any) -> openai.OpenAI:
+        secret = self.keys[key] if key in self.keys else (key or "none")
+        kw.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=self.url, api_key=secret, **kw)
+
+    def rows(self, table: sa.Table, query_id: str, timeout_s: float = 10) -> list[Any]:
+        """The rows of ``table`` for a call, once the writer behind the response wrote them."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.history.engine.connect() as conn:
+                key = table.c.query_id if "query_id" in table.c else table.c.id
+                rows = list(conn.execute(select(table).where(key == query_id)))
+            if rows or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def api(
+    redis_client: redis.Redis, pg_engine: sa.Engine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    schema = f"gw_{uuid.uuid4().hex[:10]}"
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text(f'create schema "{schema}"'))
+    db_url = f"{PG_URL}?options={quote(f'-csearch_path={schema}')}"
+    redis_client.flushdb()
+    replay = start_replay(ReplayConfig(data_paths=[write_replay_data(tmp / "data.jsonl")]))
+    settings = Settings(
+        redis=RedisSettings(url=REDIS_URL, key_prefix=TEST_PREFIX),
+        database=DatabaseSettings(url=db_url),
+        catalog=CatalogSettings(path=write_catalog(tmp / "catalog.toml", replay.v1)),
+        router=RouterSettings(embedder="hashing", seed=3),
+        gateway=GatewaySettings(key_cache_s=0.0),
+    )
+    history = GatewayHistory(db_url, retry_for_s=5)
+    history.create_schema()
+    keys = {
+        "main": history.create_key("main")[1],
+        "broke": history.create_key("broke", budget_usd_per_day=0.0)[1],
+        "cheap-only": history.create_key("cheap-only", allowed_models=["cheap"])[1],
+    }
+    gateway = start_gateway(settings)
+    try:
+        yield Api(f"{gateway.base_url}/v1", history, keys, redis_client)
+    finally:
+        gateway.stop()
+        replay.stop()
+        history.dispose()
+        redis_client.flushdb()
+        with pg_engine.begin() as conn:
+            conn.execute(sa.text(f'drop schema "{schema}" cascade'))
+
+
+def test_routed_chat_answers_in_openai_shape_and_is_recorded_once(api: Api) -> None:
+    raw = api.client().chat.completions.with_raw_response.create(
+        model="conduit",
+        messages=[
+            {"role": "system", "content": "Answer with one letter."},
+            {"role": "user", "content": PROMPT_1},
+        ],
+        temperature=0.2,
+        max_tokens=50,
+        user="alice",
+    )
+    qid = raw.headers["x-conduit-query-id"]
+    answer = raw.parse()
+    assert answer.object == "chat.completion"
+    assert answer.model in ("strong", "cheap")
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content
+    assert answer.usage is not None and answer.usage.prompt_tokens > 0
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+
+    (query,) = api.rows(t.queries, qid)
+    assert query.user_name == "alice" and PROMPT_1 in query.prompt
+    (decision,) = api.rows(t.decisions, qid)
+    (result,) = api.rows(t.results, qid)
+    assert decision.model == result.model == answer.model
+    assert result.status == "ok" and result.response == answer.choices[0].message.content
+    assert result.input_tokens == answer.usage.prompt_tokens
+    assert result.cost_usd > 0
+    (event,) = api.rows(t.feedback, qid)
+    assert event.kind == "implicit" and event.model == answer.model
+    (link,) = api.rows(t.batch_items, qid)
+    assert link.batch_id.startswith("api-main-")
+    # The implicit feedback went to the feedback queue by task name, ids only.
+    deadline = time.monotonic() + 10
+    while not any(event.id in args for _, args in queued_tasks(api.redis, "feedback")):
+        assert time.monotonic() < deadline, "implicit feedback never reached the feedback queue"
+        time.sleep(0.05)
+    assert {name for name, _ in queued_tasks(api.redis, "feedback")} == {
+        "conduit.feedback.apply_events"
+    }
+
+
+def test_catalog_model_bypasses_routing_and_passes_the_settings(api: Api) -> None:
+    answer = api.client().chat.completions.create(
+        model="strong", messages=[{"role": "user", "content": PROMPT_1}]
+    )
+    assert answer.model == "strong"
+    assert answer.choices[0].message.content == RESPONSE_1  # the replay's recorded answer
+    capped = api.client().chat.completions.create(
+        model="strong",
+        messages=[{"role": "user", "content": "Tell me a long story about routers."}],
+        max_completion_tokens=3,
+    )
+    assert capped.usage is not None and capped.usage.completion_tokens == 3
+    assert capped.choices[0].finish_reason == "length"
+
+
+def test_json_object_and_json_schema_outputs(api: Api) -> None:
+    client = api.client()
+    obj = client.chat.completions.create(
+        model="cheap",
+        messages=[{"role": "user", "content": "Reply in JSON."}],
+        response_format={"type": "json_object"},
+    )
+    assert isinstance(json.loads(obj.choices[0].message.content or ""), dict)
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    shaped = client.chat.completions.create(
+        model="conduit",
+        messages=[{"role": "user", "content": "Which city, how many people?"}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "city", "schema": schema, "strict": True},
+        },
+    )
+    data = json.loads(shaped.choices[0].message.content or "")
+    assert set(data) == {"city", "population"} and isinstance(data["population"], int)
+
+
+def test_models_lists_the_catalog_and_conduit_per_key(api: Api) -> None:
+    assert {m.id for m in api.client().models.list()} == {"conduit", "strong", "cheap"}
+    assert {m.id for m in api.client("cheap-only").models.list()} == {"conduit", "cheap"}
+    assert api.client().models.retrieve("strong").id == "strong"
+    with pytest.raises(openai.NotFoundError):
+        api.client("cheap-only").models.retrieve("strong")
+
+
+def test_feedback_by_query_id_is_stored_once_and_queued(api: Api) -> None:
+    client = api.client()
+    raw = client.chat.completions.with_raw_response.create(
+        model="conduit", messages=[{"role": "user", "content": "Rate me."}]
+    )
+    qid = raw.headers["x-conduit-query-id"]
+    body = {"query_id": qid, "rating": 0.75}
+    first = client.post("/feedback", body=body, cast_to=httpx2.Response).json()
+    again = client.post("/feedback", body=body, cast_to=httpx2.Response).json()
+    assert first["status"] == "accepted" and again["status"] == "duplicate"
+    assert first["model"] == raw.parse().model
+    explicit = [r for r in api.rows(t.feedback, qid) if r.kind == "explicit"]
+    assert [(r.reward, r.id) for r in explicit] == [(0.75, f"explicit:{qid}")]
+    assert any(f"explicit:{qid}" in args for _, args in queued_tasks(api.redis, "feedback"))
+    with pytest.raises(openai.NotFoundError, match="no answered prompt"):
+        client.post("/feedback", body={"query_id": "nope", "rating": 1}, cast_to=httpx2.Response)
+    with pytest.raises(openai.UnprocessableEntityError, match="rating"):
+        client.post("/feedback", body={"query_id": qid, "rating": 1.5}, cast_to=httpx2.Response)
+
+
+def test_the_sdk_raises_its_own_exceptions(api: Api) -> None:
+    messages: Any = [{"role": "user", "content": "hello"}]
+    with pytest.raises(openai.AuthenticationError, match="didn't provide an API key"):
+        api.client().models.list(extra_headers={"Authorization": openai.omit})
+    with pytest.raises(openai.AuthenticationError, match="Incorrect API key") as wrong:
+        api.client("cdt-not-a-key").chat.completions.create(model="conduit", messages=messages)
+    assert "cdt-not-a-key" not in str(wrong.value)
+    with pytest.raises(openai.NotFoundError, match="not in Conduit's catalog"):
+        api.client().chat.completions.create(model="gpt-9", messages=messages)
+    with pytest.raises(openai.PermissionDeniedError, match="may not use model 'strong'"):
+        api.client("cheap-only").chat.completions.create(model="strong", messages=messages)
+    with pytest.raises(openai.UnprocessableEntityError, match="temperature"):
+        api.client().chat.completions.create(model="conduit", messages=messages, temperature=7)
+    with pytest.raises(openai.UnprocessableEntityError, match="tools: is not supported"):
+        api.client().chat.completions.create(
+            model="conduit",
+            messages=messages,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
+    with pytest.raises(openai.UnprocessableEntityError, match="max_cost_usd"):
+        api.client().chat.completions.create(
+            model="conduit", messages=messages, extra_body={"constraints": {"max_cost_usd": -1}}
+        )
+    with pytest.raises(openai.RateLimitError, match="over its daily budget of \\$0.00"):
+        api.client("broke").chat.completions.create(model="conduit", messages=messages)
+
+
+def test_a_revoked_key_is_refused(api: Api) -> None:
+    _, key = api.history.create_key("short-lived")
+    api.keys["short-lived"] = key
+    assert api.client("short-lived").models.list().data
+    assert api.history.revoke_key("short-lived")
+    with pytest.raises(openai.AuthenticationError):
+        api.client("short-lived").models.list()
+
+
+def test_routing_constraints_come_through_extra_body(api: Api) -> None:
+    for _ in range(3):
+        answer = api.client().chat.completions.create(
+            model="conduit",
+            messages=[{"role": "user", "content": "Any model but the strong one."}],
+            extra_body={"constraints": {"allowed_models": ["cheap"]}},
+        )
+        assert answer.model == "cheap"
+
+
+def test_keys_are_stored_hashed(api: Api, tmp_path: Path) -> None:
+    with api.history.engine.connect() as conn:
+        stored = conn.execute(select(t.api_keys.c.key_hash, t.api_keys.c.key_hint)).all()
+    secret = api.keys["main"]
+    assert all(secret not in (h, hint) for h, hint in stored)
+    assert any(len(h) == 64 and hint == secret[:8] for h, hint in stored)
