@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ import uvicorn
 
 from conduit_workers.gateway.app import create_app
 from conduit_workers.settings import Settings
+from producers.local import Proc, free_port
 
 STRONG_PRICES = (10.0, 30.0)
 CHEAP_PRICES = (0.6, 0.6)
@@ -98,3 +102,36 @@ def queued_tasks(redis_client: Any, queue: str) -> list[tuple[str, Any]]:
         body = json.loads(base64.b64decode(msg["body"]))
         out.append((msg["headers"]["task"], body[0][0]))  # the first positional argument
     return out
+
+
+def start_gateway_processes(n: int, env: dict[str, str], workdir: Path) -> list[tuple[Proc, str]]:
+    """``n`` `conduit serve` processes, each on a free port; (process, its /v1 URL) once every
+    one answers /healthz (they start at once: the machine's cores share the imports)."""
+    procs: list[tuple[Proc, str]] = []
+    for i in range(n):
+        port = free_port()
+        log_path = workdir / f"serve-{i}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed by Proc.stop
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "producers.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        procs.append((Proc(f"serve-{i}", popen, log_path, log), f"http://127.0.0.1:{port}/v1"))
+    deadline = time.monotonic() + 180
+    for proc, url in procs:
+        while True:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+            try:
+                with urllib.request.urlopen(url.removesuffix("/v1") + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.name} did not answer within 180 s:\n{proc.tail()}")
+            time.sleep(0.2)
+    return procs
