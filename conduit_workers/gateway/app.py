@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from conduit_workers.adapters.budget_ledger import RedisBudgetLedger
 from conduit_workers.adapters.history_gateway import ApiKey, GatewayHistory
@@ -112,11 +113,16 @@ def state(request: Request) -> _State:
     return st
 
 
+# Documents the scheme in the OpenAPI document (the SDK's api_key); the header is read below, so
+# that a missing and a malformed one each get their own message.
+_bearer = HTTPBearer(auto_error=False, description="An API key from `conduit keys create`.")
+
+
 async def api_key(
-    request: Request, authorization: Annotated[str | None, Header()] = None
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> ApiKey:
     """The caller's key (401 without a valid one)."""
-    return await state(request).keys.check(authorization)
+    return await state(request).keys.check(request.headers.get("authorization"))
 
 
 Key = Annotated[ApiKey, Depends(api_key)]

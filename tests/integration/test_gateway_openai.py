@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx2
 import openai
@@ -21,82 +18,18 @@ import sqlalchemy as sa
 from sqlalchemy import select
 
 from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.history_gateway import GatewayHistory
-from conduit_workers.replay import ReplayConfig
-from conduit_workers.settings import (
-    CatalogSettings,
-    DatabaseSettings,
-    GatewaySettings,
-    RedisSettings,
-    RouterSettings,
-    Settings,
-)
-from tests.conftest import PG_URL, REDIS_URL, TEST_PREFIX
-from tests.gateway_harness import queued_tasks, start_gateway, write_catalog
-from tests.replay_harness import PROMPT_1, RESPONSE_1, start_replay, write_replay_data
+from tests.gateway_harness import Api, queued_tasks, running_api
+from tests.replay_harness import PROMPT_1, RESPONSE_1
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Api:
-    url: str  # the gateway's /v1
-    history: GatewayHistory
-    keys: dict[str, str]  # name -> key
-    redis: redis.Redis
-
-    def client(self, key: str | None = "main", **kw: Any) -> openai.OpenAI:
-        secret = self.keys[key] if key in self.keys else (key or "none")
-        kw.setdefault("max_retries", 0)
-        return openai.OpenAI(base_url=self.url, api_key=secret, **kw)
-
-    def rows(self, table: sa.Table, query_id: str, timeout_s: float = 10) -> list[Any]:
-        """The rows of ``table`` for a call, once the writer behind the response wrote them."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with self.history.engine.connect() as conn:
-                key = table.c.query_id if "query_id" in table.c else table.c.id
-                rows = list(conn.execute(select(table).where(key == query_id)))
-            if rows or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
 def api(
     redis_client: redis.Redis, pg_engine: sa.Engine, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
-    tmp = tmp_path_factory.mktemp("gateway")
-    schema = f"gw_{uuid.uuid4().hex[:10]}"
-    with pg_engine.begin() as conn:
-        conn.execute(sa.text(f'create schema "{schema}"'))
-    db_url = f"{PG_URL}?options={quote(f'-csearch_path={schema}')}"
-    redis_client.flushdb()
-    replay = start_replay(ReplayConfig(data_paths=[write_replay_data(tmp / "data.jsonl")]))
-    settings = Settings(
-        redis=RedisSettings(url=REDIS_URL, key_prefix=TEST_PREFIX),
-        database=DatabaseSettings(url=db_url),
-        catalog=CatalogSettings(path=write_catalog(tmp / "catalog.toml", replay.v1)),
-        router=RouterSettings(embedder="hashing", seed=3),
-        gateway=GatewaySettings(key_cache_s=0.0),
-    )
-    history = GatewayHistory(db_url, retry_for_s=5)
-    history.create_schema()
-    keys = {
-        "main": history.create_key("main")[1],
-        "broke": history.create_key("broke", budget_usd_per_day=0.0)[1],
-        "cheap-only": history.create_key("cheap-only", allowed_models=["cheap"])[1],
-    }
-    gateway = start_gateway(settings)
-    try:
-        yield Api(f"{gateway.base_url}/v1", history, keys, redis_client)
-    finally:
-        gateway.stop()
-        replay.stop()
-        history.dispose()
-        redis_client.flushdb()
-        with pg_engine.begin() as conn:
-            conn.execute(sa.text(f'drop schema "{schema}" cascade'))
+    with running_api(redis_client, pg_engine, tmp_path_factory.mktemp("gateway")) as running:
+        yield running
 
 
 def test_routed_chat_answers_in_openai_shape_and_is_recorded_once(api: Api) -> None:
