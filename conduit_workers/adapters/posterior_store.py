@@ -32,7 +32,9 @@ from conduit_workers.errors import StoreUnavailable
 # KEYS[2] = P:applied:<update id> (string, written)
 # ARGV[1] = ttl of the applied marker (s); ARGV[2] = context dimension;
 # ARGV[3] = the change, packed like ``stats``; ARGV[4] = factor applied to the old evidence
-# first (decay ^ weight of the change; 1 = no forgetting)
+# first (decay ^ weight of the change; 1 = no forgetting); ARGV[5] = how many leading numbers
+# are evidence that decays (Σ w x xᵀ, Σ w r x, n, r, rr): the counters after them (calls,
+# errors, latency, tokens, cost) are exact sums, never decayed
 # Returns 1 if applied, 0 if this update id had been applied already.
 # The statistics are one packed string, not one hash field per number: an update adds ~250
 # numbers, and one HINCRBYFLOAT per number made Redis the bottleneck of the feedback stage
@@ -53,6 +55,7 @@ if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[1])) then
 end
 local delta = ARGV[3]
 local factor = tonumber(ARGV[4])
+local ndecay = tonumber(ARGV[5])
 if old and #old ~= #delta then
   return redis.error_reply('stored statistics have ' .. #old .. ' bytes, update has ' .. #delta)
 end
@@ -65,7 +68,9 @@ while i < count do
   local d = {struct.unpack(fmt, delta, i * 8 + 1)}
   if old then
     local o = {struct.unpack(fmt, old, i * 8 + 1)}
-    for j = 1, k do d[j] = o[j] * factor + d[j] end
+    for j = 1, k do
+      if i + j <= ndecay then d[j] = o[j] * factor + d[j] else d[j] = o[j] + d[j] end
+    end
   end
   parts[#parts + 1] = struct.pack(fmt, unpack(d, 1, k))
   i = i + k
@@ -195,6 +200,7 @@ class RedisPosteriorStore:
                 u.delta.dim,
                 pack(u.delta),
                 repr(_decay_factor(decay, u.delta)),
+                decayed_values(u.delta.dim),
             )
             for u in updates
         ]
@@ -241,6 +247,16 @@ class RedisPosteriorStore:
         self._cache.pop(model, None)
 
 
+# Forgetting is for quality evidence only; these counters lead COUNTERS, the rest never decay.
+DECAYED_COUNTERS = ("n", "r", "rr")
+assert COUNTERS[: len(DECAYED_COUNTERS)] == DECAYED_COUNTERS
+
+
+def decayed_values(dim: int) -> int:
+    """How many leading numbers of the packed statistics decay: xx's triangle, xr, n, r, rr."""
+    return dim * (dim + 1) // 2 + dim + len(DECAYED_COUNTERS)
+
+
 def _decay_factor(decay: float, delta: ArmStats) -> float:
     weight = delta.counters.get("n", 0.0)
     return float(decay**weight) if decay < 1.0 and weight > 0 else 1.0
@@ -274,7 +290,9 @@ class InMemoryPosteriorStore:
                 f = decay**weight
                 stats.xx *= f
                 stats.xr *= f
-                stats.counters = {k: v * f for k, v in stats.counters.items()}
+                stats.counters = {
+                    k: v * f if k in DECAYED_COUNTERS else v for k, v in stats.counters.items()
+                }
             stats.merge(u.delta)
             self._stats[u.model] = (version + 1, stats)
             applied += 1
