@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_init, worker_ready
+from celery.signals import beat_init, celeryd_init, worker_ready
 
 import celeryconfig
 from conduit_workers.adapters.flower import apply_flower_defaults
@@ -75,3 +75,17 @@ def _check_models(**_: Any) -> None:
 
 
 worker_ready.connect(_check_models, weak=False)
+
+
+def _one_beat(sender: Any, **_: Any) -> None:
+    # Sent by beat before its first tick: a second beat waits here until the first is gone.
+    import redis
+
+    from conduit_workers.adapters.beat_lock import BeatLock
+
+    s = get_settings()
+    client = redis.Redis.from_url(s.redis.url, socket_timeout=s.redis.socket_timeout_s)
+    BeatLock(client, s.redis.key_prefix, s.beat.lock_ttl_s).wait_and_hold(on_lost=sender.stop)
+
+
+beat_init.connect(_one_beat, weak=False)

@@ -217,6 +217,13 @@ class ReportSettings(BaseModel):
     stale_claim_s: int = 3600
 
 
+class BeatSettings(BaseModel):
+    """Beat (``celery -A conduit_workers beat``): one per deployment, by a lock in Redis."""
+
+    # The owner renews the lock every third of this; a killed beat's standby takes over after it.
+    lock_ttl_s: float = 30.0
+
+
 class FlowerSettings(BaseModel):
     """Flower (``celery -A conduit_workers flower``) defaults; ``FLOWER_*`` and flags override."""
 
@@ -271,6 +278,7 @@ class Settings(BaseSettings):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     reports: ReportSettings = Field(default_factory=ReportSettings)
+    beat: BeatSettings = Field(default_factory=BeatSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
