@@ -20,6 +20,8 @@ class Constraints:
     max_cost_usd: float | None = None
     max_latency_ms: float | None = None
     min_quality: float | None = None
+    # The share of the catalog reference model's quality to keep, in [0, 1].
+    quality_floor: float | None = None
     allowed_models: tuple[str, ...] | None = None
     allowed_providers: tuple[str, ...] | None = None
 
@@ -42,7 +44,14 @@ class Constraints:
 
 
 _FIELDS = tuple(f.name for f in fields(Constraints))
-_NUMBERS = ("lambda_cost", "lambda_latency", "max_cost_usd", "max_latency_ms", "min_quality")
+_NUMBERS = (
+    "lambda_cost",
+    "lambda_latency",
+    "max_cost_usd",
+    "max_latency_ms",
+    "min_quality",
+    "quality_floor",
+)
 _LISTS = ("allowed_models", "allowed_providers")
 
 
@@ -67,8 +76,9 @@ def parse_constraints(obj: Any, known_models: frozenset[str] | None = None) -> C
             ):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
             values[name] = float(v)
-    if values.get("min_quality", 0.0) > 1.0:
-        raise ValueError(f"min_quality must be in [0, 1], got {values['min_quality']}")
+    for name in ("min_quality", "quality_floor"):
+        if values.get(name, 0.0) > 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {values[name]}")
     for name in _LISTS:
         if name in obj and obj[name] is not None:
             v = obj[name]

@@ -49,6 +49,11 @@ def test_same_item_gives_same_key_and_id_takes_precedence_over_text():
         ('{"prompt": "a", "metadata": {"v": NaN}}', "invalid JSON"),
         ('{"prompt": "a", "constraints": {"max_cost_usd": -1}}', "max_cost_usd must be"),
         ('{"prompt": "a", "constraints": {"speed": 1}}', "unknown field"),
+        (
+            '{"prompt": "a", "constraints": {"quality_floor": 1.5}}',
+            "quality_floor must be in [0, 1]",
+        ),
+        ('{"prompt": "a", "constraints": {"quality_floor": "high"}}', "quality_floor must be"),
     ],
 )
 def test_bad_lines_say_line_and_reason(line, reason):
@@ -80,3 +85,12 @@ def test_query_constraints_override_batch_constraints():
     merged = query.merged_over(batch)
     assert merged == Constraints(lambda_cost=0.9, max_cost_usd=0.1)
     assert merged.to_json() == {"lambda_cost": 0.9, "max_cost_usd": 0.1}
+
+
+def test_quality_floor_per_prompt_overrides_the_batch_floor():
+    item = parse('{"prompt": "a", "constraints": {"quality_floor": 0.9}}')
+    assert item.constraints.quality_floor == 0.9
+    batch = parse_constraints({"quality_floor": 0.95, "lambda_cost": 0.2})
+    merged = item.constraints.merged_over(batch)
+    assert (merged.quality_floor, merged.lambda_cost) == (0.9, 0.2)
+    assert merged.to_json() == {"lambda_cost": 0.2, "quality_floor": 0.9}
