@@ -182,6 +182,29 @@ class ExecutorSettings(BaseModel):
     cooldown_s: float = 30.0
 
 
+class BudgetSettings(BaseModel):
+    """Batch budgets (``conduit submit --budget-usd``), held by a ledger in Redis.
+
+    Before each LLM call of a budgeted batch the executor reserves the call's worst case: the
+    prompt's input tokens at most (its UTF-8 bytes plus ``input_overhead_tokens``: a byte-level
+    tokenizer never makes more tokens than bytes) and its output tokens at most, at the model's
+    catalog prices. The call is made only if the reservation fits in what the batch has left;
+    the real cost replaces the reservation when the call ends.
+    """
+
+    # Output tokens of a call at most: ``executor.max_output_tokens``, else the catalog's
+    # ``max_output_tokens`` of the model, else this; budgeted calls are capped at it.
+    max_output_tokens: int = Field(default=4_096, gt=0)
+    # Chat-template tokens a provider adds around a prompt (role markers, special tokens).
+    input_overhead_tokens: int = Field(default=32, ge=0)
+    # A reservation not settled after this long (its worker died mid-call) is released; the
+    # executor uses at least ``executor.timeout_s`` + 60 s, so a live call never outlasts it.
+    reservation_ttl_s: float = Field(default=600.0, gt=0)
+    # How long a batch's ledger stays in Redis after its last call (status and reports read
+    # it; the history database keeps the budget and the results' costs for good).
+    ledger_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
+
+
 class FeedbackSettings(BaseModel):
     chunk_size: int = 256
     # Weight of a failed call as a quality-0 observation. 0 by default: failures lower the
@@ -277,6 +300,7 @@ class Settings(BaseSettings):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
     reports: ReportSettings = Field(default_factory=ReportSettings)
     beat: BeatSettings = Field(default_factory=BeatSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)

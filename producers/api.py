@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ from celery import Celery
 
 import celeryconfig
 from conduit_workers.adapters.history import SqlHistory
+from conduit_workers.domain.budget import validate_budget
 from conduit_workers.domain.catalog import Catalog, load_catalog
-from conduit_workers.domain.constraints import Constraints
+from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.items import PromptItem, parse_item, parse_line
 from conduit_workers.domain.rewards import (
     EXPLICIT,
@@ -156,15 +157,30 @@ class ConduitClient:
         constraints: Constraints | None = None,
         rejected: int = 0,
         batch_id: str | None = None,
+        quality_floor: float | None = None,
+        budget_usd: float | None = None,
     ) -> Submission:
-        """Record validated prompts as one batch and send them to the routers."""
+        """Record validated prompts as one batch and send them to the routers.
+
+        ``quality_floor``: keep this share of the catalog reference model's quality (the
+        batch's ``constraints.quality_floor``; a prompt's own constraint wins).
+        ``budget_usd``: the batch never spends more than this; a prompt that cannot be
+        afforded ends with status ``over_budget``. Invalid values raise :class:`InputError`.
+        """
         batch_id = batch_id or uuid.uuid4().hex
+        constraints = _with_floor(constraints, quality_floor)
+        if budget_usd is not None:
+            try:
+                budget_usd = validate_budget(budget_usd)
+            except ValueError as exc:
+                raise InputError(f"budget_usd: {exc}") from None
         outcome = self.history.submit(
             batch_id,
             items,
             tag=tag,
             rejected=rejected,
-            constraints=(constraints or Constraints()).to_json(),
+            constraints=constraints.to_json(),
+            budget_usd=budget_usd,
         )
         # Earlier submissions' prompts that are still unanswered go again: routing and
         # execution skip whatever was done, so nothing is answered twice.
@@ -184,18 +200,41 @@ class ConduitClient:
         *,
         tag: str | None = None,
         constraints: Constraints | None = None,
+        quality_floor: float | None = None,
+        budget_usd: float | None = None,
     ) -> Submission:
-        """Validate and submit a list of prompts (dicts like the JSONL lines, or strings)."""
+        """Validate and submit a list of prompts (dicts like the JSONL lines, or strings);
+        ``quality_floor`` and ``budget_usd`` as in :meth:`submit_items`."""
         ok, errors = self.parse(items)
-        sub = self.submit_items(ok, tag=tag, constraints=constraints, rejected=len(errors))
+        sub = self.submit_items(
+            ok,
+            tag=tag,
+            constraints=constraints,
+            rejected=len(errors),
+            quality_floor=quality_floor,
+            budget_usd=budget_usd,
+        )
         sub.errors = errors
         return sub
 
     def submit_file(
-        self, path: Path, *, tag: str | None = None, constraints: Constraints | None = None
+        self,
+        path: Path,
+        *,
+        tag: str | None = None,
+        constraints: Constraints | None = None,
+        quality_floor: float | None = None,
+        budget_usd: float | None = None,
     ) -> Submission:
         ok, errors = self.parse_file(path)
-        sub = self.submit_items(ok, tag=tag, constraints=constraints, rejected=len(errors))
+        sub = self.submit_items(
+            ok,
+            tag=tag,
+            constraints=constraints,
+            rejected=len(errors),
+            quality_floor=quality_floor,
+            budget_usd=budget_usd,
+        )
         sub.errors = errors
         return sub
 
@@ -281,3 +320,15 @@ class ConduitClient:
         out = self.feedback(pairs)
         out.errors = errors + out.errors
         return out
+
+
+def _with_floor(constraints: Constraints | None, quality_floor: float | None) -> Constraints:
+    """The batch's constraints with ``quality_floor`` set (validated like a constraint)."""
+    constraints = constraints or Constraints()
+    if quality_floor is None:
+        return constraints
+    try:
+        floor = parse_constraints({"quality_floor": quality_floor}).quality_floor
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return replace(constraints, quality_floor=floor)

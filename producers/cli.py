@@ -61,6 +61,18 @@ def cli() -> None:
     help='Batch constraints as JSON, e.g. \'{"lambda_cost": 0.5, "max_cost_usd": 0.01}\'.',
 )
 @click.option(
+    "--quality-floor",
+    type=float,
+    default=None,
+    help="Keep this share (0-1) of the catalog reference model's quality, e.g. 0.95.",
+)
+@click.option(
+    "--budget-usd",
+    type=float,
+    default=None,
+    help="Spend at most this many USD on the batch; prompts it cannot pay for end over_budget.",
+)
+@click.option(
     "--timeout",
     "timeout_s",
     type=float,
@@ -75,6 +87,8 @@ def submit(
     wait: bool,
     out: Path | None,
     constraints_json: str | None,
+    quality_floor: float | None,
+    budget_usd: float | None,
     timeout_s: float | None,
 ) -> None:
     """Submit FILE.jsonl (`-`: standard input): one {"id"?, "prompt", "user"?, "metadata"?,
@@ -96,7 +110,14 @@ def submit(
                 f"{len(errors)} lines rejected (--strict): nothing submitted; fix them, or "
                 "drop --strict to submit the other lines"
             )
-        sub = client.submit_items(items, tag=tag, constraints=constraints, rejected=len(errors))
+        sub = client.submit_items(
+            items,
+            tag=tag,
+            constraints=constraints,
+            rejected=len(errors),
+            quality_floor=quality_floor,
+            budget_usd=budget_usd,
+        )
         sub.errors = errors
         click.echo(
             f"batch {sub.batch_id}: {sub.accepted} prompts accepted ({sub.new} new, "

@@ -93,8 +93,11 @@ class SqlHistory(FeedbackHistory):
         tag: str | None,
         rejected: int,
         constraints: dict[str, Any],
+        budget_usd: float | None = None,
     ) -> SubmitOutcome:
-        """Record a batch and its prompts; a prompt known already is linked, not added again."""
+        """Record a batch and its prompts; a prompt known already is linked, not added again.
+
+        ``budget_usd``: the batch's spending limit, held by the executors' ledger."""
         ts = now()
 
         def run(conn: Connection) -> SubmitOutcome:
@@ -114,6 +117,7 @@ class SqlHistory(FeedbackHistory):
                         "accepted": len(keys),
                         "rejected": rejected,
                         "constraints": constraints,
+                        "budget_usd": budget_usd,
                     }
                 ],
             )
@@ -304,6 +308,27 @@ class SqlHistory(FeedbackHistory):
         return self._tx(run)
 
     # -- executor -------------------------------------------------------------------------
+
+    def batch_budgets(self, query_ids: Sequence[str]) -> dict[str, tuple[str, float]]:
+        """(batch id, budget in USD) of each prompt that belongs to a budgeted batch.
+
+        A prompt submitted in several budgeted batches is paid for by the first of them."""
+        bi, b = t.batch_items, t.batches
+
+        def run(conn: Connection) -> dict[str, tuple[str, float]]:
+            out: dict[str, tuple[str, float]] = {}
+            for chunk in chunks(list(query_ids), 1000):
+                stmt = (
+                    select(bi.c.query_id, b.c.id, b.c.budget_usd)
+                    .select_from(bi.join(b, b.c.id == bi.c.batch_id))
+                    .where(bi.c.query_id.in_(chunk), b.c.budget_usd.is_not(None))
+                    .order_by(b.c.created_at, b.c.id)
+                )
+                for qid, batch_id, budget in conn.execute(stmt):
+                    out.setdefault(qid, (batch_id, float(budget)))
+            return out
+
+        return self._tx(run)
 
     def load_for_execution(self, query_ids: Sequence[str]) -> list[ExecutionRow]:
         """Decided prompts with no result yet."""

@@ -35,6 +35,8 @@ batches = Table(
     Column("accepted", Integer, nullable=False),
     Column("rejected", Integer, nullable=False),
     Column("constraints", JSON, nullable=False),
+    # The batch's spending limit (``conduit submit --budget-usd``); NULL: no budget.
+    Column("budget_usd", Float, nullable=True),
 )
 
 # One row per distinct prompt; ``id`` is the idempotency key.
@@ -81,7 +83,8 @@ results = Table(
     metadata,
     Column("query_id", String(64), ForeignKey("queries.id"), primary_key=True),
     Column("model", String(200), nullable=True),
-    Column("status", String(20), nullable=False),  # ok | error | unroutable | unavailable
+    # ok | error | unroutable | unavailable | over_budget
+    Column("status", String(20), nullable=False),
     Column("response", Text, nullable=True),
     Column("input_tokens", Integer, nullable=False, default=0),
     Column("output_tokens", Integer, nullable=False, default=0),

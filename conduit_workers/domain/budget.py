@@ -1,0 +1,68 @@
+"""Batch budgets: a call's worst-case cost, the ledger's units, a chunk's allowance.
+
+Money in the ledger is counted in integer nano-dollars (1e-9 USD), rounded up, so that many
+processes adding costs never drift below the true spend through float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from conduit_workers.domain.catalog import ModelSpec
+
+NANO = 1_000_000_000  # ledger units per USD
+OVER_BUDGET = "over_budget"  # the status of a prompt that no model could be afforded for
+
+
+def to_nano(usd: float) -> int:
+    """USD in ledger units, rounded up (a cost is never counted below what it was)."""
+    return math.ceil(round(usd * NANO, 3))
+
+
+def from_nano(n: int | float) -> float:
+    return float(n) / NANO
+
+
+def validate_budget(value: object) -> float:
+    """A batch budget in USD: a finite number > 0; ``ValueError`` saying what is wrong."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"a budget must be a finite number of USD > 0, got {value!r}")
+    return float(value)
+
+
+def worst_input_tokens(prompt: str, overhead_tokens: int) -> int:
+    """At most this many input tokens: byte-level tokenizers make at most one token per byte."""
+    return len(prompt.encode("utf-8")) + overhead_tokens
+
+
+def worst_case_cost_usd(spec: ModelSpec, input_tokens: int, max_output_tokens: int) -> float:
+    """The most a call can cost: every input token and the output cap at the model's prices."""
+    return spec.cost_usd(input_tokens, max_output_tokens)
+
+
+def allowance_usd(remaining_usd: float, chunk_len: int, remaining_prompts: int) -> float:
+    """A chunk's share of what the batch has left: in proportion to its prompts."""
+    if remaining_prompts <= 0:
+        return max(0.0, remaining_usd)
+    return max(0.0, remaining_usd) * min(chunk_len, remaining_prompts) / remaining_prompts
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """A batch's ledger: its limit, what its calls cost, what calls in flight hold."""
+
+    limit_usd: float
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    calls: int = 0
+    expired: int = 0  # reservations released because their call never settled
+
+    @property
+    def remaining_usd(self) -> float:
+        return max(0.0, self.limit_usd - self.spent_usd - self.reserved_usd)
