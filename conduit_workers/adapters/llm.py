@@ -240,13 +240,19 @@ class LLMClient:
             await close()
 
     async def complete(
-        self, model_name: str, prompt: str, request: ChatRequest | None = None
+        self,
+        model_name: str,
+        prompt: str,
+        request: ChatRequest | None = None,
+        max_output_tokens: int | None = None,
     ) -> Completion:
         """One call of ``model_name``: the ``prompt`` as one user message, or, when given,
-        ``request``'s messages and settings (the OpenAI API's body, e.g. from ``conduit serve``)."""
+        ``request``'s messages and settings (the OpenAI API's body, e.g. from ``conduit serve``).
+        ``max_output_tokens`` caps the answer (e.g. a budgeted batch's), else the client's or
+        the catalog's cap."""
         spec = self.catalog.get(model_name)
         settings = ModelSettings(timeout=self.timeout_s)
-        max_tokens = self.max_output_tokens or spec.max_output_tokens
+        max_tokens = max_output_tokens or self.max_output_tokens or spec.max_output_tokens
         if request is not None and request.max_tokens is not None:
             max_tokens = min(request.max_tokens, max_tokens or request.max_tokens)
         if max_tokens:

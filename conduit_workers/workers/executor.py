@@ -6,6 +6,11 @@ for its Retry-After (one probe goes first when it reopens): the prompt waits the
 attempt, for up to ``rate_limit_wait_s`` before it falls back. A permanent error (400, 401, …)
 ends the prompt with that error. The result and one
 implicit feedback event per model tried are stored in one transaction, once per prompt.
+
+A prompt of a budgeted batch reserves each call's worst-case cost in the batch's ledger before
+the call and settles the real cost after (:mod:`conduit_workers.workers.budget_guard`); a model
+the batch cannot afford is passed over for the next of the ranked list, and a prompt that no
+model fits ends with status ``over_budget`` and no call.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from conduit_workers.adapters import cooldowns
+from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.adapters.history import ExecutionRow, ResultRow, SqlHistory
 from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.celery_app import app
+from conduit_workers.domain.budget import OVER_BUDGET
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.health import Admit, ModelHealth
 from conduit_workers.domain.rewards import FeedbackEvent, call_event
@@ -31,7 +38,8 @@ from conduit_workers.errors import (
     ProviderError,
     StoreUnavailable,
 )
-from conduit_workers.settings import ExecutorSettings, FeedbackSettings
+from conduit_workers.settings import BudgetSettings, ExecutorSettings, FeedbackSettings
+from conduit_workers.workers.budget_guard import CallBudget, call_budgets
 from conduit_workers.workers.runtime import chunks, runtime
 
 log = logging.getLogger(__name__)
@@ -79,6 +87,7 @@ async def _execute_one(
     fb: FeedbackSettings,
     health: ModelHealth | None = None,
     callable_models: Collection[str] | None = None,
+    budget: CallBudget | None = None,
 ) -> _Outcome:
     if row.model is None:
         return _Outcome(
@@ -88,7 +97,9 @@ async def _execute_one(
             [],
         )
     unusable: dict[str, str] = {}
-    models = _callable_ranking(row, catalog, callable_models, unusable)[:MAX_MODELS_TRIED]
+    models = _callable_ranking(row, catalog, callable_models, unusable)
+    if budget is None:  # else the whole ranking: the best model that fits is called
+        models = models[:MAX_MODELS_TRIED]
     if health is not None:
         # Models cooling down go last: traffic falls back to the next-best, they stay a last resort.
         now = time.monotonic()
@@ -100,6 +111,8 @@ async def _execute_one(
     tried = 0
     last_error: ProviderError | None = None
     for k, model in enumerate(models):
+        if tried >= MAX_MODELS_TRIED:
+            break
         spent_ms = 0.0
         model_attempts = 0
         failures = 0  # retryable failures; a 429 under the shared gate is not one
@@ -111,22 +124,31 @@ async def _execute_one(
             budget_s = max(0.0, wait_until - time.monotonic())
             if not await _admit(health, model, force, budget_s):
                 break
+            held = await budget.reserve(model) if budget is not None else None
+            if budget is not None and held is None:
+                if health is not None:
+                    health.release(model)
+                break  # the batch cannot afford this model: the next one may fit
             attempts += 1
             model_attempts += 1
             started = time.perf_counter()
             try:
-                done = await llm.complete(model, row.prompt, row.request)
+                cap = budget.output_cap(model) if budget is not None else None
+                done = await llm.complete(model, row.prompt, row.request, max_output_tokens=cap)
             except BaseException as exc:
                 if health is not None and not isinstance(exc, ProviderError):
                     health.release(model)  # cancelled or a bug: never leave a probe slot taken
+                if not isinstance(exc, (ProviderError, ConfigError)):
+                    raise  # a reservation held here expires (the call may have cost)
+                if budget is not None and held is not None:
+                    await budget.settle(held, 0.0)
                 if isinstance(exc, ConfigError):
                     # No request was sent (no key, no SDK): the next model of the ranking.
                     unusable[model] = str(exc)
                     attempts -= 1
                     model_attempts -= 1
                     break
-                if not isinstance(exc, ProviderError):
-                    raise
+                assert isinstance(exc, ProviderError)
                 err = exc
                 spent_ms += (time.perf_counter() - started) * 1000
                 last_error = err
@@ -157,6 +179,8 @@ async def _execute_one(
             if health is not None:
                 health.record(model, time.monotonic(), ok=True)
             cost = catalog.get(model).cost_usd(done.input_tokens, done.output_tokens)
+            if budget is not None and held is not None:
+                await budget.settle(held, cost)
             events.append(
                 call_event(
                     row.query_id,
@@ -193,6 +217,17 @@ async def _execute_one(
         if isinstance(last_error, PermanentProviderError):
             break
     if last_error is None:
+        if budget is not None and budget.refused:
+            return _Outcome(
+                ResultRow(
+                    row.query_id,
+                    None,
+                    OVER_BUDGET,
+                    error_class=OVER_BUDGET,
+                    error_message=budget.reason(),
+                ),
+                events,
+            )
         return _unavailable(row, unusable, attempts)
     return _Outcome(
         ResultRow(
@@ -260,12 +295,15 @@ async def handle_execute_batch(
     health: ModelHealth | None = None,
     slots: asyncio.Semaphore | None = None,
     callable_models: Collection[str] | None = None,
+    ledger: RedisBatchLedger | None = None,
+    budget_settings: BudgetSettings | None = None,
 ) -> tuple[list[ResultRow], list[str]]:
     """Answer the chunk's decided, unanswered prompts; return the new results and the ids of
     the feedback events to apply.
 
-    ``slots`` bounds the calls in flight; the process's (shared by the chunks that its pool
-    threads run at once) or, when None, ``ex.concurrency`` for this chunk alone.
+    ``ledger``: the batch budgets' ledger (prompts of budgeted batches are never called
+    without it). ``slots`` bounds the calls in flight; the process's (shared by the chunks that
+    its pool threads run at once) or, when None, ``ex.concurrency`` for this chunk alone.
 
     The event ids are all the chunk's events not applied yet, not only the new ones: a task
     redelivered after its worker died between storing results and sending them to the
@@ -280,10 +318,30 @@ async def handle_execute_batch(
     fresh: set[str] = set()
     if rows:
         sem = slots if slots is not None else asyncio.Semaphore(ex.concurrency)
+        budgets: dict[str, CallBudget] = {}
+        if ledger is not None:
+            by_batch = await asyncio.to_thread(history.batch_budgets, [r.query_id for r in rows])
+            budgets = call_budgets(
+                ledger,
+                catalog,
+                by_batch,
+                [(r.query_id, r.prompt) for r in rows],
+                budget_settings or BudgetSettings(),
+                ex,
+            )
 
         async def bounded(row: ExecutionRow) -> _Outcome:
             async with sem:
-                return await _execute_one(row, llm, catalog, ex, fb, health, callable_models)
+                return await _execute_one(
+                    row,
+                    llm,
+                    catalog,
+                    ex,
+                    fb,
+                    health,
+                    callable_models,
+                    budgets.get(row.query_id),
+                )
 
         done = await asyncio.gather(*(bounded(r) for r in rows), return_exceptions=True)
         outcomes = [o for o in done if isinstance(o, _Outcome)]
@@ -329,6 +387,8 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
                 rt.health,
                 rt.call_slots,
                 rt.callable_models,
+                rt.budget_ledger,
+                rt.settings.budget,
             )
         )
     except StoreUnavailable as exc:

@@ -87,6 +87,15 @@ class Runtime:
         )
 
     @_once
+    def budget_ledger(self) -> Any:
+        """The ledger of batch budgets, on the posteriors' Redis."""
+        from conduit_workers.adapters.batch_ledger import RedisBatchLedger
+
+        return RedisBatchLedger(
+            self.store.client, self.settings.redis.key_prefix, self.settings.budget.ledger_ttl_s
+        )
+
+    @_once
     def dead_letters(self) -> RedisDeadLetters:
         return RedisDeadLetters(self.store.client, self.settings.redis.key_prefix)
 

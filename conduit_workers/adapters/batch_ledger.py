@@ -1,0 +1,193 @@
+"""RedisBatchLedger: each budgeted batch's limit, spend and reservations, shared by executors.
+
+Keys (``P`` = ``settings.redis.key_prefix``, ``B`` = the batch id), amounts in nano-USD:
+
+- ``P:batch-budget:B``          hash: ``limit``, ``spent``, ``reserved``, ``calls``, ``expired``
+- ``P:batch-budget:B:res``      hash: reservation id → amount held
+- ``P:batch-budget:B:exp``      sorted set: reservation id → when it expires (ms, Redis clock)
+- ``P:batch-budget:B:settled``  set: reservation ids settled (a settle repeated counts once)
+
+Every key expires ``ledger_ttl_s`` after the batch's last reservation or settle.
+
+A call reserves its worst-case cost before it starts: one script checks ``limit − spent −
+reserved ≥ amount`` and holds the amount, atomically, so processes racing for the last
+dollars never overshoot together. The settle releases the hold and adds the real cost. A
+reservation whose worker died is released by the next script that runs on the batch after its
+expiry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from conduit_workers.domain.budget import BudgetState, from_nano, to_nano
+from conduit_workers.errors import StoreUnavailable
+
+# Releases the batch's expired reservations. KEYS: ledger hash, reservations hash, expiries
+# zset. Expects ``now`` (ms) in scope.
+_RELEASE_EXPIRED = """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, id in ipairs(dead) do
+  local held = redis.call('HGET', KEYS[2], id)
+  if held then
+    redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. held)
+    redis.call('HINCRBY', KEYS[1], 'expired', 1)
+    redis.call('HDEL', KEYS[2], id)
+  end
+  redis.call('ZREM', KEYS[3], id)
+end
+"""
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: ledger hash, reservations hash, expiries zset, settled set.
+# ARGV: limit, reservation id, amount, ttl ms, ledger ttl s.
+# Returns {1 if held, limit, spent, reserved}; a reservation id already held returns 1 again.
+RESERVE_LUA = (
+    _NOW
+    + _RELEASE_EXPIRED
+    + """
+redis.call('HSETNX', KEYS[1], 'limit', ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'limit', 'spent', 'reserved')
+local limit, spent, reserved = tonumber(f[1]), tonumber(f[2] or 0), tonumber(f[3] or 0)
+local amount = tonumber(ARGV[3])
+local ok = 0
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+  ok = 1
+elseif redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 0 and limit - spent - reserved >= amount then
+  redis.call('HINCRBY', KEYS[1], 'reserved', ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[2])
+  reserved = reserved + amount
+  ok = 1
+end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return {ok, string.format('%.0f', limit), string.format('%.0f', spent),
+        string.format('%.0f', reserved)}
+"""
+)
+
+# KEYS: as RESERVE_LUA. ARGV: reservation id, real cost, ledger ttl s.
+# Returns 1 when settled now, 0 when it had been settled before (nothing changes).
+SETTLE_LUA = (
+    _NOW
+    + _RELEASE_EXPIRED
+    + """
+if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then
+  redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. held)
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+local cost = tonumber(ARGV[2])
+if cost > 0 then
+  redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'calls', 1)
+end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+return 1
+"""
+)
+
+# KEYS: as RESERVE_LUA. Releases expired reservations; returns the ledger's fields.
+STATE_LUA = (
+    _NOW
+    + _RELEASE_EXPIRED
+    + """
+return redis.call('HMGET', KEYS[1], 'limit', 'spent', 'reserved', 'calls', 'expired')
+"""
+)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The answer to a reservation: whether it is held, and the ledger after it."""
+
+    held: bool
+    state: BudgetState
+
+
+class RedisBatchLedger:
+    """Batch budgets in Redis; every method is one atomic script (one round trip)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, ledger_ttl_s: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ledger_ttl_s = ledger_ttl_s
+        self._reserve = client.register_script(RESERVE_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+        self._state = client.register_script(STATE_LUA)
+
+    def keys(self, batch_id: str) -> list[str]:
+        base = f"{self.prefix}:batch-budget:{batch_id}"
+        return [base, f"{base}:res", f"{base}:exp", f"{base}:settled"]
+
+    def reserve(
+        self, batch_id: str, limit_usd: float, reservation_id: str, amount_usd: float, ttl_s: float
+    ) -> Hold:
+        """Hold ``amount_usd`` of the batch's budget for one call, if it fits.
+
+        ``limit_usd`` sets the batch's limit the first time (the history database holds it).
+        Holding an id already held changes nothing and answers held again.
+        """
+        try:
+            ok, limit, spent, reserved = self._reserve(
+                keys=self.keys(batch_id),
+                args=[
+                    to_nano(limit_usd),
+                    reservation_id,
+                    to_nano(amount_usd),
+                    max(1, int(ttl_s * 1000)),
+                    self.ledger_ttl_s,
+                ],
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
+        state = BudgetState(from_nano(int(limit)), from_nano(int(spent)), from_nano(int(reserved)))
+        return Hold(bool(ok), state)
+
+    def settle(self, batch_id: str, reservation_id: str, cost_usd: float) -> bool:
+        """Release the reservation and add the call's real cost (0 for a failed call).
+
+        Idempotent by reservation id: True the first time, False after. A reservation that
+        expired meanwhile is settled all the same (its cost is real)."""
+        try:
+            done = self._settle(
+                keys=self.keys(batch_id),
+                args=[reservation_id, to_nano(max(0.0, cost_usd)), self.ledger_ttl_s],
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
+        return bool(done)
+
+    def states(self, batch_ids: Sequence[str]) -> dict[str, BudgetState]:
+        """The ledgers of these batches (expired reservations released first); a batch with
+        no ledger in Redis (no call reserved yet, or expired) is left out."""
+        if not batch_ids:
+            return {}
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for b in batch_ids:
+                self._state(keys=self.keys(b), client=pipe)
+            rows = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
+        out = {}
+        for b, (limit, spent, reserved, calls, expired) in zip(batch_ids, rows, strict=True):
+            if limit is None:
+                continue
+            out[b] = BudgetState(
+                from_nano(int(limit)),
+                from_nano(int(spent or 0)),
+                from_nano(int(reserved or 0)),
+                int(calls or 0),
+                int(expired or 0),
+            )
+        return out

@@ -1,0 +1,131 @@
+"""The executor's side of a batch budget: reserve before each call, settle after.
+
+One :class:`CallBudget` per prompt of a budgeted batch. Before every call (every attempt, every
+fallback model) the executor asks :meth:`CallBudget.reserve` for the call's worst-case cost
+(the prompt's input tokens at most, the output cap, at the model's prices); no reservation, no
+call. After the call, :meth:`CallBudget.settle` replaces the reservation with the real cost (0
+for a failed call). A worker that dies between the two leaves a reservation that expires after
+``budget.reservation_ttl_s`` (at least the call timeout + 60 s): the budget is held that long,
+never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from conduit_workers.adapters.batch_ledger import RedisBatchLedger
+from conduit_workers.domain.budget import BudgetState, worst_case_cost_usd, worst_input_tokens
+from conduit_workers.domain.catalog import Catalog
+from conduit_workers.errors import StoreUnavailable
+from conduit_workers.settings import BudgetSettings, ExecutorSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallBudget:
+    """The budget that one prompt's calls are paid from."""
+
+    ledger: RedisBatchLedger
+    catalog: Catalog
+    batch_id: str
+    limit_usd: float
+    input_tokens: int  # at most
+    max_output_tokens: int | None  # executor.max_output_tokens
+    settings: BudgetSettings
+    ttl_s: float
+    refused: list[tuple[str, float]] = field(default_factory=list)  # (model, worst case)
+    last_state: BudgetState | None = None
+
+    def output_cap(self, model: str) -> int:
+        """The output tokens a call to ``model`` may produce (the call is capped at it)."""
+        return (
+            self.max_output_tokens
+            or self.catalog.get(model).max_output_tokens
+            or self.settings.max_output_tokens
+        )
+
+    def worst_case_usd(self, model: str) -> float:
+        spec = self.catalog.get(model)
+        return worst_case_cost_usd(spec, self.input_tokens, self.output_cap(model))
+
+    async def reserve(self, model: str) -> str | None:
+        """A reservation id for one call to ``model``, or None: the batch cannot afford it."""
+        amount = self.worst_case_usd(model)
+        reservation = f"{uuid.uuid4().hex}"
+        hold = await asyncio.to_thread(
+            self.ledger.reserve, self.batch_id, self.limit_usd, reservation, amount, self.ttl_s
+        )
+        self.last_state = hold.state
+        if not hold.held:
+            self.refused.append((model, amount))
+            return None
+        return reservation
+
+    async def settle(self, reservation: str, cost_usd: float) -> None:
+        """Replace the reservation with the real cost. A ledger that cannot be reached after
+        the call is logged, not raised: the answer is kept (a retried task would pay twice)."""
+        for attempt in range(3):
+            try:
+                await asyncio.to_thread(self.ledger.settle, self.batch_id, reservation, cost_usd)
+                return
+            except StoreUnavailable as exc:
+                if attempt == 2:
+                    log.error(
+                        "batch %s: cost $%.6f of reservation %s not settled (%s); the "
+                        "reservation is released at its expiry, the cost is not counted",
+                        self.batch_id,
+                        cost_usd,
+                        reservation,
+                        exc,
+                    )
+                    return
+                await asyncio.sleep(0.2 * 2**attempt)
+
+    def reason(self) -> str:
+        """Why no model was called, for the result's error message."""
+        s = self.last_state
+        left = (
+            f"${s.spent_usd:.6f} spent and ${s.reserved_usd:.6f} held by calls in flight, "
+            f"${s.remaining_usd:.6f} left"
+            if s is not None
+            else "nothing left"
+        )
+        needs = ", ".join(f"{m} up to ${usd:.6f}" for m, usd in self.refused)
+        return (
+            f"batch budget ${self.limit_usd:.2f} cannot pay for a call: {left}; "
+            f"the candidates need {needs or 'more'} (worst case: input and output caps)"
+        )
+
+
+def call_budgets(
+    ledger: RedisBatchLedger,
+    catalog: Catalog,
+    budgets: dict[str, tuple[str, float]],
+    rows: Sequence[tuple[str, str]],
+    settings: BudgetSettings,
+    ex: ExecutorSettings,
+) -> dict[str, CallBudget]:
+    """A :class:`CallBudget` per (query id, prompt) of a budgeted batch (``budgets``: query id
+    → (batch id, limit), from the history database)."""
+    ttl_s = max(settings.reservation_ttl_s, ex.timeout_s + 60.0)
+    out = {}
+    for qid, prompt in rows:
+        if qid not in budgets:
+            continue
+        batch_id, limit = budgets[qid]
+        out[qid] = CallBudget(
+            ledger,
+            catalog,
+            batch_id,
+            limit,
+            worst_input_tokens(prompt, settings.input_overhead_tokens),
+            ex.max_output_tokens,
+            settings,
+            ttl_s,
+        )
+    return out

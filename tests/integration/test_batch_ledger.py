@@ -1,0 +1,119 @@
+"""The batch budget ledger on a real Redis: reserve, settle, idempotence, expiry, races."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from conduit_workers.adapters.batch_ledger import RedisBatchLedger
+from conduit_workers.domain.budget import to_nano
+from tests.conftest import TEST_PREFIX
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ledger(redis_url: str) -> RedisBatchLedger:
+    return RedisBatchLedger(redis.Redis.from_url(redis_url), TEST_PREFIX, 3600)
+
+
+def test_reserve_holds_until_settled_then_counts_the_real_cost(ledger: RedisBatchLedger) -> None:
+    hold = ledger.reserve("b1", 1.0, "r1", 0.6, ttl_s=60)
+    assert hold.held
+    assert (hold.state.limit_usd, hold.state.spent_usd, hold.state.reserved_usd) == (1.0, 0, 0.6)
+    # 0.6 held: a second call of 0.6 does not fit, one of 0.4 does.
+    assert not ledger.reserve("b1", 1.0, "r2", 0.6, ttl_s=60).held
+    assert ledger.reserve("b1", 1.0, "r3", 0.4, ttl_s=60).held
+    assert ledger.settle("b1", "r1", 0.25)
+    state = ledger.states(["b1"])["b1"]
+    assert (state.spent_usd, state.reserved_usd, state.calls) == (0.25, 0.4, 1)
+    assert state.remaining_usd == pytest.approx(0.35)
+    assert ledger.reserve("b1", 1.0, "r4", 0.35, ttl_s=60).held
+    assert not ledger.reserve("b1", 1.0, "r5", 1e-6, ttl_s=60).held
+
+
+def test_settle_is_idempotent_by_reservation_id(ledger: RedisBatchLedger) -> None:
+    ledger.reserve("b1", 1.0, "r1", 0.5, ttl_s=60)
+    assert ledger.settle("b1", "r1", 0.2)
+    assert not ledger.settle("b1", "r1", 0.2)  # a redelivered settle
+    state = ledger.states(["b1"])["b1"]
+    assert (state.spent_usd, state.reserved_usd, state.calls) == (0.2, 0, 1)
+    # A settled id cannot be reserved again (a stale retry of the reserve).
+    assert not ledger.reserve("b1", 1.0, "r1", 0.5, ttl_s=60).held
+    # Reserving an id already held answers held again and holds nothing more.
+    assert ledger.reserve("b1", 1.0, "r2", 0.3, ttl_s=60).held
+    assert ledger.reserve("b1", 1.0, "r2", 0.3, ttl_s=60).state.reserved_usd == 0.3
+
+
+def test_failed_call_settles_at_zero_and_frees_the_hold(ledger: RedisBatchLedger) -> None:
+    ledger.reserve("b1", 1.0, "r1", 0.9, ttl_s=60)
+    ledger.settle("b1", "r1", 0.0)
+    state = ledger.states(["b1"])["b1"]
+    assert (state.spent_usd, state.reserved_usd, state.calls) == (0, 0, 0)
+
+
+def test_a_dead_workers_reservation_expires_and_frees_the_budget(
+    ledger: RedisBatchLedger,
+) -> None:
+    assert ledger.reserve("b1", 1.0, "dead", 0.8, ttl_s=0.05).held
+    assert not ledger.reserve("b1", 1.0, "r2", 0.5, ttl_s=60).held
+    time.sleep(0.1)
+    assert ledger.reserve("b1", 1.0, "r2", 0.5, ttl_s=60).held
+    state = ledger.states(["b1"])["b1"]
+    assert (state.reserved_usd, state.expired) == (0.5, 1)
+    # The call finished after all: its cost is real and counted, its hold is not freed twice.
+    assert ledger.settle("b1", "dead", 0.1)
+    state = ledger.states(["b1"])["b1"]
+    assert (state.spent_usd, state.reserved_usd) == (0.1, 0.5)
+
+
+def test_the_limit_is_the_first_one_given_and_batches_are_apart(
+    ledger: RedisBatchLedger,
+) -> None:
+    ledger.reserve("b1", 1.0, "r1", 0.1, ttl_s=60)
+    assert ledger.reserve("b1", 50.0, "r2", 0.1, ttl_s=60).state.limit_usd == 1.0
+    assert ledger.reserve("b2", 2.0, "r1", 1.5, ttl_s=60).held
+    states = ledger.states(["b1", "b2", "never"])
+    assert set(states) == {"b1", "b2"}
+    assert (states["b1"].reserved_usd, states["b2"].reserved_usd) == (0.2, 1.5)
+
+
+def test_keys_expire_after_the_ledger_ttl(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    ledger = RedisBatchLedger(client, TEST_PREFIX, 120)
+    ledger.reserve("b1", 1.0, "r1", 0.1, ttl_s=60)
+    ledger.settle("b1", "r1", 0.05)
+    ledger.reserve("b1", 1.0, "r2", 0.1, ttl_s=60)
+    # Every key of the batch (ledger, holds, expiries, settled ids) goes after the ledger TTL.
+    assert all(0 < client.ttl(k) <= 120 for k in ledger.keys("b1"))
+
+
+def test_threads_racing_for_one_budget_never_overshoot(redis_url: str) -> None:
+    """32 threads, each with its own connection, reserve and settle calls until refused."""
+    limit, amount, cost = 1.0, 0.013, 0.011
+
+    def work(n: int, out: list[int]) -> None:
+        mine = RedisBatchLedger(redis.Redis.from_url(redis_url), TEST_PREFIX, 3600)
+        i = 0
+        while mine.reserve("race", limit, f"t{n}-{i}", amount, ttl_s=60).held:
+            mine.settle("race", f"t{n}-{i}", cost)
+            i += 1
+        out.append(i)
+
+    counts: list[int] = []
+    threads = [threading.Thread(target=work, args=(n, counts)) for n in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ledger = RedisBatchLedger(redis.Redis.from_url(redis_url), TEST_PREFIX, 3600)
+    state = ledger.states(["race"])["race"]
+    assert state.calls == sum(counts)
+    assert to_nano(state.spent_usd) == sum(counts) * to_nano(cost)
+    assert state.spent_usd <= limit
+    assert state.reserved_usd == 0
+    # Refused only when the next worst case no longer fitted.
+    assert limit - state.spent_usd < amount

@@ -1,0 +1,172 @@
+"""The executor under a batch budget, against the replay server, PostgreSQL and Redis: the
+budget runs out mid-batch, later prompts get the cheaper model that still fits, then end
+``over_budget`` with no call; the batch never spends more than its budget."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from conduit_workers.adapters import history_schema as t
+from conduit_workers.adapters.batch_ledger import RedisBatchLedger
+from conduit_workers.adapters.history import DecisionRow, SqlHistory
+from conduit_workers.adapters.llm import LLMClient
+from conduit_workers.domain.budget import to_nano, worst_case_cost_usd, worst_input_tokens
+from conduit_workers.domain.catalog import Catalog, parse_catalog
+from conduit_workers.domain.items import parse_item
+from conduit_workers.replay import ModelProfile, ReplayConfig
+from conduit_workers.settings import BudgetSettings, ExecutorSettings, FeedbackSettings
+from conduit_workers.workers.executor import handle_execute_batch
+from tests.conftest import TEST_PREFIX
+from tests.replay_harness import RunningServer, start_replay
+
+pytestmark = pytest.mark.integration
+BUDGET = BudgetSettings(max_output_tokens=300, input_overhead_tokens=32)
+
+
+@pytest.fixture
+def server() -> Iterator[RunningServer]:
+    running = start_replay(
+        ReplayConfig(
+            data_paths=[],
+            profiles={"*": ModelProfile(latency_ms=2)},
+            extra_models=("strong", "cheap"),
+        )
+    )
+    yield running
+    running.stop()
+
+
+def _catalog(server: RunningServer) -> Catalog:
+    models = [
+        {
+            "name": name,
+            "provider": "openai-compatible",
+            "base_url": server.v1,
+            "input_price_per_mtok_usd": price_in,
+            "output_price_per_mtok_usd": price_out,
+        }
+        for name, price_in, price_out in (("strong", 10.0, 30.0), ("cheap", 2.0, 2.0))
+    ]
+    return parse_catalog({"reference": "strong", "models": models}, {})
+
+
+def _submit(history: SqlHistory, batch: str, n: int, budget_usd: float | None) -> list[str]:
+    items = [
+        parse_item(
+            {"id": f"{batch}-{i}", "prompt": f"Question {i} of batch {batch}: why?"},
+            line=i + 1,
+            max_prompt_chars=1000,
+        )
+        for i in range(n)
+    ]
+    history.submit(batch, items, tag=None, rejected=0, constraints={}, budget_usd=budget_usd)
+    history.insert_decisions(
+        [
+            DecisionRow(it.key, "strong", ["strong", "cheap"], [], {}, "general", 0.0, None, {})
+            for it in items
+        ]
+    )
+    return [it.key for it in items]
+
+
+def _results(history: SqlHistory, ids: list[str]) -> list[dict[str, object]]:
+    with history.engine.connect() as conn:
+        rows = conn.execute(sa.select(t.results).where(t.results.c.query_id.in_(ids)))
+        return [dict(r._mapping) for r in rows]
+
+
+def _execute(
+    server: RunningServer, history: SqlHistory, ledger: RedisBatchLedger, ids: list[str], conc: int
+) -> None:
+    catalog = _catalog(server)
+    ex = ExecutorSettings(concurrency=conc, max_attempts=1)
+
+    async def main() -> None:
+        llm = LLMClient(catalog, {}, timeout_s=10)
+        try:
+            await handle_execute_batch(
+                ids,
+                history,
+                llm,
+                catalog,
+                ex,
+                FeedbackSettings(),
+                ledger=ledger,
+                budget_settings=BUDGET,
+            )
+        finally:
+            await llm.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("concurrency", [1, 16])
+def test_budget_runs_out_mid_batch_cheaper_model_then_over_budget(
+    server: RunningServer, history: SqlHistory, redis_url: str, concurrency: int
+) -> None:
+    ledger = RedisBatchLedger(redis.Redis.from_url(redis_url), TEST_PREFIX, 3600)
+    catalog = _catalog(server)
+    limit = 0.03
+    budgeted = _submit(history, "b", 80, limit)
+    free = _submit(history, "f", 5, None)  # another batch in the same chunks: no budget
+    for i in range(0, len(budgeted), 20):  # four chunks, like four execute tasks
+        _execute(server, history, ledger, budgeted[i : i + 20] + free, concurrency)
+
+    rows = _results(history, budgeted)
+    assert len(rows) == 80
+    status = Counter((r["status"], r["model"]) for r in rows)
+    assert status[("ok", "strong")] >= 1
+    assert status[("ok", "cheap")] >= 1
+    assert status[("over_budget", None)] >= 1
+    assert sum(status.values()) == 80
+    spend = sum(float(r["cost_usd"]) for r in rows)  # type: ignore[arg-type]
+    assert spend <= limit
+    state = ledger.states(["b"])["b"]
+    assert to_nano(state.spent_usd) >= to_nano(spend) - len(rows)  # ledger rounds costs up
+    assert state.spent_usd <= limit and state.reserved_usd == 0
+    # One call at a time: refused only when not even the cheap model's worst case fitted any
+    # more (with calls in flight, their holds counted too when a prompt was refused).
+    cheap_worst = worst_case_cost_usd(
+        catalog.get("cheap"),
+        worst_input_tokens("Question 79 of batch b: why?", BUDGET.input_overhead_tokens),
+        BUDGET.max_output_tokens,
+    )
+    if concurrency == 1:
+        assert limit - state.spent_usd < cheap_worst
+    for r in rows:
+        if r["status"] == "over_budget":
+            assert r["attempts"] == 0 and r["cost_usd"] == 0
+            assert "batch budget $0.03 cannot pay for a call" in str(r["error_message"])
+            assert "cheap up to $" in str(r["error_message"])
+    # The unbudgeted batch's prompts were all answered by the chosen model.
+    assert Counter((r["status"], r["model"]) for r in _results(history, free)) == {
+        ("ok", "strong"): 5
+    }
+    # No feedback event for a prompt that made no call.
+    over = [r["query_id"] for r in rows if r["status"] == "over_budget"]
+    with history.engine.connect() as conn:
+        events = conn.scalar(
+            sa.select(sa.func.count())
+            .select_from(t.feedback)
+            .where(t.feedback.c.query_id.in_(over))
+        )
+    assert events == 0
+
+
+def test_a_redelivered_chunk_pays_nothing_twice(
+    server: RunningServer, history: SqlHistory, redis_url: str
+) -> None:
+    ledger = RedisBatchLedger(redis.Redis.from_url(redis_url), TEST_PREFIX, 3600)
+    ids = _submit(history, "r", 10, 1.0)
+    _execute(server, history, ledger, ids, 4)
+    before = ledger.states(["r"])["r"]
+    _execute(server, history, ledger, ids, 4)  # answered already: no call, no reservation
+    after = ledger.states(["r"])["r"]
+    assert (after.spent_usd, after.calls, after.reserved_usd) == (before.spent_usd, 10, 0)
+    assert sum(float(r["cost_usd"]) for r in _results(history, ids)) <= before.spent_usd  # type: ignore[arg-type]
