@@ -23,6 +23,8 @@ CSV_COLUMNS = (
     "ok",
     "errors",
     "unroutable",
+    "over_budget",
+    "budget_usd",
     "routed",
     "calls",
     "failed_calls",
@@ -102,7 +104,10 @@ def _headline(r: DailyReport) -> list[tuple[str, str]]:
     t = r.total
     pct = 100 * t.savings_usd / t.reference_cost_usd if t.reference_cost_usd else 0.0
     return [
-        ("prompts answered / failed / unroutable", f"{t.ok} / {t.errors} / {t.unroutable}"),
+        (
+            "prompts answered / failed / unroutable / over budget",
+            f"{t.ok} / {t.errors} / {t.unroutable} / {t.over_budget}",
+        ),
         ("spend", _usd(t.spend_usd)),
         (f"always {r.reference_model}", _usd(t.reference_cost_usd)),
         ("savings", f"{_usd(t.savings_usd)} ({pct:.1f}%)"),
@@ -157,6 +162,8 @@ def _cell(r: DailyReport, g: Group, field: str) -> str:
     if field == "share":
         return f"{100 * r.routing_share.get(g.key, 0.0):.1f}%"
     v = g.row()[field]
+    if field == "budget_usd":
+        return "-" if v is None else _usd(v)
     if field.endswith("_usd"):
         return _usd(v)
     if field.endswith("_ms"):
@@ -166,11 +173,20 @@ def _cell(r: DailyReport, g: Group, field: str) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
+_BATCH_COLS = (
+    *_GROUP_COLS[:4],
+    ("over budget", "over_budget"),
+    *_GROUP_COLS[4:8],
+    ("budget", "budget_usd"),
+    *_GROUP_COLS[8:],
+)
+
+
 def _tables(r: DailyReport) -> list[tuple[str, tuple[tuple[str, str], ...], list[Group]]]:
     return [
         ("Per model", _MODEL_COLS, r.models),
         ("Per provider", _GROUP_COLS, r.providers),
-        ("Per batch", _GROUP_COLS, r.batches),
+        ("Per batch", _BATCH_COLS, r.batches),
         ("Per tag", _GROUP_COLS, r.tags),
     ]
 

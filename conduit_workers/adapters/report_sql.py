@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -38,16 +39,16 @@ class SqlReports:
 
         def run(conn: Connection) -> tuple[list[ResultFact], list[CallFact], dict[str, float]]:
             # A prompt submitted again in a later batch is billed to the first batch holding it.
-            first: dict[str, tuple[Any, str, str | None]] = {}
+            first: dict[str, tuple[Any, str, str | None, float | None]] = {}
             stmt = (
-                select(bi.c.query_id, b.c.created_at, b.c.id, b.c.tag)
+                select(bi.c.query_id, b.c.created_at, b.c.id, b.c.tag, b.c.budget_usd)
                 .select_from(
                     r.join(bi, bi.c.query_id == r.c.query_id).join(b, b.c.id == bi.c.batch_id)
                 )
                 .where(in_day)
             )
-            for qid, created, bid, tag in conn.execute(stmt):
-                cand = (_utc(created), bid, tag)
+            for qid, created, bid, tag, budget in conn.execute(stmt):
+                cand = (_utc(created), bid, tag, budget)
                 if qid not in first or cand[:2] < first[qid][:2]:
                     first[qid] = cand
             stmt = (
@@ -71,7 +72,7 @@ class SqlReports:
             results = []
             for row in conn.execute(stmt):
                 qid = row[0]
-                _, bid, tag = first.get(qid, (None, None, None))
+                _, bid, tag, budget = first.get(qid, (None, None, None, None))
                 results.append(
                     ResultFact(
                         qid,
@@ -87,6 +88,7 @@ class SqlReports:
                         _utc(row[10]),
                         bid,
                         tag,
+                        None if budget is None else float(budget),
                     )
                 )
             calls = [
@@ -191,6 +193,48 @@ class SqlReports:
         n, usd = self.history._tx(lambda conn: conn.execute(stmt).one())
         return int(n), float(usd)
 
+    def budgeted_batches(self, limit: int = 10) -> list[BatchSpend]:
+        """The newest batches with a budget: their prompts, answers and recorded spend."""
+        b, bi, r = t.batches, t.batch_items, t.results
+        stmt = (
+            select(
+                b.c.id,
+                b.c.tag,
+                b.c.created_at,
+                b.c.budget_usd,
+                func.count(bi.c.query_id),
+                func.count(r.c.query_id),
+                func.coalesce(func.sum(case((r.c.status == "over_budget", 1), else_=0)), 0),
+                func.coalesce(func.sum(r.c.cost_usd), 0.0),
+            )
+            .select_from(
+                b.join(bi, bi.c.batch_id == b.c.id).outerjoin(r, r.c.query_id == bi.c.query_id)
+            )
+            .where(b.c.budget_usd.is_not(None))
+            .group_by(b.c.id, b.c.tag, b.c.created_at, b.c.budget_usd)
+            .order_by(b.c.created_at.desc(), b.c.id)
+            .limit(limit)
+        )
+        rows = self.history._tx(lambda conn: conn.execute(stmt).all())
+        return [
+            BatchSpend(bid, tag, _utc(ts), float(budget), int(n), int(done), int(over), float(usd))
+            for bid, tag, ts, budget, n, done, over, usd in rows
+        ]
+
+
+@dataclass(frozen=True)
+class BatchSpend:
+    """A budgeted batch as the history database sees it."""
+
+    batch_id: str
+    tag: str | None
+    created_at: datetime
+    budget_usd: float
+    prompts: int
+    answered: int  # with a result of any status
+    over_budget: int
+    spend_usd: float  # the recorded cost of its prompts' answers
+
 
 def _zeros() -> dict[str, Any]:
     return {
@@ -206,4 +250,4 @@ def _zeros() -> dict[str, Any]:
     }
 
 
-__all__ = ["SqlReports", "day_bounds"]
+__all__ = ["BatchSpend", "SqlReports", "day_bounds"]

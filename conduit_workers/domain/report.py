@@ -11,7 +11,9 @@ A prompt belongs to the UTC day of its result. Definitions (``docs/reports.md`` 
   nothing for a 429 or a 5xx, so this is the money at risk, an upper bound); the costs recorded
   on failed calls, usually 0, are ``waste_billed_usd``;
 - routing share: of the prompts routed to a model, the share of each model the router chose;
-- mean rating: the explicit ratings of the day's answers, whenever they were given.
+- mean rating: the explicit ratings of the day's answers, whenever they were given;
+- budget: a budgeted batch's limit (``conduit submit --budget-usd``) beside its spend of the
+  day; ``over_budget`` counts its prompts that no model could be afforded for (no call made).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from conduit_workers.domain.catalog import Catalog
 
 UNROUTABLE = "(unroutable)"
+OVER_BUDGET_KEY = "(over budget)"
 NO_TAG = "(none)"
 
 
@@ -36,7 +39,7 @@ class ResultFact:
     query_id: str
     model: str | None  # the model that answered (or failed last)
     routed_model: str | None  # the router's choice
-    status: str  # ok | error | unroutable
+    status: str  # ok | error | unroutable | over_budget | …
     input_tokens: int
     output_tokens: int
     cost_usd: float
@@ -46,6 +49,7 @@ class ResultFact:
     created_at: datetime
     batch_id: str | None = None
     tag: str | None = None
+    budget_usd: float | None = None  # the billing batch's budget
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Group:
     ok: int = 0
     errors: int = 0
     unroutable: int = 0
+    over_budget: int = 0
     calls: int = 0
     failed_calls: int = 0
     retries: int = 0
@@ -81,6 +86,7 @@ class Group:
     ratings: int = 0
     rating_sum: float = 0.0
     latency_ms: list[float] = field(default_factory=list, repr=False)
+    budget_usd: float | None = None  # a batch's budget (batch groups only)
 
     @property
     def savings_usd(self) -> float:
@@ -190,22 +196,24 @@ def build_report(
     by_query: dict[str, ResultFact] = {}
     for r in results:
         by_query[r.query_id] = r
-        key = r.model if r.model is not None else UNROUTABLE
+        key = r.model if r.model is not None else _no_model_key(r.status)
         batch_key = r.batch_id or "(no batch)"
         batch_tags[batch_key] = r.tag or NO_TAG
+        batch = batches.setdefault(batch_key, Group(batch_key, budget_usd=r.budget_usd))
         groups = [
             total,
             models.setdefault(key, Group(key)),
-            batches.setdefault(batch_key, Group(batch_key)),
+            batch,
             tags.setdefault(r.tag or NO_TAG, Group(r.tag or NO_TAG)),
         ]
-        tried = r.status != "unroutable"
+        tried = r.status not in ("unroutable", "over_budget")
         failed_attempts = (r.attempts - 1 if r.status == "ok" else r.attempts) if tried else 0
         for g in groups:
             g.prompts += 1
             g.ok += r.status == "ok"
             g.errors += r.status == "error"
             g.unroutable += r.status == "unroutable"
+            g.over_budget += r.status == "over_budget"
             g.retries += max(0, r.attempts - r.fallbacks - 1) if tried else 0
             g.fallbacks += r.fallbacks
             g.input_tokens += r.input_tokens
@@ -242,7 +250,9 @@ def build_report(
     providers: dict[str, Group] = {}
     for g in models.values():
         prov = (
-            known[g.key].provider if g.key in known else ("-" if g.key == UNROUTABLE else "unknown")
+            known[g.key].provider
+            if g.key in known
+            else ("-" if g.key in (UNROUTABLE, OVER_BUDGET_KEY) else "unknown")
         )
         p = providers.setdefault(prov, Group(prov))
         for name in (
@@ -250,6 +260,7 @@ def build_report(
             "ok",
             "errors",
             "unroutable",
+            "over_budget",
             "calls",
             "failed_calls",
             "retries",
@@ -286,6 +297,11 @@ def build_report(
         share_over_time=share_over_time(results, bins),
         repriced_spend_usd=repriced,
     )
+
+
+def _no_model_key(status: str) -> str:
+    """The model group of a prompt that no model answered and none was tried for."""
+    return OVER_BUDGET_KEY if status == "over_budget" else UNROUTABLE
 
 
 def share_over_time(

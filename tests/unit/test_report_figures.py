@@ -149,3 +149,41 @@ def test_report_files_are_written_and_a_rerun_replaces_them(tmp_path):
     assert csv_rows[0].startswith("section,key,tag,prompts")
     # header, total, two models, two providers, one batch, one tag
     assert len(csv_rows) == 1 + 1 + 2 + 2 + 1 + 1
+
+
+def test_budgeted_batches_show_budget_and_over_budget_prompts(tmp_path):
+    from dataclasses import replace
+
+    from conduit_workers.adapters.report_files import write_report
+    from conduit_workers.domain.report import OVER_BUDGET_KEY
+
+    day = date(2026, 11, 24)
+    rows = [
+        replace(_r("q1", "big", "big", batch="paid"), budget_usd=0.01),
+        replace(_r("q2", "small", "big", fallbacks=1, batch="paid"), budget_usd=0.01),
+        replace(_r("q3", None, "big", status="over_budget", attempts=0), batch_id="paid"),
+        _r("q4", "small", "small", batch="free"),
+    ]
+    rows[2] = replace(rows[2], budget_usd=0.01)
+    rep = build_report(day, rows, [], {}, CATALOG)
+    batches = {g.key: g for g in rep.batches}
+    paid, free = batches["paid"], batches["free"]
+    assert (paid.prompts, paid.ok, paid.over_budget, paid.errors, paid.budget_usd) == (
+        3,
+        2,
+        1,
+        0,
+        0.01,
+    )
+    assert paid.spend_usd == pytest.approx(CATALOG.get("big").cost_usd(100, 10) + 110e-6)
+    assert (free.over_budget, free.budget_usd) == (0, None)
+    assert rep.total.over_budget == 1
+    models = {g.key: g for g in rep.models}
+    assert models[OVER_BUDGET_KEY].over_budget == 1
+    assert {g.key: g.over_budget for g in rep.providers}["-"] == 1
+    folder = write_report(rep, tmp_path)
+    md = (folder / "report.md").read_text()
+    assert "| prompts answered / failed / unroutable / over budget | 3 / 0 / 0 / 1 |" in md
+    assert "| paid | 3 | 2 | 0 | 1 |" in md and "$0.0100" in md
+    csv_head = (folder / "report.csv").read_text().splitlines()[0]
+    assert "over_budget,budget_usd" in csv_head
