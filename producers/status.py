@@ -1,7 +1,8 @@
 """``conduit status``: is the system up, what is waiting, what has it learned, what did it cost.
 
 Reads only: worker replies to a broadcast ping (their queues), the broker's queue depths, the
-posteriors in Redis, today's spend in the history database, the dead-letter count.
+posteriors in Redis, today's spend in the history database, the dead-letter count, and the
+newest budgeted batches (budget, recorded spend, and the ledger's live spend and holds).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from celery import Celery
 
 import celeryconfig
 from conduit_workers.adapters import cooldowns
+from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.adapters.report_sql import SqlReports
 from conduit_workers.domain.catalog import Catalog
@@ -37,6 +39,19 @@ class ModelStatus:
 
 
 @dataclass
+class BudgetStatus:
+    batch_id: str
+    tag: str | None
+    budget_usd: float
+    prompts: int
+    answered: int
+    over_budget: int
+    spend_usd: float  # recorded with the answers (history database)
+    ledger_spent_usd: float | None  # the ledger's count (None: no ledger in Redis)
+    held_usd: float | None  # reserved by calls in flight
+
+
+@dataclass
 class Status:
     workers: dict[str, list[str]]  # worker name → queues it consumes
     queues: dict[str, int | None]  # queue → waiting messages (None: not declared yet)
@@ -49,6 +64,8 @@ class Status:
     feature_cache: dict[str, int] | None = None
     # Models an executor's circuit breaker has cooled down → seconds left.
     cooling: dict[str, float] = field(default_factory=dict)
+    # The newest batches with a budget.
+    budgets: list[BudgetStatus] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,7 +174,39 @@ def collect(
             "feature cache", lambda: feature_cache_stats(client, r.key_prefix), None
         ),
         cooling=attempt("cooldowns", lambda: cooldowns.read(client, r.key_prefix), {}),
+        budgets=attempt(
+            "budgets",
+            lambda: budget_statuses(
+                reports, RedisBatchLedger(client, r.key_prefix, settings.budget.ledger_ttl_s)
+            ),
+            [],
+        ),
     )
+
+
+def budget_statuses(
+    reports: SqlReports, ledger: RedisBatchLedger, limit: int = 10
+) -> list[BudgetStatus]:
+    """The newest budgeted batches, each with its ledger when Redis still holds it."""
+    batches = reports.budgeted_batches(limit)
+    states = ledger.states([b.batch_id for b in batches])
+    out = []
+    for b in batches:
+        st = states.get(b.batch_id)
+        out.append(
+            BudgetStatus(
+                b.batch_id,
+                b.tag,
+                b.budget_usd,
+                b.prompts,
+                b.answered,
+                b.over_budget,
+                b.spend_usd,
+                None if st is None else st.spent_usd,
+                None if st is None else st.reserved_usd,
+            )
+        )
+    return out
 
 
 def feature_cache_stats(client: redis.Redis, prefix: str) -> dict[str, int]:
@@ -197,8 +246,21 @@ def render(s: Status) -> list[str]:
             f"{m.model[:40]:40} {m.pulls:>6} {m.errors:>6} {reward:>7} {m.quality:>7.3f} "
             f"{m.quality_sd:>6.3f} {m.expected_cost_usd:>10.6f} {m.expected_latency_ms:>8.0f}"
         )
+    if s.budgets:
+        lines.append(
+            f"{'budgeted batch':34} {'budget USD':>10} {'spent USD':>10} {'held USD':>9} "
+            f"{'used':>6} {'answered':>9} {'over budget':>11}"
+        )
+    for b in s.budgets:
+        spent = b.ledger_spent_usd if b.ledger_spent_usd is not None else b.spend_usd
+        held = "-" if b.held_usd is None else f"{b.held_usd:.6f}"
+        name = f"{b.batch_id[:12]} ({b.tag})" if b.tag else b.batch_id[:34]
+        lines.append(
+            f"{name[:34]:34} {b.budget_usd:>10.4f} {spent:>10.6f} {held:>9} "
+            f"{spent / b.budget_usd:>6.1%} {b.answered:>4}/{b.prompts:<4} {b.over_budget:>11}"
+        )
     lines += [f"could not read {e}" for e in s.errors]
     return lines
 
 
-__all__ = ["Status", "ModelStatus", "collect", "render", "queue_depths"]
+__all__ = ["Status", "ModelStatus", "BudgetStatus", "collect", "render", "queue_depths"]
