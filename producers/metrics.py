@@ -8,7 +8,7 @@ Flower exports task events (``flower_events_total``, ``flower_task_runtime_secon
 name                                        type     labels / meaning
 ==========================================  =======  ==========================================
 ``conduit_routing_decisions_total``         counter  ``model`` (``none``: unroutable)
-``conduit_answers_total``                   counter  ``model``, ``status`` (ok, error, unroutable, over_budget, …)
+``conduit_answers_total``                   counter  ``model``, ``status`` (ok, error, over_budget…)
 ``conduit_llm_calls_total``                 counter  ``model``: models tried (fallbacks count)
 ``conduit_llm_errors_total``                counter  ``model``: failed model tries
 ``conduit_llm_tokens_total``                counter  ``model``, ``direction`` (input, output)
