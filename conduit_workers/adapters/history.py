@@ -307,6 +307,20 @@ class SqlHistory(FeedbackHistory):
 
         return self._tx(run)
 
+    def unanswered_counts(self, batch_ids: Sequence[str]) -> dict[str, int]:
+        """Prompts of each batch that have no result yet (for pacing a budget)."""
+        bi, r = t.batch_items, t.results
+        stmt = (
+            select(bi.c.batch_id, func.count())
+            .select_from(bi.outerjoin(r, r.c.query_id == bi.c.query_id))
+            .where(bi.c.batch_id.in_(list(batch_ids)), r.c.query_id.is_(None))
+            .group_by(bi.c.batch_id)
+        )
+        if not batch_ids:
+            return {}
+        found = self._tx(lambda conn: {b: int(n) for b, n in conn.execute(stmt)})
+        return {b: found.get(b, 0) for b in batch_ids}
+
     # -- executor -------------------------------------------------------------------------
 
     def batch_budgets(self, query_ids: Sequence[str]) -> dict[str, tuple[str, float]]:
