@@ -251,16 +251,19 @@ class FlowerSettings(BaseModel):
     """Flower (``celery -A conduit_workers flower``) defaults; ``FLOWER_*`` and flags override."""
 
     port: int = 5555
-    address: str = ""  # listen address; empty means every interface
-    # Basic auth as ``user:password`` pairs separated by commas; empty leaves /api/* closed (401).
+    # Listen address: localhost unless told otherwise ("0.0.0.0" or "" for every interface).
+    address: str = "127.0.0.1"
+    # Basic auth as ``user:password`` pairs separated by commas. Without one (here, in
+    # ``FLOWER_BASIC_AUTH``/``FLOWER_AUTH`` or a flag) Flower refuses to start unless ``open``.
     basic_auth: SecretStr | None = None
+    open: bool = False  # serve every page without a login, on purpose
 
 
 class MetricsSettings(BaseModel):
     """``conduit metrics``: the Prometheus exporter of what Flower's /metrics lacks."""
 
     port: int = 9808
-    address: str = "0.0.0.0"
+    address: str = "127.0.0.1"  # localhost unless told otherwise ("0.0.0.0": every interface)
     cache_s: float = 10.0  # figures read from the history database at most this often
 
 
