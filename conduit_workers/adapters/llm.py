@@ -217,6 +217,7 @@ class LLMClient:
         self.max_connections = max_connections
         self._http: Any = None
         self._models: dict[str, Model] = {}
+        self._stream_models: dict[str, Model] = {}
 
     def model(self, name: str) -> Model:
         if name not in self._models:
@@ -235,9 +236,35 @@ class LLMClient:
         """Close the shared HTTP client (its connections) on the loop that used it."""
         http, self._http = self._http, None
         self._models.clear()
+        self._stream_models.clear()
         close = getattr(http, "close", None) or getattr(http, "aclose", None)
         if close is not None:
             await close()
+
+    def settings_for(
+        self, spec: ModelSpec, request: ChatRequest | None, max_output_tokens: int | None = None
+    ) -> ModelSettings:
+        """The call's settings: timeout, output cap (the request's, or the smaller of it and
+        ``max_output_tokens`` or else the client's or the catalog's cap), and the request's
+        generation settings."""
+        settings = ModelSettings(timeout=self.timeout_s)
+        max_tokens = max_output_tokens or self.max_output_tokens or spec.max_output_tokens
+        if request is not None and request.max_tokens is not None:
+            max_tokens = min(request.max_tokens, max_tokens or request.max_tokens)
+        if max_tokens:
+            settings["max_tokens"] = max_tokens
+        if request is not None:
+            settings.update(chat_settings(request, spec.provider))
+        return settings
+
+    def stream_model(self, name: str) -> Model:
+        """The model for streamed calls: pydantic-ai's own (SDK-backed for OpenAI), since the
+        ``direct`` model answers whole responses only."""
+        if name not in self._stream_models:
+            self._stream_models[name] = build_model(
+                self.catalog.get(name), self.env, self.timeout_s, None
+            )
+        return self._stream_models[name]
 
     async def complete(
         self,
@@ -251,16 +278,12 @@ class LLMClient:
         ``max_output_tokens`` caps the answer (e.g. a budgeted batch's), else the client's or
         the catalog's cap."""
         spec = self.catalog.get(model_name)
-        settings = ModelSettings(timeout=self.timeout_s)
-        max_tokens = max_output_tokens or self.max_output_tokens or spec.max_output_tokens
-        if request is not None and request.max_tokens is not None:
-            max_tokens = min(request.max_tokens, max_tokens or request.max_tokens)
-        if max_tokens:
-            settings["max_tokens"] = max_tokens
-        messages: list[ModelMessage] = [ModelRequest.user_text_prompt(prompt)]
-        if request is not None:
-            messages = chat_messages(request)
-            settings.update(chat_settings(request, spec.provider))
+        settings = self.settings_for(spec, request, max_output_tokens)
+        messages: list[ModelMessage] = (
+            chat_messages(request)
+            if request is not None
+            else [ModelRequest.user_text_prompt(prompt)]
+        )
         started = time.perf_counter()
         try:
             model = self.model(model_name)

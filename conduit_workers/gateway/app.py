@@ -157,11 +157,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key) -> Response:
         """OpenAI's chat completion. ``model``: ``conduit`` (routed) or a catalog model."""
+        gw = state(request).gateway
         if body.stream:
-            raise ApiError(
-                422, "stream=true is not supported yet; send stream=false", param="stream"
-            )
-        answer = await state(request).gateway.chat(body, key)
+            from conduit_workers.gateway.streaming import stream_response
+
+            return await stream_response(gw, await gw.prepare(body, key))
+        answer = await gw.chat(body, key)
         return chat_completion(answer)
 
     @app.get("/v1/models")

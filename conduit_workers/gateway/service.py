@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from conduit_workers.adapters.budget_ledger import RedisBudgetLedger, Reservation, utc_day
@@ -21,12 +22,28 @@ from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.chat import ChatRequest, max_input_tokens
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.health import ModelHealth
+from conduit_workers.domain.rewards import FeedbackEvent
 from conduit_workers.gateway.decider import Decider
 from conduit_workers.gateway.errors import ApiError
 from conduit_workers.gateway.recorder import HistoryRecorder
 from conduit_workers.gateway.schemas import ROUTED, ChatCompletionRequest
 from conduit_workers.settings import Settings
 from conduit_workers.workers.executor import MAX_MODELS_TRIED, _execute_one
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A call decided and paid for in advance, not made yet."""
+
+    body: ChatCompletionRequest
+    key: ApiKey
+    query_id: str
+    text: str
+    request: ChatRequest
+    constraints: Constraints
+    decision: DecisionRow
+    models: list[str]  # the chosen model, then its fallbacks
+    reservation: Reservation | None
 
 
 @dataclass(frozen=True)
@@ -137,7 +154,9 @@ class Gateway:
             )
         return res, request
 
-    async def chat(self, body: ChatCompletionRequest, key: ApiKey) -> Answer:
+    async def prepare(self, body: ChatCompletionRequest, key: ApiKey) -> Prepared:
+        """Everything before the call: validation, constraints, decision, budget reservation
+        (the caller must :meth:`settle` a granted one)."""
         request = body.chat_request()
         text = request.prompt
         limit = self.settings.limits.max_prompt_chars
@@ -164,63 +183,63 @@ class Gateway:
             :MAX_MODELS_TRIED
         ]
         reservation, request = await self._reserve(key, models, request)
+        return Prepared(body, key, qid, text, request, cons, decision, models, reservation)
+
+    async def settle(self, p: Prepared, cost_usd: float | None) -> None:
+        """Settle the reservation to the call's cost; None (the call was cut short and may
+        still be billed): to its worst case."""
+        if p.reservation is not None:
+            spent = cost_usd if cost_usd is not None else p.reservation.amount_nano / 1e9
+            await self.ledger.settle(p.reservation, spent)
+
+    def finish_reason(self, p: Prepared, result: ResultRow) -> str:
+        cap = self._output_cap(result.model, p.request) if result.model else None
+        return "length" if cap is not None and result.output_tokens >= cap else "stop"
+
+    async def chat(self, body: ChatCompletionRequest, key: ApiKey) -> Answer:
+        p = await self.prepare(body, key)
         cost: float | None = None
         try:
-            row = ExecutionRow(qid, text, decision.model, decision.ranked, decision.reason, request)
-            outcome = await _execute_one(
-                row,
-                self.llm,
-                self.catalog,
-                self.settings.executor,
-                self.settings.feedback,
-                self.health,
+            row = ExecutionRow(
+                p.query_id,
+                p.text,
+                p.decision.model,
+                p.decision.ranked,
+                p.decision.reason,
+                p.request,
             )
+            ex, fb = self.settings.executor, self.settings.feedback
+            outcome = await _execute_one(row, self.llm, self.catalog, ex, fb, self.health)
             cost = outcome.result.cost_usd
         finally:
-            if reservation is not None:
-                # A call cut short (client gone) may still be billed: count its worst case.
-                spent = cost if cost is not None else reservation.amount_nano / 1e9
-                await self.ledger.settle(reservation, spent)
+            await self.settle(p, cost)
         result = outcome.result
-        self._record(body, key, qid, text, request, cons, decision, result, outcome.events)
+        self.record(p, result, outcome.events)
         if result.status != "ok":
             raise ApiError(
                 502,
-                f"the model call failed: {result.error_message} (query {qid})",
+                f"the model call failed: {result.error_message} (query {p.query_id})",
                 code=result.error_class,
                 type_="api_error",
-                headers={"x-conduit-query-id": qid},
+                headers={"x-conduit-query-id": p.query_id},
             )
-        assert result.model is not None
-        cap = self._output_cap(result.model, request)
-        finish = "length" if cap is not None and result.output_tokens >= cap else "stop"
-        return Answer(qid, int(time.time()), result, finish)
+        return Answer(p.query_id, int(time.time()), result, self.finish_reason(p, result))
 
-    def _record(
-        self,
-        body: ChatCompletionRequest,
-        key: ApiKey,
-        qid: str,
-        text: str,
-        request: ChatRequest,
-        cons: Constraints,
-        decision: DecisionRow,
-        result: ResultRow,
-        events: list,  # type: ignore[type-arg]
-    ) -> None:
-        meta: dict[str, object] = {"api": "chat.completions", "model": body.model}
-        if body.metadata:
-            meta["metadata"] = body.metadata
+    def record(self, p: Prepared, result: ResultRow, events: Sequence[FeedbackEvent]) -> None:
+        """Hand the call's rows to the history writer (written behind the answer)."""
+        meta: dict[str, object] = {"api": "chat.completions", "model": p.body.model}
+        if p.body.metadata:
+            meta["metadata"] = p.body.metadata
         self.recorder.add(
             CallRecord(
-                query_id=qid,
-                prompt=text,
-                user=request.user,
-                batch_id=f"api-{key.name}-{utc_day()}",
-                tag=f"api:{key.name}",
+                query_id=p.query_id,
+                prompt=p.text,
+                user=p.request.user,
+                batch_id=f"api-{p.key.name}-{utc_day()}",
+                tag=f"api:{p.key.name}",
                 metadata=meta,
-                constraints=cons.to_json(),
-                decision=decision,
+                constraints=p.constraints.to_json(),
+                decision=p.decision,
                 result=result,
                 events=tuple(events),
             )

@@ -54,8 +54,8 @@ def parse_chat(body: Any) -> tuple[str, str, int, int | None]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a string", "model")
-    if body.get("stream"):
-        raise BadRequest("stream=true is not supported by the replay server", "stream")
+    if not isinstance(body.get("stream", False), bool):
+        raise BadRequest("'stream' must be true or false", "stream")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list", "messages")

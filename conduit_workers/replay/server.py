@@ -4,7 +4,8 @@ Endpoints (``/v1/*`` require ``Authorization: Bearer <api_key>`` when a key is c
 
     GET  /v1/models                 data models + profile keys + extra models, OpenAI list format
     GET  /v1/models/{model}         one model object, or 404
-    POST /v1/chat/completions       a chat.completion answer (no streaming); JSON when asked
+    POST /v1/chat/completions       a chat.completion answer, or chunks as server-sent events with
+                                    stream=true; JSON when response_format asks for it
     GET  /_replay/stats             calls, per-model calls, faults, statuses, duplicates
     POST /_replay/stats/reset       zero the stats
     GET  /_replay/profiles          the profiles in the profile-file shape
@@ -62,6 +63,7 @@ from .profile import (
     profiles_to_json,
 )
 from .requests import BadRequest, parse_chat
+from .stream import stream_completion, wants_usage
 
 __all__ = ["build_app", "run", "serve"]
 
@@ -291,31 +293,49 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
             if fmt is not None and content:
                 content = json_answer(fmt, content)
             delay = _delay_s(state, profile, completion_tokens)
-            if delay:
-                await asyncio.sleep(delay)
-            response = web.json_response(
-                {
-                    "id": f"chatcmpl-replay-{next(state.ids)}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": model,
-                    "system_fingerprint": _OWNER,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": content, "refusal": None},
-                            "logprobs": None,
-                            "finish_reason": finish,
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": completion_tokens,
-                        "total_tokens": prompt_tokens + completion_tokens,
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            if body.get("stream"):
+                response = await stream_completion(
+                    request,
+                    completion_id=f"chatcmpl-replay-{next(state.ids)}",
+                    model=model,
+                    content=content,
+                    finish=finish,
+                    usage=usage,
+                    include_usage=wants_usage(body),
+                    delay_s=delay,
+                    headers={"x-replay-match": match},
+                )
+            else:
+                if delay:
+                    await asyncio.sleep(delay)
+                response = web.json_response(
+                    {
+                        "id": f"chatcmpl-replay-{next(state.ids)}",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": model,
+                        "system_fingerprint": _OWNER,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {
+                                    "role": "assistant",
+                                    "content": content,
+                                    "refusal": None,
+                                },
+                                "logprobs": None,
+                                "finish_reason": finish,
+                            }
+                        ],
+                        "usage": usage,
                     },
-                },
-                headers={"x-replay-match": match},
-            )
+                    headers={"x-replay-match": match},
+                )
             success = fault != "empty"
     except asyncio.CancelledError:
         # The client went away (e.g. its timeout fired during a hang): no answer was delivered.

@@ -195,3 +195,37 @@ def test_keys_are_stored_hashed(api: Api, tmp_path: Path) -> None:
     secret = api.keys["main"]
     assert all(secret not in (h, hint) for h, hint in stored)
     assert any(len(h) == 64 and hint == secret[:8] for h, hint in stored)
+
+
+def test_streaming_sends_openai_chunks_and_records_the_whole_answer(api: Api) -> None:
+    client = api.client()
+    prompt = [{"role": "user", "content": "Stream me a few sentences."}]
+    whole = client.chat.completions.create(model="cheap", messages=prompt)  # type: ignore[arg-type]
+    stream = client.chat.completions.create(
+        model="cheap",
+        messages=prompt,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    assert text == whole.choices[0].message.content  # the replay server answers alike
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+    assert {c.model for c in chunks} == {"cheap"}
+    qid = chunks[0].id.removeprefix("chatcmpl-")
+    (result,) = api.rows(t.results, qid)
+    assert result.status == "ok" and result.response == text
+    assert result.output_tokens == chunks[-1].usage.completion_tokens
+    (event,) = api.rows(t.feedback, qid)
+    assert event.kind == "implicit" and not event.error
+
+
+def test_a_streamed_call_over_budget_is_refused_before_it_starts(api: Api) -> None:
+    with pytest.raises(openai.RateLimitError, match="daily budget"):
+        api.client("broke").chat.completions.create(
+            model="conduit", messages=[{"role": "user", "content": "hi"}], stream=True
+        )

@@ -1,0 +1,185 @@
+"""``stream: true``: the answer as server-sent events in OpenAI's chunk format.
+
+The chosen model is tried first, then its fallbacks, until one starts answering (a model that
+fails before its first piece is recorded as a failed call, as the executor records it); once a
+piece has gone out, the stream belongs to that model. A failure after that ends the stream with
+an ``error`` event. The budget is settled and the call recorded when the stream ends, however it
+ends: a client that goes away mid-stream leaves its call counted at its worst case (it may still
+be billed) and recorded as an error ``client_gone``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from conduit_workers.adapters.history import ResultRow
+from conduit_workers.adapters.llm import Completion
+from conduit_workers.adapters.llm_stream import stream_chat
+from conduit_workers.domain.rewards import FeedbackEvent, call_event
+from conduit_workers.errors import ProviderError
+from conduit_workers.gateway.errors import ApiError
+from conduit_workers.gateway.service import Gateway, Prepared
+
+_Pieces = AsyncIterator[str | Completion]
+
+
+async def _start(
+    gw: Gateway, p: Prepared
+) -> tuple[str, _Pieces, str | Completion, list[FeedbackEvent]]:
+    weights = gw.settings.feedback.call_weights
+    events: list[FeedbackEvent] = []
+    last: ProviderError | None = None
+    for model in p.models:
+        started = time.perf_counter()
+        pieces = stream_chat(gw.llm, model, p.request)
+        try:
+            first = await anext(pieces)
+        except ProviderError as err:
+            last = err
+            ms = (time.perf_counter() - started) * 1000
+            events.append(call_event(p.query_id, model, weights, error=True, latency_ms=ms))
+            continue
+        return model, pieces, first, events
+    assert last is not None
+    await gw.settle(p, 0.0)
+    result = ResultRow(
+        p.query_id,
+        last.model_name,
+        "error",
+        attempts=len(events),
+        fallbacks=max(0, len(events) - 1),
+        error_class=last.error_class,
+        error_message=str(last),
+    )
+    gw.record(p, result, events)
+    raise ApiError(
+        502,
+        f"the model call failed: {last} (query {p.query_id})",
+        code=last.error_class,
+        type_="api_error",
+        headers={"x-conduit-query-id": p.query_id},
+    )
+
+
+async def stream_response(gw: Gateway, p: Prepared) -> StreamingResponse:
+    model, pieces, first, events = await _start(gw, p)
+    return StreamingResponse(
+        _events(gw, p, model, pieces, first, events),
+        media_type="text/event-stream",
+        headers={"x-conduit-query-id": p.query_id, "Cache-Control": "no-cache"},
+    )
+
+
+async def _events(
+    gw: Gateway,
+    p: Prepared,
+    model: str,
+    pieces: _Pieces,
+    first: str | Completion,
+    events: list[FeedbackEvent],
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    cid = f"chatcmpl-{p.query_id}"
+    opts = p.body.stream_options
+    include_usage = bool(opts and opts.include_usage)
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": choices,
+            **extra,
+        }
+        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+
+    def delta(d: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+        return [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
+
+    weights = gw.settings.feedback.call_weights
+    tried = len(events)
+    result = ResultRow(
+        p.query_id,
+        model,
+        "error",
+        attempts=tried + 1,
+        fallbacks=tried,
+        error_class="client_gone",
+        error_message="the client closed the stream",
+    )
+    cost: float | None = None
+    try:
+        yield chunk(delta({"role": "assistant", "content": ""}))
+        item = first
+        while not isinstance(item, Completion):
+            yield chunk(delta({"content": item}))
+            item = await anext(pieces)
+        done = item
+        cost = gw.catalog.get(model).cost_usd(done.input_tokens, done.output_tokens)
+        result = ResultRow(
+            p.query_id,
+            model,
+            "ok",
+            done.text,
+            done.input_tokens,
+            done.output_tokens,
+            cost,
+            done.latency_ms,
+            tried + 1,
+            tried,
+        )
+        events.append(
+            call_event(
+                p.query_id,
+                model,
+                weights,
+                error=False,
+                latency_ms=done.latency_ms,
+                in_tokens=done.input_tokens,
+                out_tokens=done.output_tokens,
+                cost_usd=cost,
+            )
+        )
+        yield chunk(delta({}, gw.finish_reason(p, result)))
+        if include_usage:
+            usage = {
+                "prompt_tokens": done.input_tokens,
+                "completion_tokens": done.output_tokens,
+                "total_tokens": done.input_tokens + done.output_tokens,
+            }
+            yield chunk([], usage=usage)
+        yield b"data: [DONE]\n\n"
+    except ProviderError as err:
+        result = ResultRow(
+            p.query_id,
+            model,
+            "error",
+            attempts=tried + 1,
+            fallbacks=tried,
+            error_class=err.error_class,
+            error_message=str(err),
+        )
+        events.append(call_event(p.query_id, model, weights, error=True, latency_ms=0.0))
+        error = {
+            "message": f"the model call failed mid-stream: {err}",
+            "type": "api_error",
+            "param": None,
+            "code": err.error_class,
+        }
+        yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+    finally:
+        with contextlib.suppress(Exception):
+            await pieces.aclose()  # type: ignore[attr-defined]
+        if result.status != "ok" and not any(e.model == model for e in events):
+            events.append(call_event(p.query_id, model, weights, error=True, latency_ms=0.0))
+        gw.record(p, result, events)
+        await asyncio.shield(gw.settle(p, cost))
