@@ -278,9 +278,6 @@ class GatewaySettings(BaseModel):
     # A verified key is trusted for this long in each server process: a revoked key stops
     # working within it. 0 checks the history database on every request.
     key_cache_s: float = 10.0
-    # Output tokens reserved against a key's budget when a request sets no max_tokens and the
-    # model's catalog entry has no max_output_tokens; the call is then capped at it.
-    default_max_output_tokens: int = 4_096
     # History rows of answered calls are written behind the response in batches: at most this
     # many per transaction, at least every ``write_interval_s``.
     write_batch: int = 512

@@ -36,16 +36,3 @@ class ChatRequest:
     @property
     def chars(self) -> int:
         return sum(len(m.content) for m in self.messages)
-
-
-# Per-message framing tokens (role markers) in the chat formats of the major providers: at most
-# a handful; 8 keeps the worst case an upper bound.
-_FRAMING_TOKENS_PER_MESSAGE = 8
-
-
-def max_input_tokens(request: ChatRequest) -> int:
-    """An upper bound of the request's input tokens without the model's tokenizer: every
-    byte-level BPE token covers at least one byte of UTF-8 text."""
-    return sum(
-        len(m.content.encode("utf-8")) + _FRAMING_TOKENS_PER_MESSAGE for m in request.messages
-    )

@@ -21,12 +21,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from conduit_workers.adapters.budget_ledger import RedisBudgetLedger
+from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.adapters.history_gateway import ApiKey, GatewayHistory
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id
 from conduit_workers.gateway import errors
@@ -87,9 +86,7 @@ def _build(settings: Settings) -> tuple[_State, Any]:
     health = ModelHealth(
         ex.health_window, ex.cooldown_min_calls, ex.cooldown_failure_rate, ex.cooldown_s
     )
-    ledger = RedisBudgetLedger(
-        aioredis.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s), r.key_prefix
-    )
+    ledger = RedisBatchLedger(store.client, r.key_prefix, s.budget.ledger_ttl_s)
     producer = Celery("conduit-gateway", set_as_current=False)
     producer.conf.update(celeryconfig.build(s))
     chunk = s.feedback.chunk_size
@@ -142,7 +139,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gw = state.gateway
             await asyncio.to_thread(gw.recorder.close)
             await gw.llm.aclose()
-            await gw.ledger.client.aclose()
             producer.close()
             state.history.dispose()
 

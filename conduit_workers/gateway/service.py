@@ -8,18 +8,21 @@ and one answered by an executor worker are retried, billed and learned from alik
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from conduit_workers.adapters.budget_ledger import RedisBudgetLedger, Reservation, utc_day
+from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.adapters.history import DecisionRow, ExecutionRow, ResultRow
 from conduit_workers.adapters.history_gateway import ApiKey, CallRecord
 from conduit_workers.adapters.llm import LLMClient
+from conduit_workers.domain.budget import worst_case_cost_usd, worst_input_tokens
 from conduit_workers.domain.catalog import Catalog
-from conduit_workers.domain.chat import ChatRequest, max_input_tokens
+from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.health import ModelHealth
 from conduit_workers.domain.rewards import FeedbackEvent
@@ -29,6 +32,19 @@ from conduit_workers.gateway.recorder import HistoryRecorder
 from conduit_workers.gateway.schemas import ROUTED, ChatCompletionRequest
 from conduit_workers.settings import Settings
 from conduit_workers.workers.executor import MAX_MODELS_TRIED, _execute_one
+
+
+def utc_day() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A hold on a key's daily budget (the batch ledger's, by a scope of the key and day)."""
+
+    scope: str  # apikey:<name>:<day>
+    id: str
+    worst_usd: float
 
 
 @dataclass(frozen=True)
@@ -62,7 +78,7 @@ class Gateway:
         decider: Decider,
         llm: LLMClient,
         health: ModelHealth,
-        ledger: RedisBudgetLedger,
+        ledger: RedisBatchLedger,
         recorder: HistoryRecorder,
     ) -> None:
         self.settings = settings
@@ -129,27 +145,33 @@ class Gateway:
     async def _reserve(
         self, key: ApiKey, models: list[str], request: ChatRequest
     ) -> tuple[Reservation | None, ChatRequest]:
-        """Reserve the call's worst case against the key's budget (capping its output when
-        nothing else does, so that the worst case is one); 429 when it does not fit."""
+        """Hold the call's worst case on the key's budget of the day (capping its output when
+        nothing else does, so that the worst case is one); 429 when it does not fit. The hold
+        is the batch ledger's (``adapters/batch_ledger.py``), scoped ``apikey:<name>:<day>``."""
         budget = key.budget_usd_per_day
         if budget is None:
             return None, request
+        bs = self.settings.budget
         if any(self._output_cap(m, request) is None for m in models):
-            request = dataclasses.replace(
-                request, max_tokens=self.settings.gateway.default_max_output_tokens
-            )
-        n_in = max_input_tokens(request)
+            request = dataclasses.replace(request, max_tokens=bs.max_output_tokens)
+        n_in = worst_input_tokens(request.prompt, bs.input_overhead_tokens * len(request.messages))
         worst = max(
-            self.catalog.get(m).cost_usd(n_in, self._output_cap(m, request) or 0) for m in models
+            worst_case_cost_usd(self.catalog.get(m), n_in, self._output_cap(m, request) or 0)
+            for m in models
         )
-        res = await self.ledger.reserve(f"apikey:{key.name}", utc_day(), worst, budget)
-        if not res.ok:
+        res = Reservation(f"apikey:{key.name}:{utc_day()}", uuid.uuid4().hex, worst)
+        ex = self.settings.executor
+        # Held for the longest the call can take: every model tried, every attempt timing out.
+        ttl_s = max(bs.reservation_ttl_s, ex.timeout_s * ex.max_attempts * len(models) + 60.0)
+        hold = await asyncio.to_thread(self.ledger.reserve, res.scope, budget, res.id, worst, ttl_s)
+        if not hold.held:
+            st = hold.state
             raise ApiError(
                 429,
-                f"API key {key.name!r} is over its daily budget of ${budget:.2f}: "
-                f"${res.committed_usd:.4f} is spent or reserved today (UTC) and this call may "
-                f"cost up to ${worst:.4f}. The budget renews at 00:00 UTC; a smaller max_tokens "
-                "or a cheaper model may still fit.",
+                f"API key {key.name!r} is over its daily budget of ${st.limit_usd:.2f}: "
+                f"${st.spent_usd + st.reserved_usd:.4f} is spent or held today (UTC) and this "
+                f"call may cost up to ${worst:.4f}. The budget renews at 00:00 UTC; a smaller "
+                "max_tokens or a cheaper model may still fit.",
                 code="budget_exceeded",
             )
         return res, request
@@ -186,11 +208,12 @@ class Gateway:
         return Prepared(body, key, qid, text, request, cons, decision, models, reservation)
 
     async def settle(self, p: Prepared, cost_usd: float | None) -> None:
-        """Settle the reservation to the call's cost; None (the call was cut short and may
-        still be billed): to its worst case."""
+        """Replace the hold by the call's cost; None (the call was cut short and may still be
+        billed): by its worst case."""
         if p.reservation is not None:
-            spent = cost_usd if cost_usd is not None else p.reservation.amount_nano / 1e9
-            await self.ledger.settle(p.reservation, spent)
+            r = p.reservation
+            spent = cost_usd if cost_usd is not None else r.worst_usd
+            await asyncio.to_thread(self.ledger.settle, r.scope, r.id, spent)
 
     def finish_reason(self, p: Prepared, result: ResultRow) -> str:
         cap = self._output_cap(result.model, p.request) if result.model else None

@@ -14,13 +14,13 @@ from urllib.parse import quote
 import openai
 import pytest
 import redis
-import redis.asyncio as aioredis
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
 from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.budget_ledger import RedisBudgetLedger, utc_day
+from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.adapters.history_gateway import GatewayHistory
+from conduit_workers.gateway.service import utc_day
 from conduit_workers.replay import ReplayConfig
 from conduit_workers.replay.profile import ModelProfile
 from tests.conftest import PG_URL, REDIS_URL, TEST_PREFIX
@@ -95,9 +95,10 @@ def test_concurrent_requests_over_several_servers_never_overshoot_a_key_budget(
 
 
 async def _race(urls: list[str], key: str) -> tuple[Counter[int], float, float]:
-    ledger = RedisBudgetLedger(aioredis.Redis.from_url(REDIS_URL), TEST_PREFIX)
-    earlier = await ledger.reserve("apikey:racer", utc_day(), ALREADY_SPENT_USD, BUDGET_USD)
-    await ledger.settle(earlier, ALREADY_SPENT_USD)
+    ledger = RedisBatchLedger(redis.Redis.from_url(REDIS_URL), TEST_PREFIX, 3600)
+    scope = f"apikey:racer:{utc_day()}"
+    assert ledger.reserve(scope, BUDGET_USD, "earlier", ALREADY_SPENT_USD, 60).held
+    assert ledger.settle(scope, "earlier", ALREADY_SPENT_USD)
     clients = [openai.AsyncOpenAI(base_url=u, api_key=key, max_retries=0) for u in urls]
     statuses: Counter[int] = Counter()
     start = asyncio.Event()
@@ -120,6 +121,5 @@ async def _race(urls: list[str], key: str) -> tuple[Counter[int], float, float]:
     await asyncio.gather(*tasks)
     for c in clients:
         await c.close()
-    spent, reserved = await ledger.totals("apikey:racer", utc_day())
-    await ledger.client.aclose()
-    return statuses, spent, reserved
+    state = ledger.states([scope])[scope]
+    return statuses, state.spent_usd, state.reserved_usd
