@@ -200,6 +200,9 @@ class BudgetSettings(BaseModel):
     # A reservation not settled after this long (its worker died mid-call) is released; the
     # executor uses at least ``executor.timeout_s`` + 60 s, so a live call never outlasts it.
     reservation_ttl_s: float = Field(default=600.0, gt=0)
+    # A call that only the holds of calls in flight keep out (their worst cases; they usually
+    # cost less) waits up to this long for them to settle before its prompt is passed over.
+    hold_wait_s: float = Field(default=120.0, ge=0)
     # How long a batch's ledger stays in Redis after its last call (status and reports read
     # it; the history database keeps the budget and the results' costs for good).
     ledger_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)

@@ -54,17 +54,27 @@ class CallBudget:
         return worst_case_cost_usd(spec, self.input_tokens, self.output_cap(model))
 
     async def reserve(self, model: str) -> str | None:
-        """A reservation id for one call to ``model``, or None: the batch cannot afford it."""
+        """A reservation id for one call to ``model``, or None: the batch cannot afford it.
+
+        Refused only because of the holds of calls in flight (which usually cost less than
+        their worst case), the call waits for them to settle, up to ``hold_wait_s``."""
         amount = self.worst_case_usd(model)
         reservation = f"{uuid.uuid4().hex}"
-        hold = await asyncio.to_thread(
-            self.ledger.reserve, self.batch_id, self.limit_usd, reservation, amount, self.ttl_s
-        )
-        self.last_state = hold.state
-        if not hold.held:
-            self.refused.append((model, amount))
-            return None
-        return reservation
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.hold_wait_s
+        pause_s = 0.02
+        while True:
+            hold = await asyncio.to_thread(
+                self.ledger.reserve, self.batch_id, self.limit_usd, reservation, amount, self.ttl_s
+            )
+            self.last_state = s = hold.state
+            if hold.held:
+                return reservation
+            if s.limit_usd - s.spent_usd < amount or loop.time() + pause_s > deadline:
+                self.refused.append((model, amount))
+                return None
+            await asyncio.sleep(pause_s)
+            pause_s = min(1.0, pause_s * 2)
 
     async def settle(self, reservation: str, cost_usd: float) -> None:
         """Replace the reservation with the real cost. A ledger that cannot be reached after

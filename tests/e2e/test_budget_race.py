@@ -19,9 +19,10 @@ import sqlalchemy as sa
 
 from conduit_workers.adapters import history_schema as t
 from conduit_workers.adapters.batch_ledger import RedisBatchLedger
-from conduit_workers.domain.budget import to_nano
+from conduit_workers.domain.budget import to_nano, worst_case_cost_usd, worst_input_tokens
+from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.constraints import Constraints
-from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings
+from conduit_workers.settings import DEFAULT_CATALOG, DatabaseSettings, RedisSettings, Settings
 from producers.api import ConduitClient
 from producers.local import Proc, start_replay_server, start_worker, wait_worker_ready
 from tests.conftest import PG_URL, SAMPLE, TEST_PREFIX
@@ -110,6 +111,16 @@ def test_many_processes_racing_for_one_budget_never_overshoot(racing, redis_url)
     assert state.spent_usd <= BUDGET_USD
     assert state.reserved_usd == 0 and state.expired == 0
     assert to_nano(state.spent_usd) >= to_nano(spend) - len(rows)  # the ledger rounds up
+    # And used: what is left pays for no call of an over_budget prompt, even on the cheapest
+    # model (a prompt kept out only by calls in flight waited for them to settle).
+    cheap = load_catalog(DEFAULT_CATALOG, os.environ).get("mistralai/Mixtral-8x7B-Instruct-v0.1")
+    prompts = {i["id"]: i["prompt"] for i in items}
+    smallest_refused = min(
+        worst_case_cost_usd(cheap, worst_input_tokens(prompts[r["external_id"]], 32), 16)
+        for r in rows
+        if r["status"] == "over_budget"
+    )
+    assert BUDGET_USD - state.spent_usd < smallest_refused
     # Every call the LLM server answered is a counted, settled call: none outside the ledger.
     ok = sum(n for (s, _), n in status.items() if s == "ok")
     assert calls == ok == state.calls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -10,6 +11,9 @@ import redis
 
 from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.domain.budget import to_nano
+from conduit_workers.domain.catalog import parse_catalog
+from conduit_workers.settings import BudgetSettings
+from conduit_workers.workers.budget_guard import CallBudget
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -117,3 +121,49 @@ def test_threads_racing_for_one_budget_never_overshoot(redis_url: str) -> None:
     assert state.reserved_usd == 0
     # Refused only when the next worst case no longer fitted.
     assert limit - state.spent_usd < amount
+
+
+def _guard(ledger: RedisBatchLedger, hold_wait_s: float) -> CallBudget:
+    catalog = parse_catalog(
+        {
+            "models": [
+                {
+                    "name": "m",
+                    "provider": "openai",
+                    "input_price_per_mtok_usd": 1000.0,
+                    "output_price_per_mtok_usd": 1000.0,
+                }
+            ]
+        },
+        {},
+    )
+    settings = BudgetSettings(
+        max_output_tokens=100, input_overhead_tokens=0, hold_wait_s=hold_wait_s
+    )
+    # 100 input + 100 output tokens at $1000/Mtok: $0.2 worst case per call.
+    return CallBudget(ledger, catalog, "b1", 1.0, 100, None, settings, ttl_s=60)
+
+
+def test_a_call_kept_out_by_holds_in_flight_waits_for_them(ledger: RedisBatchLedger) -> None:
+    assert ledger.reserve("b1", 1.0, "other", 0.9, ttl_s=60).held  # a call in flight
+
+    async def main() -> str | None:
+        guard = _guard(ledger, hold_wait_s=30)
+        waiting = asyncio.create_task(guard.reserve("m"))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # $0.1 left beside the hold: it waits
+        await asyncio.to_thread(ledger.settle, "b1", "other", 0.3)  # cost less than held
+        return await waiting
+
+    assert asyncio.run(main()) is not None
+    state = ledger.states(["b1"])["b1"]
+    assert (state.spent_usd, state.reserved_usd) == (0.3, 0.2)
+
+
+def test_a_call_the_spend_alone_rules_out_is_refused_at_once(ledger: RedisBatchLedger) -> None:
+    ledger.reserve("b1", 1.0, "r1", 0.85, ttl_s=60)
+    ledger.settle("b1", "r1", 0.85)
+    guard = _guard(ledger, hold_wait_s=30)
+    assert asyncio.run(guard.reserve("m")) is None
+    assert guard.refused == [("m", pytest.approx(0.2))]
+    assert "$0.150000 left" in guard.reason() and "m up to $0.200000" in guard.reason()
