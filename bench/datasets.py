@@ -40,6 +40,22 @@ class Dataset:
     cost: Array  # (n, m), USD as the dataset recorded it
     in_tokens: Array  # (n, m)
     out_tokens: Array  # (n, m)
+    # (n, m) bool: whether the file holds model j's answer to prompt i (sparse files lack some;
+    # a missing answer's quality and cost read 0, and no router may send the prompt there)
+    present: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.present is None:
+            self.present = np.ones(self.quality.shape, dtype=bool)
+
+    @property
+    def mask(self) -> np.ndarray:
+        assert self.present is not None
+        return self.present
+
+    @property
+    def sparse(self) -> bool:
+        return not bool(self.mask.all())
 
     @property
     def n(self) -> int:
@@ -47,14 +63,18 @@ class Dataset:
 
     @property
     def strongest(self) -> int:
-        """The model of highest mean quality (ties: the dearer)."""
-        q = self.quality.mean(axis=0)
-        c = self.cost.mean(axis=0)
+        """The model of highest mean quality (ties: the dearer), over the prompts it answered."""
+        q, c = self.model_means()
         return int(max(range(len(self.models)), key=lambda j: (round(q[j], 9), c[j])))
 
     @property
     def cheapest(self) -> int:
-        return int(np.argmin(self.cost.mean(axis=0)))
+        return int(np.argmin(self.model_means()[1]))
+
+    def model_means(self) -> tuple[Array, Array]:
+        """Mean quality and cost of each model over the prompts it answered."""
+        k = np.maximum(self.mask.sum(axis=0), 1)
+        return (self.quality * self.mask).sum(axis=0) / k, (self.cost * self.mask).sum(axis=0) / k
 
     def subset(self, idx: Array | list[int]) -> Dataset:
         idx = np.asarray(idx, dtype=int)
@@ -68,6 +88,7 @@ class Dataset:
             self.cost[idx],
             self.in_tokens[idx],
             self.out_tokens[idx],
+            self.mask[idx],
         )
 
 
@@ -76,14 +97,16 @@ def load(path: Path) -> Dataset:
         rows = [json.loads(line) for line in fh if line.strip()]
     if not rows:
         raise ValueError(f"{path} holds no prompt")
-    models = list(rows[0]["models"])
+    models = list(dict.fromkeys(name for r in rows for name in r["models"]))
     n, m = len(rows), len(models)
     q, c, ti, to = (np.zeros((n, m)) for _ in range(4))
+    present = np.zeros((n, m), dtype=bool)
     for i, r in enumerate(rows):
         for j, name in enumerate(models):
             rec = r["models"].get(name)
             if rec is None:
-                raise ValueError(f"{path}: prompt {r.get('id')} lacks model {name}")
+                continue  # a sparse file: this prompt cannot go to that model
+            present[i, j] = True
             q[i, j] = float(rec["quality"])
             c[i, j] = float(rec["cost_usd"])
             ti[i, j] = float(rec.get("input_tokens", 0))
@@ -98,12 +121,18 @@ def load(path: Path) -> Dataset:
         c,
         ti,
         to,
+        present,
     )
 
 
 def _prices(cost: Array, tin: Array, tout: Array) -> tuple[float, float]:
     """USD per million input and output tokens that best explain the recorded costs (≥ 0)."""
-    if tin.std() < 1e-9 or tout.std() < 1e-9 or np.corrcoef(tin, tout)[0, 1] > 0.99:
+    if (
+        len(cost) < 3
+        or tin.std() < 1e-9
+        or tout.std() < 1e-9
+        or np.corrcoef(tin, tout)[0, 1] > 0.99
+    ):
         # Token counts that do not vary apart (e.g. one output token per call, per-request
         # pricing) cannot separate two prices: one blended price per token.
         blended = float(cost.sum() / max((tin + tout).sum(), 1e-9) * 1e6)
@@ -124,7 +153,8 @@ def catalog_for(ds: Dataset, models: list[str] | None = None) -> Catalog:
     for j, name in enumerate(ds.models):
         if models is not None and name not in models:
             continue
-        pin, pout = _prices(ds.cost[:, j], ds.in_tokens[:, j], ds.out_tokens[:, j])
+        k = ds.mask[:, j]
+        pin, pout = _prices(ds.cost[k, j], ds.in_tokens[k, j], ds.out_tokens[k, j])
         specs.append(
             ModelSpec(
                 name=name,

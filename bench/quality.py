@@ -87,6 +87,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override RouterSettings fields (experiments)",
     )
+    ap.add_argument(
+        "--quality-floor",
+        type=float,
+        default=None,
+        metavar="F",
+        help="one run under this quality floor (relative to the reference), no sweep",
+    )
+    ap.add_argument(
+        "--budget-share",
+        default=None,
+        metavar="S",
+        help="one run under a budget of S × the reference's cost on the stream ('mixture95': "
+        "the hindsight mixture's spend at 95%% quality); no floor unless --quality-floor",
+    )
+    ap.add_argument(
+        "--warm-start",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="load FILE with `conduit learn`'s code first (implies --quality-floor 0.95 "
+        "unless a budget or floor is given)",
+    )
+    ap.add_argument(
+        "--split-half",
+        action="store_true",
+        help="warm start from one half of --data, stream the other half",
+    )
+    ap.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="objective runs: posteriors and floor counters in memory instead of Redis "
+        "(same code paths, faster)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -96,6 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         k, v = kv.split("=", 1)
         overrides[k] = json.loads(v)
     base = RouterSettings(embedder=args.embedder, **overrides)  # type: ignore[arg-type]
+    if (
+        args.quality_floor is not None
+        or args.budget_share is not None
+        or args.warm_start is not None
+        or args.split_half
+    ):
+        from bench.objectives import run
+
+        figures_ = run(args, base)
+        if args.json:
+            print(json.dumps({"router": figures_}))
+        return 0
+    # The sweep weighs cost by λ_cost: no floor.
+    base = base.model_copy(update={"quality_floor": None})
     default_lam = base.lambda_cost
     lambdas = sorted(set(args.lambda_cost or DEFAULT_LAMBDAS) | {default_lam})
 

@@ -10,18 +10,26 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from bench.baselines import LinUCB, Run
 from bench.datasets import Dataset, cached_embedder, catalog_for
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
+from conduit_workers.adapters.floor_store import FloorStore, InMemoryFloorStore, RedisFloorStore
+from conduit_workers.adapters.posterior_store import (
+    InMemoryPosteriorStore,
+    PosteriorStore,
+    RedisPosteriorStore,
+)
+from conduit_workers.domain import floor as fl
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.policy import Expectations, expected_costs, reference_cost
 from conduit_workers.domain.rewards import EXPLICIT, IMPLICIT, FeedbackEvent
 from conduit_workers.engine import RoutingEngine, learn, update_id_for
+from conduit_workers.quality_floor import stream_key
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -112,6 +120,8 @@ class _NullStore:
 class RouterRun(Run):
     shares_by_chunk: list[Array] = field(default_factory=list)
     seconds: float = 0.0
+    estimates: list[tuple[int, float]] = field(default_factory=list)
+    spent_usd: float = 0.0
 
 
 def run_engine(
@@ -123,44 +133,84 @@ def run_engine(
     analyses: list,  # type: ignore[type-arg]
     settings: RouterSettings,
     seed: int,
+    budget_usd: float | None = None,
+    warm: Callable[[RoutingEngine], object] | None = None,
+    redis: bool = True,
 ) -> RouterRun:
-    """Stream the prompts through RoutingEngine.decide + RedisPosteriorStore + learn."""
+    """Stream the prompts through RoutingEngine.decide + RedisPosteriorStore + learn.
+
+    Under a quality floor (``settings.quality_floor``) the floor's counters live in a
+    ``RedisFloorStore`` beside the posteriors, and the ratings of answers given under the floor
+    feed it as they arrive. With ``budget_usd``, every chunk gets the allowance the router
+    worker passes: what remains of the budget (spent = the recorded costs so far) × the chunk's
+    share of the prompts still to route. ``warm`` is applied to the engine before the stream
+    (a warm start). ``redis=False`` keeps both stores in memory (same code paths, faster).
+    """
     t0 = time.perf_counter()
     prefix = f"bench13:{uuid.uuid4().hex[:10]}"
-    store = RedisPosteriorStore.from_url(REDIS_URL, prefix=prefix, applied_ttl_s=3600)
+    store: PosteriorStore
+    floors: FloorStore
+    if redis:
+        store = RedisPosteriorStore.from_url(REDIS_URL, prefix=prefix, applied_ttl_s=3600)
+        floors = RedisFloorStore(store.client, prefix, 3600)  # type: ignore[attr-defined]
+    else:
+        store, floors = InMemoryPosteriorStore(), InMemoryFloorStore()
     full = catalog_for(ds)
     catalog = full
     if scen.cold is not None:
         catalog = catalog_for(ds, [m for j, m in enumerate(ds.models) if j != scen.cold])
     rng = np.random.default_rng(seed)
-    engine = RoutingEngine(catalog, store, _NoEmbed(), settings, rng)
+    engine = RoutingEngine(catalog, store, _NoEmbed(), settings, rng, floors)
+    if warm is not None:
+        warm(engine)
     dim = engine.dim
+    spent = 0.0
+    estimates: list[tuple[int, float]] = []  # (prompts decided, the floor's estimated ratio)
     model_index = {m: j for j, m in enumerate(ds.models)}
     choice = np.full(stream.n, -1)
     pending: list[tuple[int, FeedbackEvent]] = []  # (due position, explicit event)
+    floor_pending: list[tuple[int, tuple[str, str, float]]] = []  # ratings for the floor
     ctx_by_qid: dict[str, Array] = {}
     try:
         for k in range(0, stream.n, stream.chunk):
             if scen.cold is not None and k >= scen.at and catalog is not full:
                 catalog = full
-                engine = RoutingEngine(catalog, store, _NoEmbed(), settings, rng)
+                engine = RoutingEngine(catalog, store, _NoEmbed(), settings, rng, floors)
             pos = np.arange(k, min(k + stream.chunk, stream.n))
             rows = stream.order[pos]
             qids = [_qid(ds, i) for i in rows]
             texts = [ds.prompts[i] for i in rows]
+            allowance = None
+            if budget_usd is not None:
+                allowance = max(budget_usd - spent, 0.0) * len(pos) / (stream.n - k)
+            cons = [Constraints()] * len(rows)
+            if ds.sparse:  # a prompt cannot go to a model the file has no answer of
+                cons = [
+                    Constraints(
+                        allowed_models=tuple(
+                            m for m, ok in zip(ds.models, ds.mask[i], strict=True) if ok
+                        )
+                    )
+                    for i in rows
+                ]
             decisions = engine.decide(
                 qids,
                 texts,
-                [Constraints()] * len(rows),
+                cons,
                 contexts=contexts[pos],
                 analyses=[analyses[p] for p in pos],
+                allowance_usd=allowance,
             )
             events = []
+            floor_due: list[tuple[int, tuple[str, str, float]]] = []
             for p, i, qid, d in zip(pos, rows, qids, decisions, strict=True):
                 if d.model is None:
                     raise RuntimeError(f"unroutable without constraints: {d.reason}")
                 j = model_index[d.model]
                 choice[p] = j
+                spent += float(ds.cost[i, j])
+                if d.floor is not None and stream.rated[p]:
+                    floor_due.append((p + stream.delay, (*d.floor, float(scen.quality[p, j]))))
                 ctx_by_qid[qid] = contexts[p]
                 events.append(
                     FeedbackEvent(
@@ -194,6 +244,14 @@ def run_engine(
             due = [e for t, e in pending if t < now]
             pending = [(t, e) for t, e in pending if t >= now]
             events.extend(due)
+            floor_pending.extend(floor_due)
+            rated_now = [r for t, r in floor_pending if t < now]
+            floor_pending = [(t, r) for t, r in floor_pending if t >= now]
+            if rated_now:
+                engine.rate_floors(rated_now, f"c{k}")
+            est = _floor_estimate(engine, settings)
+            if est is not None:
+                estimates.append((int(now), est))
             learn(
                 store,
                 events,
@@ -208,10 +266,29 @@ def run_engine(
                 if not stream.rated[p]:
                     ctx_by_qid.pop(qid, None)
     finally:
-        keys = list(store.client.scan_iter(match=f"{prefix}:*", count=1000))
-        for s in range(0, len(keys), 500):
-            store.client.delete(*keys[s : s + 500])
-    return RouterRun(name, choice, settings.lambda_cost, seconds=time.perf_counter() - t0)
+        if isinstance(store, RedisPosteriorStore):
+            keys = list(store.client.scan_iter(match=f"{prefix}:*", count=1000))
+            for s in range(0, len(keys), 500):
+                store.client.delete(*keys[s : s + 500])
+    return RouterRun(
+        name,
+        choice,
+        settings.lambda_cost,
+        seconds=time.perf_counter() - t0,
+        estimates=estimates,
+        spent_usd=spent,
+    )
+
+
+def _floor_estimate(engine: RoutingEngine, settings: RouterSettings) -> float | None:
+    """The default floor stream's own estimate of its quality ratio to the reference."""
+    if not settings.quality_floor:
+        return None
+    key = stream_key(None, settings.quality_floor)
+    est = fl.slack(fl.FloorCounts.of(engine.floors.store.read(key)), settings.quality_floor)
+    if est is None or est.n == 0:
+        return None
+    return settings.quality_floor + est.total / (est.n * est.q_ref)
 
 
 class _NoEmbed:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from conduit_workers.adapters.embedder import Embedder
+from conduit_workers.adapters.floor_store import FloorStore, InMemoryFloorStore
 from conduit_workers.adapters.history import DecisionRow
 from conduit_workers.adapters.posterior_store import PosteriorStore, Update
 from conduit_workers.domain.bandit import (
@@ -29,7 +30,9 @@ from conduit_workers.domain.bandit import (
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.features import ContextBuilder, SharedPrefixes, embedding_text
+from conduit_workers.domain.pacing import pace
 from conduit_workers.domain.policy import (
+    Choice,
     Expectations,
     choose,
     expected_costs,
@@ -38,6 +41,7 @@ from conduit_workers.domain.policy import (
 )
 from conduit_workers.domain.rewards import FeedbackEvent, aggregate
 from conduit_workers.errors import StoreUnavailable
+from conduit_workers.quality_floor import FloorGroup, FloorKeeper
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class RoutingEngine:
         embedder: Embedder,
         settings: RouterSettings,
         rng: np.random.Generator | None = None,
+        floor_store: FloorStore | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -76,6 +81,10 @@ class RoutingEngine:
         self._cache: _Cached | None = None
         self.degraded = False  # routing from cached posteriors while the store is unreachable
         self.prefixes = SharedPrefixes(settings.shared_prefix_min_chars)
+        # The quality floor's counters: in memory unless a shared store is given (the workers
+        # and Router(store="redis://…") pass Redis, so every router holds one floor).
+        self.floors = FloorKeeper(floor_store or InMemoryFloorStore(), settings)
+        self._floor_marks: dict[int, tuple[str, str]] = {}
 
     @property
     def dim(self) -> int:
@@ -165,8 +174,20 @@ class RoutingEngine:
         constraints: Sequence[Constraints],
         contexts: Array | None = None,
         analyses: list | None = None,  # type: ignore[type-arg]
+        allowance_usd: float | None = None,
+        floor_stream: str | None = None,
+        hold_floor: bool = True,
     ) -> list[DecisionRow]:
-        """Route a chunk of prompts; one decision row per prompt (model None if unroutable)."""
+        """Route a chunk of prompts; one decision row per prompt (model None if unroutable).
+
+        Prompts under a quality floor (their constraints' or the settings') are routed at their
+        floor stream's λ and pass its gate (:mod:`conduit_workers.quality_floor`); the chunk's
+        decisions are counted in that stream (``floor_stream``: a batch's own stream, else the
+        default one). With ``allowance_usd``, the chunk's total expected cost stays within it:
+        λ is raised for the whole chunk until it fits (:func:`~conduit_workers.domain.pacing.pace`),
+        the cheapest feasible models when nothing else does. ``hold_floor=False`` routes at the
+        floors' λ without their audits and gate and counts nothing (draws for a confidence).
+        """
         if contexts is None or analyses is None:
             contexts, analyses = self.featurize(texts)
         posts, exps, versions = self.posteriors()
@@ -180,17 +201,53 @@ class RoutingEngine:
         typical = self._cache.typical_in_tokens if self._cache is not None else None
         if typical is None:
             typical = float(expected_input_tokens(chars).mean())
-        choices = choose(
-            samples,
-            means,
-            costs,
-            latencies,
-            specs,
-            list(constraints),
-            self.settings.lambda_cost,
-            self.settings.lambda_latency,
-            cost_scale=reference_cost(typical, specs, exps, self.catalog.reference),
-        )
+        scale = reference_cost(typical, specs, exps, self.catalog.reference)
+        groups, floor_lams = self.floors.groups(constraints, floor_stream)
+        base = [
+            c if lam is None else replace(c, lambda_cost=lam)
+            for c, lam in zip(constraints, floor_lams, strict=True)
+        ]
+
+        def choose_at(paced: float) -> list[Choice]:
+            cons = base
+            if paced > 0:
+                cons = [
+                    replace(
+                        c,
+                        lambda_cost=max(
+                            paced,
+                            self.settings.lambda_cost if c.lambda_cost is None else c.lambda_cost,
+                        ),
+                    )
+                    for c in base
+                ]
+            return choose(
+                samples,
+                means,
+                costs,
+                latencies,
+                specs,
+                cons,
+                self.settings.lambda_cost,
+                self.settings.lambda_latency,
+                cost_scale=scale,
+            )
+
+        def total(choices: list[Choice]) -> float:
+            return float(
+                sum(
+                    costs[i, self.catalog.index(ch.model)]
+                    for i, ch in enumerate(choices)
+                    if ch.model
+                )
+            )
+
+        choices = choose_at(0.0)
+        if allowance_usd is not None and total(choices) > allowance_usd:
+            choices = choose_at(pace(lambda lam: total(choose_at(lam)), allowance_usd))
+        self._floor_marks = {}
+        if hold_floor:
+            choices = self._hold_floors(groups, query_ids, choices, costs, allowance_usd)
         rows = []
         for i, (qid, ch, an) in enumerate(zip(query_ids, choices, analyses, strict=True)):
             j = self.catalog.index(ch.model) if ch.model else None
@@ -206,9 +263,54 @@ class RoutingEngine:
                     expected_cost_usd=float(costs[i, j]) if j is not None else None,
                     posterior_versions=versions,
                     reason=ch.reason,
+                    floor=self._floor_marks.get(i),
                 )
             )
         return rows
+
+    def _hold_floors(
+        self,
+        groups: list[FloorGroup],
+        query_ids: Sequence[str],
+        choices: list[Choice],
+        costs: Array,
+        allowance_usd: float | None,
+    ) -> list[Choice]:
+        """Audits and the conservative gate of each floor stream: prompts the gate keeps at the
+        reference go there (unless an allowance cannot pay for it); count the decisions."""
+        ref = self.catalog.reference
+        r = self.catalog.index(ref)
+        spent = sum(
+            float(costs[i, self.catalog.index(ch.model)])
+            for i, ch in enumerate(choices)
+            if ch.model
+        )
+        out = list(choices)
+        for g in groups:
+            chosen = [ch.model for ch in choices]
+            strata = self.floors.assign(g, chosen, ref, self.rng)
+            for k, (i, stratum) in enumerate(zip(g.rows, strata, strict=True)):
+                ch = out[i]
+                if stratum.startswith("ref:") and ch.model != ref:
+                    if ch.model is None or ref not in ch.ranked:
+                        strata[k] = "alt:" + str(ch.model)  # the reference is not allowed here
+                    else:
+                        extra = float(costs[i, r] - costs[i, self.catalog.index(ch.model)])
+                        if allowance_usd is not None and spent + extra > allowance_usd:
+                            strata[k] = "alt:" + ch.model  # the budget comes first
+                        else:
+                            spent += extra
+                            rest = tuple(m for m in ch.ranked if m != ref)
+                            out[i] = Choice(ref, (ref, *rest), ch.utility, ch.reason)
+                if out[i].model is not None:
+                    self._floor_marks[i] = (g.stream, strata[k])
+            self.floors.record(g, query_ids, [s for s in strata if not s.endswith(":None")])
+        return out
+
+    def rate_floors(self, ratings: Sequence[tuple[str, str, float]], update_id: str) -> int:
+        """Ratings ``(stream, stratum, rating)`` of answers given under a floor (the
+        ``floor`` of their decision rows): the floor's estimate of the stream's quality."""
+        return self.floors.rate(ratings, update_id)
 
     def learn(
         self, events: Sequence[FeedbackEvent], contexts: dict[str, Array], update_id: str

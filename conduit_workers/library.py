@@ -12,7 +12,10 @@
                              output_tokens=3)           # implicit: what the call did
 
 It is the same :class:`~conduit_workers.engine.RoutingEngine` that the router workers use;
-``Router(store="redis://…")`` shares the posteriors with a running Conduit deployment.
+``Router(store="redis://…")`` shares the posteriors (and the quality floor's counters) with a
+running Conduit deployment. By default it holds the settings' quality floor (0.95 of the
+catalog reference model's quality, spending as little as it can); ``Router(quality_floor=0.9)``
+sets another, ``Router(quality_floor=None)`` routes by ``lambda_cost``.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from conduit_workers.adapters.embedder import Embedder, make_embedder
+from conduit_workers.adapters.floor_store import FloorStore, RedisFloorStore
 from conduit_workers.adapters.posterior_store import (
     InMemoryPosteriorStore,
     PosteriorStore,
@@ -83,9 +87,21 @@ class Router:
         embedder: Embedder | str | None = None,
         settings: Settings | None = None,
         seed: int | None = None,
+        quality_floor: float | None | Literal["settings"] = "settings",
     ) -> None:
+        """``quality_floor``: keep this share of the catalog reference model's quality over the
+        prompts routed (e.g. 0.95), spending as little as possible; None or 0 routes by
+        ``lambda_cost`` instead; by default the settings' floor (0.95 unless configured)."""
         s = settings or get_settings()
+        if quality_floor != "settings":
+            floor = quality_floor or None
+            if floor is not None and not 0.0 < floor <= 1.0:
+                raise ValueError(f"quality_floor must be in [0, 1], got {floor!r}")
+            s = s.model_copy(
+                update={"router": s.router.model_copy(update={"quality_floor": floor})}
+            )
         self.settings = s
+        floors: FloorStore | None = None
         if catalog is None or isinstance(catalog, (str, Path)):
             catalog = load_catalog(Path(catalog or s.catalog.path), environ())
         if store is None:
@@ -94,12 +110,16 @@ class Router:
             store = RedisPosteriorStore.from_url(
                 store, s.redis.key_prefix, s.redis.applied_ttl_s, s.redis.socket_timeout_s
             )
+            floors = RedisFloorStore(store.client, s.redis.key_prefix, s.redis.applied_ttl_s)
         if embedder is None or isinstance(embedder, str):
             embedder = make_embedder(embedder or s.router.embedder)
         rng = np.random.default_rng(seed if seed is not None else s.router.seed)
         self.catalog = catalog
-        self.engine = RoutingEngine(catalog, store, embedder, s.router, rng=rng)
-        self._contexts: OrderedDict[str, tuple[Array, str | None]] = OrderedDict()
+        self.engine = RoutingEngine(catalog, store, embedder, s.router, rng=rng, floor_store=floors)
+        # Per routed prompt: its context, the model chosen, its floor stream and stratum.
+        self._contexts: OrderedDict[str, tuple[Array, str | None, tuple[str, str] | None]] = (
+            OrderedDict()
+        )
         self._lock = asyncio.Lock()
 
     async def route(self, query: Query | str) -> Decision:
@@ -133,11 +153,12 @@ class Router:
             [c for c in cons for _ in range(k)],
             rep,
             [a for a in analyses for _ in range(k)],
+            hold_floor=False,
         )
         out = []
         for n, (qid, row) in enumerate(zip(ids, rows, strict=True)):
             wins = sum(d.model == row.model for d in draws[n * k : (n + 1) * k])
-            self._remember(qid, contexts[n], row.model)
+            self._remember(qid, contexts[n], row.model, row.floor)
             out.append(
                 Decision(
                     qid,
@@ -151,8 +172,10 @@ class Router:
             )
         return out
 
-    def _remember(self, qid: str, context: Array, model: str | None) -> None:
-        self._contexts[qid] = (context, model)
+    def _remember(
+        self, qid: str, context: Array, model: str | None, floor: tuple[str, str] | None
+    ) -> None:
+        self._contexts[qid] = (context, model, floor)
         self._contexts.move_to_end(qid)
         while len(self._contexts) > REMEMBERED:
             self._contexts.popitem(last=False)
@@ -163,10 +186,18 @@ class Router:
         """An explicit rating in [0, 1] of the answer to a routed prompt; once per prompt.
         Returns False when this prompt was rated already."""
         qid, chosen = self._target(decision, model)
-        event = FeedbackEvent(
-            explicit_event_id(qid), qid, chosen, EXPLICIT, validate_rating(rating), 1.0
-        )
-        return await self._learn([event], qid)
+        value = validate_rating(rating)
+        event = FeedbackEvent(explicit_event_id(qid), qid, chosen, EXPLICIT, value, 1.0)
+        applied = await self._learn([event], qid)
+        remembered = self._contexts.get(qid)
+        if applied and remembered is not None and remembered[2] is not None:
+            stream, stratum = remembered[2]
+            if model is None or model == remembered[1]:  # the floor counts the answer given
+                async with self._lock:
+                    await asyncio.to_thread(
+                        self.engine.rate_floors, [(stream, stratum, value)], event.id
+                    )
+        return applied
 
     async def record_call(
         self,

@@ -107,8 +107,19 @@ class RouterSettings(BaseModel):
         True  # drop openings shared by prompts (few-shot, templates) before embedding
     )
     shared_prefix_min_chars: int = 200  # shortest shared opening that counts as a template
-    # Weight of cost: the quality one would give up to save the catalog reference model's whole
-    # expected cost on a typical prompt (the dearest model's when there is no reference).
+    # The quality floor, the default way to run: keep this share of the catalog reference
+    # model's mean quality over the stream (learning included) and spend as little as possible
+    # (conduit_workers.domain.floor). None or 0 turns it off: ``lambda_cost`` then weighs cost.
+    quality_floor: float | None = Field(default=None, ge=0.0, le=1.0)
+    # How the floor is held: standard deviations of its slack estimate kept in reserve, the
+    # least random share of prompts sent to the reference (its honest estimate), and the
+    # normalised slack the dual variable aims at (bench/README.md, "Quality floor").
+    floor_pessimism: float = 1.0
+    floor_audit_min: float = 0.05
+    floor_target: float = 0.01
+    # Weight of cost (an expert setting, used when no floor is set): the quality one would give
+    # up to save the catalog reference model's whole expected cost on a typical prompt (the
+    # dearest model's when there is no reference).
     lambda_cost: float = 0.1
     lambda_latency: float = (
         0.0  # weight of latency, relative to the slowest model's expected latency

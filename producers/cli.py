@@ -275,6 +275,43 @@ def posteriors(reset: bool, rebuild: bool) -> None:
 
 
 @cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def learn(file: Path, as_json: bool) -> None:
+    """Warm-start the router from labelled data: a JSONL file in the shared schema (per prompt,
+    the quality, tokens and cost of any subset of the models). Loading a file twice counts once."""
+    from conduit_workers.warm_start import learn_into, read_records
+
+    try:
+        records = list(read_records(file))
+    except ValueError as exc:
+        raise click.ClickException(f"{exc}; fix the line or leave it out") from None
+    client = _client()
+    bar = _progress_bar(len(records), "learn")
+    try:
+        summary = learn_into(
+            client.settings, client.catalog, records, lambda done: bar.update(done - bar.n)
+        )
+    except ConduitError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(summary.to_json()))
+        return
+    click.echo(
+        f"{summary.records} records: "
+        + ", ".join(
+            f"{m} {n} ratings (weight {summary.weights[m]:.3g})" for m, n in summary.ratings.items()
+        )
+        + f"; {summary.updates_applied} updates applied, "
+        f"{summary.updates_already_applied} already loaded"
+    )
+    if summary.unknown_models:
+        click.echo(f"skipped models not in the catalog: {summary.unknown_models}", err=True)
+
+
+@cli.command()
 @click.option("--prompts", type=int, default=400, help="How many prompts of the shipped sample.")
 @click.option(
     "--waves", type=int, default=4, help="Submit in this many waves, rating each before the next."

@@ -13,6 +13,11 @@ class Constraints:
 
     ``lambda_cost`` and ``lambda_latency`` weigh cost and latency relative to the dearest and the
     slowest model of the catalog, so the same weight means the same trade-off on any catalog.
+
+    ``quality_floor`` (in [0, 1]) asks the router to keep that share of the catalog reference
+    model's mean quality over the stream while spending as little as it can; 0 turns the
+    settings' floor off for these prompts (``lambda_cost`` then weighs cost). A prompt that sets
+    ``lambda_cost`` and no floor is routed by ``lambda_cost`` alone.
     """
 
     lambda_cost: float | None = None
@@ -24,6 +29,7 @@ class Constraints:
     quality_floor: float | None = None
     allowed_models: tuple[str, ...] | None = None
     allowed_providers: tuple[str, ...] | None = None
+    quality_floor: float | None = None
 
     def merged_over(self, base: Constraints) -> Constraints:
         """These constraints, with unset fields taken from ``base`` (query over batch)."""

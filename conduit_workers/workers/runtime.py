@@ -102,15 +102,17 @@ class Runtime:
     @_once
     def engine(self) -> Any:
         from conduit_workers.adapters.embedder import make_embedder
+        from conduit_workers.adapters.floor_store import RedisFloorStore
         from conduit_workers.adapters.model_check import routable_catalog
         from conduit_workers.engine import RoutingEngine
 
-        rs = self.settings.router
+        rs, r = self.settings.router, self.settings.redis
         return RoutingEngine(
             routable_catalog(self.catalog, self.uncallable),
             self.store,
             make_embedder(rs.embedder, rs.static_model_dir),
             rs,
+            floor_store=RedisFloorStore(self.store.client, r.key_prefix, r.applied_ttl_s),
         )
 
     @_once

@@ -88,6 +88,7 @@ def test_expectations_shrink_to_the_prior_with_one_pseudo_call():
 
 
 def _engine(store, models=(CHEAP, STRONG), **kw):
+    kw.setdefault("quality_floor", None)  # these tests are about λ_cost's trade-off
     settings = RouterSettings(projection_dim=4, seed=0, **kw)
     cat = Catalog(models=tuple(models), reference="strong")
     return RoutingEngine(cat, store, HashingEmbedder(64), settings, np.random.default_rng(0))
@@ -181,7 +182,11 @@ def test_failing_model_loses_traffic_through_its_success_rate():
     )
     store = InMemoryPosteriorStore()
     engine = RoutingEngine(
-        catalog, store, HashingEmbedder(), RouterSettings(seed=3), rng=np.random.default_rng(3)
+        catalog,
+        store,
+        HashingEmbedder(),
+        RouterSettings(seed=3, quality_floor=None),
+        rng=np.random.default_rng(3),
     )
     prompts = [f"question number {i} about a topic" for i in range(40)]
     from conduit_workers.domain.constraints import Constraints

@@ -1,0 +1,201 @@
+"""bench.quality with one configuration and an objective instead of a λ sweep: a quality floor
+(``--quality-floor``), a budget (``--budget-share``), a warm start (``--warm-start FILE``,
+``--split-half``).
+
+Figures count every prompt of the stream, learning included, against the catalog reference
+(the file's strongest model): *quality retained* = mean quality / the reference's mean quality
+on the same prompts; *cost saved* = 1 − spend / the reference's cost on them. The floor is
+*held* when the retained quality is ≥ floor − 0.005 (over the whole stream; also printed per
+quarter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.baselines import mixture_frontier
+from bench.datasets import Dataset, cached_embedder, load
+from bench.streaming import RouterRun, Scenario, Stream, featurize, run_engine
+from conduit_workers.engine import RoutingEngine
+from conduit_workers.settings import RouterSettings
+from conduit_workers.warm_start import Outcome, Record, Summary, learn_records, read_records
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = 0.005  # the floor is held at ≥ floor − this (bench/README.md)
+
+
+@dataclass
+class Outcomes:
+    quality_retained: float
+    cost_saved: float
+    quarters: list[float]
+    spend_usd: float
+    reference_usd: float
+
+
+def outcomes(run: RouterRun, ds: Dataset, stream: Stream) -> Outcomes:
+    rows = stream.order
+    q = ds.quality[rows, run.choice]
+    c = ds.cost[rows, run.choice]
+    s = ds.strongest
+    qr, cr = ds.quality[rows, s], ds.cost[rows, s]
+    quarters = []
+    for part in np.array_split(np.arange(stream.n), 4):
+        quarters.append(float(q[part].sum() / max(qr[part].sum(), 1e-12)))
+    return Outcomes(
+        float(q.sum() / max(qr.sum(), 1e-12)),
+        float(1 - c.sum() / max(cr.sum(), 1e-12)),
+        quarters,
+        float(c.sum()),
+        float(cr.sum()),
+    )
+
+
+def records_of(ds: Dataset) -> list[Record]:
+    """A data set's prompts as warm-start records (every model it holds for each prompt)."""
+    out = []
+    for i in range(ds.n):
+        models = {
+            m: Outcome(
+                float(ds.quality[i, j]),
+                int(ds.in_tokens[i, j]),
+                int(ds.out_tokens[i, j]),
+                float(ds.cost[i, j]),
+            )
+            for j, m in enumerate(ds.models)
+            if ds.present[i, j]
+        }
+        out.append(Record(ds.ids[i], ds.prompts[i], models))
+    return out
+
+
+def warm_loader(records: list[Record], ds: Dataset, embedder: str, summary: list[Summary]) -> Any:
+    """A function that loads ``records`` into the streaming engine's store, with
+    ``conduit learn``'s code (``learn_records``) and an engine that can embed."""
+
+    def load_into(engine: RoutingEngine) -> None:
+        emb = cached_embedder(ds, embedder)
+        loader = RoutingEngine(engine.catalog, engine.store, emb, engine.settings)
+        summary.append(learn_records(loader, records))
+        emb.save()
+
+    return load_into
+
+
+def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
+    """One run with the objective the arguments name; prints its figures, returns them."""
+    full = load(args.data)
+    ds = full
+    warm_records: list[Record] | None = None
+    warm_name = None
+    if args.split_half:
+        order = np.random.default_rng(args.seed + 100).permutation(full.n)
+        half = full.n // 2
+        warm_records = records_of(full.subset(order[:half]))
+        ds = full.subset(order[half:])
+        warm_name = f"the other half of {full.name} ({half} prompts)"
+    elif args.warm_start is not None:
+        warm_records = list(read_records(Path(args.warm_start)))
+        warm_name = f"{args.warm_start} ({len(warm_records)} prompts)"
+    stream = Stream.make(
+        ds.n, args.seed, args.feedback_rate, args.feedback_delay, args.chunk, args.limit
+    )
+    scen = Scenario(ds.quality[stream.order].copy())
+    sub = ds.subset(stream.order)
+    front = mixture_frontier(sub)
+    settings = base
+    budget = None
+    if args.budget_share is not None:
+        share = args.budget_share
+        if share == "mixture95":
+            best = max((t for t in front if t[0] >= 0.95 - 1e-12), key=lambda t: t[1])
+            share = 1 - best[1]
+        budget = float(share) * float(ds.cost[stream.order, ds.strongest].sum())
+        settings = settings.model_copy(update={"quality_floor": args.quality_floor})
+    else:
+        settings = settings.model_copy(update={"quality_floor": args.quality_floor or 0.95})
+    contexts, analyses = featurize(ds, stream, settings, args.embedder)
+    summaries: list[Summary] = []
+    warm = None
+    if warm_records is not None:
+        warm = warm_loader(warm_records, ds, args.embedder, summaries)
+    r = run_engine(
+        "router",
+        ds,
+        stream,
+        scen,
+        contexts,
+        analyses,
+        settings,
+        args.seed,
+        budget_usd=budget,
+        warm=warm,
+        redis=not args.in_memory,
+    )
+    o = outcomes(r, ds, stream)
+    floor = settings.quality_floor
+    print(
+        f"# {ds.name}: {stream.n} prompts, {len(ds.models)} models, reference "
+        f"{ds.models[ds.strongest]}, feedback {args.feedback_rate:.0%} after "
+        f"{args.feedback_delay} prompts, seed {args.seed}"
+        + (f", warm start from {warm_name}" if warm_name else "")
+    )
+    if summaries:
+        s = summaries[0]
+        print(
+            f"# warm start: {s.records} records, ratings per model "
+            + ", ".join(f"{m.split('/')[-1]} {n}" for m, n in s.ratings.items())
+            + (f"; unknown models skipped {s.unknown_models}" if s.unknown_models else "")
+        )
+    out: dict[str, Any] = {
+        "quality_retained": o.quality_retained,
+        "cost_saved": o.cost_saved,
+        "quarters": o.quarters,
+        "shares": dict(
+            zip(
+                ds.models,
+                (np.bincount(r.choice, minlength=len(ds.models)) / stream.n).tolist(),
+                strict=True,
+            )
+        ),
+    }
+    print(f"quality retained {o.quality_retained:.4f}, cost saved {o.cost_saved:.1%}")
+    if floor:
+        held = o.quality_retained >= floor - TOLERANCE
+        qheld = [q >= floor - TOLERANCE for q in o.quarters]
+        est = r.estimates[-1][1] if r.estimates else None
+        print(
+            f"floor {floor}: {'held' if held else 'NOT held'} over the stream "
+            f"(tolerance {TOLERANCE}); quarters "
+            + " ".join(f"{q:.3f}{'' if h else '!'}" for q, h in zip(o.quarters, qheld, strict=True))
+            + (f"; the router's own estimate at the end {est:.3f}" if est is not None else "")
+        )
+        out.update(floor=floor, floor_held=held, quarters_held=qheld, estimate=est)
+        out["estimates"] = r.estimates
+    if budget is not None:
+        m_at = _mixture_quality_at(front, o.cost_saved)
+        print(
+            f"budget {budget:.4f} USD ({float(budget) / o.reference_usd:.1%} of the reference's "
+            f"cost): spent {o.spend_usd:.4f} = {o.spend_usd / budget:.1%} of it; "
+            f"hindsight mixture at the same spend retains "
+            + (f"{m_at:.4f}" if m_at is not None else "—")
+        )
+        out.update(
+            budget_usd=budget,
+            spend_usd=o.spend_usd,
+            spend_over_budget=o.spend_usd / budget,
+            mixture_quality_at_spend=m_at,
+        )
+    return out
+
+
+def _mixture_quality_at(front: list[tuple[float, float, str]], saved: float) -> float | None:
+    ok = [t[0] for t in front if t[1] >= saved - 1e-12]
+    return max(ok) if ok else None

@@ -1,0 +1,138 @@
+"""The quality floor in the routing engine: which λ a floor stream routes at, which prompts go
+to the reference (audits, the conservative gate), and the stream's counters.
+
+The maths is :mod:`conduit_workers.domain.floor`; the counters live in a
+:class:`~conduit_workers.adapters.floor_store.FloorStore` (Redis in production, so every router
+process holds one floor together).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from conduit_workers.adapters.floor_store import FloorStore
+from conduit_workers.domain import floor as fl
+from conduit_workers.domain.constraints import Constraints
+from conduit_workers.settings import RouterSettings
+
+DEFAULT_STREAM = "default"
+
+
+def stream_key(stream: str | None, floor: float) -> str:
+    """The counters a prompt's floor is held in: a batch's own stream, or the default one;
+    one stream per floor value (two floors are two constraints)."""
+    return f"{stream or DEFAULT_STREAM}:{floor:g}"
+
+
+def floor_of(c: Constraints, settings: RouterSettings) -> float | None:
+    """The floor a prompt is routed under, or None to route it by ``lambda_cost``."""
+    if c.quality_floor is not None:
+        return c.quality_floor or None
+    if c.lambda_cost is not None:
+        return None  # an explicit λ for this prompt: the expert setting
+    return settings.quality_floor or None
+
+
+def params_for(floor: float, settings: RouterSettings) -> fl.FloorParams:
+    return fl.FloorParams(
+        floor=floor,
+        z=settings.floor_pessimism,
+        audit_min=settings.floor_audit_min,
+        target=settings.floor_target,
+    )
+
+
+@dataclass
+class FloorGroup:
+    """The prompts of a chunk held to one floor stream, and what the stream reads now."""
+
+    stream: str
+    params: fl.FloorParams
+    counts: fl.FloorCounts
+    rows: list[int]
+
+    @property
+    def lam(self) -> float:
+        return math.exp(self.counts.log_lambda(self.params))
+
+
+class FloorKeeper:
+    def __init__(self, store: FloorStore, settings: RouterSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def groups(
+        self, constraints: Sequence[Constraints], stream: str | None
+    ) -> tuple[list[FloorGroup], list[float | None]]:
+        """The floor groups of a chunk and each prompt's λ under its floor (None: not held)."""
+        by_key: dict[str, FloorGroup] = {}
+        lams: list[float | None] = []
+        for i, c in enumerate(constraints):
+            f = floor_of(c, self.settings)
+            if f is None:
+                lams.append(None)
+                continue
+            key = stream_key(stream, f)
+            if key not in by_key:
+                by_key[key] = FloorGroup(
+                    key,
+                    params_for(f, self.settings),
+                    fl.FloorCounts.of(self.store.read(key)),
+                    [],
+                )
+            g = by_key[key]
+            g.rows.append(i)
+            lams.append(g.lam)
+        return list(by_key.values()), lams
+
+    def assign(
+        self,
+        group: FloorGroup,
+        chosen: Sequence[str | None],
+        reference: str,
+        rng: np.random.Generator,
+    ) -> list[str]:
+        """The stratum of each prompt of the group (audit draws, then the gate)."""
+        p = fl.audit_share(group.counts, group.params)
+        audited = [bool(rng.random() < p) for _ in group.rows]
+        wanted = [
+            fl.POLICY if chosen[i] in (None, reference) else fl.alt(str(chosen[i]))
+            for i in group.rows
+        ]
+        return fl.gate(group.counts, group.params, wanted, audited)
+
+    def record(self, group: FloorGroup, query_ids: Sequence[str], strata: Sequence[str]) -> None:
+        """Count a chunk's decisions and move the dual variable, once per chunk."""
+        inc: dict[str, float] = {}
+        for s in strata:
+            inc[fl.DECIDED + s] = inc.get(fl.DECIDED + s, 0.0) + 1.0
+        step = fl.dual_step(group.counts, group.params, len(strata))
+        if step:
+            inc[fl.LOG_LAMBDA] = step
+        ids = sorted(query_ids[i] for i in group.rows)
+        uid = "decide:" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:40]
+        self.store.apply(group.stream, uid, inc, *self._bounds(group.params))
+
+    def rate(self, ratings: Sequence[tuple[str, str, float]], update_id: str) -> int:
+        """Apply ratings ``(stream, stratum, rating)`` of answers given under a floor; once per
+        ``update_id``. Returns how many streams changed."""
+        by_stream: dict[str, dict[str, float]] = {}
+        for stream, stratum, rating in ratings:
+            inc = by_stream.setdefault(stream, {})
+            for k, v in fl.rating_increments(stratum, rating).items():
+                inc[k] = inc.get(k, 0.0) + v
+        applied = 0
+        for stream, inc in sorted(by_stream.items()):
+            applied += self.store.apply(stream, f"rate:{update_id}:{stream}", inc)
+        return applied
+
+    def _bounds(self, params: fl.FloorParams) -> tuple[tuple[float, float], float]:
+        return (
+            (math.log(params.lambda_min), math.log(params.lambda_max)),
+            math.log(params.lambda_init),
+        )

@@ -1,0 +1,180 @@
+"""The quality floor's maths, budget pacing, and the engine holding both (seeded)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conduit_workers.adapters.embedder import HashingEmbedder
+from conduit_workers.adapters.floor_store import InMemoryFloorStore
+from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
+from conduit_workers.domain import floor as fl
+from conduit_workers.domain.catalog import Catalog, ModelSpec
+from conduit_workers.domain.constraints import Constraints, parse_constraints
+from conduit_workers.domain.pacing import pace
+from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
+from conduit_workers.engine import RoutingEngine, update_id_for
+from conduit_workers.settings import RouterSettings
+
+CHEAP = ModelSpec("cheap", "openai-compatible", 0.1, 0.1)
+STRONG = ModelSpec("strong", "openai-compatible", 10.0, 30.0)
+PARAMS = fl.FloorParams(floor=0.95)
+
+
+def counts(**strata: tuple[float, float, float]) -> fl.FloorCounts:
+    """Counters from stratum -> (decided, ratings, mean rating); ``alt_x`` is ``alt:x``."""
+    fields: dict[str, float] = {}
+    for name, (d, m, mean) in strata.items():
+        s = {"audit": fl.AUDIT, "policy": fl.POLICY}.get(name, fl.alt(name.removeprefix("alt_")))
+        fields[fl.DECIDED + s] = d
+        fields[fl.RATED + s] = m
+        fields[fl.SUM + s] = m * mean
+        fields[fl.SQUARES + s] = m * mean  # 0/1 ratings: r² = r
+    return fl.FloorCounts.of(fields)
+
+
+def test_constraints_take_a_quality_floor_in_0_1():
+    assert parse_constraints({"quality_floor": 0.9}).quality_floor == 0.9
+    for bad in (1.5, -0.1, "x", True):
+        with pytest.raises(ValueError, match="quality_floor"):
+            parse_constraints({"quality_floor": bad})
+    assert (
+        Constraints(quality_floor=0.9).merged_over(Constraints(quality_floor=0.5)).quality_floor
+        == 0.9
+    )
+
+
+def test_the_router_starts_at_the_reference_until_the_reference_is_rated():
+    assert fl.slack(fl.FloorCounts.of({}), 0.95) is None
+    strata = fl.gate(fl.FloorCounts.of({}), PARAMS, [fl.alt("cheap")] * 5, [False] * 5)
+    assert strata == [fl.AUDIT] * 5
+
+
+def test_reference_answers_earn_slack_and_a_poor_model_spends_it():
+    c = counts(audit=(400, 120, 0.9))
+    s = fl.slack(c, 0.95)
+    assert s is not None
+    assert s.total == pytest.approx(400 * 0.05 * s.q_ref)  # (1 − F)·q_ref per reference answer
+    assert s.pessimistic(1.0) > 0
+    # A model rated 0.5 costs ~0.36 of slack per prompt: the gate lets a few prompts go to
+    # it, then keeps the rest at the reference.
+    c = counts(audit=(400, 120, 0.9), alt_cheap=(20, 20, 0.5))
+    out = fl.gate(c, PARAMS, [fl.alt("cheap")] * 32, [False] * 32)
+    assert out.count(fl.POLICY) > 0 and out[-1] == fl.POLICY
+    assert fl.slack(c, 0.95, {fl.alt("cheap"): out.count(fl.alt("cheap"))}).pessimistic(1.0) >= 0
+
+
+def test_a_model_as_good_as_the_reference_takes_every_prompt():
+    c = counts(audit=(300, 90, 0.8), alt_cheap=(600, 180, 0.82))
+    out = fl.gate(c, PARAMS, [fl.alt("cheap")] * 32, [False] * 32)
+    assert out == [fl.alt("cheap")] * 32
+
+
+def test_a_model_never_rated_is_valued_pessimistically():
+    c = counts(audit=(40, 12, 0.9))
+    s = fl.slack(c, 0.95)
+    new = fl.slack(c, 0.95, {fl.alt("new"): 1})
+    assert s is not None and new is not None
+    assert new.total < s.total and new.sd > s.sd
+    # Trying it costs slack: allowed once forty reference answers have earned it, not after ten.
+    assert fl.gate(c, PARAMS, [fl.alt("new")], [False]) == [fl.alt("new")]
+    assert fl.gate(counts(audit=(10, 3, 0.9)), PARAMS, [fl.alt("new")], [False]) == [fl.POLICY]
+
+
+def test_the_dual_variable_rises_with_slack_and_falls_without():
+    rich = counts(audit=(2000, 600, 0.9))
+    poor = counts(audit=(100, 30, 0.9), alt_cheap=(1900, 570, 0.6))
+    assert fl.dual_step(rich, PARAMS, 32) > 0
+    assert fl.dual_step(poor, PARAMS, 32) < 0
+    assert fl.dual_step(fl.FloorCounts.of({}), PARAMS, 32) == 0.0
+    assert fl.clamp_log_lambda(100.0, PARAMS) == pytest.approx(math.log(PARAMS.lambda_max))
+
+
+def test_audit_share_decays_with_the_reference_ratings():
+    shares = [fl.audit_share(counts(audit=(m * 3, m, 0.9)), PARAMS) for m in (0, 100, 10_000)]
+    assert shares[0] == 1.0 and shares[0] > shares[1] > shares[2] == PARAMS.audit_min
+
+
+def test_pace_finds_the_least_lambda_that_fits():
+    cost = {0.0: 10.0, 1.0: 6.0, 2.0: 3.0}
+
+    def total(lam: float) -> float:
+        return 10.0 if lam < 1.0 else 6.0 if lam < 2.0 else 3.0
+
+    assert pace(total, 12.0) == 0.0
+    assert 1.0 <= pace(total, 7.0) < 1.0 + 1e-3
+    assert 2.0 <= pace(total, 3.5) < 2.0 + 1e-3
+    assert total(pace(total, 1.0)) > 1.0  # nothing fits: the ceiling, the caller falls back
+    assert cost  # the table above is what total() encodes
+
+
+def _engine(floor: float | None, seed: int = 0) -> RoutingEngine:
+    settings = RouterSettings(projection_dim=4, seed=seed, quality_floor=floor)
+    cat = Catalog(models=(CHEAP, STRONG), reference="strong")
+    return RoutingEngine(
+        cat,
+        InMemoryPosteriorStore(),
+        HashingEmbedder(64),
+        settings,
+        np.random.default_rng(seed),
+        InMemoryFloorStore(),
+    )
+
+
+def test_a_chunk_stays_within_its_allowance():
+    eng = _engine(None)
+    texts = [f"a long question number {i} " + "word " * (20 + i) for i in range(32)]
+    ids = [str(i) for i in range(32)]
+    free = eng.decide(ids, texts, [Constraints(lambda_cost=0.0)] * 32)
+    full = sum(r.expected_cost_usd or 0.0 for r in free)
+    for share in (0.9, 0.5, 0.2):
+        rows = eng.decide(
+            ids, texts, [Constraints(lambda_cost=0.0)] * 32, allowance_usd=share * full
+        )
+        spent = sum(r.expected_cost_usd or 0.0 for r in rows)
+        assert spent <= share * full + 1e-12
+        assert any(r.model == "strong" for r in rows)  # the allowance is used, not wasted
+    # Below the cheapest models' cost: every prompt gets its cheapest model.
+    rows = eng.decide(ids, texts, [Constraints()] * 32, allowance_usd=0.0)
+    assert {r.model for r in rows} == {"cheap"}
+
+
+def _stream(eng: RoutingEngine, q_cheap: float, chunks: int, seed: int) -> tuple[float, float]:
+    """Route chunks of 32 prompts, rate every answer at once (the strong model right 90% of
+    the time, the cheap one ``q_cheap``); returns (mean quality / strong's, share to cheap)."""
+    rng = np.random.default_rng(seed + 10)
+    got = ref = 0.0
+    cheap = 0
+    for k in range(chunks):
+        ids = [f"{k}-{i}" for i in range(32)]
+        texts = [f"question {k} {i} about topic {i % 5}" for i in range(32)]
+        x, an = eng.featurize(texts)
+        rows = eng.decide(ids, texts, [Constraints()] * 32, x, an)
+        truth = {"strong": rng.random(32) < 0.9, "cheap": rng.random(32) < q_cheap}
+        events, ratings = [], []
+        for i, r in enumerate(rows):
+            q = float(truth[str(r.model)][i])
+            got += q
+            ref += float(truth["strong"][i])
+            cheap += r.model == "cheap"
+            events.append(
+                FeedbackEvent(f"e{r.query_id}", r.query_id, str(r.model), EXPLICIT, q, 1.0)
+            )
+            assert r.floor is not None
+            ratings.append((*r.floor, q))
+        uid = update_id_for([e.id for e in events])
+        eng.learn(events, {r.query_id: x[i] for i, r in enumerate(rows)}, uid)
+        eng.rate_floors(ratings, uid)
+    return got / ref, cheap / (32 * chunks)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_engine_holds_the_floor_and_saves_where_it_can(seed):
+    # The cheap model is as good as the strong one: the floor lets most prompts go there.
+    ratio, share = _stream(_engine(0.95, seed), 0.9, 40, seed)
+    assert ratio >= 0.94 and share > 0.5
+    # The cheap model is far worse: the floor keeps almost everything at the reference.
+    ratio, share = _stream(_engine(0.95, seed), 0.3, 40, seed)
+    assert ratio >= 0.94 and share < 0.1
