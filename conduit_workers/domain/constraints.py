@@ -29,7 +29,6 @@ class Constraints:
     quality_floor: float | None = None
     allowed_models: tuple[str, ...] | None = None
     allowed_providers: tuple[str, ...] | None = None
-    quality_floor: float | None = None
 
     def merged_over(self, base: Constraints) -> Constraints:
         """These constraints, with unset fields taken from ``base`` (query over batch)."""
