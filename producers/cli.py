@@ -12,6 +12,9 @@ import click
 from conduit_workers.domain.constraints import parse_constraints
 from conduit_workers.errors import ConduitError, InputError
 from producers.api import ConduitClient
+from producers.cli_errors import FriendlyGroup, check_broker
+from producers.cli_errors import version as conduit_version
+from producers.wait_cli import wait_reporting
 
 
 def _client() -> ConduitClient:
@@ -39,7 +42,8 @@ def _report_errors(errors: list[InputError], limit: int = 20, rejects: Path | No
         click.echo(f"  rejected lines written to {rejects}", err=True)
 
 
-@click.group()
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(conduit_version(), "--version", prog_name="conduit")
 def cli() -> None:
     """Conduit: route every prompt to the LLM with the best quality for its cost."""
 
@@ -103,6 +107,7 @@ def submit(
                 )
             except ValueError as exc:
                 raise click.UsageError(f"--constraints: {exc}") from None
+        check_broker(client.app, client.settings.broker_url)
         items, errors = client.parse_file(file)
         _report_errors(errors, rejects=rejects)
         if strict and errors:
@@ -131,14 +136,20 @@ def submit(
             def show(done: int, total: int) -> None:
                 bar.update(done - bar.n)
 
-            rows = client.wait(sub.batch_id, timeout_s=timeout_s, on_progress=show)
+            waited = wait_reporting(client, sub.batch_id, timeout_s, show)
             bar.close()
+            rows = waited.rows
             _print_summary(rows)
             if out:
                 with open(out, "w", encoding="utf-8") as fh:
                     for row in rows:
                         fh.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
                 click.echo(f"results written to {out}", err=True)
+            if waited.stopped:
+                raise click.ClickException(
+                    f"batch {sub.batch_id}: {len(rows)} of {waited.total} prompts answered, "
+                    f"{waited.stopped}" + (f" (the answered ones are in {out})" if out else "")
+                )
         else:
             click.echo(sub.batch_id)
     except InputError as exc:

@@ -82,6 +82,12 @@ def status(as_json: bool, timeout_s: float) -> None:
         else:
             for line in render(s):
                 click.echo(line)
+        if s.errors:
+            parts = ", ".join(e.split(":", 1)[0] for e in s.errors)
+            raise click.ClickException(
+                f"could not read {parts}: check that Redis (CONDUIT_REDIS__URL), the broker "
+                "(CONDUIT_BROKER__URL) and the history database (CONDUIT_DATABASE__URL) run"
+            )
     finally:
         client.close()
 
