@@ -47,13 +47,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS: ledger hash, reservations hash, expiries zset, settled set.
-# ARGV: limit, reservation id, amount, ttl ms, ledger ttl s.
+# ARGV: limit, reservation id, amount, ttl ms, ledger ttl s, spend already recorded (a ledger
+# made anew, e.g. after Redis lost it, starts from it).
 # Returns {1 if held, limit, spent, reserved}; a reservation id already held returns 1 again.
 RESERVE_LUA = (
     _NOW
     + _RELEASE_EXPIRED
     + """
-redis.call('HSETNX', KEYS[1], 'limit', ARGV[1])
+if redis.call('HSETNX', KEYS[1], 'limit', ARGV[1]) == 1 and tonumber(ARGV[6]) > 0 then
+  redis.call('HSET', KEYS[1], 'spent', ARGV[6])
+end
 local f = redis.call('HMGET', KEYS[1], 'limit', 'spent', 'reserved')
 local limit, spent, reserved = tonumber(f[1]), tonumber(f[2] or 0), tonumber(f[3] or 0)
 local amount = tonumber(ARGV[3])
@@ -130,12 +133,20 @@ class RedisBatchLedger:
         return [base, f"{base}:res", f"{base}:exp", f"{base}:settled"]
 
     def reserve(
-        self, batch_id: str, limit_usd: float, reservation_id: str, amount_usd: float, ttl_s: float
+        self,
+        batch_id: str,
+        limit_usd: float,
+        reservation_id: str,
+        amount_usd: float,
+        ttl_s: float,
+        recorded_spend_usd: float = 0.0,
     ) -> Hold:
         """Hold ``amount_usd`` of the batch's budget for one call, if it fits.
 
-        ``limit_usd`` sets the batch's limit the first time (the history database holds it).
-        Holding an id already held changes nothing and answers held again.
+        ``limit_usd`` sets the batch's limit the first time (the history database holds it),
+        and ``recorded_spend_usd`` its spend then: a ledger lost with Redis, or expired, starts
+        again from what the history database recorded. Holding an id already held changes
+        nothing and answers held again.
         """
         try:
             ok, limit, spent, reserved = self._reserve(
@@ -146,6 +157,7 @@ class RedisBatchLedger:
                     to_nano(amount_usd),
                     max(1, int(ttl_s * 1000)),
                     self.ledger_ttl_s,
+                    to_nano(max(0.0, recorded_spend_usd)),
                 ],
             )
         except redis.RedisError as exc:

@@ -310,6 +310,20 @@ class SqlHistory(FeedbackHistory):
 
         return self._tx(run)
 
+    def batch_spend(self, batch_ids: Sequence[str]) -> dict[str, float]:
+        """The recorded cost of each batch's answers (seeds a budget ledger made anew)."""
+        bi, r = t.batch_items, t.results
+        stmt = (
+            select(bi.c.batch_id, func.coalesce(func.sum(r.c.cost_usd), 0.0))
+            .select_from(bi.join(r, r.c.query_id == bi.c.query_id))
+            .where(bi.c.batch_id.in_(list(batch_ids)))
+            .group_by(bi.c.batch_id)
+        )
+        if not batch_ids:
+            return {}
+        found = self._tx(lambda conn: {b: float(usd) for b, usd in conn.execute(stmt)})
+        return {b: found.get(b, 0.0) for b in batch_ids}
+
     def unanswered_counts(self, batch_ids: Sequence[str]) -> dict[str, int]:
         """Prompts of each batch that have no result yet (for pacing a budget)."""
         bi, r = t.batch_items, t.results

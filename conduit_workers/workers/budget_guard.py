@@ -38,6 +38,7 @@ class CallBudget:
     max_output_tokens: int | None  # executor.max_output_tokens
     settings: BudgetSettings
     ttl_s: float
+    recorded_spend_usd: float = 0.0  # the batch's spend in the history database
     refused: list[tuple[str, float]] = field(default_factory=list)  # (model, worst case)
     last_state: BudgetState | None = None
 
@@ -65,7 +66,13 @@ class CallBudget:
         pause_s = 0.02
         while True:
             hold = await asyncio.to_thread(
-                self.ledger.reserve, self.batch_id, self.limit_usd, reservation, amount, self.ttl_s
+                self.ledger.reserve,
+                self.batch_id,
+                self.limit_usd,
+                reservation,
+                amount,
+                self.ttl_s,
+                self.recorded_spend_usd,
             )
             self.last_state = s = hold.state
             if hold.held:
@@ -119,9 +126,10 @@ def call_budgets(
     rows: Sequence[tuple[str, str]],
     settings: BudgetSettings,
     ex: ExecutorSettings,
+    recorded: dict[str, float] | None = None,
 ) -> dict[str, CallBudget]:
     """A :class:`CallBudget` per (query id, prompt) of a budgeted batch (``budgets``: query id
-    → (batch id, limit), from the history database)."""
+    → (batch id, limit); ``recorded``: batch id → spend; both from the history database)."""
     ttl_s = max(settings.reservation_ttl_s, ex.timeout_s + 60.0)
     out = {}
     for qid, prompt in rows:
@@ -137,5 +145,6 @@ def call_budgets(
             ex.max_output_tokens,
             settings,
             ttl_s,
+            (recorded or {}).get(batch_id, 0.0),
         )
     return out

@@ -321,6 +321,10 @@ async def handle_execute_batch(
         budgets: dict[str, CallBudget] = {}
         if ledger is not None:
             by_batch = await asyncio.to_thread(history.batch_budgets, [r.query_id for r in rows])
+            recorded: dict[str, float] = {}
+            if by_batch:
+                batch_ids = sorted({b for b, _ in by_batch.values()})
+                recorded = await asyncio.to_thread(history.batch_spend, batch_ids)
             budgets = call_budgets(
                 ledger,
                 catalog,
@@ -328,6 +332,7 @@ async def handle_execute_batch(
                 [(r.query_id, r.prompt) for r in rows],
                 budget_settings or BudgetSettings(),
                 ex,
+                recorded,
             )
 
         async def bounded(row: ExecutionRow) -> _Outcome:

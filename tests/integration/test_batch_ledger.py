@@ -167,3 +167,15 @@ def test_a_call_the_spend_alone_rules_out_is_refused_at_once(ledger: RedisBatchL
     assert asyncio.run(guard.reserve("m")) is None
     assert guard.refused == [("m", pytest.approx(0.2))]
     assert "$0.150000 left" in guard.reason() and "m up to $0.200000" in guard.reason()
+
+
+def test_a_ledger_made_anew_starts_from_the_recorded_spend(ledger: RedisBatchLedger) -> None:
+    hold = ledger.reserve("b1", 1.0, "r1", 0.3, ttl_s=60, recorded_spend_usd=0.6)
+    assert hold.held and (hold.state.spent_usd, hold.state.reserved_usd) == (0.6, 0.3)
+    assert not ledger.reserve("b1", 1.0, "r2", 0.2, ttl_s=60, recorded_spend_usd=0.6).held
+    # Only a new ledger takes it: an existing one keeps its own count.
+    ledger.settle("b1", "r1", 0.1)
+    assert (
+        ledger.reserve("b1", 1.0, "r3", 0.1, ttl_s=60, recorded_spend_usd=0.0).state.spent_usd
+        == 0.7
+    )

@@ -158,6 +158,26 @@ def test_budget_runs_out_mid_batch_cheaper_model_then_over_budget(
     assert events == 0
 
 
+def test_a_ledger_lost_with_redis_mid_batch_starts_again_from_the_recorded_spend(
+    server: RunningServer, history: SqlHistory, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    ledger = RedisBatchLedger(client, TEST_PREFIX, 3600)
+    limit = 0.03
+    ids = _submit(history, "lost", 80, limit)
+    _execute(server, history, ledger, ids[:20], 4)
+    spent_before = ledger.states(["lost"])["lost"].spent_usd
+    assert spent_before > limit / 3
+    client.delete(*ledger.keys("lost"))  # Redis restarted without its data
+    for i in range(20, 80, 20):
+        _execute(server, history, ledger, ids[i : i + 20], 4)
+    rows = _results(history, ids)
+    spend = sum(float(r["cost_usd"]) for r in rows)  # type: ignore[arg-type]
+    assert spend <= limit
+    assert Counter(r["status"] for r in rows)["over_budget"] >= 1
+    assert ledger.states(["lost"])["lost"].spent_usd == pytest.approx(spend, abs=1e-6)
+
+
 def test_a_redelivered_chunk_pays_nothing_twice(
     server: RunningServer, history: SqlHistory, redis_url: str
 ) -> None:
