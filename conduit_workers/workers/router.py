@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.adapters.feature_cache import RedisFeatureCache
 from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.recent_prompts import RedisRecentPrompts
@@ -13,6 +14,7 @@ from conduit_workers.celery_app import app
 from conduit_workers.domain.constraints import parse_constraints
 from conduit_workers.engine import RoutingEngine
 from conduit_workers.errors import StoreUnavailable
+from conduit_workers.workers.budget_pacing import chunk_shares
 from conduit_workers.workers.retries import RetryDetector
 from conduit_workers.workers.runtime import Runtime, chunks, runtime
 
@@ -25,11 +27,14 @@ def handle_route_batch(
     engine: RoutingEngine,
     retries: RetryDetector | None = None,
     features: RedisFeatureCache | None = None,
+    ledger: RedisBatchLedger | None = None,
 ) -> int:
     """Decide a model for each prompt of the chunk that has no decision yet; return how many.
 
     With a ``retries`` detector, prompts repeating a user's recent prompt are reported first.
     With a ``features`` cache, prompts seen before (by text hash) are not embedded again.
+    With the budgets' ``ledger``, the prompts of a budgeted batch are routed within their
+    share of what the batch has left (:mod:`conduit_workers.workers.budget_pacing`).
     """
     rows = history.load_queries(query_ids)
     if not rows:
@@ -46,7 +51,22 @@ def handle_route_batch(
         if features is not None
         else (None, None)
     )
-    decisions = engine.decide([r.id for r in rows], texts, constraints, contexts, analyses)
+    ids = [r.id for r in rows]
+    shares = chunk_shares(ids, history, ledger)
+    if len(shares) == 1 and shares[0].allowance_usd is None:
+        decisions = engine.decide(ids, texts, constraints, contexts, analyses)
+    else:
+        decisions = []
+        for share in shares:
+            pos = share.positions
+            decisions += engine.decide(
+                [ids[i] for i in pos],
+                [texts[i] for i in pos],
+                [constraints[i] for i in pos],
+                contexts[pos] if contexts is not None else None,
+                [analyses[i] for i in pos] if analyses is not None else None,
+                allowance_usd=share.allowance_usd,
+            )
     history.insert_decisions(decisions)
     return len(decisions)
 
@@ -78,7 +98,12 @@ def route_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-d
     started = time.perf_counter()
     try:
         decided = handle_route_batch(
-            query_ids, rt.history, rt.engine, _retry_detector(rt), rt.feature_cache
+            query_ids,
+            rt.history,
+            rt.engine,
+            _retry_detector(rt),
+            rt.feature_cache,
+            rt.budget_ledger,
         )
     except StoreUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from None
