@@ -369,13 +369,16 @@ class SqlHistory(FeedbackHistory):
             out: list[ExecutionRow] = []
             for chunk in chunks(list(query_ids), 1000):
                 stmt = (
-                    select(q.c.id, q.c.prompt, d.c.model, d.c.ranked, d.c.reason)
+                    select(q.c.id, q.c.prompt, d.c.model, d.c.ranked, d.c.reason, q.c.request)
                     .select_from(
                         q.join(d, d.c.query_id == q.c.id).outerjoin(r, r.c.query_id == q.c.id)
                     )
                     .where(q.c.id.in_(chunk), r.c.query_id.is_(None))
                 )
-                out.extend(ExecutionRow(*row) for row in conn.execute(stmt))
+                out.extend(
+                    ExecutionRow(*row[:5], ChatRequest.from_json(row[5]) if row[5] else None)
+                    for row in conn.execute(stmt)
+                )
             return out
 
         return self._tx(run)

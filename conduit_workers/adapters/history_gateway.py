@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from conduit_workers.adapters import history_schema as t
 from conduit_workers.adapters.history import DecisionRow, ResultRow, SqlHistory
 from conduit_workers.adapters.history_base import now
+from conduit_workers.adapters.history_batches import ApiBatchHistory
 from conduit_workers.adapters.history_feedback import event_row
 from conduit_workers.domain.rewards import FeedbackEvent
 from conduit_workers.errors import InputError
@@ -70,7 +71,7 @@ def _api_key(row: Any) -> ApiKey:
     )
 
 
-class GatewayHistory(SqlHistory):
+class GatewayHistory(SqlHistory, ApiBatchHistory):
     # -- API keys -------------------------------------------------------------------------
 
     def create_key(

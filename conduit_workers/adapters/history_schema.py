@@ -51,6 +51,9 @@ queries = Table(
     Column("metadata", JSON, nullable=False),
     Column("constraints", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The OpenAI request (messages, temperature, …) of a prompt from the Batch API; NULL: the
+    # prompt alone, as one user message.
+    Column("request", JSON, nullable=True),
 )
 
 batch_items = Table(
@@ -155,4 +158,33 @@ api_keys = Table(
     Column("allowed_models", JSON, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# Files uploaded to the HTTP API (``POST /v1/files``, purpose ``batch``): the text as sent.
+api_files = Table(
+    "api_files",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("key_name", String(64), nullable=False),
+    Column("purpose", String(20), nullable=False),
+    Column("filename", String(200), nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Batches made through the HTTP API (``POST /v1/batches``); their prompts are a ``batches`` row
+# of the same id. ``errors``: the input lines refused, with their reasons.
+api_batches = Table(
+    "api_batches",
+    metadata,
+    Column("id", String(64), ForeignKey("batches.id"), primary_key=True),
+    Column("key_name", String(64), nullable=False, index=True),
+    Column("input_file_id", String(64), nullable=False),
+    Column("endpoint", String(100), nullable=False),
+    Column("completion_window", String(20), nullable=False),
+    Column("metadata", JSON, nullable=True),
+    Column("errors", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("cancelled_at", DateTime(timezone=True), nullable=True),
 )

@@ -18,19 +18,18 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from conduit_workers.adapters.batch_ledger import RedisBatchLedger
-from conduit_workers.adapters.history_gateway import ApiKey, GatewayHistory
+from conduit_workers.adapters.history_gateway import GatewayHistory
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id
 from conduit_workers.gateway import errors
 from conduit_workers.gateway.auth import KeyChecker
+from conduit_workers.gateway.deps import Key, State, state
 from conduit_workers.gateway.errors import ApiError
+from conduit_workers.gateway.producer import FEEDBACK, TaskSender
 from conduit_workers.gateway.responses import (
     chat_completion,
     json_response,
@@ -44,17 +43,7 @@ from conduit_workers.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _State:
-    gateway: Gateway
-    keys: KeyChecker
-    history: GatewayHistory
-
-
-def _build(settings: Settings) -> tuple[_State, Any]:
-    from celery import Celery
-
-    import celeryconfig
+def _build(settings: Settings) -> State:
     from conduit_workers.adapters.embedder import make_embedder
     from conduit_workers.adapters.llm import LLMClient
     from conduit_workers.adapters.posterior_store import RedisPosteriorStore
@@ -87,42 +76,18 @@ def _build(settings: Settings) -> tuple[_State, Any]:
         ex.health_window, ex.cooldown_min_calls, ex.cooldown_failure_rate, ex.cooldown_s
     )
     ledger = RedisBatchLedger(store.client, r.key_prefix, s.budget.ledger_ttl_s)
-    producer = Celery("conduit-gateway", set_as_current=False)
-    producer.conf.update(celeryconfig.build(s))
+    tasks = TaskSender(s)
     chunk = s.feedback.chunk_size
 
     def send_events(ids: list[str]) -> None:
-        for i in range(0, len(ids), chunk):
-            producer.send_task(
-                "conduit.feedback.apply_events", args=[ids[i : i + chunk]], queue="feedback"
-            )
+        tasks.send(FEEDBACK, ids, chunk)
 
     recorder = HistoryRecorder(
         history, send_events, batch=s.gateway.write_batch, interval_s=s.gateway.write_interval_s
     )
     gateway = Gateway(s, catalog, Decider(engine), llm, health, ledger, recorder)
     keys = KeyChecker(history, s.gateway.require_key, s.gateway.key_cache_s)
-    return _State(gateway, keys, history), producer
-
-
-def state(request: Request) -> _State:
-    st: _State = request.app.state.conduit
-    return st
-
-
-# Documents the scheme in the OpenAPI document (the SDK's api_key); the header is read below, so
-# that a missing and a malformed one each get their own message.
-_bearer = HTTPBearer(auto_error=False, description="An API key from `conduit keys create`.")
-
-
-async def api_key(
-    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> ApiKey:
-    """The caller's key (401 without a valid one)."""
-    return await state(request).keys.check(request.headers.get("authorization"))
-
-
-Key = Annotated[ApiKey, Depends(api_key)]
+    return State(gateway, keys, history, tasks)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -131,16 +96,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or get_settings()
-        state, producer = await asyncio.to_thread(_build, s)
-        app.state.conduit = state
+        st = await asyncio.to_thread(_build, s)
+        app.state.conduit = st
         try:
             yield
         finally:
-            gw = state.gateway
+            gw = st.gateway
             await asyncio.to_thread(gw.recorder.close)
             await gw.llm.aclose()
-            producer.close()
-            state.history.dispose()
+            st.tasks.close()
+            st.history.dispose()
 
     app = FastAPI(
         title="Conduit",
@@ -149,6 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    from conduit_workers.gateway.batch_routes import router as batch_router
+
+    app.include_router(batch_router)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key) -> Response:

@@ -94,7 +94,9 @@ class Gateway:
         allowed = key.allowed_models
         return [m for m in self.catalog.names if allowed is None or m in allowed]
 
-    def _constraints(self, body: ChatCompletionRequest, key: ApiKey) -> Constraints:
+    def constraints_for(self, body: ChatCompletionRequest, key: ApiKey) -> Constraints:
+        """The request's routing constraints within what the key may use (a catalog model's
+        name: that model alone); :class:`ApiError` 403/404/422 otherwise."""
         try:
             cons = parse_constraints(body.constraint_fields() or None, self.known)
         except ValueError as exc:
@@ -191,7 +193,7 @@ class Gateway:
             )
         if not text.strip():
             raise ApiError(422, "the messages hold no text", param="messages")
-        cons = self._constraints(body, key)
+        cons = self.constraints_for(body, key)
         qid = uuid.uuid4().hex
         decision = await self.decider.decide(qid, text, cons)
         if decision.model is None:

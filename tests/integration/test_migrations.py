@@ -53,7 +53,7 @@ def test_downgrade_to_base_and_up_again(engine):
 
 
 # Columns that later migrations added to the first release's tables.
-ADDED_AFTER_0001 = [("batches", "budget_usd")]
+ADDED_AFTER_0001 = [("batches", "budget_usd"), ("queries", "request")]
 
 
 def test_a_database_made_by_create_all_is_stamped_then_upgraded(engine):

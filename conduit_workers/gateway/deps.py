@@ -1,0 +1,43 @@
+"""What every route shares: the process's state (built by the app's lifespan) and the caller's
+API key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from conduit_workers.adapters.history_gateway import ApiKey, GatewayHistory
+from conduit_workers.gateway.auth import KeyChecker
+from conduit_workers.gateway.producer import TaskSender
+from conduit_workers.gateway.service import Gateway
+
+
+@dataclass
+class State:
+    gateway: Gateway
+    keys: KeyChecker
+    history: GatewayHistory
+    tasks: TaskSender
+
+
+def state(request: Request) -> State:
+    st: State = request.app.state.conduit
+    return st
+
+
+# Documents the scheme in the OpenAPI document (the SDK's api_key); the header is read below, so
+# that a missing and a malformed one each get their own message.
+_bearer = HTTPBearer(auto_error=False, description="An API key from `conduit keys create`.")
+
+
+async def api_key(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> ApiKey:
+    """The caller's key (401 without a valid one)."""
+    return await state(request).keys.check(request.headers.get("authorization"))
+
+
+Key = Annotated[ApiKey, Depends(api_key)]
