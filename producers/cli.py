@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -286,18 +287,52 @@ def posteriors(reset: bool, rebuild: bool) -> None:
 
 
 @cli.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--from-history",
+    is_flag=True,
+    help="Replay the rated answers of Conduit's history database instead of a file.",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="With --from-history: only answers given from this UTC date (YYYY-MM-DD) on.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def learn(file: Path, as_json: bool) -> None:
+def learn(file: Path | None, from_history: bool, since: datetime | None, as_json: bool) -> None:
     """Warm-start the router from labelled data: a JSONL file in the shared schema (per prompt,
-    the quality, tokens and cost of any subset of the models). Loading a file twice counts once."""
-    from conduit_workers.warm_start import learn_into, read_records
+    the quality, tokens and cost of any subset of the models), or with --from-history the rated
+    answers of the history database (for posteriors that have not seen them: a new Redis, a
+    reset). Loading the same records twice counts once."""
+    from conduit_workers.warm_start import Record, learn_into, parse_record, read_records
 
-    try:
-        records = list(read_records(file))
-    except ValueError as exc:
-        raise click.ClickException(f"{exc}; fix the line or leave it out") from None
+    if (file is None) == (not from_history):
+        raise click.UsageError("give either FILE or --from-history")
+    if since is not None and not from_history:
+        raise click.UsageError("--since goes with --from-history")
     client = _client()
+    records: list[Record]
+    if from_history:
+        from conduit_workers.adapters.history_ratings import rated_records
+
+        start = since.replace(tzinfo=UTC) if since is not None else None
+        records = [
+            parse_record(r, f"query {r['id']}") for r in rated_records(client.history, start)
+        ]
+        if not records:
+            raise click.ClickException(
+                "no rated answers in the history database"
+                + (f" since {start:%Y-%m-%d %H:%M} UTC" if start else "")
+                + "; rate answers with `conduit feedback` first"
+            )
+    else:
+        assert file is not None
+        try:
+            records = list(read_records(file))
+        except ValueError as exc:
+            raise click.ClickException(f"{exc}; fix the line or leave it out") from None
     bar = _progress_bar(len(records), "learn")
     try:
         summary = learn_into(
