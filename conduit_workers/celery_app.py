@@ -89,3 +89,24 @@ def _one_beat(sender: Any, **_: Any) -> None:
 
 
 beat_init.connect(_one_beat, weak=False)
+
+
+def _watch_broker_epoch(**_: Any) -> None:
+    # In the worker's main process: notice a Redis broker that restarted empty, and re-send
+    # what it lost (adapters/broker_epoch.py).
+    import redis
+
+    from conduit_workers.adapters.broker_epoch import BrokerEpoch, is_redis_url, watch
+
+    s = get_settings()
+    if s.broker.epoch_check_s <= 0 or not is_redis_url(s.broker_url):
+        return
+    client = redis.Redis.from_url(s.broker_url, socket_timeout=s.redis.socket_timeout_s)
+
+    def recover(_epoch: str) -> None:
+        app.send_task("conduit.feedback.sweep", kwargs={"older_than_s": 0.0}, queue="feedback")
+
+    watch(BrokerEpoch(client, s.redis.key_prefix), s.broker.epoch_check_s, recover)
+
+
+worker_ready.connect(_watch_broker_epoch, weak=False)

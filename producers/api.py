@@ -185,6 +185,7 @@ class ConduitClient:
         # Earlier submissions' prompts that are still unanswered go again: routing and
         # execution skip whatever was done, so nothing is answered twice.
         todo = outcome.new + self.history.unanswered(outcome.existing)
+        self._ensure_broker_epoch()
         self._send("conduit.router.route_batch", "route", todo, self.settings.router.chunk_size)
         return Submission(
             batch_id,
@@ -237,6 +238,23 @@ class ConduitClient:
         )
         sub.errors = errors
         return sub
+
+    def _ensure_broker_epoch(self) -> None:
+        """Mark a fresh Redis broker with its epoch before sending to it, so that workers
+        starting later take queued work for live, not for lost (adapters/broker_epoch.py)."""
+        from conduit_workers.adapters.broker_epoch import BrokerEpoch, is_redis_url
+
+        url = self.settings.broker_url
+        if self.settings.broker.epoch_check_s > 0 and is_redis_url(url):
+            import redis
+
+            client = redis.Redis.from_url(url, socket_timeout=self.settings.redis.socket_timeout_s)
+            try:
+                BrokerEpoch(client, self.settings.redis.key_prefix).ensure()
+            except redis.RedisError:
+                pass  # the send below reports the broker
+            finally:
+                client.close()
 
     def _send(self, task: str, queue: str, ids: Sequence[str], chunk: int) -> None:
         if not ids:

@@ -79,12 +79,14 @@ def handle_sweep(
 
 
 @app.task(name="conduit.feedback.sweep", bind=True, max_retries=0)
-def sweep(self) -> int:  # type: ignore[no-untyped-def]
+def sweep(self, older_than_s: float | None = None) -> int:  # type: ignore[no-untyped-def]
     """Re-send work lost with the broker: prompts without a result, feedback not applied.
 
-    Queue ``feedback``, sent by beat every ``feedback.sweep_interval_s``. Payload: none. Looks at
-    work older than ``feedback.sweep_after_s`` only. Idempotent: whatever it re-sends is skipped
-    where already done. No retry: the next sweep comes soon enough.
+    Queue ``feedback``, sent by beat every ``feedback.sweep_interval_s``, and with
+    ``older_than_s=0`` by the worker that notices the broker restarted empty (its epoch gone).
+    Payload: that age or none. Looks at work older than ``older_than_s`` (default
+    ``feedback.sweep_after_s``) only. Idempotent: whatever it re-sends is skipped where already
+    done. No retry: the next sweep comes soon enough.
     """
     from celeryconfig import TASK_QUEUES
     from conduit_workers.workers.runtime import chunks
@@ -97,7 +99,7 @@ def sweep(self) -> int:  # type: ignore[no-untyped-def]
             rt.store,
             rt.settings.context_dim,
             rt.settings.router.decay,
-            fb.sweep_after_s,
+            fb.sweep_after_s if older_than_s is None else float(older_than_s),
         )
     except StoreUnavailable as exc:
         log.warning("sweep %s skipped: %s", self.request.id, exc)
