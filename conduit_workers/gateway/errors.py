@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from conduit_workers.errors import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 _TYPES = {
@@ -104,6 +106,19 @@ def install(app: FastAPI) -> None:
         elif exc.status_code == 405:
             msg = f"{request.method} is not allowed on {request.url.path}"
         return error_response(ApiError(exc.status_code, msg))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(request: Request, exc: StoreUnavailable) -> Response:
+        log.warning("%s on %s: answered 503", exc, request.url.path)
+        return error_response(
+            ApiError(
+                503,
+                "Conduit's Redis or history database is unavailable; retry shortly.",
+                type_="api_error",
+                code="store_unavailable",
+                headers={"Retry-After": "2"},
+            )
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
