@@ -18,7 +18,15 @@ name                                        type     labels / meaning
 ``conduit_dead_letters``                    gauge    tasks in the dead-letter queue
 ``conduit_posterior_quality``               gauge    ``model``: the router's mean quality
 ``conduit_posterior_evidence``              gauge    ``model``: weight of quality evidence
+``conduit_llm_attempts_total``              counter  ``model``: requests sent (retries count)
+``conduit_llm_attempt_errors_total``        counter  ``model``, ``error_class``: failed requests
+``conduit_llm_retries_total``               counter  ``model``: retryable failures
+``conduit_fallbacks_total``                 counter  ``model``: models given up before it
+``conduit_llm_call_seconds``                histo.   ``model``: latency of every request
 ==========================================  =======  ==========================================
+
+The last five are counted by the executors as requests happen and read from one Redis hash
+(``adapters/call_metrics.py``), not from the database: alert on them.
 
 Mean latency is ``rate(conduit_llm_latency_seconds_total)`` divided by
 ``rate(conduit_answers_total{status="ok"})``.
@@ -32,7 +40,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import Integer, cast, func, select
 
@@ -130,9 +143,74 @@ class ConduitCollector(Collector):
         return out
 
 
+class CallCollector(Collector):
+    """The executors' counters of LLM requests (``adapters/call_metrics.py``), read from one
+    Redis hash at each scrape: incremental, no SQL."""
+
+    def __init__(self, client: ConduitClient) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        import redis
+
+        from conduit_workers.adapters import call_metrics
+
+        r = self.client.settings.redis
+        conn = redis.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s)
+        try:
+            counts = call_metrics.read(conn, r.key_prefix)
+        finally:
+            conn.close()
+        attempts = CounterMetricFamily(
+            "conduit_llm_attempts", "LLM requests sent (every retry counts)", labels=["model"]
+        )
+        errors = CounterMetricFamily(
+            "conduit_llm_attempt_errors",
+            "Failed LLM requests by error class (http_429, http_500, timeout, …)",
+            labels=["model", "error_class"],
+        )
+        retries = CounterMetricFamily(
+            "conduit_llm_retries",
+            "Retryable failures: each was followed by a retry or a fallback",
+            labels=["model"],
+        )
+        fallbacks = CounterMetricFamily(
+            "conduit_fallbacks",
+            "Models given up for the next one, by final model",
+            labels=["model"],
+        )
+        simple = {"attempts": attempts, "retries": retries, "fallbacks": fallbacks}
+        buckets: dict[str, list[tuple[str, float]]] = {}
+        sums: dict[str, float] = {}
+        totals: dict[str, float] = {}
+        for k, v in sorted(counts.items()):
+            kind, model, *label = k
+            if kind in simple:
+                simple[kind].add_metric([model], v)
+            elif kind == "errors":
+                errors.add_metric([model, label[0] if label else "error"], v)
+            elif kind == "latency_bucket":
+                buckets.setdefault(model, []).append((label[0], v))
+            elif kind == "latency_sum":
+                sums[model] = v
+            elif kind == "latency_count":
+                totals[model] = v
+        latency = HistogramMetricFamily(
+            "conduit_llm_call_seconds", "Latency of LLM requests", labels=["model"]
+        )
+        for model, count in totals.items():
+            have = dict(buckets.get(model, []))
+            series = [
+                (f"{le:g}", have.get(f"{le:g}", 0.0)) for le in call_metrics.LATENCY_BUCKETS_S
+            ]
+            latency.add_metric([model], series + [("+Inf", count)], sums.get(model, 0.0))
+        yield from (attempts, errors, retries, fallbacks, latency)
+
+
 def registry(client: ConduitClient, cache_s: float | None = None) -> CollectorRegistry:
     reg = CollectorRegistry()
     reg.register(ConduitCollector(client, cache_s))
+    reg.register(CallCollector(client))
     return reg
 
 

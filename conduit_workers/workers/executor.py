@@ -22,9 +22,11 @@ import time
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from conduit_workers.adapters import cooldowns
 from conduit_workers.adapters.batch_ledger import RedisBatchLedger
+from conduit_workers.adapters.call_metrics import MeteredLLM
 from conduit_workers.adapters.history import ExecutionRow, ResultRow, SqlHistory
 from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.celery_app import app
@@ -380,12 +382,14 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
     """
     rt = runtime()
     started = time.perf_counter()
+    metrics = rt.call_metrics
+    results: list[ResultRow] = []
     try:
         results, event_ids = rt.run(
             handle_execute_batch(
                 query_ids,
                 rt.history,
-                rt.llm,
+                cast(LLMClient, MeteredLLM(rt.llm, metrics)),
                 rt.catalog,
                 rt.settings.executor,
                 rt.settings.feedback,
@@ -398,6 +402,10 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
         )
     except StoreUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from None
+    finally:
+        for r in results:
+            metrics.fallbacks(r.model or "none", r.fallbacks)
+        metrics.flush(rt.store.client, rt.settings.redis.key_prefix)
     for chunk in chunks(event_ids, rt.settings.feedback.chunk_size):
         app.send_task("conduit.feedback.apply_events", args=[chunk], queue="feedback")
     if rt.health is not None:

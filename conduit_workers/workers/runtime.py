@@ -164,6 +164,13 @@ class Runtime:
         )
 
     @_once
+    def call_metrics(self) -> Any:
+        """This process's counters of LLM requests, added to Redis after each task."""
+        from conduit_workers.adapters.call_metrics import CallMetrics
+
+        return CallMetrics()
+
+    @_once
     def call_slots(self) -> asyncio.Semaphore:
         """LLM calls in flight in this process, over all its tasks (``executor.concurrency``)."""
         return asyncio.Semaphore(self.settings.executor.concurrency)
