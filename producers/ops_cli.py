@@ -82,6 +82,7 @@ def status(as_json: bool, timeout_s: float) -> None:
         else:
             for line in render(s):
                 click.echo(line)
+        _warn_uncallable(client)
         if s.errors:
             parts = ", ".join(e.split(":", 1)[0] for e in s.errors)
             raise click.ClickException(
@@ -90,6 +91,20 @@ def status(as_json: bool, timeout_s: float) -> None:
             )
     finally:
         client.close()
+
+
+def _warn_uncallable(client: ConduitClient) -> None:
+    """Models that cannot be called with this environment (no key, no SDK): workers started
+    with the same one leave them out of routing."""
+    from conduit_workers.adapters.model_check import uncallable_models
+    from conduit_workers.settings import environ
+
+    for name, reason in sorted(uncallable_models(client.catalog, environ()).items()):
+        click.echo(
+            f"warning: model {name} cannot be called here ({reason}); workers without it "
+            "leave it out of routing",
+            err=True,
+        )
 
 
 @click.group()

@@ -138,3 +138,19 @@ def test_submit_wait_reports_dead_letters_and_writes_what_it_has(
     assert "3 prompts" in err and "t-dead" in err and "conduit dlq redrive" in err
     written = [json.loads(x) for x in out_file.read_text().splitlines()]
     assert sorted(w["id"] for w in written) == sorted(ids[:2])
+
+
+def test_status_names_models_that_cannot_be_called(redis_url: str, tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(
+        'reference = "local"\n'
+        '[[models]]\nname = "local"\nprovider = "openai-compatible"\n'
+        'base_url = "http://127.0.0.1:1/v1"\n'
+        "input_price_per_mtok_usd = 1\noutput_price_per_mtok_usd = 1\n"
+        '[[models]]\nname = "keyed"\nprovider = "openai"\napi_key_env = "CONDUIT_TEST_NO_KEY"\n'
+        "input_price_per_mtok_usd = 1\noutput_price_per_mtok_usd = 1\n"
+    )
+    env = _env(redis_url, f"sqlite:///{tmp_path / 'h.db'}", CONDUIT_CATALOG__PATH=str(catalog))
+    out = _conduit(env, "status", "--timeout", "0.2")
+    assert "model keyed cannot be called here (CONDUIT_TEST_NO_KEY is not set)" in out.stderr
+    assert "model local" not in out.stderr and "Traceback" not in out.stderr
