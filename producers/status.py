@@ -177,7 +177,13 @@ def collect(
         budgets=attempt(
             "budgets",
             lambda: budget_statuses(
-                reports, RedisBatchLedger(client, r.key_prefix, settings.budget.ledger_ttl_s)
+                reports,
+                RedisBatchLedger(
+                    client,
+                    r.key_prefix,
+                    settings.budget.ledger_ttl_s,
+                    settings.budget.charge_expired_holds,
+                ),
             ),
             [],
         ),

@@ -6,14 +6,19 @@ Keys (``P`` = ``settings.redis.key_prefix``, ``B`` = the batch id), amounts in n
 - ``P:batch-budget:B:res``      hash: reservation id → amount held
 - ``P:batch-budget:B:exp``      sorted set: reservation id → when it expires (ms, Redis clock)
 - ``P:batch-budget:B:settled``  set: reservation ids settled (a settle repeated counts once)
+- ``P:batch-budget:B:charged``  hash: expired reservation id → amount charged as spent
 
 Every key expires ``ledger_ttl_s`` after the batch's last reservation or settle.
 
 A call reserves its worst-case cost before it starts: one script checks ``limit − spent −
 reserved ≥ amount`` and holds the amount, atomically, so processes racing for the last
-dollars never overshoot together. The settle releases the hold and adds the real cost. A
-reservation whose worker died is released by the next script that runs on the batch after its
-expiry.
+dollars never overshoot together. The settle releases the hold and adds the real cost.
+
+A reservation whose worker died is resolved by the next script that runs on the batch after
+its expiry: by default **charged** as spent at its worst case (the call may have reached the
+provider and been billed, and nothing else will ever record it; so the batch stays within its
+budget on the provider's bill too), or, with ``charge_expired=False``, released. A settle that
+comes after all (a slow call, not a dead one) replaces the charge with the real cost.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import redis
 from conduit_workers.domain.budget import BudgetState, from_nano, to_nano
 from conduit_workers.errors import StoreUnavailable
 
-# Releases the batch's expired reservations. KEYS: ledger hash, reservations hash, expiries
-# zset. Expects ``now`` (ms) in scope.
-_RELEASE_EXPIRED = """
+# Resolves the batch's expired reservations: charged as spent (``charge``) or released.
+# KEYS: ledger hash, reservations hash, expiries zset, settled set, charged hash. Expects
+# ``now`` (ms) and ``charge`` in scope.
+_RESOLVE_EXPIRED = """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
 for _, id in ipairs(dead) do
   local held = redis.call('HGET', KEYS[2], id)
@@ -36,6 +42,10 @@ for _, id in ipairs(dead) do
     redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. held)
     redis.call('HINCRBY', KEYS[1], 'expired', 1)
     redis.call('HDEL', KEYS[2], id)
+    if charge then
+      redis.call('HINCRBY', KEYS[1], 'spent', held)
+      redis.call('HSET', KEYS[5], id, held)
+    end
   end
   redis.call('ZREM', KEYS[3], id)
 end
@@ -46,13 +56,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: ledger hash, reservations hash, expiries zset, settled set.
+# KEYS: ledger hash, reservations hash, expiries zset, settled set, charged hash.
 # ARGV: limit, reservation id, amount, ttl ms, ledger ttl s, spend already recorded (a ledger
-# made anew, e.g. after Redis lost it, starts from it).
+# made anew, e.g. after Redis lost it, starts from it), '1' to charge expired reservations.
 # Returns {1 if held, limit, spent, reserved}; a reservation id already held returns 1 again.
 RESERVE_LUA = (
-    _NOW
-    + _RELEASE_EXPIRED
+    "local charge = ARGV[7] == '1'\n"
+    + _NOW
+    + _RESOLVE_EXPIRED
     + """
 if redis.call('HSETNX', KEYS[1], 'limit', ARGV[1]) == 1 and tonumber(ARGV[6]) > 0 then
   redis.call('HSET', KEYS[1], 'spent', ARGV[6])
@@ -70,17 +81,18 @@ elseif redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 0 and limit - spent - reserv
   reserved = reserved + amount
   ok = 1
 end
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 return {ok, string.format('%.0f', limit), string.format('%.0f', spent),
         string.format('%.0f', reserved)}
 """
 )
 
-# KEYS: as RESERVE_LUA. ARGV: reservation id, real cost, ledger ttl s.
+# KEYS: as RESERVE_LUA. ARGV: reservation id, real cost, ledger ttl s, charge flag.
 # Returns 1 when settled now, 0 when it had been settled before (nothing changes).
 SETTLE_LUA = (
-    _NOW
-    + _RELEASE_EXPIRED
+    "local charge = ARGV[4] == '1'\n"
+    + _NOW
+    + _RESOLVE_EXPIRED
     + """
 if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
 local held = redis.call('HGET', KEYS[2], ARGV[1])
@@ -89,20 +101,26 @@ if held then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
 end
+local charged = redis.call('HGET', KEYS[5], ARGV[1])
+if charged then
+  redis.call('HINCRBY', KEYS[1], 'spent', '-' .. charged)
+  redis.call('HDEL', KEYS[5], ARGV[1])
+end
 local cost = tonumber(ARGV[2])
 if cost > 0 then
   redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
   redis.call('HINCRBY', KEYS[1], 'calls', 1)
 end
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return 1
 """
 )
 
-# KEYS: as RESERVE_LUA. Releases expired reservations; returns the ledger's fields.
+# KEYS: as RESERVE_LUA. ARGV: charge flag. Resolves expired reservations; returns the fields.
 STATE_LUA = (
-    _NOW
-    + _RELEASE_EXPIRED
+    "local charge = ARGV[1] == '1'\n"
+    + _NOW
+    + _RESOLVE_EXPIRED
     + """
 return redis.call('HMGET', KEYS[1], 'limit', 'spent', 'reserved', 'calls', 'expired')
 """
@@ -120,17 +138,20 @@ class Hold:
 class RedisBatchLedger:
     """Batch budgets in Redis; every method is one atomic script (one round trip)."""
 
-    def __init__(self, client: redis.Redis, prefix: str, ledger_ttl_s: int) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, ledger_ttl_s: int, charge_expired: bool = True
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.ledger_ttl_s = ledger_ttl_s
+        self._charge = "1" if charge_expired else "0"
         self._reserve = client.register_script(RESERVE_LUA)
         self._settle = client.register_script(SETTLE_LUA)
         self._state = client.register_script(STATE_LUA)
 
     def keys(self, batch_id: str) -> list[str]:
         base = f"{self.prefix}:batch-budget:{batch_id}"
-        return [base, f"{base}:res", f"{base}:exp", f"{base}:settled"]
+        return [base, f"{base}:res", f"{base}:exp", f"{base}:settled", f"{base}:charged"]
 
     def reserve(
         self,
@@ -158,6 +179,7 @@ class RedisBatchLedger:
                     max(1, int(ttl_s * 1000)),
                     self.ledger_ttl_s,
                     to_nano(max(0.0, recorded_spend_usd)),
+                    self._charge,
                 ],
             )
         except redis.RedisError as exc:
@@ -169,25 +191,31 @@ class RedisBatchLedger:
         """Release the reservation and add the call's real cost (0 for a failed call).
 
         Idempotent by reservation id: True the first time, False after. A reservation that
-        expired meanwhile is settled all the same (its cost is real)."""
+        expired meanwhile is settled all the same (its cost is real; a charge for it at its
+        worst case is taken back)."""
         try:
             done = self._settle(
                 keys=self.keys(batch_id),
-                args=[reservation_id, to_nano(max(0.0, cost_usd)), self.ledger_ttl_s],
+                args=[
+                    reservation_id,
+                    to_nano(max(0.0, cost_usd)),
+                    self.ledger_ttl_s,
+                    self._charge,
+                ],
             )
         except redis.RedisError as exc:
             raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
         return bool(done)
 
     def states(self, batch_ids: Sequence[str]) -> dict[str, BudgetState]:
-        """The ledgers of these batches (expired reservations released first); a batch with
+        """The ledgers of these batches (expired reservations resolved first); a batch with
         no ledger in Redis (no call reserved yet, or expired) is left out."""
         if not batch_ids:
             return {}
         try:
             pipe = self.client.pipeline(transaction=False)
             for b in batch_ids:
-                self._state(keys=self.keys(b), client=pipe)
+                self._state(keys=self.keys(b), args=[self._charge], client=pipe)
             rows = pipe.execute()
         except redis.RedisError as exc:
             raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None

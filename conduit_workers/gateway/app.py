@@ -75,7 +75,9 @@ def _build(settings: Settings) -> State:
     health = ModelHealth(
         ex.health_window, ex.cooldown_min_calls, ex.cooldown_failure_rate, ex.cooldown_s
     )
-    ledger = RedisBatchLedger(store.client, r.key_prefix, s.budget.ledger_ttl_s)
+    ledger = RedisBatchLedger(
+        store.client, r.key_prefix, s.budget.ledger_ttl_s, s.budget.charge_expired_holds
+    )
     tasks = TaskSender(s)
     chunk = s.feedback.chunk_size
 

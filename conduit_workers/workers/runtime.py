@@ -91,8 +91,12 @@ class Runtime:
         """The ledger of batch budgets, on the posteriors' Redis."""
         from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 
+        b = self.settings.budget
         return RedisBatchLedger(
-            self.store.client, self.settings.redis.key_prefix, self.settings.budget.ledger_ttl_s
+            self.store.client,
+            self.settings.redis.key_prefix,
+            b.ledger_ttl_s,
+            b.charge_expired_holds,
         )
 
     @_once

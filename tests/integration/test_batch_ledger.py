@@ -59,15 +59,32 @@ def test_failed_call_settles_at_zero_and_frees_the_hold(ledger: RedisBatchLedger
     assert (state.spent_usd, state.reserved_usd, state.calls) == (0, 0, 0)
 
 
-def test_a_dead_workers_reservation_expires_and_frees_the_budget(
+def test_a_dead_workers_reservation_expires_charged_at_its_worst_case(
     ledger: RedisBatchLedger,
 ) -> None:
+    """The default: the dead call may have been billed, so its hold becomes spend."""
+    assert ledger.reserve("b1", 1.0, "dead", 0.6, ttl_s=0.05).held
+    time.sleep(0.1)
+    hold = ledger.reserve("b1", 1.0, "r2", 0.3, ttl_s=60)
+    assert hold.held and (hold.state.spent_usd, hold.state.reserved_usd) == (0.6, 0.3)
+    assert not ledger.reserve("b1", 1.0, "r3", 0.2, ttl_s=60).held  # not held forever: spent
+    state = ledger.states(["b1"])["b1"]
+    assert (state.spent_usd, state.reserved_usd, state.expired) == (0.6, 0.3, 1)
+    # The call finished after all (slow, not dead): its real cost replaces the charge, once.
+    assert ledger.settle("b1", "dead", 0.1)
+    assert not ledger.settle("b1", "dead", 0.1)
+    state = ledger.states(["b1"])["b1"]
+    assert (state.spent_usd, state.reserved_usd) == (0.1, 0.3)
+
+
+def test_with_charge_off_a_dead_workers_reservation_is_released(redis_url: str) -> None:
+    ledger = RedisBatchLedger(redis.Redis.from_url(redis_url), TEST_PREFIX, 3600, False)
     assert ledger.reserve("b1", 1.0, "dead", 0.8, ttl_s=0.05).held
     assert not ledger.reserve("b1", 1.0, "r2", 0.5, ttl_s=60).held
     time.sleep(0.1)
     assert ledger.reserve("b1", 1.0, "r2", 0.5, ttl_s=60).held
     state = ledger.states(["b1"])["b1"]
-    assert (state.reserved_usd, state.expired) == (0.5, 1)
+    assert (state.spent_usd, state.reserved_usd, state.expired) == (0, 0.5, 1)
     # The call finished after all: its cost is real and counted, its hold is not freed twice.
     assert ledger.settle("b1", "dead", 0.1)
     state = ledger.states(["b1"])["b1"]
@@ -90,8 +107,11 @@ def test_keys_expire_after_the_ledger_ttl(redis_url: str) -> None:
     ledger = RedisBatchLedger(client, TEST_PREFIX, 120)
     ledger.reserve("b1", 1.0, "r1", 0.1, ttl_s=60)
     ledger.settle("b1", "r1", 0.05)
+    ledger.reserve("b1", 1.0, "dead", 0.1, ttl_s=0.01)
+    time.sleep(0.05)
     ledger.reserve("b1", 1.0, "r2", 0.1, ttl_s=60)
-    # Every key of the batch (ledger, holds, expiries, settled ids) goes after the ledger TTL.
+    # Every key of the batch (ledger, holds, expiries, settled and charged ids) goes after the
+    # ledger TTL.
     assert all(0 < client.ttl(k) <= 120 for k in ledger.keys("b1"))
 
 
