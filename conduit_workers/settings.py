@@ -212,15 +212,17 @@ class BudgetSettings(BaseModel):
     # Chat-template tokens a provider adds around a prompt (role markers, special tokens).
     input_overhead_tokens: int = Field(default=32, ge=0)
     # A reservation not settled after this long (its worker died mid-call) expires; the
-    # executor uses at least ``executor.timeout_s`` + 60 s, so a live call never outlasts it.
-    reservation_ttl_s: float = Field(default=600.0, gt=0)
+    # executor uses at least ``executor.timeout_s`` + 60 s, so a live call never outlasts it
+    # (a hold is taken right before one call and settled right after it).
+    reservation_ttl_s: float = Field(default=120.0, gt=0)
     # An expired reservation is charged as spent at its worst case (the dead call may have
     # been billed, and nothing else records it: the budget then holds on the provider's bill
     # too); false releases it instead (more of the budget for the batch's other prompts).
     charge_expired_holds: bool = True
     # A call that only the holds of calls in flight keep out (their worst cases; they usually
-    # cost less) waits up to this long for them to settle before its prompt is passed over.
-    hold_wait_s: float = Field(default=120.0, ge=0)
+    # cost less) waits up to this long for them to settle before its prompt is passed over;
+    # above the reservation TTL, so that it also outlasts the holds of calls that died.
+    hold_wait_s: float = Field(default=150.0, ge=0)
     # How long a batch's ledger stays in Redis after its last call (status and reports read
     # it; the history database keeps the budget and the results' costs for good).
     ledger_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
