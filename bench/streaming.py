@@ -29,7 +29,7 @@ from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.policy import Expectations, expected_costs, reference_cost
 from conduit_workers.domain.rewards import EXPLICIT, IMPLICIT, FeedbackEvent
 from conduit_workers.engine import RoutingEngine, learn, update_id_for
-from conduit_workers.quality_floor import stream_key
+from conduit_workers.quality_floor import FloorMark, stream_key
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def run_engine(
     model_index = {m: j for j, m in enumerate(ds.models)}
     choice = np.full(stream.n, -1)
     pending: list[tuple[int, FeedbackEvent]] = []  # (due position, explicit event)
-    floor_pending: list[tuple[int, tuple[str, str, float]]] = []  # ratings for the floor
+    floor_pending: list[tuple[int, tuple[FloorMark, float]]] = []  # ratings for the floor
     ctx_by_qid: dict[str, Array] = {}
     try:
         for k in range(0, stream.n, stream.chunk):
@@ -202,7 +202,7 @@ def run_engine(
                 allowance_usd=allowance,
             )
             events = []
-            floor_due: list[tuple[int, tuple[str, str, float]]] = []
+            floor_due: list[tuple[int, tuple[FloorMark, float]]] = []
             for p, i, qid, d in zip(pos, rows, qids, decisions, strict=True):
                 if d.model is None:
                     raise RuntimeError(f"unroutable without constraints: {d.reason}")
@@ -210,7 +210,7 @@ def run_engine(
                 choice[p] = j
                 spent += float(ds.cost[i, j])
                 if d.floor is not None and stream.rated[p]:
-                    floor_due.append((p + stream.delay, (*d.floor, float(scen.quality[p, j]))))
+                    floor_due.append((p + stream.delay, (d.floor, float(scen.quality[p, j]))))
                 ctx_by_qid[qid] = contexts[p]
                 events.append(
                     FeedbackEvent(

@@ -41,7 +41,7 @@ from conduit_workers.domain.policy import (
 )
 from conduit_workers.domain.rewards import FeedbackEvent, aggregate
 from conduit_workers.errors import StoreUnavailable
-from conduit_workers.quality_floor import FloorGroup, FloorKeeper
+from conduit_workers.quality_floor import FloorGroup, FloorKeeper, FloorMark
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class RoutingEngine:
         # The quality floor's counters: in memory unless a shared store is given (the workers
         # and Router(store="redis://…") pass Redis, so every router holds one floor).
         self.floors = FloorKeeper(floor_store or InMemoryFloorStore(), settings)
-        self._floor_marks: dict[int, tuple[str, str]] = {}
+        self._floor_marks: dict[int, FloorMark] = {}
 
     @property
     def dim(self) -> int:
@@ -208,18 +208,18 @@ class RoutingEngine:
             for c, lam in zip(constraints, floor_lams, strict=True)
         ]
 
+        # Under an allowance, a prompt with no λ of its own (none given, no floor) is routed
+        # for quality alone until the allowance binds: the budget, not λ_cost, prices a dollar.
+        own = [c.lambda_cost for c in base]
+        if allowance_usd is not None:
+            base = [c if c.lambda_cost is not None else replace(c, lambda_cost=0.0) for c in base]
+
         def choose_at(paced: float) -> list[Choice]:
             cons = base
             if paced > 0:
                 cons = [
-                    replace(
-                        c,
-                        lambda_cost=max(
-                            paced,
-                            self.settings.lambda_cost if c.lambda_cost is None else c.lambda_cost,
-                        ),
-                    )
-                    for c in base
+                    replace(c, lambda_cost=max(paced, lam or 0.0))
+                    for c, lam in zip(base, own, strict=True)
                 ]
             return choose(
                 samples,
@@ -247,7 +247,20 @@ class RoutingEngine:
             choices = choose_at(pace(lambda lam: total(choose_at(lam)), allowance_usd))
         self._floor_marks = {}
         if hold_floor:
-            choices = self._hold_floors(groups, query_ids, choices, costs, allowance_usd)
+            r = self.catalog.index(self.catalog.reference)
+            ref_pred = means[:, r]
+            # How much better than the reference the policy finds its choice, cost included.
+            advantage = np.array(
+                [
+                    ch.utility.get(ch.model, 0.0) - ch.utility.get(self.catalog.reference, 0.0)
+                    if ch.model
+                    else 0.0
+                    for ch in choices
+                ]
+            )
+            choices = self._hold_floors(
+                groups, query_ids, choices, costs, ref_pred, advantage, allowance_usd
+            )
         rows = []
         for i, (qid, ch, an) in enumerate(zip(query_ids, choices, analyses, strict=True)):
             j = self.catalog.index(ch.model) if ch.model else None
@@ -274,6 +287,8 @@ class RoutingEngine:
         query_ids: Sequence[str],
         choices: list[Choice],
         costs: Array,
+        ref_pred: Array,
+        advantage: Array,
         allowance_usd: float | None,
     ) -> list[Choice]:
         """Audits and the conservative gate of each floor stream: prompts the gate keeps at the
@@ -288,7 +303,9 @@ class RoutingEngine:
         out = list(choices)
         for g in groups:
             chosen = [ch.model for ch in choices]
-            strata = self.floors.assign(g, chosen, ref, self.rng)
+            strata = self.floors.assign(
+                g, chosen, ref, ref_pred.tolist(), advantage.tolist(), self.rng
+            )
             for k, (i, stratum) in enumerate(zip(g.rows, strata, strict=True)):
                 ch = out[i]
                 if stratum.startswith("ref:") and ch.model != ref:
@@ -303,13 +320,22 @@ class RoutingEngine:
                             rest = tuple(m for m in ch.ranked if m != ref)
                             out[i] = Choice(ref, (ref, *rest), ch.utility, ch.reason)
                 if out[i].model is not None:
-                    self._floor_marks[i] = (g.stream, strata[k])
-            self.floors.record(g, query_ids, [s for s in strata if not s.endswith(":None")])
+                    self._floor_marks[i] = FloorMark(g.stream, strata[k], float(ref_pred[i]))
+            self.floors.store.mark(
+                {
+                    query_ids[i]: self._floor_marks[i].encode(str(out[i].model))
+                    for i in g.rows
+                    if i in self._floor_marks
+                }
+            )
+            kept = [(s, float(ref_pred[i])) for i, s in zip(g.rows, strata, strict=True)]
+            kept = [(s, p) for s, p in kept if not s.endswith(":None")]
+            self.floors.record(g, query_ids, [s for s, _ in kept], [p for _, p in kept])
         return out
 
-    def rate_floors(self, ratings: Sequence[tuple[str, str, float]], update_id: str) -> int:
-        """Ratings ``(stream, stratum, rating)`` of answers given under a floor (the
-        ``floor`` of their decision rows): the floor's estimate of the stream's quality."""
+    def rate_floors(self, ratings: Sequence[tuple[FloorMark, float]], update_id: str) -> int:
+        """Ratings of answers given under a floor, with the ``floor`` mark of their decision
+        rows: the floor's estimate of the stream's quality."""
         return self.floors.rate(ratings, update_id)
 
     def learn(

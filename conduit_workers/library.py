@@ -48,6 +48,7 @@ from conduit_workers.domain.rewards import (
     validate_rating,
 )
 from conduit_workers.engine import RoutingEngine, update_id_for
+from conduit_workers.quality_floor import FloorMark
 from conduit_workers.settings import Settings, environ, get_settings
 
 CONFIDENCE_DRAWS = 64  # posterior draws behind ``Decision.confidence``
@@ -117,9 +118,7 @@ class Router:
         self.catalog = catalog
         self.engine = RoutingEngine(catalog, store, embedder, s.router, rng=rng, floor_store=floors)
         # Per routed prompt: its context, the model chosen, its floor stream and stratum.
-        self._contexts: OrderedDict[str, tuple[Array, str | None, tuple[str, str] | None]] = (
-            OrderedDict()
-        )
+        self._contexts: OrderedDict[str, tuple[Array, str | None, FloorMark | None]] = OrderedDict()
         self._lock = asyncio.Lock()
 
     async def route(self, query: Query | str) -> Decision:
@@ -173,7 +172,7 @@ class Router:
         return out
 
     def _remember(
-        self, qid: str, context: Array, model: str | None, floor: tuple[str, str] | None
+        self, qid: str, context: Array, model: str | None, floor: FloorMark | None
     ) -> None:
         self._contexts[qid] = (context, model, floor)
         self._contexts.move_to_end(qid)
@@ -191,11 +190,10 @@ class Router:
         applied = await self._learn([event], qid)
         remembered = self._contexts.get(qid)
         if applied and remembered is not None and remembered[2] is not None:
-            stream, stratum = remembered[2]
             if model is None or model == remembered[1]:  # the floor counts the answer given
                 async with self._lock:
                     await asyncio.to_thread(
-                        self.engine.rate_floors, [(stream, stratum, value)], event.id
+                        self.engine.rate_floors, [(remembered[2], value)], event.id
                     )
         return applied
 

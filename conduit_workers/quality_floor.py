@@ -18,6 +18,7 @@ import numpy as np
 from conduit_workers.adapters.floor_store import FloorStore
 from conduit_workers.domain import floor as fl
 from conduit_workers.domain.constraints import Constraints
+from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
 from conduit_workers.settings import RouterSettings
 
 DEFAULT_STREAM = "default"
@@ -44,7 +45,46 @@ def params_for(floor: float, settings: RouterSettings) -> fl.FloorParams:
         z=settings.floor_pessimism,
         audit_min=settings.floor_audit_min,
         target=settings.floor_target,
+        eta=settings.floor_eta,
+        lambda_init=settings.floor_lambda_init,
+        lambda_min=settings.floor_lambda_min,
     )
+
+
+@dataclass(frozen=True)
+class FloorMark:
+    """Where a prompt's answer counts under a floor: its stream, its stratum, and the
+    reference's predicted quality on it when it was routed. A rating of the answer is given
+    back with it (:meth:`FloorKeeper.rate`)."""
+
+    stream: str
+    stratum: str
+    ref_pred: float
+
+    def encode(self, model: str) -> str:
+        return f"{self.stream}|{self.stratum}|{self.ref_pred!r}|{model}"
+
+    @classmethod
+    def decode(cls, raw: str) -> tuple[FloorMark, str]:
+        """The mark and the model that answered."""
+        stream, stratum, pred, model = raw.split("|", 3)
+        return cls(stream, stratum, float(pred)), model
+
+
+def rate_events(store: FloorStore, events: Sequence[FeedbackEvent], update_id: str) -> int:
+    """Feed the explicit ratings among ``events`` to the floors their prompts were routed
+    under (the marks the router left); once per ``update_id``. Returns the streams changed."""
+    rated = [e for e in events if e.kind == EXPLICIT and e.weight > 0]
+    if not rated:
+        return 0
+    marks = store.marks(sorted({e.query_id for e in rated}))
+    ratings = []
+    for e in rated:
+        if e.query_id in marks:
+            mark, model = FloorMark.decode(marks[e.query_id])
+            if model == e.model:  # the floor counts the answer that was given
+                ratings.append((mark, e.reward))
+    return FloorKeeper(store, RouterSettings()).rate(ratings, update_id)
 
 
 @dataclass
@@ -95,6 +135,8 @@ class FloorKeeper:
         group: FloorGroup,
         chosen: Sequence[str | None],
         reference: str,
+        ref_pred: Sequence[float],
+        advantage: Sequence[float],
         rng: np.random.Generator,
     ) -> list[str]:
         """The stratum of each prompt of the group (audit draws, then the gate)."""
@@ -104,13 +146,19 @@ class FloorKeeper:
             fl.POLICY if chosen[i] in (None, reference) else fl.alt(str(chosen[i]))
             for i in group.rows
         ]
-        return fl.gate(group.counts, group.params, wanted, audited)
+        preds = [float(ref_pred[i]) for i in group.rows]
+        adv = [float(advantage[i]) for i in group.rows]
+        return fl.gate(group.counts, group.params, wanted, audited, preds, adv)
 
-    def record(self, group: FloorGroup, query_ids: Sequence[str], strata: Sequence[str]) -> None:
+    def record(
+        self,
+        group: FloorGroup,
+        query_ids: Sequence[str],
+        strata: Sequence[str],
+        ref_pred: Sequence[float],
+    ) -> None:
         """Count a chunk's decisions and move the dual variable, once per chunk."""
-        inc: dict[str, float] = {}
-        for s in strata:
-            inc[fl.DECIDED + s] = inc.get(fl.DECIDED + s, 0.0) + 1.0
+        inc = fl.decision_increments(list(strata), list(ref_pred))
         step = fl.dual_step(group.counts, group.params, len(strata))
         if step:
             inc[fl.LOG_LAMBDA] = step
@@ -118,13 +166,13 @@ class FloorKeeper:
         uid = "decide:" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:40]
         self.store.apply(group.stream, uid, inc, *self._bounds(group.params))
 
-    def rate(self, ratings: Sequence[tuple[str, str, float]], update_id: str) -> int:
-        """Apply ratings ``(stream, stratum, rating)`` of answers given under a floor; once per
+    def rate(self, ratings: Sequence[tuple[FloorMark, float]], update_id: str) -> int:
+        """Apply ratings of answers given under a floor, with their marks; once per
         ``update_id``. Returns how many streams changed."""
         by_stream: dict[str, dict[str, float]] = {}
-        for stream, stratum, rating in ratings:
-            inc = by_stream.setdefault(stream, {})
-            for k, v in fl.rating_increments(stratum, rating).items():
+        for mark, rating in ratings:
+            inc = by_stream.setdefault(mark.stream, {})
+            for k, v in fl.rating_increments(mark.stratum, rating, mark.ref_pred).items():
                 inc[k] = inc.get(k, 0.0) + v
         applied = 0
         for stream, inc in sorted(by_stream.items()):

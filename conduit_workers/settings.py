@@ -113,13 +113,18 @@ class RouterSettings(BaseModel):
     # The quality floor, the default way to run: keep this share of the catalog reference
     # model's mean quality over the stream (learning included) and spend as little as possible
     # (conduit_workers.domain.floor). None or 0 turns it off: ``lambda_cost`` then weighs cost.
-    quality_floor: float | None = Field(default=None, ge=0.0, le=1.0)
-    # How the floor is held: standard deviations of its slack estimate kept in reserve, the
-    # least random share of prompts sent to the reference (its honest estimate), and the
-    # normalised slack the dual variable aims at (bench/README.md, "Quality floor").
+    quality_floor: float | None = Field(default=0.95, ge=0.0, le=1.0)
+    # How the floor is held (bench/README.md, "Quality floor"): standard deviations of the
+    # slack estimate kept in reserve, the least random share of prompts sent to the reference
+    # (its calibration over every kind of prompt), the normalised pessimistic slack the dual
+    # variable aims at, the dual's step (log λ per 32 prompts per unit of slack), its first
+    # and least λ.
     floor_pessimism: float = 1.0
     floor_audit_min: float = 0.05
-    floor_target: float = 0.01
+    floor_target: float = 0.005
+    floor_eta: float = 4.0
+    floor_lambda_init: float = 0.1
+    floor_lambda_min: float = 0.02
     # Weight of cost (an expert setting, used when no floor is set): the quality one would give
     # up to save the catalog reference model's whole expected cost on a typical prompt (the
     # dearest model's when there is no reference).

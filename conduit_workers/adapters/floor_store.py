@@ -12,6 +12,12 @@ key                                 type     content
 ``P:floor-applied:<update id>``     string   marks an applied update (a chunk's decisions or a
                                              set of ratings); expires after
                                              ``redis.applied_ttl_s``
+``P:floor-mark:<query id>``         string   where a routed prompt's answer counts:
+                                             ``stream|stratum|reference's predicted quality|
+                                             model``, written by the router, read by the
+                                             feedback worker when the answer is rated; expires
+                                             after ``redis.applied_ttl_s`` (a rating later than
+                                             that still teaches the posteriors, not the floor)
 ==================================  =======  =================================================
 
 A stream is one floor held together: ``default:<floor>`` for prompts that take the floor of the
@@ -54,9 +60,14 @@ return 1
 
 
 class FloorStore(Protocol):
-    """Counters per floor stream, changed atomically and at most once per update id."""
+    """Counters per floor stream, changed atomically and at most once per update id; and the
+    mark of each prompt routed under a floor, until its answer is rated."""
 
     def read(self, stream: str) -> dict[str, float]: ...
+
+    def mark(self, marks: dict[str, str]) -> None: ...
+
+    def marks(self, query_ids: list[str]) -> dict[str, str]: ...
 
     def apply(
         self,
@@ -120,6 +131,30 @@ class RedisFloorStore:
     def reset(self, stream: str) -> None:
         self.client.delete(self.key(stream))
 
+    def mark(self, marks: dict[str, str]) -> None:
+        if not marks:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for qid, value in marks.items():
+                pipe.set(f"{self.prefix}:floor-mark:{qid}", value, ex=self.applied_ttl_s)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis floor mark failed: {type(exc).__name__}") from exc
+
+    def marks(self, query_ids: list[str]) -> dict[str, str]:
+        if not query_ids:
+            return {}
+        try:
+            raw = self.client.mget([f"{self.prefix}:floor-mark:{q}" for q in query_ids])
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis floor marks read failed: {type(exc).__name__}") from exc
+        return {
+            q: (v.decode() if isinstance(v, bytes) else str(v))
+            for q, v in zip(query_ids, raw, strict=True)
+            if v is not None
+        }
+
 
 def _num(v: float) -> str:
     return repr(max(-1e300, min(1e300, v)))
@@ -131,6 +166,13 @@ class InMemoryFloorStore:
     def __init__(self) -> None:
         self._streams: dict[str, dict[str, float]] = {}
         self._applied: set[str] = set()
+        self._marks: dict[str, str] = {}
+
+    def mark(self, marks: dict[str, str]) -> None:
+        self._marks.update(marks)
+
+    def marks(self, query_ids: list[str]) -> dict[str, str]:
+        return {q: self._marks[q] for q in query_ids if q in self._marks}
 
     def read(self, stream: str) -> dict[str, float]:
         return dict(self._streams.get(stream, {}))

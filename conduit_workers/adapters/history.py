@@ -45,9 +45,10 @@ class DecisionRow:
     expected_cost_usd: float | None
     posterior_versions: dict[str, int]
     reason: str | None = None
-    # (floor stream, stratum) when the prompt was routed under a quality floor; a rating of the
-    # answer feeds that stream's estimate (RoutingEngine.rate_floors). Not stored.
-    floor: tuple[str, str] | None = None
+    # Where the answer counts when the prompt was routed under a quality floor (a
+    # quality_floor.FloorMark); a rating of the answer feeds that stream's estimate
+    # (RoutingEngine.rate_floors). Not stored.
+    floor: Any = None
 
 
 @dataclass(frozen=True)

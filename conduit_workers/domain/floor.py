@@ -11,14 +11,17 @@ where a model is chosen because its sample was high: the estimate then reads ≥
 truth is far below).
 
 * ``Σ q(chosen)`` is stratified by *why* each prompt went where it did (its **stratum**): the
-  reference chosen without looking at the prompt (``ref:audit``), the reference chosen by the
-  policy (``ref:policy``), or another model ``alt:<model>``. Per stratum, the mean of the ratings
-  of its answers times the prompts decided in it. Stratifying keeps the estimate unbiased while
+  reference chosen without looking at the prompt (``ref:audit``: the opening prompts, while
+  nothing is known, and a small random share afterwards), the reference chosen by the policy
+  (``ref:policy``), or another model ``alt:<model>``. Per stratum, the mean of the ratings of
+  its answers times the prompts decided in it. Stratifying keeps the estimate unbiased while
   the mix moves (recent prompts, not yet rated, went elsewhere than the old rated ones).
-* ``Σ q(reference)`` is ``n × the mean rating of the audit stratum``: prompts sent to the
-  reference for a reason independent of their content (the opening prompts, while nothing is
-  known, and a small random share afterwards). That mean is an unbiased estimate of the
-  reference's quality on this stream, however rarely the policy picks the reference.
+* ``Σ q(reference)`` is known where the reference answered (the reference strata); where another
+  model answered it is a counterfactual, estimated by a *calibration* fitted on this stream's
+  own ratings of reference answers only: ``q_ref ≈ a + b·p`` with ``p`` the posterior's
+  prediction of the reference's quality on that prompt at decision time. So the posterior
+  (whatever it leans on: the peers' prior, offline evidence) only ranks prompts; the level is
+  this stream's, and the audits keep the calibration honest over every kind of prompt.
 
 The estimate's variance follows from the strata (each mean shrunk towards a prior with a few
 pseudo-ratings of variance 1/4). Decisions (:func:`gate`):
@@ -46,6 +49,11 @@ AUDIT = "ref:audit"  # the reference, chosen without looking at the prompt
 POLICY = "ref:policy"  # the reference, chosen by the policy (or forced by the gate)
 ALT = "alt:"  # prefix of every other model's stratum
 LOG_LAMBDA = "log_lambda"  # the dual variable's field
+ALT_PRED = "p:alt"  # Σ of the reference's predicted quality over the prompts sent elsewhere
+# The calibration's sums over rated reference answers: count, Σp, Σp², Σr, Σpr, Σr².
+CAL = ("c:n", "c:p", "c:pp", "c:r", "c:pr", "c:rr")
+CAL_PRIOR = (0.0, 1.0)  # a, b: the posterior taken at its word until ratings say otherwise
+CAL_PRIOR_STRENGTH = 2.0
 
 # Field prefixes of the counters: prompts decided, ratings received, their sum and squares.
 DECIDED, RATED, SUM, SQUARES = "d:", "n:", "s:", "ss:"
@@ -71,12 +79,12 @@ class FloorParams:
     floor: float
     z: float = 1.0  # pessimism: standard deviations of the slack estimate held in reserve
     audit_min: float = 0.05  # random share of prompts sent to the reference, at least
-    audit_scale: float = 2.0  # share = clip(scale / √(1 + audit ratings), audit_min, 1)
-    lambda_init: float = 0.05
-    lambda_min: float = 0.002
+    audit_scale: float = 1.0  # share = clip(scale / √(1 + reference ratings), audit_min, 1)
+    lambda_init: float = 0.1
+    lambda_min: float = 0.02
     lambda_max: float = 5.0
     eta: float = 4.0  # step of log λ per chunk of 32 prompts, per unit of normalised slack
-    target: float = 0.01  # normalised pessimistic slack the dual aims at
+    target: float = 0.005  # normalised pessimistic slack the dual aims at
 
     def __post_init__(self) -> None:
         if not 0.0 < self.floor <= 1.0:
@@ -144,53 +152,87 @@ class Slack:
         return self.pessimistic(z) / max(self.n * self.q_ref, 1e-9)
 
 
-def _strata_estimates(counts: FloorCounts) -> tuple[Stratum, dict[str, Stratum]] | None:
+def _strata_estimates(counts: FloorCounts) -> dict[str, Stratum] | None:
     if counts.get(RATED, AUDIT) <= 0:
         return None  # nothing known of the reference on this stream yet
     ref = stratum_estimate(counts, AUDIT, 0.5)
-    alt_n = sum(counts.get(RATED, s) for s in counts.strata if s.startswith(ALT))
-    alt_s = sum(counts.get(SUM, s) for s in counts.strata if s.startswith(ALT))
-    # A model never rated is valued at the pooled mean of the other models' ratings, itself
-    # shrunk towards 1/2: pessimistic while nothing is known, fair once something is.
-    alt_prior = (alt_s + PRIOR_RATINGS * 0.5) / (alt_n + PRIOR_RATINGS)
-    out = {AUDIT: ref}
+    out = {AUDIT: ref, POLICY: stratum_estimate(counts, POLICY, ref.mean)}
+    prior = _alt_prior(counts)
     for s in counts.strata:
-        if s != AUDIT:
-            out[s] = stratum_estimate(counts, s, ref.mean if s == POLICY else alt_prior)
-    return ref, out
+        if s.startswith(ALT):
+            out[s] = stratum_estimate(counts, s, prior.mean)
+    return out
 
 
-def slack(
-    counts: FloorCounts, floor: float, extra: Mapping[str, float] | None = None
-) -> Slack | None:
-    """The estimated slack of the stream, counting ``extra`` prompts (stratum -> count) as
-    decided too; None while no audit answer of the reference has been rated."""
-    est = _strata_estimates(counts)
-    if est is None:
-        return None
-    ref, strata = est
-    decided = {s: counts.get(DECIDED, s) for s in strata}
-    for s, k in (extra or {}).items():
-        decided[s] = decided.get(s, 0.0) + k
-        if s not in strata:
-            strata[s] = _alt_prior(strata, counts)
-    n = sum(decided.values())
-    total = sum(decided[s] * strata[s].mean for s in strata) - floor * n * ref.mean
-    var = sum(decided[s] ** 2 * strata[s].var_of_mean for s in strata if s != AUDIT)
-    var += (decided[AUDIT] - floor * n) ** 2 * ref.var_of_mean
-    return Slack(total, math.sqrt(var), ref.mean, n)
-
-
-def _alt_prior(strata: dict[str, Stratum], counts: FloorCounts) -> Stratum:
-    alt_n = sum(counts.get(RATED, s) for s in strata if s.startswith(ALT))
-    alt_s = sum(counts.get(SUM, s) for s in strata if s.startswith(ALT))
+def _alt_prior(counts: FloorCounts) -> Stratum:
+    """A model never rated is valued at the pooled mean of the other models' ratings, itself
+    shrunk towards 1/2: pessimistic while nothing is known, fair once something is."""
+    alts = [s for s in counts.strata if s.startswith(ALT)]
+    alt_n = sum(counts.get(RATED, s) for s in alts)
+    alt_s = sum(counts.get(SUM, s) for s in alts)
     mean = (alt_s + PRIOR_RATINGS * 0.5) / (alt_n + PRIOR_RATINGS)
     return Stratum(mean, PRIOR_VARIANCE / PRIOR_RATINGS / PRIOR_RATINGS)
 
 
+def calibration(counts: FloorCounts) -> tuple[list[float], list[list[float]], float]:
+    """``(a, b)``, the inverse of the regularised Gram matrix, and the noise variance of
+    ``q_ref ≈ a + b·p`` over the rated reference answers of the stream."""
+    n, sp, spp, sr, spr, srr = (counts.fields.get(k, 0.0) for k in CAL)
+    k = CAL_PRIOR_STRENGTH
+    a0, b0 = CAL_PRIOR
+    g = [[n + k, sp], [sp, spp + k]]
+    rhs = [sr + k * a0, spr + k * b0]
+    det = g[0][0] * g[1][1] - g[0][1] * g[1][0]
+    inv = [[g[1][1] / det, -g[0][1] / det], [-g[1][0] / det, g[0][0] / det]]
+    a = inv[0][0] * rhs[0] + inv[0][1] * rhs[1]
+    b = inv[1][0] * rhs[0] + inv[1][1] * rhs[1]
+    # Residual sum of squares, with the prior's pseudo-observations counted as residuals too.
+    rss = srr - 2 * (a * sr + b * spr) + a * a * n + 2 * a * b * sp + b * b * spp
+    rss += k * ((a - a0) ** 2 + (b - b0) ** 2)
+    var = (max(rss, 0.0) + PRIOR_RATINGS * PRIOR_VARIANCE) / (n + PRIOR_RATINGS)
+    return [a, b], inv, var
+
+
+def slack(
+    counts: FloorCounts,
+    floor: float,
+    extra: Mapping[str, float] | None = None,
+    extra_pred: float = 0.0,
+) -> Slack | None:
+    """The estimated slack of the stream, counting ``extra`` prompts (stratum -> count) as
+    decided too, with ``extra_pred`` the reference's predicted quality summed over those sent
+    elsewhere; None while no audit answer of the reference has been rated."""
+    strata = _strata_estimates(counts)
+    if strata is None:
+        return None
+    decided = {s: counts.get(DECIDED, s) for s in strata}
+    for s, k in (extra or {}).items():
+        decided[s] = decided.get(s, 0.0) + k
+        if s not in strata:
+            strata[s] = _alt_prior(counts)
+    n = sum(decided.values())
+    refs = (AUDIT, POLICY)
+    n_alt = sum(d for s, d in decided.items() if s not in refs)
+    p_alt = counts.fields.get(ALT_PRED, 0.0) + extra_pred
+    (a, b), inv, var_cal = calibration(counts)
+    ref_given = sum(decided[s] * strata[s].mean for s in refs)
+    ref_elsewhere = a * n_alt + b * p_alt
+    chosen = ref_given + sum(decided[s] * strata[s].mean for s in strata if s not in refs)
+    total = chosen - floor * (ref_given + ref_elsewhere)
+    var = sum(
+        (1.0 - floor if s in refs else 1.0) ** 2 * decided[s] ** 2 * strata[s].var_of_mean
+        for s in strata
+    )
+    v = (n_alt, p_alt)
+    quad = sum(v[i] * inv[i][j] * v[j] for i in range(2) for j in range(2))
+    var += floor**2 * var_cal * max(quad, 0.0)
+    q_ref = (ref_given + ref_elsewhere) / max(n, 1e-9)
+    return Slack(total, math.sqrt(var), q_ref, n)
+
+
 def audit_share(counts: FloorCounts, params: FloorParams) -> float:
     """Share of prompts sent to the reference at random: decays as its ratings accumulate."""
-    m = counts.get(RATED, AUDIT)
+    m = counts.fields.get(CAL[0], 0.0)
     return min(1.0, max(params.audit_min, params.audit_scale / math.sqrt(1.0 + m)))
 
 
@@ -199,20 +241,29 @@ def gate(
     params: FloorParams,
     wanted: list[str],
     audited: list[bool],
+    ref_pred: list[float] | None = None,
+    advantage: list[float] | None = None,
 ) -> list[str]:
     """The stratum of each prompt of a chunk, given the stratum the policy wants for it
-    (``ref:policy`` or ``alt:<model>``) and whether it was drawn for an audit.
+    (``ref:policy`` or ``alt:<model>``), whether it was drawn for an audit, and the
+    reference's predicted quality on it.
 
     Every prompt goes to the reference (stratum ``ref:audit``) while the slack is unknown or
     its pessimistic estimate is negative; otherwise a prompt keeps the policy's model only if
     the pessimistic slack, with it and the chunk's earlier prompts counted, stays ≥ 0.
     """
+    preds = ref_pred if ref_pred is not None else [0.5] * len(wanted)
     now = slack(counts, params.floor)
     if now is None or now.pessimistic(params.z) < 0:
         return [AUDIT] * len(wanted)
     extra: dict[str, float] = {}
-    out = []
-    for want, audit in zip(wanted, audited, strict=True):
+    extra_pred = 0.0
+    out = [""] * len(wanted)
+    # The prompts whose move away from the reference gives up the least go first, so the
+    # slack is spent where it buys the most (``advantage``: the policy's own view of it).
+    adv = advantage if advantage is not None else [0.0] * len(wanted)
+    for k in sorted(range(len(wanted)), key=lambda i: -adv[i]):
+        want, audit, p = wanted[k], audited[k], preds[k]
         if audit:
             s = AUDIT
         elif want == POLICY:
@@ -220,10 +271,12 @@ def gate(
         else:
             trial = dict(extra)
             trial[want] = trial.get(want, 0.0) + 1
-            after = slack(counts, params.floor, trial)
+            after = slack(counts, params.floor, trial, extra_pred + p)
             s = want if after is not None and after.pessimistic(params.z) >= 0 else POLICY
         extra[s] = extra.get(s, 0.0) + 1
-        out.append(s)
+        if s not in (AUDIT, POLICY):
+            extra_pred += p
+        out[k] = s
     return out
 
 
@@ -242,5 +295,21 @@ def clamp_log_lambda(value: float, params: FloorParams) -> float:
     return max(math.log(params.lambda_min), min(math.log(params.lambda_max), value))
 
 
-def rating_increments(stratum: str, rating: float) -> dict[str, float]:
-    return {RATED + stratum: 1.0, SUM + stratum: rating, SQUARES + stratum: rating * rating}
+def decision_increments(strata: list[str], ref_pred: list[float]) -> dict[str, float]:
+    """The counters a chunk's decisions add: prompts per stratum, and the reference's predicted
+    quality summed over those sent elsewhere."""
+    inc: dict[str, float] = {}
+    for s, p in zip(strata, ref_pred, strict=True):
+        inc[DECIDED + s] = inc.get(DECIDED + s, 0.0) + 1.0
+        if not s.startswith("ref:"):
+            inc[ALT_PRED] = inc.get(ALT_PRED, 0.0) + p
+    return inc
+
+
+def rating_increments(stratum: str, rating: float, ref_pred: float) -> dict[str, float]:
+    """The counters a rating adds (a rated reference answer also feeds the calibration)."""
+    inc = {RATED + stratum: 1.0, SUM + stratum: rating, SQUARES + stratum: rating * rating}
+    if stratum in (AUDIT, POLICY):
+        p, r = ref_pred, rating
+        inc.update(zip(CAL, (1.0, p, p * p, r, p * r, r * r), strict=True))
+    return inc

@@ -5,28 +5,38 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from conduit_workers.adapters.floor_store import FloorStore
 from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.posterior_store import PosteriorStore
 from conduit_workers.celery_app import app
 from conduit_workers.engine import learn, update_id_for
 from conduit_workers.errors import StoreUnavailable
+from conduit_workers.quality_floor import rate_events
 from conduit_workers.workers.runtime import runtime
 
 log = logging.getLogger(__name__)
 
 
 def handle_apply_events(
-    event_ids: Sequence[str], history: SqlHistory, store: PosteriorStore, dim: int, decay: float
+    event_ids: Sequence[str],
+    history: SqlHistory,
+    store: PosteriorStore,
+    dim: int,
+    decay: float,
+    floors: FloorStore | None = None,
 ) -> tuple[int, int]:
     """Claim the events, apply them to Redis, mark them applied; (events, updates applied).
 
     Exactly once: an event is claimed by one update id (derived from the task's event ids, so a
-    redelivered task has the same id), and Redis applies each update id at most once.
+    redelivered task has the same id), and Redis applies each update id at most once. With
+    ``floors``, explicit ratings also feed the quality floors their prompts were routed under.
     """
     update_id = update_id_for(event_ids)
     events, contexts = history.claim_feedback(event_ids, update_id)
     if not events:
         return 0, 0
+    if floors is not None:
+        rate_events(floors, events, update_id)
     applied = learn(store, events, contexts, dim, update_id, decay)
     history.mark_applied(update_id)
     return len(events), applied
@@ -43,7 +53,12 @@ def apply_events(self, event_ids: list[str]) -> int:  # type: ignore[no-untyped-
     rt = runtime()
     try:
         n, applied = handle_apply_events(
-            event_ids, rt.history, rt.store, rt.settings.context_dim, rt.settings.router.decay
+            event_ids,
+            rt.history,
+            rt.store,
+            rt.settings.context_dim,
+            rt.settings.router.decay,
+            rt.floor_store,
         )
     except StoreUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(2 ** min(self.request.retries, 5), 30)) from None

@@ -100,23 +100,30 @@ class Runtime:
         )
 
     @_once
+    def floor_store(self) -> Any:
+        """The quality floors' counters and marks, on the posteriors' Redis."""
+        from conduit_workers.adapters.floor_store import RedisFloorStore
+
+        r = self.settings.redis
+        return RedisFloorStore(self.store.client, r.key_prefix, r.applied_ttl_s)
+
+    @_once
     def dead_letters(self) -> RedisDeadLetters:
         return RedisDeadLetters(self.store.client, self.settings.redis.key_prefix)
 
     @_once
     def engine(self) -> Any:
         from conduit_workers.adapters.embedder import make_embedder
-        from conduit_workers.adapters.floor_store import RedisFloorStore
         from conduit_workers.adapters.model_check import routable_catalog
         from conduit_workers.engine import RoutingEngine
 
-        rs, r = self.settings.router, self.settings.redis
+        rs = self.settings.router
         return RoutingEngine(
             routable_catalog(self.catalog, self.uncallable),
             self.store,
             make_embedder(rs.embedder, rs.static_model_dir),
             rs,
-            floor_store=RedisFloorStore(self.store.client, r.key_prefix, r.applied_ttl_s),
+            floor_store=self.floor_store,
         )
 
     @_once

@@ -23,15 +23,25 @@ STRONG = ModelSpec("strong", "openai-compatible", 10.0, 30.0)
 PARAMS = fl.FloorParams(floor=0.95)
 
 
-def counts(**strata: tuple[float, float, float]) -> fl.FloorCounts:
-    """Counters from stratum -> (decided, ratings, mean rating); ``alt_x`` is ``alt:x``."""
-    fields: dict[str, float] = {}
+def counts(pred: float = 0.9, **strata: tuple[float, float, float]) -> fl.FloorCounts:
+    """Counters from stratum -> (decided, ratings, mean rating); ``alt_x`` is ``alt:x``; the
+    posterior predicts the reference's quality at ``pred`` on every prompt."""
+    fields: dict[str, float] = dict.fromkeys(fl.CAL, 0.0)
     for name, (d, m, mean) in strata.items():
         s = {"audit": fl.AUDIT, "policy": fl.POLICY}.get(name, fl.alt(name.removeprefix("alt_")))
         fields[fl.DECIDED + s] = d
         fields[fl.RATED + s] = m
         fields[fl.SUM + s] = m * mean
         fields[fl.SQUARES + s] = m * mean  # 0/1 ratings: r² = r
+        if s.startswith("ref:"):
+            for k, v in zip(
+                fl.CAL,
+                (m, m * pred, m * pred * pred, m * mean, m * pred * mean, m * mean),
+                strict=False,
+            ):
+                fields[k] += v
+        else:
+            fields[fl.ALT_PRED] = fields.get(fl.ALT_PRED, 0.0) + d * pred
     return fl.FloorCounts.of(fields)
 
 
@@ -61,26 +71,29 @@ def test_reference_answers_earn_slack_and_a_poor_model_spends_it():
     # A model rated 0.5 costs ~0.36 of slack per prompt: the gate lets a few prompts go to
     # it, then keeps the rest at the reference.
     c = counts(audit=(400, 120, 0.9), alt_cheap=(20, 20, 0.5))
-    out = fl.gate(c, PARAMS, [fl.alt("cheap")] * 32, [False] * 32)
+    out = fl.gate(c, PARAMS, [fl.alt("cheap")] * 32, [False] * 32, [0.9] * 32)
     assert out.count(fl.POLICY) > 0 and out[-1] == fl.POLICY
-    assert fl.slack(c, 0.95, {fl.alt("cheap"): out.count(fl.alt("cheap"))}).pessimistic(1.0) >= 0
+    k = out.count(fl.alt("cheap"))
+    after = fl.slack(c, 0.95, {fl.alt("cheap"): k, fl.POLICY: 32 - k}, 0.9 * k)
+    assert after is not None and after.pessimistic(1.0) >= 0
 
 
 def test_a_model_as_good_as_the_reference_takes_every_prompt():
-    c = counts(audit=(300, 90, 0.8), alt_cheap=(600, 180, 0.82))
-    out = fl.gate(c, PARAMS, [fl.alt("cheap")] * 32, [False] * 32)
+    c = counts(0.8, audit=(300, 90, 0.8), alt_cheap=(600, 180, 0.82))
+    out = fl.gate(c, PARAMS, [fl.alt("cheap")] * 32, [False] * 32, [0.8] * 32)
     assert out == [fl.alt("cheap")] * 32
 
 
 def test_a_model_never_rated_is_valued_pessimistically():
     c = counts(audit=(40, 12, 0.9))
     s = fl.slack(c, 0.95)
-    new = fl.slack(c, 0.95, {fl.alt("new"): 1})
+    new = fl.slack(c, 0.95, {fl.alt("new"): 1}, 0.9)
     assert s is not None and new is not None
     assert new.total < s.total and new.sd > s.sd
     # Trying it costs slack: allowed once forty reference answers have earned it, not after ten.
-    assert fl.gate(c, PARAMS, [fl.alt("new")], [False]) == [fl.alt("new")]
-    assert fl.gate(counts(audit=(10, 3, 0.9)), PARAMS, [fl.alt("new")], [False]) == [fl.POLICY]
+    assert fl.gate(c, PARAMS, [fl.alt("new")], [False], [0.9]) == [fl.alt("new")]
+    few = counts(audit=(10, 3, 0.9))
+    assert fl.gate(few, PARAMS, [fl.alt("new")], [False], [0.9]) == [fl.POLICY]
 
 
 def test_the_dual_variable_rises_with_slack_and_falls_without():
@@ -95,6 +108,17 @@ def test_the_dual_variable_rises_with_slack_and_falls_without():
 def test_audit_share_decays_with_the_reference_ratings():
     shares = [fl.audit_share(counts(audit=(m * 3, m, 0.9)), PARAMS) for m in (0, 100, 10_000)]
     assert shares[0] == 1.0 and shares[0] > shares[1] > shares[2] == PARAMS.audit_min
+
+
+def test_the_calibration_follows_the_ratings_not_the_posterior():
+    # The posterior predicts 0.9 for the reference; its rated answers say 0.6: the reference's
+    # quality where it did not answer is taken from the ratings.
+    c = counts(0.9, audit=(400, 400, 0.6), alt_cheap=(400, 120, 0.58))
+    (a, b), _, _ = fl.calibration(c)
+    assert a + b * 0.9 == pytest.approx(0.6, abs=0.01)
+    s = fl.slack(c, 0.95)
+    assert s is not None and s.q_ref == pytest.approx(0.6, abs=0.01)
+    assert s.total == pytest.approx(400 * 0.6 * 0.05 + 400 * (0.58 - 0.95 * 0.6), abs=1.0)
 
 
 def test_pace_finds_the_least_lambda_that_fits():
@@ -163,7 +187,7 @@ def _stream(eng: RoutingEngine, q_cheap: float, chunks: int, seed: int) -> tuple
                 FeedbackEvent(f"e{r.query_id}", r.query_id, str(r.model), EXPLICIT, q, 1.0)
             )
             assert r.floor is not None
-            ratings.append((*r.floor, q))
+            ratings.append((r.floor, q))
         uid = update_id_for([e.id for e in events])
         eng.learn(events, {r.query_id: x[i] for i, r in enumerate(rows)}, uid)
         eng.rate_floors(ratings, uid)
