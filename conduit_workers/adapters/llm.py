@@ -110,6 +110,9 @@ def build_model(
                 base_url=spec.base_url,
                 api_key=key or "not-needed",
                 timeout_s=timeout_s,
+                max_tokens_field=(
+                    "max_completion_tokens" if spec.provider == "openai" else "max_tokens"
+                ),
             )
         from openai import AsyncOpenAI
         from pydantic_ai.models.openai import OpenAIChatModel

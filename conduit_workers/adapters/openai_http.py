@@ -155,8 +155,13 @@ class OpenAIHttpModel(Model):
         api_key: str | None = None,
         timeout_s: float = 60.0,
         settings: ModelSettings | None = None,
+        max_tokens_field: str = "max_tokens",
     ) -> None:
+        """``max_tokens_field``: the body field of the output cap; OpenAI's own API takes
+        ``max_completion_tokens`` (its o-series refuse ``max_tokens``), compatible servers
+        (vLLM, Ollama …) ``max_tokens``."""
         super().__init__(settings=settings)
+        self._max_tokens_field = max_tokens_field
         self._model_name = model_name
         self._base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
         self._url = self._base_url + "/chat/completions"
@@ -202,7 +207,7 @@ class OpenAIHttpModel(Model):
         s: Mapping[str, Any] = settings or {}
         for key in _BODY_SETTINGS:
             if s.get(key) is not None:
-                body[key] = s[key]
+                body[self._max_tokens_field if key == "max_tokens" else key] = s[key]
         if s.get("stop_sequences"):
             body["stop"] = s["stop_sequences"]
         extra = s.get("extra_body")

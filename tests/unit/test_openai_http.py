@@ -8,6 +8,7 @@ SDK-backed model.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from pydantic_ai.tools import ToolDefinition
 from conduit_workers.adapters.llm import LLMClient, classify
 from conduit_workers.adapters.openai_http import OpenAIHttpModel, SharedSession
 from conduit_workers.domain.catalog import load_catalog
+from conduit_workers.domain.chat import ChatMessage, ChatRequest
 from conduit_workers.errors import PermanentProviderError, RetryableProviderError
 from conduit_workers.settings import DEFAULT_CATALOG
 
@@ -178,3 +180,75 @@ def test_llm_client_uses_it_by_default_with_one_session_for_all_models() -> None
 
     done = _serve(_answer(200, OK), body)
     assert (done.text, done.input_tokens, done.output_tokens) == ("4", 7, 1)
+
+
+def test_openai_itself_gets_max_completion_tokens() -> None:
+    seen: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen["body"] = await request.json()
+        return web.json_response(OK)
+
+    _serve(handler, lambda url: _call(url, max_tokens_field="max_completion_tokens"))
+    assert seen["body"]["max_completion_tokens"] == 5 and "max_tokens" not in seen["body"]
+    catalog = load_catalog(DEFAULT_CATALOG, {})
+    spec = catalog.models[0]
+    from conduit_workers.adapters.llm import build_model
+
+    session = SharedSession()
+    openai_spec = dataclasses.replace(spec, provider="openai", base_url=None, api_key_env="K")
+    assert build_model(openai_spec, {"K": "k"}, 5, session)._max_tokens_field == (  # type: ignore[attr-defined]
+        "max_completion_tokens"
+    )
+    assert build_model(spec, {}, 5, session)._max_tokens_field == "max_tokens"  # type: ignore[attr-defined]
+
+
+def test_a_chat_request_reaches_the_model_whole() -> None:
+    """Messages of every role and the OpenAI settings, as the HTTP API hands them over."""
+    seen: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen["body"] = await request.json()
+        return web.json_response(OK)
+
+    chat = ChatRequest(
+        messages=(
+            ChatMessage("system", "Be brief."),
+            ChatMessage("user", "Hi"),
+            ChatMessage("assistant", "Hello"),
+            ChatMessage("user", PROMPT),
+        ),
+        temperature=0.3,
+        top_p=0.9,
+        max_tokens=7,
+        stop=("\n\n",),
+        response_format={"type": "json_object"},
+        user="u-1",
+    )
+
+    async def body(url: str) -> Any:
+        catalog = load_catalog(DEFAULT_CATALOG, {"CONDUIT_REPLAY_URL": url})
+        llm = LLMClient(catalog, {"CONDUIT_REPLAY_URL": url})
+        try:
+            return await llm.complete(catalog.names[0], "ignored", chat)
+        finally:
+            await llm.aclose()
+
+    done = _serve(handler, body)
+    assert done.text == "4"
+    assert seen["body"] == {
+        "model": load_catalog(DEFAULT_CATALOG, {}).models[0].provider_model,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": PROMPT},
+        ],
+        "max_tokens": 7,
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "stop": ["\n\n"],
+        "response_format": {"type": "json_object"},
+        "user": "u-1",
+    }
+    assert ChatRequest.from_json(chat.to_json()) == chat
