@@ -26,7 +26,7 @@ from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.domain.budget import validate_budget
 from conduit_workers.domain.catalog import Catalog, load_catalog
 from conduit_workers.domain.constraints import Constraints, parse_constraints
-from conduit_workers.domain.items import PromptItem, parse_item, parse_line
+from conduit_workers.domain.items import PromptItem, ignored_fields, parse_item, parse_line
 from conduit_workers.domain.rewards import (
     EXPLICIT,
     FeedbackEvent,
@@ -45,6 +45,7 @@ class Submission:
     existing: int  # of which already submitted before (answered once only)
     enqueued: int  # prompts sent to the router (new ones and earlier ones still unanswered)
     errors: list[InputError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # fields the lines carried and were ignored
 
 
 @dataclass
@@ -216,6 +217,7 @@ class ConduitClient:
             budget_usd=budget_usd,
         )
         sub.errors = errors
+        sub.warnings = ignored_fields(ok)
         return sub
 
     def submit_file(
@@ -237,6 +239,7 @@ class ConduitClient:
             budget_usd=budget_usd,
         )
         sub.errors = errors
+        sub.warnings = ignored_fields(ok)
         return sub
 
     def _ensure_broker_epoch(self) -> None:

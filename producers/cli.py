@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from conduit_workers.domain.constraints import parse_constraints
+from conduit_workers.domain.items import ignored_fields
 from conduit_workers.errors import ConduitError, InputError
 from producers.api import ConduitClient
 from producers.cli_errors import FriendlyGroup, check_broker
@@ -97,7 +98,9 @@ def submit(
     timeout_s: float | None,
 ) -> None:
     """Submit FILE.jsonl (`-`: standard input): one {"id"?, "prompt", "user"?, "metadata"?,
-    "constraints"?} per line; a bad line is rejected alone, with its number and reason."""
+    "constraints"?} per line, or OpenAI's "messages" with "temperature", "max_tokens",
+    "response_format" …, or OpenAI Batch API lines as they are; a bad line is rejected alone,
+    with its number and reason, an unknown field gets a warning."""
     client = _client()
     try:
         constraints = None
@@ -111,6 +114,8 @@ def submit(
         check_broker(client.app, client.settings.broker_url)
         items, errors = client.parse_file(file)
         _report_errors(errors, rejects=rejects)
+        for warning in ignored_fields(items):
+            click.echo(f"  warning: {warning}", err=True)
         if strict and errors:
             raise click.ClickException(
                 f"{len(errors)} lines rejected (--strict): nothing submitted; fix them, or "

@@ -144,6 +144,7 @@ class SqlHistory(FeedbackHistory):
                             "metadata": it.metadata,
                             "constraints": it.constraints.to_json(),
                             "created_at": ts,
+                            "request": it.request.to_json() if it.request else None,
                         }
                     )
             for row_chunk in chunks(rows, 500):

@@ -8,11 +8,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from conduit_workers.domain.chat import CHAT_FIELDS, ChatRequest, parse_chat
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.text import nested_text_problem, text_problem
 from conduit_workers.errors import InputError
 
-KNOWN_FIELDS = frozenset({"id", "prompt", "user", "metadata", "constraints"})
+KNOWN_FIELDS = frozenset({"id", "prompt", "user", "metadata", "constraints"}) | CHAT_FIELDS
+ROUTED_MODEL = "conduit"  # a line's "model" that leaves the choice to Conduit
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class PromptItem:
     metadata: dict[str, Any] = field(default_factory=dict)
     constraints: Constraints = field(default_factory=Constraints)
     line: int | None = None
+    # The OpenAI request (messages, settings) when the line carried one; None: the prompt alone.
+    request: ChatRequest | None = None
+    ignored: tuple[str, ...] = ()  # the line's fields Conduit does not know (a warning each)
 
 
 def idempotency_key(prompt: str, external_id: str | None, user: str | None) -> str:
@@ -61,14 +66,27 @@ def parse_item(
 ) -> PromptItem:
     """Validate one decoded input object; raise :class:`InputError` naming the reason.
 
-    Fields other than the known ones are ignored, so a data file with extra columns
-    (``source``, ``models`` …) can be submitted as it is.
+    A line carries ``prompt`` or OpenAI's ``messages`` with their settings (``temperature``,
+    ``max_tokens`` …, kept as the item's ``request``), or is an OpenAI Batch API line as it is.
+    Fields other than the known ones are ignored and listed in ``ignored`` (for a warning), so
+    a data file with extra columns (``source``, ``models`` …) can be submitted as it is.
     """
     if not isinstance(obj, dict):
         raise InputError(f"expected a JSON object, got {type(obj).__name__}", line)
+    obj = _flatten_openai_batch_line(obj, line)
+    request: ChatRequest | None = None
+    if obj.keys() & (CHAT_FIELDS - {"model"}):
+        try:
+            request = parse_chat(
+                obj, obj.get("prompt") if isinstance(obj.get("prompt"), str) else None
+            )
+        except ValueError as exc:
+            raise InputError(str(exc), line) from None
+        if obj.get("prompt") is None:
+            obj = {**obj, "prompt": request.prompt}
     prompt = obj.get("prompt")
     if prompt is None:
-        raise InputError("missing field 'prompt'", line)
+        raise InputError("missing field 'prompt' (or 'messages')", line)
     if not isinstance(prompt, str):
         raise InputError(f"'prompt' must be a string, got {type(prompt).__name__}", line)
     if not prompt.strip():
@@ -107,8 +125,18 @@ def parse_item(
             raise InputError(f"'{name}' {problem}", line)
     if len(json.dumps(metadata)) > max_metadata_chars:
         raise InputError(f"'metadata' is over {max_metadata_chars} characters of JSON", line)
+    cons_obj = obj.get("constraints")
+    model = obj.get("model")
+    if model is not None and model != ROUTED_MODEL:
+        if not isinstance(model, str) or (known_models is not None and model not in known_models):
+            raise InputError(
+                f"'model' {str(model)[:80]!r} is not in the catalog; use {ROUTED_MODEL!r} or one "
+                f"of {sorted(known_models or [])}",
+                line,
+            )
+        cons_obj = {**(cons_obj if isinstance(cons_obj, dict) else {}), "allowed_models": [model]}
     try:
-        constraints = parse_constraints(obj.get("constraints"), known_models)
+        constraints = parse_constraints(cons_obj, known_models)
     except ValueError as exc:
         raise InputError(f"'constraints': {exc}", line) from None
     return PromptItem(
@@ -119,7 +147,38 @@ def parse_item(
         metadata=metadata,
         constraints=constraints,
         line=line,
+        request=request,
+        ignored=tuple(sorted(k for k in obj if k not in KNOWN_FIELDS)),
     )
+
+
+def ignored_fields(items: list[PromptItem]) -> list[str]:
+    """One warning per field that lines carried and Conduit ignored: which, how many lines,
+    the first of them."""
+    seen: dict[str, list[int | None]] = {}
+    for it in items:
+        for name in it.ignored:
+            seen.setdefault(name, []).append(it.line)
+    return [
+        f"field {name!r} ignored on {len(lines)} line(s) (first: line {lines[0]}); "
+        f"known fields: {', '.join(sorted(KNOWN_FIELDS))}"
+        for name, lines in sorted(seen.items())
+    ]
+
+
+def _flatten_openai_batch_line(obj: dict[str, Any], line: int | None) -> dict[str, Any]:
+    """An OpenAI Batch API line (``custom_id``, ``method``, ``url``, ``body``) as a Conduit
+    line: ``id`` from ``custom_id``, the body's fields beside it."""
+    if "custom_id" not in obj or "body" not in obj:
+        return obj
+    body = obj["body"]
+    if not isinstance(body, dict):
+        raise InputError("'body' must be an object", line)
+    url = obj.get("url", "/v1/chat/completions")
+    if url != "/v1/chat/completions":
+        raise InputError(f"'url' {str(url)[:60]!r}: only /v1/chat/completions lines run", line)
+    rest = {k: v for k, v in obj.items() if k not in ("custom_id", "method", "url", "body")}
+    return {**body, **rest, "id": obj["custom_id"]}
 
 
 def parse_line(
