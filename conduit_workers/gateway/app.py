@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 def _build(settings: Settings) -> State:
     from conduit_workers.adapters.embedder import make_embedder
+    from conduit_workers.adapters.floor_store import RedisFloorStore
     from conduit_workers.adapters.llm import LLMClient
     from conduit_workers.adapters.posterior_store import RedisPosteriorStore
     from conduit_workers.domain.catalog import load_catalog
@@ -62,7 +63,11 @@ def _build(settings: Settings) -> State:
     r = s.redis
     store = RedisPosteriorStore.from_url(r.url, r.key_prefix, r.applied_ttl_s, r.socket_timeout_s)
     rs = s.router
-    engine = RoutingEngine(catalog, store, make_embedder(rs.embedder, rs.static_model_dir), rs)
+    # The quality floors' counters on the posteriors' Redis, as the router workers keep them:
+    # one floor for the deployment, whoever routes.
+    floors = RedisFloorStore(store.client, r.key_prefix, r.applied_ttl_s)
+    embedder = make_embedder(rs.embedder, rs.static_model_dir)
+    engine = RoutingEngine(catalog, store, embedder, rs, floor_store=floors)
     ex = s.executor
     llm = LLMClient(
         catalog,
@@ -149,6 +154,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         header of the call) or by a batch line's ``custom_id``."""
         st = state(request)
         ref = body.query_id or body.custom_id or ""
+        if body.batch_id is not None:
+            owned = await asyncio.to_thread(st.history.api_batch, body.batch_id, key.name)
+            by_custom = await asyncio.to_thread(st.history.query_ids_by_external, body.batch_id)
+            if owned is None or ref not in by_custom:
+                raise ApiError(
+                    404,
+                    f"no custom_id {ref[:80]!r} in batch {body.batch_id[:80]!r} of this API key",
+                    code="not_found",
+                    param="custom_id",
+                )
+            ref = by_custom[ref]
         answered = await asyncio.to_thread(st.history.answered_by, [ref])
         if ref not in answered:
             # Answered by this process a moment ago: its rows may still be on their way.

@@ -115,15 +115,19 @@ class ChatCompletionRequest(BaseModel):
 
 class FeedbackRequest(BaseModel):
     """``POST /v1/feedback``: a rating in [0, 1] of an answer, by the ``x-conduit-query-id`` of
-    the call, or by a batch line's ``custom_id``."""
+    the call, or by a batch line's ``custom_id`` (with its ``batch_id`` when several batches
+    use the same custom ids)."""
 
     model_config = ConfigDict(extra="forbid")
     query_id: str | None = Field(None, min_length=1, max_length=200)
     custom_id: str | None = Field(None, min_length=1, max_length=200)
+    batch_id: str | None = Field(None, min_length=1, max_length=64)  # whose custom_id it is
     rating: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")
     def _one_ref(self) -> FeedbackRequest:
         if (self.query_id is None) == (self.custom_id is None):
             raise ValueError("give exactly one of query_id and custom_id")
+        if self.batch_id is not None and self.custom_id is None:
+            raise ValueError("batch_id goes with custom_id")
         return self

@@ -182,6 +182,16 @@ def test_an_openai_batch_file_runs_unchanged(deployment: Deployment) -> None:
         "/feedback", body={"custom_id": "req-1", "rating": 1.0}, cast_to=httpx2.Response
     ).json()
     assert rated["status"] == "accepted"
+    again = {"custom_id": "req-1", "batch_id": batch.id, "rating": 0.5}
+    assert client.post("/feedback", body=again, cast_to=httpx2.Response).json()["status"] == (
+        "duplicate"  # one rating per answer, however it is named
+    )
+    with pytest.raises(openai.NotFoundError, match="no custom_id"):
+        client.post(
+            "/feedback",
+            body={"custom_id": "req-99", "batch_id": batch.id, "rating": 1},
+            cast_to=httpx2.Response,
+        )
 
 
 def test_cancel_stops_what_has_not_started(deployment: Deployment) -> None:

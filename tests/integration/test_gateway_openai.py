@@ -187,6 +187,13 @@ def test_routing_constraints_come_through_extra_body(api: Api) -> None:
             extra_body={"constraints": {"allowed_models": ["cheap"]}},
         )
         assert answer.model == "cheap"
+    raw = api.client().chat.completions.with_raw_response.create(
+        model="conduit",
+        messages=[{"role": "user", "content": "Keep nine tenths of the reference's quality."}],
+        extra_body={"quality_floor": 0.9, "constraints": {"max_cost_usd": 1.0}},
+    )
+    (query,) = api.rows(t.queries, raw.headers["x-conduit-query-id"])
+    assert query.constraints == {"quality_floor": 0.9, "max_cost_usd": 1.0}
 
 
 def test_keys_are_stored_hashed(api: Api, tmp_path: Path) -> None:
