@@ -1,6 +1,6 @@
 """Cooled-down models, published by executor processes so `conduit status` can show them.
 
-Key (``P`` = ``settings.redis.key_prefix``): ``P:cooldown:<model>``, a string holding the
+Key ``P:cooldown:<model>`` (:mod:`conduit_workers.adapters.keys`), a string holding the
 executor that cooled it down, expiring when the cooldown ends. Each executor process keeps its
 own circuit breaker; this is only its published view, never read back for routing.
 """
@@ -12,16 +12,19 @@ import socket
 
 import redis
 
+from conduit_workers.adapters.keys import RedisKeys
+
 
 def publish(client: redis.Redis, prefix: str, remaining_s: dict[str, float]) -> None:
     """Mark each model cooling down for its remaining seconds (best effort: no error raised)."""
     if not remaining_s:
         return
     who = f"{socket.gethostname()}:{os.getpid()}"
+    keys = RedisKeys(prefix)
     try:
         pipe = client.pipeline(transaction=False)
         for model, seconds in remaining_s.items():
-            pipe.set(f"{prefix}:cooldown:{model}", who, px=max(1, int(seconds * 1000)))
+            pipe.set(keys.cooldown(model), who, px=max(1, int(seconds * 1000)))
         pipe.execute()
     except redis.RedisError:
         pass  # status is informational; the breaker itself works without Redis
@@ -29,7 +32,8 @@ def publish(client: redis.Redis, prefix: str, remaining_s: dict[str, float]) -> 
 
 def read(client: redis.Redis, prefix: str) -> dict[str, float]:
     """Model → seconds of cooldown left, as published by any executor."""
-    keys = list(client.scan_iter(match=f"{prefix}:cooldown:*", count=500))
+    rk = RedisKeys(prefix)
+    keys = list(client.scan_iter(match=rk.cooldown_pattern, count=500))
     if not keys:
         return {}
     pipe = client.pipeline(transaction=False)
@@ -38,5 +42,5 @@ def read(client: redis.Redis, prefix: str) -> dict[str, float]:
     out = {}
     for k, ttl in zip(keys, pipe.execute(), strict=True):
         if ttl and ttl > 0:
-            out[k.decode()[len(prefix) + len(":cooldown:") :]] = ttl / 1000
+            out[rk.cooldown_model(k.decode())] = ttl / 1000
     return out

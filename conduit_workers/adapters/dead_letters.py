@@ -1,16 +1,7 @@
 """The dead-letter queue: tasks that failed for good or kept killing their worker, in Redis.
 
-Keys (``P`` is ``settings.redis.key_prefix``):
-
-=====================================  ======  ===============================================
-key                                    type    content
-=====================================  ======  ===============================================
-``P:dead``                             hash    task id -> JSON ``{task, args, queue, reason,
-                                               error, deliveries, retries, at}``
-``P:deliveries:<task id>:<retries>``   string  deliveries of one message (redeliveries of a
-                                               message keep its task id and retry count);
-                                               expires after ``DELIVERY_TTL_S``
-=====================================  ======  ===============================================
+Keys ``P:dead`` (hash) and ``P:deliveries:<task id>:<retries>`` (redeliveries of a message
+keep its task id and retry count), described in :mod:`conduit_workers.adapters.keys`.
 
 Payloads are ids only, so a dead letter holds no prompt text; ``error`` is the exception's
 class and message, which Conduit never fills with prompt text.
@@ -24,6 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
+
+from conduit_workers.adapters.keys import RedisKeys
 
 # A message redelivered after this long counts from 1 again: well above any visibility timeout.
 DELIVERY_TTL_S = 7 * 24 * 3600
@@ -46,13 +39,14 @@ class RedisDeadLetters:
     def __init__(self, client: redis.Redis, prefix: str = "conduit") -> None:
         self.client = client
         self.prefix = prefix
+        self.keys = RedisKeys(prefix)
 
     @property
     def key(self) -> str:
-        return f"{self.prefix}:dead"
+        return self.keys.dead
 
     def delivery_key(self, task_id: str, retries: int) -> str:
-        return f"{self.prefix}:deliveries:{task_id}:{retries}"
+        return self.keys.deliveries(task_id, retries)
 
     def count_delivery(self, task_id: str, retries: int) -> int:
         """Count one more delivery of this message; returns the count, 1 the first time."""

@@ -4,16 +4,8 @@ Repeated prompts are common in batch jobs; a repeat found here costs no embeddin
 an optimisation only: when Redis does not answer, a circuit breaker skips it for a while and
 routing goes on computing every feature.
 
-Keys (``P`` is ``settings.redis.key_prefix``):
-
-==========================================  ======  ===========================================
-key                                         type    content
-==========================================  ======  ===========================================
-``P:features:<signature>:<prompt hash>``    string  ``domain|complexity|chars|`` then the
-                                                    context as little-endian float64s; expires
-                                                    after ``router.feature_cache_ttl_s``
-``P:features:stats``                        hash    counters ``hits misses skipped``
-==========================================  ======  ===========================================
+Keys ``P:features:<signature>:<prompt hash>`` and ``P:features:stats``, described in
+:mod:`conduit_workers.adapters.keys`.
 
 ``signature`` hashes the settings that shape a context (embedder, dimensions, what is
 embedded), so features computed under other settings are never reused. The prompt hash is a
@@ -31,6 +23,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from conduit_workers.adapters.keys import RedisKeys
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.features import Analysis
 
@@ -93,6 +86,7 @@ class RedisFeatureCache:
     ) -> None:
         self.client = client
         self.prefix = prefix
+        self.keys = RedisKeys(prefix)
         self.signature = signature
         self.ttl_s = ttl_s
         self.breaker = breaker or CircuitBreaker(30.0)
@@ -116,11 +110,11 @@ class RedisFeatureCache:
 
     def key(self, text: str) -> str:
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        return f"{self.prefix}:features:{self.signature}:{digest}"
+        return self.keys.features(self.signature, digest)
 
     @property
     def stats_key(self) -> str:
-        return f"{self.prefix}:features:stats"
+        return self.keys.features_stats
 
     def _failed(self, what: str, exc: Exception) -> None:
         log.warning(
@@ -183,7 +177,7 @@ def signature(*parts: object) -> str:
 
 def read_stats(client: redis.Redis, prefix: str) -> dict[str, int]:
     """Hit/miss counters of the feature cache (for ``conduit status``)."""
-    raw = client.hgetall(f"{prefix}:features:stats")
+    raw = client.hgetall(RedisKeys(prefix).features_stats)
     out = {k: 0 for k in STAT_FIELDS}
     out.update({(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()})
     return out

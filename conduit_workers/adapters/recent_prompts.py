@@ -1,11 +1,10 @@
 """Recent prompts per user in Redis, for retry detection.
 
-Keys (``P`` = ``settings.redis.key_prefix``): ``P:recent:<user>`` is a sorted set of query ids
-scored by submission time (s); ``P:recentvec:<user>`` a hash of query id → float32 text vector.
-Both expire ``window_s`` after the user's last prompt; older entries are trimmed on each write,
-and so are all but the user's ``max_prompts`` most recent ones: a user's window is a fixed size
-(at most :func:`max_bytes_per_user` bytes of Redis memory), so each prompt is compared with at
-most ``max_prompts`` others whatever the user's batch.
+Keys ``P:recent:<user>`` (sorted set) and ``P:recentvec:<user>`` (hash), described in
+:mod:`conduit_workers.adapters.keys`. Older entries are trimmed on each write, and so are all
+but the user's ``max_prompts`` most recent ones: a user's window is a fixed size (at most
+:func:`max_bytes_per_user` bytes of Redis memory), so each prompt is compared with at most
+``max_prompts`` others whatever the user's batch.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import time
 import numpy as np
 import redis
 
+from conduit_workers.adapters.keys import RedisKeys
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.retries import VECTOR_DIM
 from conduit_workers.errors import StoreUnavailable
@@ -57,12 +57,13 @@ class RedisRecentPrompts:
     ) -> None:
         self.client = client
         self.prefix = prefix
+        self.keys = RedisKeys(prefix)
         self.window_s = window_s
         self.max_prompts = max(1, max_prompts)
         self._remember = client.register_script(REMEMBER_LUA)
 
     def _keys(self, user: str) -> tuple[str, str]:
-        return f"{self.prefix}:recent:{user}", f"{self.prefix}:recentvec:{user}"
+        return self.keys.recent(user), self.keys.recent_vectors(user)
 
     def recent(
         self, users: list[str], now: float | None = None

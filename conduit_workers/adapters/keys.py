@@ -1,0 +1,95 @@
+"""Every Redis key Conduit builds, in one place.
+
+``P`` is ``settings.redis.key_prefix`` (``conduit`` by default). The broker's own keys (queue
+lists named after the queues, ``_kombu…``, ``unacked…``) are Celery's and kombu's, not listed.
+
+===========================================  ======  ==========================================
+key                                          type    content, expiry
+===========================================  ======  ==========================================
+``P:posterior:<model>``                      hash    ``stats``: little-endian float64s, the
+                                                     upper triangle of Σ w x xᵀ (row by row),
+                                                     Σ w r x, then the counters ``n r rr calls
+                                                     errors latency_ms in_tokens out_tokens
+                                                     cost_usd``; ``dim``; ``version`` (+1 per
+                                                     applied update). No expiry
+                                                     (``posterior_store.py``)
+``P:applied:<update id>``                    string  marks an applied update; expires after
+                                                     ``redis.applied_ttl_s``
+``P:features:<signature>:<prompt hash>``     string  ``domain|complexity|chars|`` then the
+                                                     context as little-endian float64s; expires
+                                                     after ``router.feature_cache_ttl_s``
+                                                     (``feature_cache.py``)
+``P:features:stats``                         hash    feature cache counters ``hits misses
+                                                     skipped``. No expiry
+``P:recent:<user>``                          zset    the user's recent query ids scored by
+                                                     submission time (s), for re-ask detection;
+                                                     expires ``retry.window_s`` after the
+                                                     user's last prompt (``recent_prompts.py``)
+``P:recentvec:<user>``                       hash    query id → float32 text vector; same
+                                                     expiry as ``P:recent:<user>``
+``P:dead``                                   hash    dead letters: task id → JSON ``{task, args,
+                                                     queue, reason, error, deliveries, retries,
+                                                     at}``. No expiry (``dead_letters.py``)
+``P:deliveries:<task id>:<retries>``         string  deliveries of one message; expires after
+                                                     ``dead_letters.DELIVERY_TTL_S`` (7 days)
+``P:cooldown:<model>``                       string  the executor (host:pid) that cooled the
+                                                     model down; expires when the cooldown ends
+                                                     (``cooldowns.py``)
+===========================================  ======  ==========================================
+
+No key holds prompt text: prompt hashes, ids and vectors only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """The key builders under one prefix."""
+
+    prefix: str = "conduit"
+
+    def posterior(self, model: str) -> str:
+        return f"{self.prefix}:posterior:{model}"
+
+    def applied(self, update_id: str) -> str:
+        return f"{self.prefix}:applied:{update_id}"
+
+    def features(self, signature: str, prompt_hash: str) -> str:
+        return f"{self.prefix}:features:{signature}:{prompt_hash}"
+
+    @property
+    def features_stats(self) -> str:
+        return f"{self.prefix}:features:stats"
+
+    def recent(self, user: str) -> str:
+        return f"{self.prefix}:recent:{user}"
+
+    def recent_vectors(self, user: str) -> str:
+        return f"{self.prefix}:recentvec:{user}"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def deliveries(self, task_id: str, retries: int) -> str:
+        return f"{self.prefix}:deliveries:{task_id}:{retries}"
+
+    def cooldown(self, model: str) -> str:
+        return f"{self.prefix}:cooldown:{model}"
+
+    @property
+    def cooldown_pattern(self) -> str:
+        """SCAN pattern of every cooldown key."""
+        return self.cooldown("*")
+
+    def cooldown_model(self, key: str) -> str:
+        """The model named by a cooldown key."""
+        return key[len(self.cooldown("")) :]
+
+    @property
+    def everything(self) -> str:
+        """SCAN pattern of every key under the prefix."""
+        return f"{self.prefix}:*"
