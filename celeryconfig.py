@@ -19,21 +19,8 @@ from typing import Any
 from celery.schedules import crontab
 from kombu.entity import Exchange, Queue
 
+from conduit_workers import names
 from conduit_workers.settings import Settings
-
-QUEUES = ("route", "execute", "feedback", "reports")
-
-TASK_QUEUES = {
-    "conduit.router.route_batch": "route",
-    "conduit.executor.execute_batch": "execute",
-    "conduit.feedback.apply_events": "feedback",
-    "conduit.feedback.sweep": "feedback",
-    "conduit.reports.daily_cost": "reports",
-}
-
-# What `celery -A conduit_workers beat` sends (run exactly one beat; see docs/deploy.md).
-DAILY_COST_ENTRY = "conduit-daily-cost-report"
-SWEEP_ENTRY = "conduit-sweep"
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -53,9 +40,11 @@ def build(settings: Settings) -> dict[str, Any]:
         # died (the delivery count sends it to the dead-letter queue if it keeps timing out).
         "task_acks_on_timeout": False,
         "worker_prefetch_multiplier": 1,
-        "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
-        "task_default_queue": "route",
-        "task_routes": {name: {"queue": q, "routing_key": q} for name, q in TASK_QUEUES.items()},
+        "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in names.QUEUES],
+        "task_default_queue": names.ROUTE,
+        "task_routes": {
+            name: {"queue": q, "routing_key": q} for name, q in names.TASK_QUEUES.items()
+        },
         "task_track_started": False,
         "task_send_sent_event": True,
         "worker_send_task_events": True,
@@ -76,21 +65,21 @@ def build(settings: Settings) -> dict[str, Any]:
     }
     if settings.reports.schedule:
         conf["beat_schedule"] = {
-            DAILY_COST_ENTRY: {
-                "task": "conduit.reports.daily_cost",
+            names.DAILY_COST_ENTRY: {
+                "task": names.DAILY_COST,
                 "schedule": crontab(
                     minute=settings.reports.minute_utc, hour=settings.reports.hour_utc
                 ),
-                "options": {"queue": "reports", "routing_key": "reports"},
+                "options": {"queue": names.REPORTS, "routing_key": names.REPORTS},
             },
         }
     # Work whose task was lost with the broker is sent again (see feedback.sweep_after_s).
-    conf.setdefault("beat_schedule", {})[SWEEP_ENTRY] = {
-        "task": "conduit.feedback.sweep",
+    conf.setdefault("beat_schedule", {})[names.SWEEP_ENTRY] = {
+        "task": names.SWEEP,
         "schedule": timedelta(seconds=settings.feedback.sweep_interval_s),
         "options": {
-            "queue": "feedback",
-            "routing_key": "feedback",
+            "queue": names.FEEDBACK,
+            "routing_key": names.FEEDBACK,
             "expires": settings.feedback.sweep_interval_s,
         },
     }

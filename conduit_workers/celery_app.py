@@ -18,15 +18,8 @@ from celery.signals import beat_init, celeryd_init, worker_ready
 
 import celeryconfig
 from conduit_workers.adapters.flower import apply_flower_defaults
+from conduit_workers.names import ROLE_MODULES
 from conduit_workers.settings import get_settings
-
-# The task module of each queue (queues are named after roles).
-ROLE_MODULES = {
-    "route": "conduit_workers.workers.router",
-    "execute": "conduit_workers.workers.executor",
-    "feedback": "conduit_workers.workers.feedback",
-    "reports": "conduit_workers.workers.reports",
-}
 
 # Every task counts its deliveries and ends in the dead-letter queue when it cannot finish.
 app = Celery("conduit_workers", task_cls="conduit_workers.workers.delivery:ConduitTask")

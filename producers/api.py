@@ -34,6 +34,7 @@ from conduit_workers.domain.rewards import (
     validate_rating,
 )
 from conduit_workers.errors import InputError
+from conduit_workers.names import APPLY_EVENTS, FEEDBACK, ROUTE, ROUTE_BATCH
 from conduit_workers.settings import Settings, environ, get_settings
 
 
@@ -187,7 +188,7 @@ class ConduitClient:
         # execution skip whatever was done, so nothing is answered twice.
         todo = outcome.new + self.history.unanswered(outcome.existing)
         self._ensure_broker_epoch()
-        self._send("conduit.router.route_batch", "route", todo, self.settings.router.chunk_size)
+        self._send(ROUTE_BATCH, ROUTE, todo, self.settings.router.chunk_size)
         return Submission(
             batch_id,
             len(outcome.new) + len(outcome.existing),
@@ -318,9 +319,7 @@ class ConduitClient:
             qid, model = answered[ref]
             events.append(FeedbackEvent(explicit_event_id(qid), qid, model, EXPLICIT, value, 1.0))
         fresh = self.history.add_feedback(events) if events else []
-        self._send(
-            "conduit.feedback.apply_events", "feedback", fresh, self.settings.feedback.chunk_size
-        )
+        self._send(APPLY_EVENTS, FEEDBACK, fresh, self.settings.feedback.chunk_size)
         return FeedbackOutcome(len(fresh), len(events) - len(fresh), errors)
 
     def feedback_file(self, path: Path) -> FeedbackOutcome:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import click
 import redis
 
-import celeryconfig
+from conduit_workers import names
 from conduit_workers.adapters.dead_letters import DeadLetter, RedisDeadLetters
 from producers.api import ConduitClient
 
@@ -19,7 +19,7 @@ def _letters(client: ConduitClient) -> RedisDeadLetters:
     return RedisDeadLetters(client_, s.key_prefix)
 
 
-_PROMPT_TASKS = ("conduit.router.route_batch", "conduit.executor.execute_batch")
+_PROMPT_TASKS = (names.ROUTE_BATCH, names.EXECUTE_BATCH)
 
 
 def _ids(d: DeadLetter) -> list[str]:
@@ -97,8 +97,8 @@ def redrive(task_ids: tuple[str, ...], all_: bool, reroute: bool) -> None:
                 stale = client.history.forget_stale_decisions(_ids(d), routable)
                 if stale:
                     click.echo(f"{d.task_id}: {len(stale)} prompts to route again")
-                task = "conduit.router.route_batch"  # it sends the execute tasks on
-            queue = celeryconfig.TASK_QUEUES.get(task, d.queue)
+                task = names.ROUTE_BATCH  # it sends the execute tasks on
+            queue = names.TASK_QUEUES.get(task, d.queue)
             new = client.app.send_task(task, args=d.args, queue=queue)
             letters.remove(d.task_id)
             click.echo(f"{d.task_id} re-driven as {new.id} on {queue}")

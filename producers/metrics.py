@@ -49,7 +49,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import Integer, cast, func, select
 
-import celeryconfig
+from conduit_workers import names
 from conduit_workers.adapters import history_schema as t
 from producers.api import ConduitClient
 
@@ -125,7 +125,7 @@ class ConduitCollector(Collector):
             self.client.settings, self.client.catalog, self.client.app, SqlReports(h), 0.5
         )
         depth = GaugeMetricFamily("conduit_queue_depth", "Messages waiting", labels=["queue"])
-        for queue in celeryconfig.QUEUES:
+        for queue in names.QUEUES:
             depth.add_metric([queue], s.queues.get(queue) or 0)
         out.append(depth)
         if s.dead_letters is not None:

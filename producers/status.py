@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-import celeryconfig
+from conduit_workers import names
 from conduit_workers.adapters import cooldowns
 from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
@@ -164,7 +164,7 @@ def collect(
     n, usd = attempt("history", lambda: reports.spend_since(midnight), (0, 0.0))
     return Status(
         workers=attempt("workers", lambda: workers(app, timeout_s), {}),
-        queues=attempt("broker", lambda: queue_depths(app, celeryconfig.QUEUES), {}),
+        queues=attempt("broker", lambda: queue_depths(app, names.QUEUES), {}),
         models=attempt("posteriors", lambda: model_statuses(settings, catalog, store), []),
         answers_today=n,
         spend_today_usd=usd,

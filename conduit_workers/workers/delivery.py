@@ -18,18 +18,11 @@ from celery.exceptions import TimeLimitExceeded
 
 from conduit_workers.adapters.dead_letters import DeadLetter, now
 from conduit_workers.errors import InputError
+from conduit_workers.names import ID_TASKS
 from conduit_workers.workers.runtime import runtime
 
 log = logging.getLogger(__name__)
 
-# Tasks whose one argument is a list of ids (prompt or feedback event ids).
-ID_TASKS = frozenset(
-    {
-        "conduit.router.route_batch",
-        "conduit.executor.execute_batch",
-        "conduit.feedback.apply_events",
-    }
-)
 MAX_ID_CHARS = 200
 
 

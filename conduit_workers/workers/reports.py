@@ -7,13 +7,14 @@ from datetime import date
 
 from conduit_workers.celery_app import app
 from conduit_workers.errors import StoreUnavailable
+from conduit_workers.names import DAILY_COST
 from conduit_workers.reporting import build_daily_report, yesterday_utc
 from conduit_workers.workers.runtime import runtime
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name="conduit.reports.daily_cost", bind=True, max_retries=10)
+@app.task(name=DAILY_COST, bind=True, max_retries=10)
 def daily_cost(self, day: str | None = None, force: bool = False) -> str | None:  # type: ignore[no-untyped-def]
     """Build the cost report of one UTC day (default: yesterday) into ``reports.out_dir``.
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel
 
 import celeryconfig
+from conduit_workers import names
 from conduit_workers.domain.catalog import DEFAULT_KEY_ENV
 from conduit_workers.settings import DEFAULT_CATALOG, FlowerSettings, MetricsSettings, Settings
 
@@ -60,8 +61,8 @@ def test_every_role_is_a_service_on_its_queue():
         assert cmd[:5] == ["celery", "-A", "conduit_workers", "worker", "-Q"], role
         assert _queues(cmd) == {queue}, role
         consumed |= _queues(cmd)
-    assert consumed == set(celeryconfig.QUEUES)
-    assert set(celeryconfig.TASK_QUEUES.values()) <= consumed
+    assert consumed == set(names.QUEUES)
+    assert set(names.TASK_QUEUES.values()) <= consumed
 
 
 def test_one_beat_flower_and_exporter_on_the_configured_ports():
@@ -151,10 +152,10 @@ def test_beat_sends_the_nightly_report_to_the_reports_queue():
     from conduit_workers.settings import ReportSettings
 
     conf = celeryconfig.build(Settings(reports=ReportSettings(hour_utc=1, minute_utc=30)))
-    entry = conf["beat_schedule"][celeryconfig.DAILY_COST_ENTRY]
+    entry = conf["beat_schedule"][names.DAILY_COST_ENTRY]
     assert entry["task"] == "conduit.reports.daily_cost"
-    assert entry["options"]["queue"] == celeryconfig.TASK_QUEUES[entry["task"]] == "reports"
+    assert entry["options"]["queue"] == names.TASK_QUEUES[entry["task"]] == "reports"
     assert entry["schedule"].hour == {1} and entry["schedule"].minute == {30}
-    assert celeryconfig.DAILY_COST_ENTRY not in celeryconfig.build(
+    assert names.DAILY_COST_ENTRY not in celeryconfig.build(
         Settings(reports=ReportSettings(schedule=False))
     ).get("beat_schedule", {})
