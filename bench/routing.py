@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from conduit_workers.adapters.embedder import Embedder, embedder_id, make_embedder
+from conduit_workers.adapters.embedder import embedder_id, make_embedder
 from conduit_workers.adapters.feature_cache import RedisFeatureCache, read_stats, signature
 from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
@@ -41,6 +41,7 @@ from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.features import embedding_text
 from conduit_workers.domain.items import PromptItem
+from conduit_workers.domain.ports import Embedder
 from conduit_workers.engine import RoutingEngine
 from conduit_workers.settings import Settings, environ
 from conduit_workers.workers.router import handle_route_batch

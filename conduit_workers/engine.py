@@ -13,10 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from conduit_workers.adapters.embedder import Embedder
-from conduit_workers.adapters.floor_store import FloorStore, InMemoryFloorStore
-from conduit_workers.adapters.history import DecisionRow
-from conduit_workers.adapters.posterior_store import PosteriorStore, Update
+from conduit_workers.adapters.floor_store import InMemoryFloorStore
 from conduit_workers.domain.bandit import (
     Array,
     Posterior,
@@ -39,6 +36,8 @@ from conduit_workers.domain.policy import (
     expected_input_tokens,
     reference_cost,
 )
+from conduit_workers.domain.ports import Embedder, FloorStore, PosteriorStore
+from conduit_workers.domain.records import DecisionRow, Update
 from conduit_workers.domain.rewards import FeedbackEvent, aggregate
 from conduit_workers.errors import StoreUnavailable
 from conduit_workers.quality_floor import FloorGroup, FloorKeeper, FloorMark

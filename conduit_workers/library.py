@@ -30,16 +30,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from conduit_workers.adapters.embedder import Embedder, make_embedder
-from conduit_workers.adapters.floor_store import FloorStore, RedisFloorStore
-from conduit_workers.adapters.posterior_store import (
-    InMemoryPosteriorStore,
-    PosteriorStore,
-    RedisPosteriorStore,
-)
+from conduit_workers.adapters.embedder import make_embedder
+from conduit_workers.adapters.floor_store import RedisFloorStore
+from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.catalog import Catalog, load_catalog
 from conduit_workers.domain.constraints import Constraints, parse_constraints
+from conduit_workers.domain.ports import Embedder, FloorStore, PosteriorStore
 from conduit_workers.domain.rewards import (
     EXPLICIT,
     FeedbackEvent,

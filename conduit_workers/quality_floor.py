@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from conduit_workers.adapters.floor_store import FloorStore
 from conduit_workers.domain import floor as fl
 from conduit_workers.domain.constraints import Constraints
+from conduit_workers.domain.ports import FloorStore
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
 from conduit_workers.settings import RouterSettings
 

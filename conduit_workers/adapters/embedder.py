@@ -7,20 +7,14 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from conduit_workers.domain.bandit import Array
+from conduit_workers.domain.ports import Embedder
 from conduit_workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class Embedder(Protocol):
-    dim: int
-
-    def embed(self, texts: list[str]) -> Array: ...
 
 
 class MiniLMEmbedder:

@@ -29,10 +29,10 @@ so a redelivered task counts once.
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import redis
 
+from conduit_workers.adapters.keys import RedisKeys
 from conduit_workers.domain.floor import LOG_LAMBDA
 from conduit_workers.errors import StoreUnavailable
 
@@ -59,26 +59,6 @@ return 1
 """
 
 
-class FloorStore(Protocol):
-    """Counters per floor stream, changed atomically and at most once per update id; and the
-    mark of each prompt routed under a floor, until its answer is rated."""
-
-    def read(self, stream: str) -> dict[str, float]: ...
-
-    def mark(self, marks: dict[str, str]) -> None: ...
-
-    def marks(self, query_ids: list[str]) -> dict[str, str]: ...
-
-    def apply(
-        self,
-        stream: str,
-        update_id: str,
-        increments: dict[str, float],
-        log_lambda_bounds: tuple[float, float] = (-math.inf, math.inf),
-        log_lambda_init: float = 0.0,
-    ) -> bool: ...
-
-
 class RedisFloorStore:
     """:class:`FloorStore` on Redis hashes (see the module docstring for the keys)."""
 
@@ -91,10 +71,10 @@ class RedisFloorStore:
         self._apply = client.register_script(APPLY_LUA)
 
     def key(self, stream: str) -> str:
-        return f"{self.prefix}:floor:{stream}"
+        return RedisKeys(self.prefix).floor(stream)
 
     def applied_key(self, update_id: str) -> str:
-        return f"{self.prefix}:floor-applied:{update_id}"
+        return RedisKeys(self.prefix).floor_applied(update_id)
 
     def read(self, stream: str) -> dict[str, float]:
         try:
@@ -161,7 +141,8 @@ def _num(v: float) -> str:
 
 
 class InMemoryFloorStore:
-    """A :class:`FloorStore` in a dict, for unit tests, the benchmark and in-process routing."""
+    """A :class:`~conduit_workers.domain.ports.FloorStore` in a dict, for unit tests, the
+    benchmark and in-process routing."""
 
     def __init__(self) -> None:
         self._streams: dict[str, dict[str, float]] = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -17,75 +16,22 @@ from sqlalchemy.engine import Connection
 from conduit_workers.adapters import history_schema as t
 from conduit_workers.adapters.history_base import chunks, now
 from conduit_workers.adapters.history_feedback import FeedbackHistory, event_row
-from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.domain.items import PromptItem
+from conduit_workers.domain.records import (
+    DecisionRow,
+    ExecutionRow,
+    QueryRow,
+    ResultRow,
+    SubmitOutcome,
+)
 from conduit_workers.domain.rewards import FeedbackEvent
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class QueryRow:
-    id: str
-    prompt: str
-    constraints: dict[str, Any]
-    batch_constraints: dict[str, Any]
-    user: str | None = None
-
-
-@dataclass(frozen=True)
-class DecisionRow:
-    query_id: str
-    model: str | None
-    ranked: list[str]
-    features: list[float]
-    utilities: dict[str, float]
-    domain: str
-    complexity: float
-    expected_cost_usd: float | None
-    posterior_versions: dict[str, int]
-    reason: str | None = None
-    # Where the answer counts when the prompt was routed under a quality floor (a
-    # quality_floor.FloorMark); a rating of the answer feeds that stream's estimate
-    # (RoutingEngine.rate_floors). Not stored.
-    floor: Any = None
-
-
-@dataclass(frozen=True)
-class ExecutionRow:
-    query_id: str
-    prompt: str
-    model: str | None
-    ranked: list[str]
-    reason: str | None
-    request: ChatRequest | None = None  # messages and settings (the HTTP API); None: the prompt
-
-
-@dataclass(frozen=True)
-class ResultRow:
-    query_id: str
-    model: str | None
-    status: str
-    response: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    latency_ms: float = 0.0
-    attempts: int = 0
-    fallbacks: int = 0
-    error_class: str | None = None
-    error_message: str | None = None
-
-
-@dataclass(frozen=True)
-class SubmitOutcome:
-    batch_id: str
-    new: list[str]  # query ids first seen in this submission
-    existing: list[str]  # already known: answered once, never again
-
-
 class SqlHistory(FeedbackHistory):
-    """The history database: prompts, decisions, results and feedback, written once each."""
+    """The history database: prompts, decisions, results and feedback, written once each
+    (:class:`~conduit_workers.domain.ports.History` on SQLAlchemy)."""
 
     # -- producers ------------------------------------------------------------------------
 
@@ -414,4 +360,4 @@ class SqlHistory(FeedbackHistory):
         return self._tx(run)
 
 
-__all__ = ["SqlHistory", "QueryRow", "DecisionRow", "ExecutionRow", "ResultRow", "SubmitOutcome"]
+__all__ = ["SqlHistory"]

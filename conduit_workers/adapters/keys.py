@@ -15,6 +15,15 @@ key                                          type    content, expiry
                                                      (``posterior_store.py``)
 ``P:applied:<update id>``                    string  marks an applied update; expires after
                                                      ``redis.applied_ttl_s``
+``P:floor:<stream>``                         hash    quality-floor counters of
+                                                     :mod:`conduit_workers.domain.floor`:
+                                                     ``d:<stratum>`` prompts decided, ``n:``/
+                                                     ``s:``/``ss:<stratum>`` ratings, their sum
+                                                     and sum of squares; ``log_lambda`` the
+                                                     dual variable. No expiry
+                                                     (``floor_store.py``)
+``P:floor-applied:<update id>``              string  marks an applied floor update; expires
+                                                     after ``redis.applied_ttl_s``
 ``P:features:<signature>:<prompt hash>``     string  ``domain|complexity|chars|`` then the
                                                      context as little-endian float64s; expires
                                                      after ``router.feature_cache_ttl_s``
@@ -56,6 +65,12 @@ class RedisKeys:
 
     def applied(self, update_id: str) -> str:
         return f"{self.prefix}:applied:{update_id}"
+
+    def floor(self, stream: str) -> str:
+        return f"{self.prefix}:floor:{stream}"
+
+    def floor_applied(self, update_id: str) -> str:
+        return f"{self.prefix}:floor-applied:{update_id}"
 
     def features(self, signature: str, prompt_hash: str) -> str:
         return f"{self.prefix}:features:{signature}:{prompt_hash}"

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic_ai import exceptions as pai_exc
@@ -28,6 +27,7 @@ from pydantic_ai.settings import ModelSettings
 
 from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.chat import ChatRequest
+from conduit_workers.domain.records import Completion
 from conduit_workers.errors import (
     ConfigError,
     PermanentProviderError,
@@ -45,14 +45,6 @@ _PERMANENT_HINT = {
     403: "access denied by the provider: check the key's permissions (not retried)",
     404: "model not found at the provider: check the catalog's model_id and base_url (not retried)",
 }
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    input_tokens: int
-    output_tokens: int
-    latency_ms: float
 
 
 HTTP_CLIENTS = ("direct", "aiohttp", "httpx2")
@@ -200,7 +192,8 @@ def classify(exc: BaseException, model_name: str) -> ProviderError:
 
 
 class LLMClient:
-    """Calls catalog models; ``complete`` raises :class:`ProviderError` subclasses only."""
+    """:class:`~conduit_workers.domain.ports.LLM` over pydantic-ai: calls catalog models;
+    ``complete`` raises :class:`ProviderError` subclasses only."""
 
     def __init__(
         self,

@@ -1,31 +1,19 @@
-"""Posterior sufficient statistics in Redis hashes: the key schema and scripts, in one place.
-
-Keys (``P`` is ``settings.redis.key_prefix``, ``conduit`` by default):
-
-=================================  =======  ==================================================
-key                                type     content
-=================================  =======  ==================================================
-``P:posterior:<model>``            hash     ``stats``: little-endian float64s, the upper
-                                            triangle of Σ w x xᵀ (row by row), Σ w r x, then
-                                            the counters ``n r rr calls errors latency_ms
-                                            in_tokens out_tokens cost_usd``; ``dim``;
-                                            ``version`` (+1 per applied update)
-``P:applied:<update id>``          string   marks an applied update; expires after
-                                            ``redis.applied_ttl_s``
-=================================  =======  ==================================================
+"""Posterior sufficient statistics in Redis hashes (keys ``P:posterior:<model>`` and
+``P:applied:<update id>``, described in :mod:`conduit_workers.adapters.keys`).
 
 Every change goes through one Lua script (atomic); it applies an update id at most once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import redis
 
+from conduit_workers.adapters.keys import RedisKeys
 from conduit_workers.domain.bandit import COUNTERS, ArmStats
+from conduit_workers.domain.records import Update
 from conduit_workers.errors import StoreUnavailable
 
 # KEYS[1] = P:posterior:<model>   (hash, read and written)
@@ -81,15 +69,6 @@ return 1
 """
 
 
-@dataclass(frozen=True)
-class Update:
-    """A change to one model's statistics, applied at most once under ``update_id``."""
-
-    update_id: str
-    model: str
-    delta: ArmStats
-
-
 _TRIU: dict[int, tuple[Any, Any]] = {}
 
 
@@ -122,16 +101,9 @@ def unpack(raw: bytes, dim: int) -> ArmStats:
     return stats
 
 
-class PosteriorStore(Protocol):
-    def read(self, models: list[str], dim: int) -> dict[str, tuple[int, ArmStats]]: ...
-
-    def apply(self, updates: list[Update], decay: float = 1.0) -> int: ...
-
-    def reset(self, models: list[str]) -> None: ...
-
-
 class RedisPosteriorStore:
-    """:class:`PosteriorStore` on Redis hashes; reads are cached per model version."""
+    """:class:`~conduit_workers.domain.ports.PosteriorStore` on Redis hashes; reads are cached
+    per model version."""
 
     def __init__(
         self, client: redis.Redis, prefix: str = "conduit", applied_ttl_s: int = 604_800
@@ -139,6 +111,7 @@ class RedisPosteriorStore:
         self.client = client
         self.prefix = prefix
         self.applied_ttl_s = applied_ttl_s
+        self.keys = RedisKeys(prefix)
         self._apply = client.register_script(APPLY_LUA)
         self._cache: dict[str, tuple[int, ArmStats]] = {}
 
@@ -156,10 +129,10 @@ class RedisPosteriorStore:
         return cls(client, prefix, applied_ttl_s)
 
     def posterior_key(self, model: str) -> str:
-        return f"{self.prefix}:posterior:{model}"
+        return self.keys.posterior(model)
 
     def applied_key(self, update_id: str) -> str:
-        return f"{self.prefix}:applied:{update_id}"
+        return self.keys.applied(update_id)
 
     def read(self, models: list[str], dim: int) -> dict[str, tuple[int, ArmStats]]:
         """Statistics and version per model; a model never updated reads as zeros, version 0.
@@ -263,7 +236,8 @@ def _decay_factor(decay: float, delta: ArmStats) -> float:
 
 
 class InMemoryPosteriorStore:
-    """A :class:`PosteriorStore` in a dict, for unit tests and in-process routing."""
+    """A :class:`~conduit_workers.domain.ports.PosteriorStore` in a dict, for unit tests and
+    in-process routing."""
 
     def __init__(self) -> None:
         self._stats: dict[str, tuple[int, ArmStats]] = {}

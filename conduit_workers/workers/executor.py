@@ -27,12 +27,12 @@ from typing import cast
 from conduit_workers.adapters import cooldowns
 from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.adapters.call_metrics import MeteredLLM
-from conduit_workers.adapters.history import ExecutionRow, ResultRow, SqlHistory
-from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.celery_app import app
 from conduit_workers.domain.budget import OVER_BUDGET
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.health import Admit, ModelHealth
+from conduit_workers.domain.ports import LLM, History
+from conduit_workers.domain.records import ExecutionRow, ResultRow
 from conduit_workers.domain.rewards import FeedbackEvent, call_event
 from conduit_workers.errors import (
     ConfigError,
@@ -40,6 +40,7 @@ from conduit_workers.errors import (
     ProviderError,
     StoreUnavailable,
 )
+from conduit_workers.names import APPLY_EVENTS, EXECUTE_BATCH, FEEDBACK
 from conduit_workers.settings import BudgetSettings, ExecutorSettings, FeedbackSettings
 from conduit_workers.workers.budget_guard import CallBudget, call_budgets
 from conduit_workers.workers.runtime import chunks, runtime
@@ -83,7 +84,7 @@ async def _admit(health: ModelHealth | None, model: str, force: bool, budget_s: 
 
 async def _execute_one(
     row: ExecutionRow,
-    llm: LLMClient,
+    llm: LLM,
     catalog: Catalog,
     ex: ExecutorSettings,
     fb: FeedbackSettings,
@@ -289,8 +290,8 @@ def _unavailable(row: ExecutionRow, unusable: dict[str, str], attempts: int) -> 
 
 async def handle_execute_batch(
     query_ids: Sequence[str],
-    history: SqlHistory,
-    llm: LLMClient,
+    history: History,
+    llm: LLM,
     catalog: Catalog,
     ex: ExecutorSettings,
     fb: FeedbackSettings,
@@ -369,7 +370,7 @@ async def _cooling(health: ModelHealth, names: Sequence[str]) -> dict[str, float
     return {m: s for m in names if (s := health.cooling_for(m, now)) > 0}
 
 
-@app.task(name="conduit.executor.execute_batch", bind=True, max_retries=20)
+@app.task(name=EXECUTE_BATCH, bind=True, max_retries=20)
 def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Call the LLMs for a chunk of routed prompts.
 
@@ -407,7 +408,7 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
             metrics.fallbacks(r.model or "none", r.fallbacks)
         metrics.flush(rt.store.client, rt.settings.redis.key_prefix)
     for chunk in chunks(event_ids, rt.settings.feedback.chunk_size):
-        app.send_task("conduit.feedback.apply_events", args=[chunk], queue="feedback")
+        app.send_task(APPLY_EVENTS, args=[chunk], queue=FEEDBACK)
     if rt.health is not None:
         cooling = rt.run(_cooling(rt.health, rt.catalog.names))
         cooldowns.publish(rt.store.client, rt.settings.redis.key_prefix, cooling)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from conduit_workers.adapters.floor_store import FloorStore
-from conduit_workers.adapters.history import SqlHistory
-from conduit_workers.adapters.posterior_store import PosteriorStore
 from conduit_workers.celery_app import app
+from conduit_workers.domain.ports import FloorStore, History, PosteriorStore
 from conduit_workers.engine import learn, update_id_for
 from conduit_workers.errors import StoreUnavailable
+from conduit_workers.names import APPLY_EVENTS, FEEDBACK, ROUTE, ROUTE_BATCH, SWEEP
 from conduit_workers.quality_floor import rate_events
 from conduit_workers.workers.runtime import runtime
 
@@ -19,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def handle_apply_events(
     event_ids: Sequence[str],
-    history: SqlHistory,
+    history: History,
     store: PosteriorStore,
     dim: int,
     decay: float,
@@ -42,7 +41,7 @@ def handle_apply_events(
     return len(events), applied
 
 
-@app.task(name="conduit.feedback.apply_events", bind=True, max_retries=None)
+@app.task(name=APPLY_EVENTS, bind=True, max_retries=None)
 def apply_events(self, event_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Apply feedback events (implicit and explicit) to the posteriors.
 
@@ -67,7 +66,7 @@ def apply_events(self, event_ids: list[str]) -> int:  # type: ignore[no-untyped-
 
 
 def handle_sweep(
-    history: SqlHistory,
+    history: History,
     store: PosteriorStore,
     dim: int,
     decay: float,
@@ -93,7 +92,7 @@ def handle_sweep(
     return prompts, stale.get(None, []), applied
 
 
-@app.task(name="conduit.feedback.sweep", bind=True, max_retries=0)
+@app.task(name=SWEEP, bind=True, max_retries=0)
 def sweep(self, older_than_s: float | None = None) -> int:  # type: ignore[no-untyped-def]
     """Re-send work lost with the broker: prompts without a result, feedback not applied.
 
@@ -103,7 +102,6 @@ def sweep(self, older_than_s: float | None = None) -> int:  # type: ignore[no-un
     ``feedback.sweep_after_s``) only. Idempotent: whatever it re-sends is skipped where already
     done. No retry: the next sweep comes soon enough.
     """
-    from celeryconfig import TASK_QUEUES
     from conduit_workers.workers.runtime import chunks
 
     rt = runtime()
@@ -120,13 +118,9 @@ def sweep(self, older_than_s: float | None = None) -> int:  # type: ignore[no-un
         log.warning("sweep %s skipped: %s", self.request.id, exc)
         return 0
     for chunk in chunks(prompts, rt.settings.router.chunk_size):
-        app.send_task(
-            "conduit.router.route_batch",
-            args=[chunk],
-            queue=TASK_QUEUES["conduit.router.route_batch"],
-        )
+        app.send_task(ROUTE_BATCH, args=[chunk], queue=ROUTE)
     for chunk in chunks(events, fb.chunk_size):
-        app.send_task("conduit.feedback.apply_events", args=[chunk], queue="feedback")
+        app.send_task(APPLY_EVENTS, args=[chunk], queue=FEEDBACK)
     if prompts or events or applied:
         log.warning(
             "sweep %s: %d prompts without a result and %d feedback events re-sent, "

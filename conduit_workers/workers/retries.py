@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from conduit_workers.adapters.history import QueryRow, SqlHistory
-from conduit_workers.adapters.recent_prompts import RedisRecentPrompts
+from conduit_workers.domain.ports import History, RecentPrompts
+from conduit_workers.domain.records import QueryRow
 from conduit_workers.domain.retries import find_retries, text_vector
 from conduit_workers.domain.rewards import RETRY, FeedbackEvent
 from conduit_workers.errors import StoreUnavailable
@@ -22,8 +22,8 @@ def retry_event_id(query_id: str) -> str:
 class RetryDetector:
     def __init__(
         self,
-        recent: RedisRecentPrompts,
-        history: SqlHistory,
+        recent: RecentPrompts,
+        history: History,
         threshold: float,
         send_feedback: Callable[[list[str]], None],
     ) -> None:

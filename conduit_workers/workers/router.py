@@ -7,13 +7,13 @@ import time
 from collections.abc import Sequence
 
 from conduit_workers.adapters.batch_ledger import RedisBatchLedger
-from conduit_workers.adapters.feature_cache import RedisFeatureCache
-from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.recent_prompts import RedisRecentPrompts
 from conduit_workers.celery_app import app
 from conduit_workers.domain.constraints import parse_constraints
+from conduit_workers.domain.ports import FeatureCache, History
 from conduit_workers.engine import RoutingEngine
 from conduit_workers.errors import StoreUnavailable
+from conduit_workers.names import APPLY_EVENTS, EXECUTE, EXECUTE_BATCH, FEEDBACK, ROUTE_BATCH
 from conduit_workers.workers.budget_pacing import chunk_shares
 from conduit_workers.workers.retries import RetryDetector
 from conduit_workers.workers.runtime import Runtime, chunks, runtime
@@ -23,10 +23,10 @@ log = logging.getLogger(__name__)
 
 def handle_route_batch(
     query_ids: Sequence[str],
-    history: SqlHistory,
+    history: History,
     engine: RoutingEngine,
     retries: RetryDetector | None = None,
-    features: RedisFeatureCache | None = None,
+    features: FeatureCache | None = None,
     ledger: RedisBatchLedger | None = None,
 ) -> int:
     """Decide a model for each prompt of the chunk that has no decision yet; return how many.
@@ -77,7 +77,7 @@ def _retry_detector(rt: Runtime) -> RetryDetector | None:
         return None
 
     def send(event_ids: list[str]) -> None:
-        app.send_task("conduit.feedback.apply_events", args=[event_ids], queue="feedback")
+        app.send_task(APPLY_EVENTS, args=[event_ids], queue=FEEDBACK)
 
     recent = RedisRecentPrompts(
         rt.store.client, rt.settings.redis.key_prefix, cfg.window_s, cfg.window_prompts
@@ -85,7 +85,7 @@ def _retry_detector(rt: Runtime) -> RetryDetector | None:
     return RetryDetector(recent, rt.history, cfg.threshold, send)
 
 
-@app.task(name="conduit.router.route_batch", bind=True, max_retries=20)
+@app.task(name=ROUTE_BATCH, bind=True, max_retries=20)
 def route_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Route a chunk of prompts.
 
@@ -108,7 +108,7 @@ def route_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-d
     except StoreUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from None
     for chunk in chunks(list(query_ids), rt.settings.executor.chunk_size):
-        app.send_task("conduit.executor.execute_batch", args=[chunk], queue="execute")
+        app.send_task(EXECUTE_BATCH, args=[chunk], queue=EXECUTE)
     log.info(
         "route_batch %s: %d prompts, %d decided in %.0f ms",
         self.request.id,

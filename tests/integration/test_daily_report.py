@@ -9,11 +9,12 @@ import pytest
 import sqlalchemy as sa
 
 from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.history import DecisionRow, ResultRow, SqlHistory
+from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.report_files import CHARTS
 from conduit_workers.adapters.report_sql import SqlReports
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.items import parse_item
+from conduit_workers.domain.records import DecisionRow, ResultRow
 from conduit_workers.domain.rewards import FeedbackEvent
 from conduit_workers.reporting import build_daily_report
 from conduit_workers.settings import DEFAULT_CATALOG

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.history import DecisionRow, ResultRow
 from conduit_workers.domain.items import parse_item
+from conduit_workers.domain.records import DecisionRow, ResultRow
 from conduit_workers.domain.rewards import FeedbackEvent
 
 pytestmark = pytest.mark.integration

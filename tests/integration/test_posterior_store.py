@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import redis
 
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore, Update
+from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
+from conduit_workers.domain.records import Update
 from conduit_workers.errors import StoreUnavailable
 from tests.conftest import TEST_PREFIX
 

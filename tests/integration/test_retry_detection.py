@@ -1,9 +1,9 @@
 import pytest
 import redis
 
-from conduit_workers.adapters.history import DecisionRow, ResultRow
 from conduit_workers.adapters.recent_prompts import RedisRecentPrompts
 from conduit_workers.domain.items import parse_item
+from conduit_workers.domain.records import DecisionRow, ResultRow
 from conduit_workers.workers.retries import RetryDetector
 from tests.conftest import TEST_PREFIX
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, Update
+from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
 from conduit_workers.domain.bandit import (
     ArmStats,
     Posterior,
@@ -12,6 +12,7 @@ from conduit_workers.domain.bandit import (
     pooled_noise_sd,
     thompson_samples,
 )
+from conduit_workers.domain.records import Update
 
 
 def _stats(xs, rs, ws=None):

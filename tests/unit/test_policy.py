@@ -152,9 +152,10 @@ def test_failing_model_loses_traffic_through_its_success_rate():
     import numpy as np
 
     from conduit_workers.adapters.embedder import HashingEmbedder
-    from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, Update
+    from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
     from conduit_workers.domain.bandit import ArmStats
     from conduit_workers.domain.catalog import parse_catalog
+    from conduit_workers.domain.records import Update
     from conduit_workers.engine import RoutingEngine
     from conduit_workers.settings import RouterSettings
 

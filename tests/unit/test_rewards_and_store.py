@@ -3,8 +3,9 @@ import pickle
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, Update
+from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
+from conduit_workers.domain.records import Update
 from conduit_workers.domain.rewards import (
     FeedbackEvent,
     aggregate,
