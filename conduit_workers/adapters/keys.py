@@ -30,7 +30,8 @@ key                                          type    content, expiry
                                                      (``feature_cache.py``)
 ``P:features:stats``                         hash    feature cache counters ``hits misses
                                                      skipped``. No expiry
-``P:recent:<user>``                          zset    the user's recent query ids scored by
+``P:recent:<user>``                          zset    the user's recent query ids (the newest
+                                                     ``retry.window_prompts``) scored by
                                                      submission time (s), for re-ask detection;
                                                      expires ``retry.window_s`` after the
                                                      user's last prompt (``recent_prompts.py``)

@@ -105,6 +105,8 @@ class RecentPrompts(Protocol):
     """Each user's recent prompts (query id, text vector), for re-ask detection; raises
     :class:`~conduit_workers.errors.StoreUnavailable` when unreachable."""
 
+    max_prompts: int  # prompts kept per user; each new prompt is compared with at most these
+
     def recent(
         self, users: list[str], now: float | None = None
     ) -> dict[str, list[tuple[str, Array]]]: ...
