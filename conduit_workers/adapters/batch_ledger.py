@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import redis
 
+from conduit_workers.adapters.keys import RedisKeys
 from conduit_workers.domain.budget import BudgetState, from_nano, to_nano
 from conduit_workers.errors import StoreUnavailable
 
@@ -150,8 +151,7 @@ class RedisBatchLedger:
         self._state = client.register_script(STATE_LUA)
 
     def keys(self, batch_id: str) -> list[str]:
-        base = f"{self.prefix}:batch-budget:{batch_id}"
-        return [base, f"{base}:res", f"{base}:exp", f"{base}:settled", f"{base}:charged"]
+        return RedisKeys(self.prefix).batch_budget(batch_id)
 
     def reserve(
         self,

@@ -1,6 +1,6 @@
 """One beat per deployment: a lock in Redis that a second beat waits for.
 
-Key (``P`` = ``settings.redis.key_prefix``): ``P:beat:lock``, a string holding the id of the
+Key ``P:beat:lock`` (:mod:`conduit_workers.adapters.keys`), a string holding the id of the
 beat that owns it, expiring after ``beat.lock_ttl_s`` unless renewed. The owner renews it every
 third of that; a beat that finds it taken waits (checking every second) and takes over once the
 owner is gone (stopped: released at once; killed: after the TTL). An owner whose lock vanished
@@ -20,6 +20,8 @@ import uuid
 from collections.abc import Callable
 
 import redis
+
+from conduit_workers.adapters.keys import RedisKeys
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ return 0
 class BeatLock:
     def __init__(self, client: redis.Redis, prefix: str, ttl_s: float) -> None:
         self.client = client
-        self.key = f"{prefix}:beat:lock"
+        self.key = RedisKeys(prefix).beat_lock
         self.ttl_ms = max(1000, int(ttl_s * 1000))
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._renew = client.register_script(RENEW_LUA)

@@ -14,10 +14,11 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.history import DecisionRow, ResultRow, SqlHistory
+from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.history_base import now
 from conduit_workers.adapters.history_batches import ApiBatchHistory
 from conduit_workers.adapters.history_feedback import event_row
+from conduit_workers.domain.records import DecisionRow, ResultRow
 from conduit_workers.domain.rewards import FeedbackEvent
 from conduit_workers.errors import InputError
 

@@ -45,6 +45,20 @@ key                                          type    content, expiry
 ``P:cooldown:<model>``                       string  the executor (host:pid) that cooled the
                                                      model down; expires when the cooldown ends
                                                      (``cooldowns.py``)
+``P:batch-budget:<B>``                       hash    a budget's ``limit spent reserved calls
+                                                     expired`` (nano-USD); ``B`` a batch id or
+                                                     ``apikey:<name>:<day>`` (``batch_ledger.py``)
+``P:batch-budget:<B>:res``                   hash    reservation id → amount held
+``P:batch-budget:<B>:exp``                   zset    reservation id → when it expires (ms)
+``P:batch-budget:<B>:settled``               set     reservation ids settled
+``P:batch-budget:<B>:charged``               hash    expired reservation id → amount charged
+                                                     as spent; the five
+                                                     ``batch-budget`` keys expire
+                                                     ``budget.ledger_ttl_s`` after the last
+                                                     reservation or settle
+``P:beat:lock``                              string  the id of the beat that owns the lock;
+                                                     expires after ``beat.lock_ttl_s`` unless
+                                                     renewed (``beat_lock.py``)
 ===========================================  ======  ==========================================
 
 No key holds prompt text: prompt hashes, ids and vectors only.
@@ -104,6 +118,15 @@ class RedisKeys:
     def cooldown_model(self, key: str) -> str:
         """The model named by a cooldown key."""
         return key[len(self.cooldown("")) :]
+
+    def batch_budget(self, batch_id: str) -> list[str]:
+        """The ledger hash, reservations, expiries and settled ids of one budget."""
+        base = f"{self.prefix}:batch-budget:{batch_id}"
+        return [base, f"{base}:res", f"{base}:exp", f"{base}:settled", f"{base}:charged"]
+
+    @property
+    def beat_lock(self) -> str:
+        return f"{self.prefix}:beat:lock"
 
     @property
     def everything(self) -> str:

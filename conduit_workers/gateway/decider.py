@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from conduit_workers.adapters.history import DecisionRow
 from conduit_workers.domain.constraints import Constraints
+from conduit_workers.domain.records import DecisionRow
 from conduit_workers.engine import RoutingEngine
 
 

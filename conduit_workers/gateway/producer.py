@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from celery import Celery
 
 import celeryconfig
+from conduit_workers import names
 from conduit_workers.settings import Settings
 
-ROUTE = ("conduit.router.route_batch", "route")
-FEEDBACK = ("conduit.feedback.apply_events", "feedback")
+ROUTE = (names.ROUTE_BATCH, names.ROUTE)
+FEEDBACK = (names.APPLY_EVENTS, names.FEEDBACK)
 
 
 class TaskSender:

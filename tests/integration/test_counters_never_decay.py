@@ -7,13 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.posterior_store import (
-    InMemoryPosteriorStore,
-    PosteriorStore,
-    RedisPosteriorStore,
-    Update,
-)
+from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
+from conduit_workers.domain.ports import PosteriorStore
+from conduit_workers.domain.records import Update
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration
