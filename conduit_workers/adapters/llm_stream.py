@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from pydantic_ai.direct import model_request_stream
 from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta
 
-from conduit_workers.adapters.llm import Completion, LLMClient, chat_messages, classify
+from conduit_workers.adapters.llm import LLMClient, chat_messages, classify
 from conduit_workers.domain.chat import ChatRequest
+from conduit_workers.domain.records import Completion
 from conduit_workers.errors import ConfigError, ProviderError, RetryableProviderError
 
 log = logging.getLogger(__name__)

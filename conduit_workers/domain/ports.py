@@ -84,9 +84,14 @@ class LLM(Protocol):
     only (retryable or permanent)."""
 
     async def complete(
-        self, model_name: str, prompt: str, request: ChatRequest | None = None
+        self,
+        model_name: str,
+        prompt: str,
+        request: ChatRequest | None = None,
+        max_output_tokens: int | None = None,
     ) -> Completion:
-        """One call: ``prompt`` as one user message, or ``request``'s messages and settings."""
+        """One call: ``prompt`` as one user message, or ``request``'s messages and settings;
+        ``max_output_tokens`` caps the answer (a budget's worst case)."""
         ...
 
 
@@ -142,6 +147,10 @@ class History(Protocol):
 
     def unapplied_feedback_for(self, query_ids: Sequence[str]) -> list[str]:
         """The ids of these prompts' feedback events not applied yet."""
+        ...
+
+    def batch_budgets(self, query_ids: Sequence[str]) -> dict[str, tuple[str, float]]:
+        """(batch id, budget in USD) of each prompt that belongs to a budgeted batch."""
         ...
 
     # feedback

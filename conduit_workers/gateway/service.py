@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.adapters.history_gateway import ApiKey, CallRecord
 from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.domain.budget import worst_case_cost_usd, worst_input_tokens
@@ -24,6 +25,7 @@ from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.health import ModelHealth
 from conduit_workers.domain.records import DecisionRow, ExecutionRow, ResultRow
+from conduit_workers.domain.rewards import FeedbackEvent
 from conduit_workers.gateway.decider import Decider
 from conduit_workers.gateway.errors import ApiError
 from conduit_workers.gateway.recorder import HistoryRecorder

@@ -7,8 +7,9 @@ import pytest
 import redis
 
 from conduit_workers.adapters.batch_ledger import RedisBatchLedger
-from conduit_workers.adapters.history import ResultRow, SqlHistory
+from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.domain.items import parse_item
+from conduit_workers.domain.records import ResultRow
 from conduit_workers.workers.budget_pacing import chunk_shares
 from tests.conftest import TEST_PREFIX
 
