@@ -1,24 +1,7 @@
 """The quality floor's shared state: counters per floor stream, in one Redis hash each.
 
-Keys (``P`` is ``settings.redis.key_prefix``, ``conduit`` by default):
-
-==================================  =======  =================================================
-key                                 type     content
-==================================  =======  =================================================
-``P:floor:<stream>``                hash     counters of :mod:`conduit_workers.domain.floor`:
-                                             ``d:<stratum>`` prompts decided, ``n:``/``s:``/
-                                             ``ss:<stratum>`` ratings received, their sum and
-                                             sum of squares; ``log_lambda`` the dual variable
-``P:floor-applied:<update id>``     string   marks an applied update (a chunk's decisions or a
-                                             set of ratings); expires after
-                                             ``redis.applied_ttl_s``
-``P:floor-mark:<query id>``         string   where a routed prompt's answer counts:
-                                             ``stream|stratum|reference's predicted quality|
-                                             model``, written by the router, read by the
-                                             feedback worker when the answer is rated; expires
-                                             after ``redis.applied_ttl_s`` (a rating later than
-                                             that still teaches the posteriors, not the floor)
-==================================  =======  =================================================
+Keys ``P:floor:<stream>`` (hash), ``P:floor-applied:<update id>`` and
+``P:floor-mark:<query id>`` (strings), described in :mod:`conduit_workers.adapters.keys`.
 
 A stream is one floor held together: ``default:<floor>`` for prompts that take the floor of the
 settings, or a batch's own stream when the batch sets a floor. Every router and feedback
@@ -117,7 +100,7 @@ class RedisFloorStore:
         try:
             pipe = self.client.pipeline(transaction=False)
             for qid, value in marks.items():
-                pipe.set(f"{self.prefix}:floor-mark:{qid}", value, ex=self.applied_ttl_s)
+                pipe.set(RedisKeys(self.prefix).floor_mark(qid), value, ex=self.applied_ttl_s)
             pipe.execute()
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis floor mark failed: {type(exc).__name__}") from exc
@@ -126,7 +109,7 @@ class RedisFloorStore:
         if not query_ids:
             return {}
         try:
-            raw = self.client.mget([f"{self.prefix}:floor-mark:{q}" for q in query_ids])
+            raw = self.client.mget([RedisKeys(self.prefix).floor_mark(q) for q in query_ids])
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis floor marks read failed: {type(exc).__name__}") from exc
         return {

@@ -10,9 +10,10 @@ import sqlalchemy as sa
 
 from conduit_workers.adapters import history_ratings
 from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.history import ResultRow, SqlHistory
+from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.history_ratings import rated_records
 from conduit_workers.domain.items import parse_item
+from conduit_workers.domain.records import ResultRow
 from conduit_workers.domain.rewards import EXPLICIT, RETRY, FeedbackEvent, explicit_event_id
 
 pytestmark = pytest.mark.integration
