@@ -18,16 +18,12 @@ import numpy as np
 from bench.baselines import LinUCB, Run
 from bench.datasets import Dataset, cached_embedder, catalog_for
 from conduit_workers.adapters.floor_store import InMemoryFloorStore, RedisFloorStore
-from conduit_workers.adapters.posterior_store import (
-    InMemoryPosteriorStore,
-    PosteriorStore,
-    RedisPosteriorStore,
-)
+from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.domain import floor as fl
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.policy import Expectations, expected_costs, reference_cost
-from conduit_workers.domain.ports import FloorStore
+from conduit_workers.domain.ports import FloorStore, PosteriorStore
 from conduit_workers.domain.rewards import EXPLICIT, IMPLICIT, FeedbackEvent
 from conduit_workers.engine import RoutingEngine, learn, update_id_for
 from conduit_workers.quality_floor import FloorMark, stream_key
