@@ -153,6 +153,10 @@ class History(Protocol):
         """(batch id, budget in USD) of each prompt that belongs to a budgeted batch."""
         ...
 
+    def batch_spend(self, batch_ids: Sequence[str]) -> dict[str, float]:
+        """The recorded cost of each batch's answers."""
+        ...
+
     # feedback
     def add_feedback(self, events: Sequence[FeedbackEvent]) -> list[str]:
         """Insert events; the ids that were new."""

@@ -17,7 +17,8 @@ import pytest
 import redis
 
 from conduit_workers.adapters.dead_letters import DeadLetter, RedisDeadLetters
-from conduit_workers.adapters.history import ResultRow, SqlHistory
+from conduit_workers.adapters.history import SqlHistory
+from conduit_workers.domain.records import ResultRow
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration
