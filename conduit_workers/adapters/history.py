@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from conduit_workers.adapters import history_schema as t
 from conduit_workers.adapters.history_base import chunks, now
 from conduit_workers.adapters.history_feedback import FeedbackHistory, event_row
+from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.domain.items import PromptItem
 from conduit_workers.domain.records import (
     DecisionRow,
