@@ -18,7 +18,7 @@ from celery.signals import beat_init, celeryd_init, worker_ready
 
 import celeryconfig
 from conduit_workers.adapters.flower import apply_flower_defaults
-from conduit_workers.names import ROLE_MODULES
+from conduit_workers.names import FEEDBACK, ROLE_MODULES, SWEEP
 from conduit_workers.settings import get_settings
 
 # Every task counts its deliveries and ends in the dead-letter queue when it cannot finish.
@@ -97,7 +97,7 @@ def _watch_broker_epoch(**_: Any) -> None:
     client = redis.Redis.from_url(s.broker_url, socket_timeout=s.redis.socket_timeout_s)
 
     def recover(_epoch: str) -> None:
-        app.send_task("conduit.feedback.sweep", kwargs={"older_than_s": 0.0}, queue="feedback")
+        app.send_task(SWEEP, kwargs={"older_than_s": 0.0}, queue=FEEDBACK)
 
     watch(BrokerEpoch(client, s.redis.key_prefix), s.broker.epoch_check_s, recover)
 

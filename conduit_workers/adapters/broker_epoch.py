@@ -1,6 +1,6 @@
 """The broker's epoch: notice that a Redis broker restarted empty, and recover at once.
 
-Key (``P`` = ``settings.redis.key_prefix``), on the broker's Redis: ``P:epoch``, a random id
+Keys (:mod:`conduit_workers.adapters.keys`), on the broker's Redis: ``P:epoch``, a random id
 written (if absent) by the first worker or producer that looks, never expiring; and
 ``P:epoch:<id>:recovered``, claimed by the one worker that recovers from that epoch's start.
 
@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import redis
 
+from conduit_workers.adapters.keys import RedisKeys
+
 log = logging.getLogger(__name__)
 RECOVERED_TTL_S = 7 * 24 * 3600
 
@@ -28,7 +30,8 @@ RECOVERED_TTL_S = 7 * 24 * 3600
 class BrokerEpoch:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
-        self.key = f"{prefix}:epoch"
+        self.keys = RedisKeys(prefix)
+        self.key = self.keys.epoch
 
     def ensure(self) -> tuple[str, bool]:
         """The current epoch, and whether this call created it (the broker had none)."""
@@ -42,7 +45,7 @@ class BrokerEpoch:
 
     def claim_recovery(self, epoch: str) -> bool:
         """True for the one caller that recovers from this epoch's start."""
-        key = f"{self.key}:{epoch}:recovered"
+        key = self.keys.epoch_recovered(epoch)
         return bool(self.client.set(key, "1", nx=True, ex=RECOVERED_TTL_S))
 
 

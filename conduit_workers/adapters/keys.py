@@ -62,6 +62,13 @@ key                                          type    content, expiry
                                                      ``batch-budget`` keys expire
                                                      ``budget.ledger_ttl_s`` after the last
                                                      reservation or settle
+``P:epoch``                                  string  the broker's epoch, a random id written by
+                                                     the first worker or producer that looks
+                                                     (on the broker's Redis). No expiry
+                                                     (``broker_epoch.py``)
+``P:epoch:<id>:recovered``                   string  claimed by the one worker that recovers
+                                                     from that epoch's start; expires after 7
+                                                     days
 ``P:beat:lock``                              string  the id of the beat that owns the lock;
                                                      expires after ``beat.lock_ttl_s`` unless
                                                      renewed (``beat_lock.py``)
@@ -132,6 +139,13 @@ class RedisKeys:
         """The ledger hash, reservations, expiries and settled ids of one budget."""
         base = f"{self.prefix}:batch-budget:{batch_id}"
         return [base, f"{base}:res", f"{base}:exp", f"{base}:settled", f"{base}:charged"]
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
+
+    def epoch_recovered(self, epoch: str) -> str:
+        return f"{self.epoch}:{epoch}:recovered"
 
     @property
     def beat_lock(self) -> str:
