@@ -5,7 +5,7 @@ history database at scrape time): attempts, failures by error class, retries, fa
 a latency histogram, per model. An executor process accumulates them in memory and adds them
 to Redis at the end of each task (one pipeline); ``conduit metrics`` reads the one hash.
 
-Key (``P`` = ``settings.redis.key_prefix``): ``P:metrics:llm``, a hash of ``kind|model[|label]``
+Key ``P:metrics:llm`` (:mod:`conduit_workers.adapters.keys`), a hash of ``kind|model[|label]``
 -> number, never expiring (Prometheus counters: a Redis lost starts them again from 0, which
 ``rate()`` handles as a counter reset).
 """
@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from conduit_workers.adapters.keys import RedisKeys
 from conduit_workers.errors import ConfigError, ProviderError, RetryableProviderError
 
 # Upper bounds (s) of the latency histogram's buckets; +Inf is implied.
@@ -26,7 +27,7 @@ LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 def key(prefix: str) -> str:
-    return f"{prefix}:metrics:llm"
+    return RedisKeys(prefix).llm_metrics
 
 
 class CallMetrics:

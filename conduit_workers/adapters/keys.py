@@ -62,6 +62,10 @@ key                                          type    content, expiry
                                                      ``batch-budget`` keys expire
                                                      ``budget.ledger_ttl_s`` after the last
                                                      reservation or settle
+``P:metrics:llm``                            hash    LLM request counters ``kind|model[|label]``
+                                                     → number (attempts, failures, retries,
+                                                     fallbacks, latency buckets). No expiry
+                                                     (``call_metrics.py``)
 ``P:epoch``                                  string  the broker's epoch, a random id written by
                                                      the first worker or producer that looks
                                                      (on the broker's Redis). No expiry
@@ -139,6 +143,10 @@ class RedisKeys:
         """The ledger hash, reservations, expiries and settled ids of one budget."""
         base = f"{self.prefix}:batch-budget:{batch_id}"
         return [base, f"{base}:res", f"{base}:exp", f"{base}:settled", f"{base}:charged"]
+
+    @property
+    def llm_metrics(self) -> str:
+        return f"{self.prefix}:metrics:llm"
 
     @property
     def epoch(self) -> str:

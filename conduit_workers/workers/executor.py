@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 from conduit_workers.adapters import cooldowns
 from conduit_workers.adapters.batch_ledger import RedisBatchLedger
@@ -390,7 +389,7 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
             handle_execute_batch(
                 query_ids,
                 rt.history,
-                cast(LLMClient, MeteredLLM(rt.llm, metrics)),
+                MeteredLLM(rt.llm, metrics),
                 rt.catalog,
                 rt.settings.executor,
                 rt.settings.feedback,
