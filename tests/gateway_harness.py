@@ -161,6 +161,7 @@ class Api:
     history: GatewayHistory
     keys: dict[str, str]  # name -> key
     redis: redis.Redis
+    catalog: Path
 
     def client(self, key: str | None = "main", **kw: Any) -> openai.OpenAI:
         secret = self.keys[key] if key in self.keys else (key or "none")
@@ -205,7 +206,7 @@ def running_api(redis_client: redis.Redis, pg_engine: sa.Engine, tmp: Path) -> I
     }
     gateway = start_gateway(settings)
     try:
-        yield Api(f"{gateway.base_url}/v1", history, keys, redis_client)
+        yield Api(f"{gateway.base_url}/v1", history, keys, redis_client, settings.catalog.path)
     finally:
         gateway.stop()
         replay.stop()

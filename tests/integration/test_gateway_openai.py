@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy import select
 
 from conduit_workers.adapters import history_schema as t
+from conduit_workers.domain.catalog import load_catalog
+from conduit_workers.reporting import compute_daily_report
 from tests.gateway_harness import Api, queued_tasks, running_api
 from tests.replay_harness import PROMPT_1, RESPONSE_1
 
@@ -236,3 +239,22 @@ def test_a_streamed_call_over_budget_is_refused_before_it_starts(api: Api) -> No
         api.client("broke").chat.completions.create(
             model="conduit", messages=[{"role": "user", "content": "hi"}], stream=True
         )
+
+
+def test_the_nightly_report_shows_each_keys_spend(api: Api) -> None:
+    raw = api.client().chat.completions.with_raw_response.create(
+        model="strong", messages=[{"role": "user", "content": "Bill me."}]
+    )
+    (result,) = api.rows(t.results, raw.headers["x-conduit-query-id"])
+    day = result.created_at.astimezone(UTC).date()
+    with api.history.engine.connect() as conn:
+        spent = conn.execute(
+            select(sa.func.sum(t.results.c.cost_usd))
+            .select_from(
+                t.results.join(t.batch_items, t.batch_items.c.query_id == t.results.c.query_id)
+            )
+            .where(t.batch_items.c.batch_id == f"api-main-{day.isoformat()}")
+        ).scalar_one()
+    report = compute_daily_report(day, api.history, load_catalog(api.catalog, {}))
+    tags = {g.key: g for g in report.tags}
+    assert tags["api:main"].spend_usd == pytest.approx(spent) and spent >= result.cost_usd > 0
