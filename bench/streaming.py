@@ -22,10 +22,11 @@ from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, Red
 from conduit_workers.domain import floor as fl
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.constraints import Constraints
+from conduit_workers.domain.learning import learn, update_id_for
 from conduit_workers.domain.policy import Expectations, expected_costs, reference_cost
 from conduit_workers.domain.ports import FloorStore, PosteriorStore
 from conduit_workers.domain.rewards import EXPLICIT, IMPLICIT, FeedbackEvent
-from conduit_workers.engine import RoutingEngine, learn, update_id_for
+from conduit_workers.engine import RoutingEngine
 from conduit_workers.quality_floor import FloorMark, stream_key
 from conduit_workers.settings import RouterSettings
 

@@ -29,8 +29,8 @@ import redis
 
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
+from conduit_workers.domain.learning import learn
 from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent
-from conduit_workers.engine import learn
 from conduit_workers.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -124,7 +124,7 @@ def _expected(args: dict[str, Any]) -> dict[str, ArmStats]:
     total: dict[str, ArmStats] = {}
     for w in range(args["writers"]):
         events, contexts = _events(w, args["per_writer"], args["models"], args["dim"], args["seed"])
-        from conduit_workers.domain.rewards import aggregate
+        from conduit_workers.domain.learning import aggregate
 
         for model, delta in aggregate(events, contexts, args["dim"]).items():
             total.setdefault(model, ArmStats.zeros(args["dim"])).merge(delta)

@@ -6,7 +6,6 @@ in-process library API all use, over any :class:`PosteriorStore`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ from conduit_workers.domain.bandit import (
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.features import ContextBuilder, SharedPrefixes, embedding_text
+from conduit_workers.domain.learning import learn
 from conduit_workers.domain.pacing import pace
 from conduit_workers.domain.policy import (
     Choice,
@@ -37,8 +37,8 @@ from conduit_workers.domain.policy import (
     reference_cost,
 )
 from conduit_workers.domain.ports import Embedder, FloorStore, PosteriorStore
-from conduit_workers.domain.records import DecisionRow, Update
-from conduit_workers.domain.rewards import FeedbackEvent, aggregate
+from conduit_workers.domain.records import DecisionRow
+from conduit_workers.domain.rewards import FeedbackEvent
 from conduit_workers.errors import StoreUnavailable
 from conduit_workers.quality_floor import FloorGroup, FloorKeeper, FloorMark
 from conduit_workers.settings import RouterSettings
@@ -341,27 +341,3 @@ class RoutingEngine:
         self, events: Sequence[FeedbackEvent], contexts: dict[str, Array], update_id: str
     ) -> int:
         return learn(self.store, events, contexts, self.dim, update_id, self.settings.decay)
-
-
-def learn(
-    store: PosteriorStore,
-    events: Sequence[FeedbackEvent],
-    contexts: dict[str, Array],
-    dim: int,
-    update_id: str,
-    decay: float = 1.0,
-) -> int:
-    """Apply feedback events to the posteriors: one atomic, idempotent update per model."""
-    deltas = aggregate(events, contexts, dim)
-    updates = [
-        Update(f"{update_id}:{model}", model, delta)
-        for model, delta in sorted(deltas.items())
-        if not delta.is_empty()
-    ]
-    return store.apply(updates, decay)
-
-
-def update_id_for(event_ids: Sequence[str]) -> str:
-    """A deterministic id for a set of events: a redelivered task gets the same id."""
-    h = hashlib.sha256("\n".join(sorted(event_ids)).encode()).hexdigest()
-    return f"u{h[:40]}"

@@ -36,6 +36,7 @@ from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, Red
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.catalog import Catalog, load_catalog
 from conduit_workers.domain.constraints import Constraints, parse_constraints
+from conduit_workers.domain.learning import update_id_for
 from conduit_workers.domain.ports import Embedder, FloorStore, PosteriorStore
 from conduit_workers.domain.rewards import (
     EXPLICIT,
@@ -44,7 +45,7 @@ from conduit_workers.domain.rewards import (
     explicit_event_id,
     validate_rating,
 )
-from conduit_workers.engine import RoutingEngine, update_id_for
+from conduit_workers.engine import RoutingEngine
 from conduit_workers.quality_floor import FloorMark
 from conduit_workers.settings import Settings, environ, get_settings
 

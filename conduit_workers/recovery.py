@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
+from conduit_workers.domain.learning import learn
 from conduit_workers.domain.rewards import FeedbackEvent
-from conduit_workers.engine import learn
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ import redis
 
 from conduit_workers.adapters.keys import RedisKeys
 from conduit_workers.domain.bandit import COUNTERS, ArmStats
+from conduit_workers.domain.learning import decay_factor, decayed_sum, decayed_values
 from conduit_workers.domain.records import Update
 from conduit_workers.errors import StoreUnavailable
 
@@ -24,6 +25,8 @@ from conduit_workers.errors import StoreUnavailable
 # are evidence that decays (Σ w x xᵀ, Σ w r x, n, r, rr): the counters after them (calls,
 # errors, latency, tokens, cost) are exact sums, never decayed
 # Returns 1 if applied, 0 if this update id had been applied already.
+# This script is the reference of the decay arithmetic: domain.learning.decayed_sum (the
+# in-memory store's) computes the same numbers, and the contract tests hold it to them.
 # The statistics are one packed string, not one hash field per number: an update adds ~250
 # numbers, and one HINCRBYFLOAT per number made Redis the bottleneck of the feedback stage
 # (~1 ms per update); unpack, add and pack cost a few µs per update instead.
@@ -172,7 +175,7 @@ class RedisPosteriorStore:
                 self.applied_ttl_s,
                 u.delta.dim,
                 pack(u.delta),
-                repr(_decay_factor(decay, u.delta)),
+                repr(decay_factor(decay, u.delta)),
                 decayed_values(u.delta.dim),
             )
             for u in updates
@@ -220,21 +223,6 @@ class RedisPosteriorStore:
         self._cache.pop(model, None)
 
 
-# Forgetting is for quality evidence only; these counters lead COUNTERS, the rest never decay.
-DECAYED_COUNTERS = ("n", "r", "rr")
-assert COUNTERS[: len(DECAYED_COUNTERS)] == DECAYED_COUNTERS
-
-
-def decayed_values(dim: int) -> int:
-    """How many leading numbers of the packed statistics decay: xx's triangle, xr, n, r, rr."""
-    return dim * (dim + 1) // 2 + dim + len(DECAYED_COUNTERS)
-
-
-def _decay_factor(decay: float, delta: ArmStats) -> float:
-    weight = delta.counters.get("n", 0.0)
-    return float(decay**weight) if decay < 1.0 and weight > 0 else 1.0
-
-
 class InMemoryPosteriorStore:
     """A :class:`~conduit_workers.domain.ports.PosteriorStore` in a dict, for unit tests and
     in-process routing."""
@@ -259,15 +247,7 @@ class InMemoryPosteriorStore:
                 continue
             self._applied.add(u.update_id)
             version, stats = self._stats.get(u.model, (0, ArmStats.zeros(u.delta.dim)))
-            weight = u.delta.counters.get("n", 0.0)
-            if decay < 1.0 and weight > 0:
-                f = decay**weight
-                stats.xx *= f
-                stats.xr *= f
-                stats.counters = {
-                    k: v * f if k in DECAYED_COUNTERS else v for k, v in stats.counters.items()
-                }
-            stats.merge(u.delta)
+            stats = decayed_sum(stats, u.delta, decay_factor(decay, u.delta))
             self._stats[u.model] = (version + 1, stats)
             applied += 1
         return applied

@@ -9,16 +9,12 @@ expected latency and cost instead, which the utility weighs apart from quality.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-import numpy as np
-
-from conduit_workers.domain.bandit import ArmStats, Array
 
 IMPLICIT = "implicit"
 EXPLICIT = "explicit"
-RETRY = "retry"
+# A user re-asking: reward 0 to the earlier answer. The stored kind keeps its first name.
+REASK = "retry"
 
 
 @dataclass(frozen=True)
@@ -107,47 +103,3 @@ def validate_rating(rating: float) -> float:
     if not 0.0 <= rating <= 1.0:
         raise ValueError(f"a rating must be in [0, 1], got {rating}")
     return float(rating)
-
-
-def aggregate(
-    events: Iterable[FeedbackEvent], contexts: Mapping[str, Array], dim: int
-) -> dict[str, ArmStats]:
-    """Sum the events into one :class:`ArmStats` change per model.
-
-    ``contexts`` maps each query id to the context its decision used. An event whose query has
-    no context (never routed) still counts as a call but teaches the regression nothing.
-    """
-    by_model: dict[str, list[FeedbackEvent]] = {}
-    for ev in events:
-        by_model.setdefault(ev.model, []).append(ev)
-    out: dict[str, ArmStats] = {}
-    for model, evs in by_model.items():
-        # Vectorised per model: the feedback stage aggregates tens of thousands of events/s.
-        stats = out[model] = ArmStats.zeros(dim)
-        seen = [
-            (x, ev)
-            for ev in evs
-            if ev.weight != 0.0 and (x := contexts.get(ev.query_id)) is not None
-        ]
-        if seen:
-            x = np.asarray([s[0] for s in seen], dtype=np.float64).reshape(len(seen), dim)
-            w = np.fromiter((s[1].weight for s in seen), dtype=np.float64, count=len(seen))
-            r = np.fromiter((s[1].reward for s in seen), dtype=np.float64, count=len(seen))
-            xw = x * w[:, None]
-            xx = xw.T @ x
-            stats.xx += np.triu(xx) + np.triu(xx, 1).T  # exactly symmetric, as stored
-            stats.xr += xw.T @ r
-            c = stats.counters
-            c["n"] += float(w.sum())
-            c["r"] += float(w @ r)
-            c["rr"] += float(w @ (r * r))
-        for ev in evs:
-            if ev.is_call:
-                stats.add_call(
-                    error=ev.error,
-                    latency_ms=ev.latency_ms,
-                    in_tokens=ev.in_tokens,
-                    out_tokens=ev.out_tokens,
-                    cost_usd=ev.cost_usd,
-                )
-    return out

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Sequence
 
 from conduit_workers.celery_app import app
+from conduit_workers.domain.learning import learn, update_id_for
 from conduit_workers.domain.ports import FloorStore, History, PosteriorStore
-from conduit_workers.engine import learn, update_id_for
 from conduit_workers.errors import StoreUnavailable
 from conduit_workers.names import APPLY_EVENTS, FEEDBACK, ROUTE, ROUTE_BATCH, SWEEP
 from conduit_workers.quality_floor import rate_events
@@ -41,7 +41,7 @@ def handle_apply_events(
     return len(events), applied
 
 
-@app.task(name=APPLY_EVENTS, bind=True, max_retries=None)
+@app.task(name=APPLY_EVENTS, bind=True, max_retries=None)  # feedback is never dropped
 def apply_events(self, event_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Apply feedback events (implicit and explicit) to the posteriors.
 
@@ -50,17 +50,14 @@ def apply_events(self, event_ids: list[str]) -> int:  # type: ignore[no-untyped-
     is never dropped.
     """
     rt = runtime()
-    try:
-        n, applied = handle_apply_events(
-            event_ids,
-            rt.history,
-            rt.store,
-            rt.settings.context_dim,
-            rt.settings.router.decay,
-            rt.floor_store,
-        )
-    except StoreUnavailable as exc:
-        raise self.retry(exc=exc, countdown=min(2 ** min(self.request.retries, 5), 30)) from None
+    n, applied = handle_apply_events(
+        event_ids,
+        rt.history,
+        rt.store,
+        rt.settings.context_dim,
+        rt.settings.router.decay,
+        rt.floor_store,
+    )
     log.info("apply_events %s: %d events, %d posterior updates", self.request.id, n, applied)
     return n
 

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
+from conduit_workers.domain.learning import aggregate, learn, update_id_for
 from conduit_workers.domain.records import DecisionRow
-from conduit_workers.domain.rewards import FeedbackEvent, aggregate
-from conduit_workers.engine import learn, update_id_for
+from conduit_workers.domain.rewards import FeedbackEvent
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
+from conduit_workers.domain.learning import learn
 from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent
-from conduit_workers.engine import learn
 from conduit_workers.errors import StoreUnavailable
 from tests.conftest import TEST_PREFIX
 

@@ -15,7 +15,8 @@ from conduit_workers.adapters.feature_cache import CircuitBreaker, decode, encod
 from conduit_workers.adapters.posterior_store import pack, unpack
 from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.features import Analysis
-from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent, aggregate
+from conduit_workers.domain.learning import aggregate
+from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent
 
 
 def _events(n: int, dim: int, seed: int) -> tuple[list[FeedbackEvent], dict[str, np.ndarray]]:

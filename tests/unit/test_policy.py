@@ -8,9 +8,10 @@ from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.constraints import Constraints
+from conduit_workers.domain.learning import learn
 from conduit_workers.domain.policy import Expectations, choose, expected_costs, reference_cost
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
-from conduit_workers.engine import RoutingEngine, learn
+from conduit_workers.engine import RoutingEngine
 from conduit_workers.settings import RouterSettings
 
 URL = "http://127.0.0.1:1/v1"
