@@ -162,7 +162,8 @@ class RouterSettings(BaseModel):
 
 
 class RetrySettings(BaseModel):
-    """Retry detection: a user re-asking a near-identical prompt marks the earlier answer bad."""
+    """Re-ask detection (the section keeps its first name, ``retry``): a user re-asking a
+    near-identical prompt marks the earlier answer bad."""
 
     enabled: bool = True
     window_s: float = 600.0  # how long a user's prompts are remembered

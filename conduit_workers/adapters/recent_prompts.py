@@ -1,4 +1,4 @@
-"""Recent prompts per user in Redis, for retry detection.
+"""Recent prompts per user in Redis, for re-ask detection.
 
 Keys ``P:recent:<user>`` (sorted set) and ``P:recentvec:<user>`` (hash), described in
 :mod:`conduit_workers.adapters.keys`. Older entries are trimmed on each write, and so are all
@@ -16,7 +16,7 @@ import redis
 
 from conduit_workers.adapters.keys import RedisKeys
 from conduit_workers.domain.bandit import Array
-from conduit_workers.domain.retries import VECTOR_DIM
+from conduit_workers.domain.reask import VECTOR_DIM
 from conduit_workers.errors import StoreUnavailable
 
 # KEYS[1] = P:recent:<user> (sorted set), KEYS[2] = P:recentvec:<user> (hash), both written.

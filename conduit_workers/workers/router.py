@@ -12,10 +12,9 @@ from conduit_workers.celery_app import app
 from conduit_workers.domain.constraints import parse_constraints
 from conduit_workers.domain.ports import FeatureCache, History
 from conduit_workers.engine import RoutingEngine
-from conduit_workers.errors import StoreUnavailable
 from conduit_workers.names import APPLY_EVENTS, EXECUTE, EXECUTE_BATCH, FEEDBACK, ROUTE_BATCH
 from conduit_workers.workers.budget_pacing import chunk_shares
-from conduit_workers.workers.retries import RetryDetector
+from conduit_workers.workers.reask import ReAskDetector
 from conduit_workers.workers.runtime import Runtime, chunks, runtime
 
 log = logging.getLogger(__name__)
@@ -25,13 +24,13 @@ def handle_route_batch(
     query_ids: Sequence[str],
     history: History,
     engine: RoutingEngine,
-    retries: RetryDetector | None = None,
+    reasks: ReAskDetector | None = None,
     features: FeatureCache | None = None,
     ledger: RedisBatchLedger | None = None,
 ) -> int:
     """Decide a model for each prompt of the chunk that has no decision yet; return how many.
 
-    With a ``retries`` detector, prompts repeating a user's recent prompt are reported first.
+    With a ``reasks`` detector, prompts repeating a user's recent prompt are reported first.
     With a ``features`` cache, prompts seen before (by text hash) are not embedded again.
     With the budgets' ``ledger``, the prompts of a budgeted batch are routed within their
     share of what the batch has left (:mod:`conduit_workers.workers.budget_pacing`).
@@ -39,8 +38,8 @@ def handle_route_batch(
     rows = history.load_queries(query_ids)
     if not rows:
         return 0
-    if retries is not None:
-        retries.detect(rows)
+    if reasks is not None:
+        reasks.detect(rows)
     constraints = [
         parse_constraints(r.constraints).merged_over(parse_constraints(r.batch_constraints))
         for r in rows
@@ -71,7 +70,7 @@ def handle_route_batch(
     return len(decisions)
 
 
-def _retry_detector(rt: Runtime) -> RetryDetector | None:
+def _reask_detector(rt: Runtime) -> ReAskDetector | None:
     cfg = rt.settings.retry
     if not cfg.enabled:
         return None
@@ -82,10 +81,10 @@ def _retry_detector(rt: Runtime) -> RetryDetector | None:
     recent = RedisRecentPrompts(
         rt.store.client, rt.settings.redis.key_prefix, cfg.window_s, cfg.window_prompts
     )
-    return RetryDetector(recent, rt.history, cfg.threshold, send)
+    return ReAskDetector(recent, rt.history, cfg.threshold, send)
 
 
-@app.task(name=ROUTE_BATCH, bind=True, max_retries=20)
+@app.task(name=ROUTE_BATCH, bind=True)
 def route_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Route a chunk of prompts.
 
@@ -96,17 +95,14 @@ def route_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-d
     """
     rt = runtime()
     started = time.perf_counter()
-    try:
-        decided = handle_route_batch(
-            query_ids,
-            rt.history,
-            rt.engine,
-            _retry_detector(rt),
-            rt.feature_cache,
-            rt.budget_ledger,
-        )
-    except StoreUnavailable as exc:
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from None
+    decided = handle_route_batch(
+        query_ids,
+        rt.history,
+        rt.engine,
+        _reask_detector(rt),
+        rt.feature_cache,
+        rt.budget_ledger,
+    )
     for chunk in chunks(list(query_ids), rt.settings.executor.chunk_size):
         app.send_task(EXECUTE_BATCH, args=[chunk], queue=EXECUTE)
     log.info(

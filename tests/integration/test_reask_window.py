@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from conduit_workers.adapters.recent_prompts import RedisRecentPrompts, max_bytes_per_user
-from conduit_workers.domain.retries import VECTOR_DIM, find_retries, text_vector
+from conduit_workers.domain.reask import VECTOR_DIM, find_reasks, text_vector
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ def test_a_user_with_many_prompts_keeps_a_bounded_footprint(redis_url: str) -> N
     # The window keeps the most recent prompts: the last chunk's, and re-asks are still found.
     window = recent.recent(["big"], now=now + 40)["big"]
     assert sorted(qid for qid, _ in window) == sorted(f"q39-{i}" for i in range(50))
-    again = find_retries(
+    again = find_reasks(
         [("new", text_vector("prompt 39 7 about topic 0"))], window, threshold=0.9, limit=MAX
     )
     assert [r.earlier_query_id for r in again] == ["q39-7"]
@@ -41,7 +41,7 @@ def test_a_user_with_many_prompts_keeps_a_bounded_footprint(redis_url: str) -> N
 def test_within_a_chunk_a_user_is_compared_with_a_bounded_pool() -> None:
     vecs = [(f"q{i}", text_vector(f"distinct words {i} {i * 7919}")) for i in range(300)]
     vecs.append(("last", vecs[0][1].copy()))  # repeats the first: out of a 50-prompt window
-    assert find_retries(vecs, [], threshold=0.9, limit=MAX) == []
-    assert len(find_retries(vecs, [], threshold=0.9, limit=1000)) >= 1
+    assert find_reasks(vecs, [], threshold=0.9, limit=MAX) == []
+    assert len(find_reasks(vecs, [], threshold=0.9, limit=1000)) >= 1
     assert np.isclose(float(vecs[0][1] @ vecs[-1][1]), 1.0)
     assert VECTOR_DIM * 4 * MAX < max_bytes_per_user(MAX)

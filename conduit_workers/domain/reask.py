@@ -1,4 +1,4 @@
-"""Retry detection: a user who re-asks a near-identical prompt soon after was not satisfied.
+"""Re-ask detection: a user who re-asks a near-identical prompt soon after was not satisfied.
 
 Prompts are compared by the cosine of hashed word uni- and bigram vectors: near-identical
 wordings score near 1 whatever the topic, and the vector costs microseconds, so detection adds
@@ -33,23 +33,23 @@ def text_vector(text: str, dim: int = VECTOR_DIM) -> Array:
 
 
 @dataclass(frozen=True)
-class Retry:
+class ReAsk:
     query_id: str  # the new prompt
     earlier_query_id: str  # the prompt whose answer did not satisfy
     similarity: float
 
 
-def find_retries(
+def find_reasks(
     new: list[tuple[str, Array]],
     recent: list[tuple[str, Array]],
     threshold: float,
     limit: int = 64,
-) -> list[Retry]:
+) -> list[ReAsk]:
     """For each new prompt, the most similar recent prompt of the same user at or above
     ``threshold`` (never itself). ``new`` prompts of one chunk count as recent for the later
     ones, so a user re-asking within one batch is caught too. Each prompt is compared with the
     ``limit`` most recent prompts only: O(limit) per prompt, whatever the user's batch."""
-    out: list[Retry] = []
+    out: list[ReAsk] = []
     pool = deque(recent[-limit:], maxlen=max(1, limit))
     for qid, vec in new:
         best: tuple[float, str] | None = None
@@ -60,6 +60,6 @@ def find_retries(
             if sim >= threshold and (best is None or sim > best[0]):
                 best = (sim, other_id)
         if best is not None:
-            out.append(Retry(qid, best[1], round(best[0], 4)))
+            out.append(ReAsk(qid, best[1], round(best[0], 4)))
         pool.append((qid, vec))
     return out

@@ -4,7 +4,7 @@ import redis
 from conduit_workers.adapters.recent_prompts import RedisRecentPrompts
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import DecisionRow, ResultRow
-from conduit_workers.workers.retries import RetryDetector
+from conduit_workers.workers.reask import ReAskDetector
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,7 @@ def _submit(history, batch, *items):
 def test_user_reasking_marks_the_earlier_answer_once(history, redis_url):
     sent: list[list[str]] = []
     recent = RedisRecentPrompts(redis.Redis.from_url(redis_url), TEST_PREFIX, window_s=60)
-    detector = RetryDetector(recent, history, 0.9, sent.append)
+    detector = ReAskDetector(recent, history, 0.9, sent.append)
     (first,) = _submit(history, "b1", {"prompt": "Explain how TCP slow start works", "user": "ann"})
     assert detector.detect(history.load_queries([first])) == []
     history.insert_decisions([DecisionRow(first, "m", ["m"], [1.0], {}, "other", 0.1, 0.0, {})])
@@ -48,6 +48,6 @@ def test_detection_is_skipped_when_redis_is_unreachable(history):
         TEST_PREFIX,
         60,
     )
-    detector = RetryDetector(dead, history, 0.9, lambda ids: None)
+    detector = ReAskDetector(dead, history, 0.9, lambda ids: None)
     (q,) = _submit(history, "b", {"prompt": "hello there", "user": "ann"})
     assert detector.detect(history.load_queries([q])) == []

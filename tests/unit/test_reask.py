@@ -1,6 +1,6 @@
 import numpy as np
 
-from conduit_workers.domain.retries import find_retries, text_vector
+from conduit_workers.domain.reask import find_reasks, text_vector
 
 
 def test_near_identical_prompts_are_close_and_different_ones_are_not():
@@ -13,7 +13,7 @@ def test_near_identical_prompts_are_close_and_different_ones_are_not():
     assert not text_vector("").any()
 
 
-def test_find_retries_picks_the_most_similar_earlier_prompt_above_threshold():
+def test_find_reasks_picks_the_most_similar_earlier_prompt_above_threshold():
     v = {
         k: text_vector(t)
         for k, t in {
@@ -25,11 +25,11 @@ def test_find_retries_picks_the_most_similar_earlier_prompt_above_threshold():
         }.items()
     }
     recent = [("old1", v["old1"]), ("old2", v["old2"])]
-    found = find_retries([("new", v["new"]), ("new2", v["new2"])], recent, threshold=0.9)
+    found = find_reasks([("new", v["new"]), ("new2", v["new2"])], recent, threshold=0.9)
     assert [(r.query_id, r.earlier_query_id) for r in found] == [("new", "old2")]
     assert found[0].similarity >= 0.99
     # within one chunk, a later prompt repeating an earlier one of the chunk counts too
-    chunk = find_retries([("a", v["other"]), ("b", v["new2"])], [], threshold=0.9)
+    chunk = find_reasks([("a", v["other"]), ("b", v["new2"])], [], threshold=0.9)
     assert [(r.query_id, r.earlier_query_id) for r in chunk] == [("b", "a")]
     # and a prompt is never its own retry
-    assert find_retries([("old2", v["old2"])], recent[1:], threshold=0.5) == []
+    assert find_reasks([("old2", v["old2"])], recent[1:], threshold=0.5) == []
