@@ -1,4 +1,11 @@
-"""The base of every Conduit task: delivery counting and the dead-letter queue.
+"""The base of every Conduit task: one retry policy, delivery counting, the dead-letter queue.
+
+Task retries (Celery's, not a provider call's backoff nor a user's re-ask): a task that raises
+:class:`~conduit_workers.errors.StoreUnavailable` (Redis or the history database unreachable)
+is retried by Celery with exponential backoff and full jitter: the n-th retry waits a random
+0 … min(``retry_backoff`` · 2ⁿ, ``retry_backoff_max``) seconds, up to ``max_retries`` times (a
+task may set its own factor, cap and limit in its decorator). Every other exception fails the
+task for good. A task that must handle the store's absence itself catches it first.
 
 A message that keeps coming back without finishing (it kills its worker, or outlives the
 visibility timeout each time) is delivered at most ``broker.max_deliveries`` times; the next
@@ -17,7 +24,7 @@ from celery import Task
 from celery.exceptions import TimeLimitExceeded
 
 from conduit_workers.adapters.dead_letters import DeadLetter, now
-from conduit_workers.errors import InputError
+from conduit_workers.errors import InputError, StoreUnavailable
 from conduit_workers.names import ID_TASKS
 from conduit_workers.workers.runtime import runtime
 
@@ -46,6 +53,13 @@ def check_ids(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
 
 
 class ConduitTask(Task):  # type: ignore[misc]
+    # The retry policy of every task (see the module's docstring).
+    autoretry_for = (StoreUnavailable,)
+    retry_backoff = 1  # s, doubled per retry
+    retry_backoff_max = 30  # s
+    retry_jitter = True
+    max_retries = 20
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         req = self.request
         if req.id is not None and not req.called_directly:

@@ -37,7 +37,6 @@ from conduit_workers.errors import (
     ConfigError,
     PermanentProviderError,
     ProviderError,
-    StoreUnavailable,
 )
 from conduit_workers.names import APPLY_EVENTS, EXECUTE_BATCH, FEEDBACK
 from conduit_workers.settings import BudgetSettings, ExecutorSettings, FeedbackSettings
@@ -369,7 +368,7 @@ async def _cooling(health: ModelHealth, names: Sequence[str]) -> dict[str, float
     return {m: s for m in names if (s := health.cooling_for(m, now)) > 0}
 
 
-@app.task(name=EXECUTE_BATCH, bind=True, max_retries=20)
+@app.task(name=EXECUTE_BATCH, bind=True)
 def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Call the LLMs for a chunk of routed prompts.
 
@@ -400,8 +399,6 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
                 rt.settings.budget,
             )
         )
-    except StoreUnavailable as exc:
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from None
     finally:
         for r in results:
             metrics.fallbacks(r.model or "none", r.fallbacks)

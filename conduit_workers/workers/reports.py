@@ -6,7 +6,6 @@ import logging
 from datetime import date
 
 from conduit_workers.celery_app import app
-from conduit_workers.errors import StoreUnavailable
 from conduit_workers.names import DAILY_COST
 from conduit_workers.reporting import build_daily_report, yesterday_utc
 from conduit_workers.workers.runtime import runtime
@@ -14,7 +13,7 @@ from conduit_workers.workers.runtime import runtime
 log = logging.getLogger(__name__)
 
 
-@app.task(name=DAILY_COST, bind=True, max_retries=10)
+@app.task(name=DAILY_COST, bind=True, max_retries=10, retry_backoff=10, retry_backoff_max=600)
 def daily_cost(self, day: str | None = None, force: bool = False) -> str | None:  # type: ignore[no-untyped-def]
     """Build the cost report of one UTC day (default: yesterday) into ``reports.out_dir``.
 
@@ -25,18 +24,15 @@ def daily_cost(self, day: str | None = None, force: bool = False) -> str | None:
     """
     rt = runtime()
     the_day = date.fromisoformat(day) if day else yesterday_utc()
-    try:
-        out = build_daily_report(
-            the_day,
-            rt.history,
-            rt.catalog,
-            rt.settings.reports.out_dir,
-            owner=str(self.request.id),
-            scheduled=not force,
-            stale_claim_s=rt.settings.reports.stale_claim_s,
-        )
-    except StoreUnavailable as exc:
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries * 10, 600)) from None
+    out = build_daily_report(
+        the_day,
+        rt.history,
+        rt.catalog,
+        rt.settings.reports.out_dir,
+        owner=str(self.request.id),
+        scheduled=not force,
+        stale_claim_s=rt.settings.reports.stale_claim_s,
+    )
     return str(out.folder) if out else None
 
 

@@ -63,3 +63,25 @@ def test_router_and_feedback_workers_do_not_import_pydantic_ai():
     tasks, pydantic_ai, torch = out.stdout.split()
     assert tasks.split(",") == sorted([names.APPLY_EVENTS, names.SWEEP, names.ROUTE_BATCH])
     assert (pydantic_ai, torch) == ("False", "False")
+
+
+def test_every_task_has_the_one_retry_policy():
+    """Celery retries StoreUnavailable with jittered exponential backoff, on every task (the
+    base class's policy; a task only tunes its factor, cap or limit)."""
+    code = (
+        "from conduit_workers.celery_app import _import_role_tasks, app\n"
+        "from conduit_workers.errors import StoreUnavailable\n"
+        "_import_role_tasks(options={'queues': None, 'exclude_queues': None})\n"
+        "for name, t in sorted(app.tasks.items()):\n"
+        "    if name.startswith('conduit.'):\n"
+        "        assert t.autoretry_for == (StoreUnavailable,), name\n"
+        "        assert t.retry_jitter is True and t.retry_backoff >= 1, name\n"
+        "        assert hasattr(t, '_orig_run'), name  # wrapped by Celery's autoretry\n"
+        "        print(name, t.max_retries, t.retry_backoff, t.retry_backoff_max)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+    assert set(lines) == set(names.TASK_QUEUES)
+    assert lines[names.APPLY_EVENTS] == "None 1 30"  # feedback is never dropped
+    assert lines[names.ROUTE_BATCH] == "20 1 30"
+    assert lines[names.DAILY_COST] == "10 10 600"
