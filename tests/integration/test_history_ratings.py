@@ -14,7 +14,7 @@ from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.history_ratings import rated_records
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import ResultRow
-from conduit_workers.domain.rewards import EXPLICIT, RETRY, FeedbackEvent, explicit_event_id
+from conduit_workers.domain.rewards import EXPLICIT, REASK, FeedbackEvent, explicit_event_id
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def test_each_rated_answer_is_one_record_in_the_shared_schema(history: SqlHistor
     _rate(history, ids[1], "m1", 0.75)
     _rate(history, ids[2], "m0", 0.0)
     # Not ratings: an implicit signal, and a rating of a model that did not answer.
-    history.add_feedback([FeedbackEvent(f"retry:{ids[3]}", ids[3], "m1", RETRY, 0.0, 1.0)])
+    history.add_feedback([FeedbackEvent(f"retry:{ids[3]}", ids[3], "m1", REASK, 0.0, 1.0)])
     _rate(history, ids[0], "m1", 1.0)
     # An error result with a rating is no labelled answer either.
     items = [parse_item({"id": "e", "prompt": "failed"}, line=9, max_prompt_chars=99)]

@@ -5,13 +5,9 @@ import pytest
 
 from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
+from conduit_workers.domain.learning import aggregate
 from conduit_workers.domain.records import Update
-from conduit_workers.domain.rewards import (
-    FeedbackEvent,
-    aggregate,
-    implicit_reward,
-    validate_rating,
-)
+from conduit_workers.domain.rewards import FeedbackEvent, implicit_reward, validate_rating
 from conduit_workers.errors import InputError, PermanentProviderError, RetryableProviderError
 
 
