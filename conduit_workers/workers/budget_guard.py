@@ -123,16 +123,17 @@ def call_budgets(
     ledger: RedisBatchLedger,
     catalog: Catalog,
     budgets: dict[str, tuple[str, float]],
-    rows: Sequence[tuple[str, str]],
+    rows: Sequence[tuple[str, str, int]],
     settings: BudgetSettings,
     ex: ExecutorSettings,
     recorded: dict[str, float] | None = None,
 ) -> dict[str, CallBudget]:
-    """A :class:`CallBudget` per (query id, prompt) of a budgeted batch (``budgets``: query id
-    → (batch id, limit); ``recorded``: batch id → spend; both from the history database)."""
+    """A :class:`CallBudget` per (query id, prompt text, messages) of a budgeted batch
+    (``budgets``: query id → (batch id, limit); ``recorded``: batch id → spend; both from the
+    history database). Each message adds its chat-template overhead to the input's worst case."""
     ttl_s = max(settings.reservation_ttl_s, ex.timeout_s + 60.0)
     out = {}
-    for qid, prompt in rows:
+    for qid, prompt, messages in rows:
         if qid not in budgets:
             continue
         batch_id, limit = budgets[qid]
@@ -141,7 +142,7 @@ def call_budgets(
             catalog,
             batch_id,
             limit,
-            worst_input_tokens(prompt, settings.input_overhead_tokens),
+            worst_input_tokens(prompt, settings.input_overhead_tokens * max(1, messages)),
             ex.max_output_tokens,
             settings,
             ttl_s,

@@ -199,3 +199,22 @@ def test_a_ledger_made_anew_starts_from_the_recorded_spend(ledger: RedisBatchLed
         ledger.reserve("b1", 1.0, "r3", 0.1, ttl_s=60, recorded_spend_usd=0.0).state.spent_usd
         == 0.7
     )
+
+
+def test_each_message_of_a_chat_request_adds_its_overhead(ledger: RedisBatchLedger) -> None:
+    from conduit_workers.settings import ExecutorSettings
+    from conduit_workers.workers.budget_guard import call_budgets
+
+    guard = _guard(ledger, hold_wait_s=0)
+    settings = BudgetSettings(input_overhead_tokens=10)
+    out = call_budgets(
+        ledger,
+        guard.catalog,
+        {"q1": ("b1", 1.0), "q2": ("b1", 1.0)},
+        [("q1", "héllo", 1), ("q2", "héllo", 3), ("q3", "not budgeted", 1)],
+        settings,
+        ExecutorSettings(timeout_s=5),
+    )
+    assert set(out) == {"q1", "q2"}
+    assert (out["q1"].input_tokens, out["q2"].input_tokens) == (6 + 10, 6 + 30)  # é: 2 bytes
+    assert out["q1"].ttl_s == max(settings.reservation_ttl_s, 5 + 60.0)
