@@ -83,10 +83,15 @@ def _results(history: SqlHistory, ids: list[str]) -> list[dict[str, object]]:
 
 
 def _execute(
-    server: RunningServer, history: SqlHistory, ledger: RedisBatchLedger, ids: list[str], conc: int
+    server: RunningServer,
+    history: SqlHistory,
+    ledger: RedisBatchLedger,
+    ids: list[str],
+    conc: int,
+    max_attempts: int = 1,
 ) -> None:
     catalog = _catalog(server)
-    ex = ExecutorSettings(concurrency=conc, max_attempts=1)
+    ex = ExecutorSettings(concurrency=conc, max_attempts=max_attempts, backoff_base_s=0.01)
 
     async def main() -> None:
         llm = LLMClient(catalog, {}, timeout_s=10)
@@ -190,3 +195,30 @@ def test_a_redelivered_chunk_pays_nothing_twice(
     after = ledger.states(["r"])["r"]
     assert (after.spent_usd, after.calls, after.reserved_usd) == (before.spent_usd, 10, 0)
     assert sum(float(r["cost_usd"]) for r in _results(history, ids)) <= before.spent_usd  # type: ignore[arg-type]
+
+
+def test_retries_and_fallback_reserve_anew_and_failed_calls_cost_nothing(
+    history: SqlHistory, redis_url: str
+) -> None:
+    failing = start_replay(
+        ReplayConfig(
+            data_paths=[],
+            profiles={"*": ModelProfile(latency_ms=2), "strong": ModelProfile(rate_500=1.0)},
+            extra_models=("strong", "cheap"),
+        )
+    )
+    try:
+        ledger = RedisBatchLedger(redis.Redis.from_url(redis_url), TEST_PREFIX, 3600)
+        ids = _submit(history, "fb", 6, 1.0)
+        _execute(failing, history, ledger, ids, 3, max_attempts=2)
+        rows = _results(history, ids)
+        assert Counter((r["status"], r["model"]) for r in rows) == {("ok", "cheap"): 6}
+        assert all(r["attempts"] == 3 and r["fallbacks"] == 1 for r in rows)
+        state = ledger.states(["fb"])["fb"]
+        # 18 holds (two failed strong attempts and one cheap call per prompt), six of them paid.
+        assert (state.calls, state.reserved_usd, state.expired) == (6, 0, 0)
+        assert ledger.client.scard(ledger.keys("fb")[3]) == 18  # every hold settled once
+        spend = sum(float(r["cost_usd"]) for r in rows)  # type: ignore[arg-type]
+        assert state.spent_usd == pytest.approx(spend, abs=1e-8)
+    finally:
+        failing.stop()
