@@ -117,3 +117,31 @@ class RedisRecentPrompts:
             raise StoreUnavailable(
                 f"Redis recent-prompt write failed: {type(exc).__name__}"
             ) from exc
+
+
+class InMemoryRecentPrompts:
+    """:class:`~conduit_workers.domain.ports.RecentPrompts` in a dict (unit tests): the same
+    window (``window_s``) and bound (the newest ``max_prompts`` per user) as the Redis one."""
+
+    def __init__(self, window_s: float, max_prompts: int = 64) -> None:
+        self.window_s = window_s
+        self.max_prompts = max(1, max_prompts)
+        self._users: dict[str, list[tuple[float, str, Array]]] = {}
+
+    def recent(
+        self, users: list[str], now: float | None = None
+    ) -> dict[str, list[tuple[str, Array]]]:
+        now = time.time() if now is None else now
+        return {
+            u: [(q, v) for t, q, v in self._users.get(u, []) if t >= now - self.window_s]
+            for u in users
+        }
+
+    def remember(self, entries: list[tuple[str, str, Array]], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for user, qid, vec in entries:
+            kept = [
+                e for e in self._users.get(user, []) if e[1] != qid and e[0] >= now - self.window_s
+            ]
+            kept.append((now, qid, vec.astype(np.float32).astype(np.float64)))
+            self._users[user] = kept[-self.max_prompts :]
