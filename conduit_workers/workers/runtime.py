@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Coroutine
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from conduit_workers.adapters.dead_letters import RedisDeadLetters
 from conduit_workers.adapters.history import SqlHistory
@@ -25,6 +25,14 @@ from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.catalog import Catalog, load_catalog
 from conduit_workers.domain.health import ModelHealth
 from conduit_workers.settings import Settings, environ, get_settings
+
+if TYPE_CHECKING:  # imported where built: a role's process imports only what it uses
+    from conduit_workers.adapters.batch_ledger import RedisBatchLedger
+    from conduit_workers.adapters.call_metrics import CallMetrics
+    from conduit_workers.adapters.feature_cache import RedisFeatureCache
+    from conduit_workers.adapters.floor_store import RedisFloorStore
+    from conduit_workers.adapters.llm import LLMClient
+    from conduit_workers.engine import RoutingEngine
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -87,7 +95,7 @@ class Runtime:
         )
 
     @_once
-    def budget_ledger(self) -> Any:
+    def budget_ledger(self) -> RedisBatchLedger:
         """The ledger of batch budgets, on the posteriors' Redis."""
         from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 
@@ -100,7 +108,7 @@ class Runtime:
         )
 
     @_once
-    def floor_store(self) -> Any:
+    def floor_store(self) -> RedisFloorStore:
         """The quality floors' counters and marks, on the posteriors' Redis."""
         from conduit_workers.adapters.floor_store import RedisFloorStore
 
@@ -112,7 +120,7 @@ class Runtime:
         return RedisDeadLetters(self.store.client, self.settings.redis.key_prefix)
 
     @_once
-    def engine(self) -> Any:
+    def engine(self) -> RoutingEngine:
         from conduit_workers.adapters.embedder import make_embedder
         from conduit_workers.adapters.model_check import routable_catalog
         from conduit_workers.engine import RoutingEngine
@@ -127,7 +135,7 @@ class Runtime:
         )
 
     @_once
-    def feature_cache(self) -> Any:
+    def feature_cache(self) -> RedisFeatureCache | None:
         """The router's cache of query features, or None when turned off (ttl 0)."""
         rs = self.settings.router
         if rs.feature_cache_ttl_s <= 0:
@@ -153,7 +161,7 @@ class Runtime:
         )
 
     @_once
-    def llm(self) -> Any:
+    def llm(self) -> LLMClient:
         from conduit_workers.adapters.llm import LLMClient
 
         ex = self.settings.executor
@@ -175,7 +183,7 @@ class Runtime:
         )
 
     @_once
-    def call_metrics(self) -> Any:
+    def call_metrics(self) -> CallMetrics:
         """This process's counters of LLM requests, added to Redis after each task."""
         from conduit_workers.adapters.call_metrics import CallMetrics
 
