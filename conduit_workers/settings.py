@@ -7,8 +7,10 @@ directly; processes call :func:`get_settings` once.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conduit_workers.domain.features import N_CHEAP
 from conduit_workers.domain.rewards import CallWeights
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CATALOG = Path(__file__).parent / "data" / "catalog.toml"
 
@@ -349,8 +353,59 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read from the environment once."""
+    """The process's settings, read from the environment once (a mistyped ``CONDUIT_…``
+    variable is warned about: see :func:`warn_unknown_variables`)."""
+    warn_unknown_variables(os.environ)
     return Settings()
+
+
+# CONDUIT_ variables that are not settings: the catalog's ${CONDUIT_REPLAY_URL}, docker
+# compose's catalog file, the ops scripts' and the tests' own.
+NOT_SETTINGS = ("CONDUIT_REPLAY_URL", "CONDUIT_CATALOG_FILE", "CONDUIT_VENV", "CONDUIT_OPS_DRY_RUN")
+NOT_SETTINGS_PREFIXES = ("CONDUIT_TEST_",)
+
+
+def _names(model: type[BaseModel], prefix: str) -> Iterator[str]:
+    for name, info in model.model_fields.items():
+        var = f"{prefix}{name.upper()}"
+        yield var
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            yield from _names(kind, var + "__")
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``CONDUIT_…`` variable that sets a setting (a section too, as JSON)."""
+    return frozenset(_names(Settings, "CONDUIT_"))
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``CONDUIT_…`` variables that set nothing, each with the closest known name.
+
+    A variable in the settings' form (``CONDUIT_SECTION__FIELD``) that names nothing is always
+    reported; a flat one only when it is close to a setting (``CONDUIT_REDIS_URL``): flat names
+    far from every setting belong to something else (an API key named in the catalog)."""
+    known = known_variables()
+    out = []
+    for var in sorted(env):
+        upper = var.upper()
+        if (
+            not upper.startswith("CONDUIT_")
+            or upper in known
+            or upper in NOT_SETTINGS
+            or upper.startswith(NOT_SETTINGS_PREFIXES)
+        ):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        if "__" in upper or close:
+            out.append((var, close[0] if close else None))
+    return out
+
+
+def warn_unknown_variables(env: Mapping[str, str]) -> None:
+    for var, close in unknown_variables(env):
+        hint = f"did you mean {close}?" if close else "see conduit_workers/settings.py"
+        log.warning("environment variable %s sets no Conduit setting (ignored): %s", var, hint)
 
 
 def environ() -> Mapping[str, str]:
