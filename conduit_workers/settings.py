@@ -91,7 +91,7 @@ class RouterSettings(BaseModel):
     # bench/README.md), "minilm" (sentence-transformers, torch) or "hashing" (no weights; tests).
     embedder: str = "static"
     # The "static" embedder's folder; distilled from the shipped MiniLM weights by the install
-    # step (python -m conduit_workers.adapters.static_distill DIR) or on a router's first use.
+    # step (python -m conduit_workers.tools.static_distill DIR) or on a router's first use.
     static_model_dir: Path = Path.home() / ".cache" / "conduit" / "minilm-static"
     # WordNet's data.* files (Debian: wordnet-base), the corpus the static vectors are trained
     # on, and how many of its glosses (MiniLM embeds ~200 a second on 2 cores). Without the

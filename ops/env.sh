@@ -41,7 +41,7 @@ ensure_static_embedder() {
   local dir="${CONDUIT_ROUTER__STATIC_MODEL_DIR:-$HOME/.cache/conduit/minilm-static}"
   ensure_corpus
   HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
-    "$PY" -m conduit_workers.adapters.static_distill "$dir" >&2
+    "$PY" -m conduit_workers.tools.static_distill "$dir" >&2
 }
 
 # WordNet's glosses (Debian's wordnet-base), the corpus of the static embedder; installed with

@@ -2,16 +2,18 @@
 
 A prompt's embedding is the normalised sum of its word pieces' vectors: no torch at inference,
 ~100x faster than the encoder. The vectors are 384-dimensional, in MiniLM's own output space,
-trained so that this sum reproduces MiniLM's sentence embeddings (``static_distill``): the
-router's context projection is the same as with the full encoder. Inference needs only
+trained so that this sum reproduces MiniLM's sentence embeddings (``tools/static_distill.py``):
+the router's context projection is the same as with the full encoder. Inference needs only
 ``tokenizers`` and numpy. The folder holds ``vectors.npy`` (float32, vocabulary × dim),
 ``tokenizer.json`` and ``meta.json``; the install step builds it, or a router on first use (in a
 child process, so that torch never stays in the router) with
-``python -m conduit_workers.adapters.static_distill DIR``.
+``python -m conduit_workers.tools.static_distill DIR`` (the training lives there, off the
+runtime path; this module reads the model and its metadata).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -19,10 +21,10 @@ import subprocess
 import sys
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from conduit_workers.adapters.static_distill import FORMAT, is_current, model_id
 from conduit_workers.domain.bandit import Array
 from conduit_workers.errors import ConfigError
 
@@ -30,7 +32,9 @@ log = logging.getLogger(__name__)
 
 MAX_TOKENS = 512  # a prompt's tokens beyond this are ignored (the router embeds the tail anyway)
 WORD_CACHE_SIZE = 200_000  # distinct words whose word pieces are remembered (~30 MB when full)
-DISTILL = "conduit_workers.adapters.static_distill"
+DISTILL = "conduit_workers.tools.static_distill"
+FORMAT = 2  # of the model folder; 1: PCA to 256 dims, no corpus (before the tokenlearn step)
+WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")  # the training corpus
 
 # MiniLM's tokenizer (BertNormalizer: clean text, lowercase, strip accents; BertPreTokenizer:
 # split on whitespace and isolate each punctuation mark) on an ASCII text is: drop control
@@ -135,3 +139,32 @@ class StaticEmbedder:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         normed: Array = out / np.maximum(norms, 1e-12)
         return normed
+
+
+def read_meta(model_dir: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((model_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def model_id(model_dir: Path) -> str | None:
+    """Names a built model by the hash of its metadata (for cache keys); None when absent."""
+    try:
+        return "static-" + hashlib.sha256((model_dir / "meta.json").read_bytes()).hexdigest()[:12]
+    except OSError:
+        return None
+
+
+def is_current(model_dir: Path, corpus_dir: Path | None = None) -> bool:
+    """Whether ``model_dir`` holds a model of this format; with ``corpus_dir``, also whether it
+    was trained on the corpus if the corpus is there now."""
+    meta = read_meta(model_dir)
+    if meta is None or meta.get("format") != FORMAT or not (model_dir / "vectors.npy").is_file():
+        return False
+    return not (meta.get("corpus") is None and corpus_dir is not None and has_corpus(corpus_dir))
+
+
+def has_corpus(corpus_dir: Path) -> bool:
+    return all((corpus_dir / name).is_file() for name in WORDNET_FILES)

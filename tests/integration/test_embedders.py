@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conduit_workers.adapters.embedder import make_embedder
-from conduit_workers.adapters.static_distill import read_meta
+from conduit_workers.adapters.static_embedder import read_meta
 from conduit_workers.errors import ConfigError
 from conduit_workers.settings import RouterSettings
 

