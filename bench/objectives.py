@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench.baselines import mixture_frontier
-from bench.datasets import Dataset, cached_embedder, load
+from bench.datasets import OUT, Dataset, cached_embedder, load
 from bench.streaming import RouterRun, Scenario, Stream, featurize, run_engine
 from conduit_workers.engine import RoutingEngine
 from conduit_workers.settings import RouterSettings
@@ -42,8 +42,9 @@ class Outcomes:
 
 def outcomes(run: RouterRun, ds: Dataset, stream: Stream) -> Outcomes:
     rows = stream.order
-    q = ds.quality[rows, run.choice]
-    c = ds.cost[rows, run.choice]
+    answered = run.choice >= 0  # -1: left over_budget by the ledger (no answer, no cost)
+    q = np.where(answered, ds.quality[rows, run.choice], 0.0)
+    c = np.where(answered, ds.cost[rows, run.choice], 0.0)
     s = ds.strongest
     qr, cr = ds.quality[rows, s], ds.cost[rows, s]
     quarters = []
@@ -161,7 +162,9 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
         "shares": dict(
             zip(
                 ds.models,
-                (np.bincount(r.choice, minlength=len(ds.models)) / stream.n).tolist(),
+                (
+                    np.bincount(r.choice[r.choice >= 0], minlength=len(ds.models)) / stream.n
+                ).tolist(),
                 strict=True,
             )
         ),
@@ -179,6 +182,9 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
         )
         out.update(floor=floor, floor_held=held, quarters_held=qheld, estimate=est)
         out["estimates"] = r.estimates
+        tag = f"{ds.name}-floor{floor:g}" + ("-split" if args.split_half else "")
+        tag += ("-warm" if args.warm_start else "") + (f"-seed{args.seed}" if args.seed else "")
+        print(f"plot: {plot_ratio(r, ds, stream, floor, tag)}")
     if budget is not None:
         m_at = _mixture_quality_at(front, o.cost_saved)
         print(
@@ -186,14 +192,48 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
             f"cost): spent {o.spend_usd:.4f} = {o.spend_usd / budget:.1%} of it; "
             f"hindsight mixture at the same spend retains "
             + (f"{m_at:.4f}" if m_at is not None else "—")
+            + f"; {r.over_budget} prompts over_budget"
         )
         out.update(
             budget_usd=budget,
             spend_usd=o.spend_usd,
             spend_over_budget=o.spend_usd / budget,
             mixture_quality_at_spend=m_at,
+            over_budget=r.over_budget,
         )
     return out
+
+
+def plot_ratio(run: RouterRun, ds: Dataset, stream: Stream, floor: float, tag: str) -> Path:
+    """The running ratio of the stream's quality to the reference's on the same prompts (the
+    truth, from every label), the router's own estimate of it (from the ratings it received),
+    and the floor, against the prompts streamed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = stream.order
+    q = np.cumsum(np.where(run.choice >= 0, ds.quality[rows, run.choice], 0.0))
+    ref = np.cumsum(ds.quality[rows, ds.strongest])
+    x = np.arange(1, stream.n + 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(x, q / np.maximum(ref, 1e-12), label="quality / reference's (truth)")
+    if run.estimates:
+        ex, ey = zip(*run.estimates, strict=True)
+        ax.plot(ex, ey, label="the router's estimate", linestyle="--")
+    ax.axhline(floor, color="k", linewidth=0.8, label=f"floor {floor:g}")
+    ax.set_ylim(max(0.0, floor - 0.15), 1.05)
+    ax.set_xlabel("prompts streamed")
+    ax.set_ylabel("running quality ratio")
+    ax.set_title(f"{ds.name}: quality floor {floor:g} ({stream.n} prompts)")
+    ax.legend(loc="lower right")
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{tag}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _mixture_quality_at(front: list[tuple[float, float, str]], saved: float) -> float | None:

@@ -120,6 +120,7 @@ class RouterRun(Run):
     seconds: float = 0.0
     estimates: list[tuple[int, float]] = field(default_factory=list)
     spent_usd: float = 0.0
+    over_budget: int = 0  # prompts the budget's ledger left unanswered (choice −1)
 
 
 def run_engine(
@@ -163,6 +164,7 @@ def run_engine(
         warm(engine)
     dim = engine.dim
     spent = 0.0
+    over_budget = 0
     estimates: list[tuple[int, float]] = []  # (prompts decided, the floor's estimated ratio)
     model_index = {m: j for j, m in enumerate(ds.models)}
     choice = np.full(stream.n, -1)
@@ -205,16 +207,28 @@ def run_engine(
                 if d.model is None:
                     raise RuntimeError(f"unroutable without constraints: {d.reason}")
                 j = model_index[d.model]
+                if budget_usd is not None and spent + ds.cost[i, j] > budget_usd:
+                    # The executor's ledger: the best model of the ranking that still fits,
+                    # else the prompt ends over_budget (no call, no answer).
+                    fits = [
+                        model_index[m]
+                        for m in d.ranked
+                        if spent + ds.cost[i, model_index[m]] <= budget_usd
+                    ]
+                    if not fits:
+                        over_budget += 1
+                        continue
+                    j = fits[0]
                 choice[p] = j
                 spent += float(ds.cost[i, j])
-                if d.floor is not None and stream.rated[p]:
+                if d.floor is not None and stream.rated[p] and ds.models[j] == d.model:
                     floor_due.append((p + stream.delay, (d.floor, float(scen.quality[p, j]))))
                 ctx_by_qid[qid] = contexts[p]
                 events.append(
                     FeedbackEvent(
-                        f"implicit:{qid}:{d.model}",
+                        f"implicit:{qid}:{ds.models[j]}",
                         qid,
-                        d.model,
+                        ds.models[j],
                         IMPLICIT,
                         1.0,
                         0.0,
@@ -231,7 +245,7 @@ def run_engine(
                             FeedbackEvent(
                                 f"explicit:{qid}",
                                 qid,
-                                d.model,
+                                ds.models[j],
                                 EXPLICIT,
                                 float(scen.quality[p, j]),
                                 1.0,
@@ -275,6 +289,7 @@ def run_engine(
         seconds=time.perf_counter() - t0,
         estimates=estimates,
         spent_usd=spent,
+        over_budget=over_budget,
     )
 
 

@@ -123,7 +123,7 @@ class RouterSettings(BaseModel):
     # (its calibration over every kind of prompt), the normalised pessimistic slack the dual
     # variable aims at, the dual's step (log λ per 32 prompts per unit of slack), its first
     # and least λ.
-    floor_pessimism: float = 1.0
+    floor_pessimism: float = 1.5
     floor_audit_min: float = 0.05
     floor_target: float = 0.005
     floor_eta: float = 4.0

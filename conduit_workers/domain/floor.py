@@ -52,8 +52,8 @@ LOG_LAMBDA = "log_lambda"  # the dual variable's field
 ALT_PRED = "p:alt"  # Σ of the reference's predicted quality over the prompts sent elsewhere
 # The calibration's sums over rated reference answers: count, Σp, Σp², Σr, Σpr, Σr².
 CAL = ("c:n", "c:p", "c:pp", "c:r", "c:pr", "c:rr")
-CAL_PRIOR = (0.0, 1.0)  # a, b: the posterior taken at its word until ratings say otherwise
-CAL_PRIOR_STRENGTH = 2.0
+CAL_LEVEL_PRIOR = 1.0  # pseudo-ratings of quality 1 behind the calibration's level
+CAL_SLOPE_PRIOR = 0.05  # Σ(p − p̄)² worth of prior on a slope of 1
 
 # Field prefixes of the counters: prompts decided, ratings received, their sum and squares.
 DECIDED, RATED, SUM, SQUARES = "d:", "n:", "s:", "ss:"
@@ -77,7 +77,7 @@ class FloorParams:
     """How the floor is held (the defaults were measured on the shared files, bench/README.md)."""
 
     floor: float
-    z: float = 1.0  # pessimism: standard deviations of the slack estimate held in reserve
+    z: float = 1.5  # pessimism: standard deviations of the slack estimate held in reserve
     audit_min: float = 0.05  # random share of prompts sent to the reference, at least
     audit_scale: float = 1.0  # share = clip(scale / √(1 + reference ratings), audit_min, 1)
     lambda_init: float = 0.1
@@ -174,23 +174,45 @@ def _alt_prior(counts: FloorCounts) -> Stratum:
     return Stratum(mean, PRIOR_VARIANCE / PRIOR_RATINGS / PRIOR_RATINGS)
 
 
-def calibration(counts: FloorCounts) -> tuple[list[float], list[list[float]], float]:
-    """``(a, b)``, the inverse of the regularised Gram matrix, and the noise variance of
-    ``q_ref ≈ a + b·p`` over the rated reference answers of the stream."""
+def calibration(counts: FloorCounts) -> Calibration:
+    """``q_ref ≈ a + b·(p − p̄)`` over the rated reference answers of the stream, centred on
+    their mean prediction ``p̄``: the level ``a`` is the mean of those ratings (shrunk towards
+    1, pessimistic, by one pseudo-rating), the slope ``b`` starts at 1 (the posterior's
+    *relative* predictions taken at their word) and follows the ratings as they spread."""
     n, sp, spp, sr, spr, srr = (counts.fields.get(k, 0.0) for k in CAL)
-    k = CAL_PRIOR_STRENGTH
-    a0, b0 = CAL_PRIOR
-    g = [[n + k, sp], [sp, spp + k]]
-    rhs = [sr + k * a0, spr + k * b0]
-    det = g[0][0] * g[1][1] - g[0][1] * g[1][0]
-    inv = [[g[1][1] / det, -g[0][1] / det], [-g[1][0] / det, g[0][0] / det]]
-    a = inv[0][0] * rhs[0] + inv[0][1] * rhs[1]
-    b = inv[1][0] * rhs[0] + inv[1][1] * rhs[1]
-    # Residual sum of squares, with the prior's pseudo-observations counted as residuals too.
-    rss = srr - 2 * (a * sr + b * spr) + a * a * n + 2 * a * b * sp + b * b * spp
-    rss += k * ((a - a0) ** 2 + (b - b0) ** 2)
+    p_bar = sp / n if n > 0 else 0.0
+    sxx = max(spp - n * p_bar * p_bar, 0.0)
+    sxr = spr - p_bar * sr
+    ka, kb = CAL_LEVEL_PRIOR, CAL_SLOPE_PRIOR
+    a = (sr + ka * 1.0) / (n + ka)
+    b = (sxr + kb * 1.0) / (sxx + kb)
+    # Residuals of the fit, the prior's pseudo-observations counted as residuals too.
+    rss = srr - 2 * (a * sr + b * (spr - p_bar * sr)) + n * a * a + b * b * sxx
+    rss += ka * (a - 1.0) ** 2 + kb * (b - 1.0) ** 2
     var = (max(rss, 0.0) + PRIOR_RATINGS * PRIOR_VARIANCE) / (n + PRIOR_RATINGS)
-    return [a, b], inv, var
+    return Calibration(a, b, p_bar, var / (n + ka), var / (sxx + kb))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    a: float
+    b: float
+    p_bar: float
+    var_a: float
+    var_b: float
+
+    def total(self, count: float, pred_sum: float) -> tuple[float, float]:
+        """Σ q_ref over ``count`` prompts whose predictions sum to ``pred_sum``, and its
+        variance."""
+        dev = pred_sum - count * self.p_bar
+        # The slope on the side that cannot flatter the floor: where those prompts are predicted
+        # easier for the reference than its rated ones, at least the posterior's own difference
+        # (a fitted slope below 1 would shrink it), and at most it where they are predicted harder.
+        b = max(self.b, 1.0) if dev > 0 else min(self.b, 1.0)
+        return (
+            self.a * count + b * dev,
+            count * count * self.var_a + dev * dev * self.var_b,
+        )
 
 
 def slack(
@@ -214,18 +236,15 @@ def slack(
     refs = (AUDIT, POLICY)
     n_alt = sum(d for s, d in decided.items() if s not in refs)
     p_alt = counts.fields.get(ALT_PRED, 0.0) + extra_pred
-    (a, b), inv, var_cal = calibration(counts)
     ref_given = sum(decided[s] * strata[s].mean for s in refs)
-    ref_elsewhere = a * n_alt + b * p_alt
+    ref_elsewhere, var_elsewhere = calibration(counts).total(n_alt, p_alt)
     chosen = ref_given + sum(decided[s] * strata[s].mean for s in strata if s not in refs)
     total = chosen - floor * (ref_given + ref_elsewhere)
     var = sum(
         (1.0 - floor if s in refs else 1.0) ** 2 * decided[s] ** 2 * strata[s].var_of_mean
         for s in strata
     )
-    v = (n_alt, p_alt)
-    quad = sum(v[i] * inv[i][j] * v[j] for i in range(2) for j in range(2))
-    var += floor**2 * var_cal * max(quad, 0.0)
+    var += floor**2 * var_elsewhere
     q_ref = (ref_given + ref_elsewhere) / max(n, 1e-9)
     return Slack(total, math.sqrt(var), q_ref, n)
 

@@ -115,11 +115,26 @@ def test_the_calibration_follows_the_ratings_not_the_posterior():
     # The posterior predicts 0.9 for the reference; its rated answers say 0.6: the reference's
     # quality where it did not answer is taken from the ratings.
     c = counts(0.9, audit=(400, 400, 0.6), alt_cheap=(400, 120, 0.58))
-    (a, b), _, _ = fl.calibration(c)
-    assert a + b * 0.9 == pytest.approx(0.6, abs=0.01)
+    cal = fl.calibration(c)
+    assert cal.a == pytest.approx(0.6, abs=0.01) and cal.p_bar == pytest.approx(0.9)
+    assert cal.total(10, 9.0)[0] == pytest.approx(6.0, abs=0.1)
     s = fl.slack(c, 0.95)
     assert s is not None and s.q_ref == pytest.approx(0.6, abs=0.01)
     assert s.total == pytest.approx(400 * 0.6 * 0.05 + 400 * (0.58 - 0.95 * 0.6), abs=1.0)
+
+
+def test_the_calibration_never_flatters_the_floor_where_it_extrapolates():
+    # Rated reference answers where the posterior predicted 0.6 and 0.8: ratings 0.6 and 0.7,
+    # a fitted slope of 1/2. Prompts sent elsewhere predicted at 0.9 (easier): the reference is
+    # taken to be at least as much better there as the posterior says (slope 1, not 1/2).
+    fields = dict(zip(fl.CAL, (0.0,) * 6, strict=True))
+    for p, r, k in ((0.6, 0.6, 500), (0.8, 0.7, 500)):
+        for key, v in zip(fl.CAL, (k, k * p, k * p * p, k * r, k * p * r, k * r * r), strict=True):
+            fields[key] += v
+    cal = fl.calibration(fl.FloorCounts.of(fields))
+    assert cal.b == pytest.approx(0.5, abs=0.02)
+    assert cal.total(1, 0.9)[0] == pytest.approx(0.65 + 1.0 * (0.9 - 0.7), abs=0.01)
+    assert cal.total(1, 0.5)[0] == pytest.approx(0.65 + 0.5 * (0.5 - 0.7), abs=0.01)
 
 
 def test_pace_finds_the_least_lambda_that_fits():
