@@ -24,12 +24,12 @@ comes after all (a slow call, not a dead one) replaces the charge with the real 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import redis
 
 from conduit_workers.adapters.keys import RedisKeys
 from conduit_workers.domain.budget import BudgetState, from_nano, to_nano
+from conduit_workers.domain.records import Hold
 from conduit_workers.errors import StoreUnavailable
 
 # Resolves the batch's expired reservations: charged as spent (``charge``) or released.
@@ -128,16 +128,9 @@ return redis.call('HMGET', KEYS[1], 'limit', 'spent', 'reserved', 'calls', 'expi
 )
 
 
-@dataclass(frozen=True)
-class Hold:
-    """The answer to a reservation: whether it is held, and the ledger after it."""
-
-    held: bool
-    state: BudgetState
-
-
 class RedisBatchLedger:
-    """Batch budgets in Redis; every method is one atomic script (one round trip)."""
+    """:class:`~conduit_workers.domain.ports.BudgetLedger` in Redis; every method is one atomic
+    script (one round trip)."""
 
     def __init__(
         self, client: redis.Redis, prefix: str, ledger_ttl_s: int, charge_expired: bool = True

@@ -14,6 +14,7 @@ port                     real adapter                    fake
 :class:`FeatureCache`    ``RedisFeatureCache``           (none: optional)
 :class:`FloorStore`      ``RedisFloorStore``             ``InMemoryFloorStore``
 :class:`RecentPrompts`   ``RedisRecentPrompts``          ``InMemoryRecentPrompts``
+:class:`BudgetLedger`    ``RedisBatchLedger``            (none: optional)
 =======================  ==============================  =====================================
 """
 
@@ -24,11 +25,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from conduit_workers.domain.bandit import ArmStats, Array
+from conduit_workers.domain.budget import BudgetState
 from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.domain.records import (
     Completion,
     DecisionRow,
     ExecutionRow,
+    Hold,
     QueryRow,
     ResultRow,
     Update,
@@ -117,6 +120,26 @@ class RecentPrompts(Protocol):
     ) -> dict[str, list[tuple[str, Array]]]: ...
 
     def remember(self, entries: list[tuple[str, str, Array]], now: float | None = None) -> None: ...
+
+
+class BudgetLedger(Protocol):
+    """Budgets' limit, spend and reservations, shared by every process: a call reserves its
+    worst case first (refused past the limit), then settles its real cost; idempotent by
+    reservation id. Raises :class:`~conduit_workers.errors.StoreUnavailable` when unreachable."""
+
+    def reserve(
+        self,
+        batch_id: str,
+        limit_usd: float,
+        reservation_id: str,
+        amount_usd: float,
+        ttl_s: float,
+        recorded_spend_usd: float = 0.0,
+    ) -> Hold: ...
+
+    def settle(self, batch_id: str, reservation_id: str, cost_usd: float) -> bool: ...
+
+    def states(self, batch_ids: Sequence[str]) -> dict[str, BudgetState]: ...
 
 
 class History(Protocol):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conduit_workers.domain.bandit import ArmStats
+from conduit_workers.domain.budget import BudgetState
 from conduit_workers.domain.chat import ChatRequest
 
 
@@ -89,6 +90,14 @@ class Update:
     update_id: str
     model: str
     delta: ArmStats
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The answer to a budget reservation: whether it is held, and the ledger after it."""
+
+    held: bool
+    state: BudgetState
 
 
 @dataclass(frozen=True)

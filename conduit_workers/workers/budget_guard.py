@@ -17,9 +17,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.domain.budget import BudgetState, worst_case_cost_usd, worst_input_tokens
 from conduit_workers.domain.catalog import Catalog
+from conduit_workers.domain.ports import BudgetLedger
 from conduit_workers.errors import StoreUnavailable
 from conduit_workers.settings import BudgetSettings, ExecutorSettings
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class CallBudget:
     """The budget that one prompt's calls are paid from."""
 
-    ledger: RedisBatchLedger
+    ledger: BudgetLedger
     catalog: Catalog
     batch_id: str
     limit_usd: float
@@ -120,7 +120,7 @@ class CallBudget:
 
 
 def call_budgets(
-    ledger: RedisBatchLedger,
+    ledger: BudgetLedger,
     catalog: Catalog,
     budgets: dict[str, tuple[str, float]],
     rows: Sequence[tuple[str, str, int]],

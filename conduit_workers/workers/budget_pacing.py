@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.domain.budget import allowance_usd
-from conduit_workers.domain.ports import History
+from conduit_workers.domain.ports import BudgetLedger, History
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class Share:
 
 
 def chunk_shares(
-    query_ids: Sequence[str], history: History, ledger: RedisBatchLedger | None
+    query_ids: Sequence[str], history: History, ledger: BudgetLedger | None
 ) -> list[Share]:
     """The chunk split by budgeted batch (usually one share: a chunk comes from one batch)."""
     everything = [Share(list(range(len(query_ids))), None)]

@@ -24,13 +24,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from conduit_workers.adapters import cooldowns
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.adapters.call_metrics import MeteredLLM
 from conduit_workers.celery_app import app
 from conduit_workers.domain.budget import OVER_BUDGET
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.health import Admit, ModelHealth
-from conduit_workers.domain.ports import LLM, History
+from conduit_workers.domain.ports import LLM, BudgetLedger, History
 from conduit_workers.domain.records import ExecutionRow, ResultRow
 from conduit_workers.domain.rewards import FeedbackEvent, call_event
 from conduit_workers.errors import (
@@ -296,7 +295,7 @@ async def handle_execute_batch(
     health: ModelHealth | None = None,
     slots: asyncio.Semaphore | None = None,
     callable_models: Collection[str] | None = None,
-    ledger: RedisBatchLedger | None = None,
+    ledger: BudgetLedger | None = None,
     budget_settings: BudgetSettings | None = None,
 ) -> tuple[list[ResultRow], list[str]]:
     """Answer the chunk's decided, unanswered prompts; return the new results and the ids of

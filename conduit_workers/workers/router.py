@@ -6,11 +6,10 @@ import logging
 import time
 from collections.abc import Sequence
 
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.adapters.recent_prompts import RedisRecentPrompts
 from conduit_workers.celery_app import app
 from conduit_workers.domain.constraints import parse_constraints
-from conduit_workers.domain.ports import FeatureCache, History
+from conduit_workers.domain.ports import BudgetLedger, FeatureCache, History
 from conduit_workers.engine import RoutingEngine
 from conduit_workers.names import APPLY_EVENTS, EXECUTE, EXECUTE_BATCH, FEEDBACK, ROUTE_BATCH
 from conduit_workers.workers.budget_pacing import chunk_shares
@@ -26,7 +25,7 @@ def handle_route_batch(
     engine: RoutingEngine,
     reasks: ReAskDetector | None = None,
     features: FeatureCache | None = None,
-    ledger: RedisBatchLedger | None = None,
+    ledger: BudgetLedger | None = None,
 ) -> int:
     """Decide a model for each prompt of the chunk that has no decision yet; return how many.
 
