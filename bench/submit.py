@@ -28,6 +28,7 @@ import redis
 from celery import Celery
 
 import celeryconfig
+from conduit_workers import names
 from conduit_workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,9 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with app.producer_or_acquire() as producer:
         for i in range(0, len(ids), chunk):
             app.send_task(
-                "conduit.router.route_batch",
+                names.ROUTE_BATCH,
                 args=[ids[i : i + chunk]],
-                queue="route",
+                queue=names.ROUTE,
                 producer=producer,
             )
     bare = time.perf_counter() - t2

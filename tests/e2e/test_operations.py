@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
+from conduit_workers import names
 from conduit_workers.adapters import history_schema as t
 from conduit_workers.adapters.report_sql import SqlReports, day_bounds
 from conduit_workers.domain.catalog import load_catalog
@@ -121,9 +122,7 @@ def test_the_report_reconciles_with_the_history_database(system, day_of_traffic)
     client = system.client
     # Two beats sending the nightly task for the same day build it once.
     for _ in range(2):
-        client.app.send_task(
-            "conduit.reports.daily_cost", kwargs={"day": day.isoformat()}, queue="reports"
-        )
+        client.app.send_task(names.DAILY_COST, kwargs={"day": day.isoformat()}, queue=names.REPORTS)
     reports = SqlReports(client.history)
     deadline = time.monotonic() + 120
     while (reports.row(day) or {}).get("status") != "done":
@@ -284,7 +283,7 @@ def test_flower_needs_the_configured_login_and_shows_task_names_and_ids_only(day
     assert status == 200
     tasks = json.loads(body)
     names = {t_["name"] for t_ in tasks.values()}
-    assert {"conduit.router.route_batch", "conduit.executor.execute_batch"} <= names
+    assert {names.ROUTE_BATCH, names.EXECUTE_BATCH} <= names
     for rec in day_of_traffic["sample"]:
         assert rec["prompt"][:60] not in body
     assert _get(url + "/metrics")[0] == 200

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conduit_workers import names
 from conduit_workers.domain.items import parse_item
 from tests.faults.harness import FaultSystem, check_exactly_once
 
@@ -69,20 +70,20 @@ def test_poison_messages_go_to_the_dead_letter_queue_and_can_be_redriven(
     chunks = [ids[i : i + 50] for i in range(0, N, 50)]
 
     # 1. A payload that is not a list of ids: refused by the task, dead-lettered at once.
-    bad = client.app.send_task("conduit.router.route_batch", args=[[1, {"x": 2}]], queue="route")
+    bad = client.app.send_task(names.ROUTE_BATCH, args=[[1, {"x": 2}]], queue=names.ROUTE)
     # 2. A message delivered more than MAX_DELIVERIES times (as if it killed its worker each
     #    time): the first deliveries run (idempotently), the next is dead-lettered unrun.
     looping = str(uuid.uuid4())
     for _ in range(MAX_DELIVERIES + 1):
         client.app.send_task(
-            "conduit.router.route_batch", args=[chunks[0]], queue="route", task_id=looping
+            names.ROUTE_BATCH, args=[chunks[0]], queue=names.ROUTE, task_id=looping
         )
     for chunk in chunks[1:]:
-        client.app.send_task("conduit.router.route_batch", args=[chunk], queue="route")
+        client.app.send_task(names.ROUTE_BATCH, args=[chunk], queue=names.ROUTE)
     # 3. Bodies that are not JSON: a pickle that would run a command, and raw bytes.
     marker = tmp_path / "pickle-was-executed"
     client.app.send_task(
-        "conduit.router.route_batch", args=[_Evil(marker)], queue="route", serializer="pickle"
+        names.ROUTE_BATCH, args=[_Evil(marker)], queue=names.ROUTE, serializer="pickle"
     )
     with client.app.producer_or_acquire() as producer:
         producer.publish(
@@ -91,7 +92,7 @@ def test_poison_messages_go_to_the_dead_letter_queue_and_can_be_redriven(
             exchange="route",
             content_type="application/octet-stream",
             content_encoding="binary",
-            headers={"task": "conduit.router.route_batch", "id": str(uuid.uuid4())},
+            headers={"task": names.ROUTE_BATCH, "id": str(uuid.uuid4())},
         )
 
     started = time.monotonic()

@@ -70,9 +70,9 @@ def test_flower_and_logs_hold_ids_not_prompts(system: FaultSystem) -> None:
         tasks = json.loads(body)
         names = {v["name"] for v in tasks.values()}
         assert {
-            "conduit.router.route_batch",
-            "conduit.executor.execute_batch",
-            "conduit.feedback.apply_events",
+            names.ROUTE_BATCH,
+            names.EXECUTE_BATCH,
+            names.APPLY_EVENTS,
         } <= names, names
         with system.client.history.engine.connect() as conn:
             texts = conn.execute(

@@ -153,7 +153,7 @@ def test_beat_sends_the_nightly_report_to_the_reports_queue():
 
     conf = celeryconfig.build(Settings(reports=ReportSettings(hour_utc=1, minute_utc=30)))
     entry = conf["beat_schedule"][names.DAILY_COST_ENTRY]
-    assert entry["task"] == "conduit.reports.daily_cost"
+    assert entry["task"] == names.DAILY_COST
     assert entry["options"]["queue"] == names.TASK_QUEUES[entry["task"]] == "reports"
     assert entry["schedule"].hour == {1} and entry["schedule"].minute == {30}
     assert names.DAILY_COST_ENTRY not in celeryconfig.build(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conduit_workers import names
 from conduit_workers.domain.health import PROBE_POLL_S, Admit, ModelHealth
 from conduit_workers.errors import InputError
 from conduit_workers.workers.delivery import check_ids
@@ -63,11 +64,11 @@ def test_a_healthy_model_with_some_failures_stays_closed():
 )
 def test_task_payloads_must_be_one_list_of_ids(args, kwargs):
     with pytest.raises(InputError):
-        check_ids("conduit.router.route_batch", args, kwargs)
+        check_ids(names.ROUTE_BATCH, args, kwargs)
 
 
 def test_a_list_of_ids_is_a_valid_payload_and_other_tasks_are_not_checked():
-    check_ids("conduit.executor.execute_batch", (["q1", "q2"],), {})
+    check_ids(names.EXECUTE_BATCH, (["q1", "q2"],), {})
     check_ids("conduit.reports.daily", (1, 2), {"x": 3})
 
 
