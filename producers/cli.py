@@ -250,7 +250,6 @@ def feedback(query_id: str | None, rating: float | None, file: Path | None) -> N
 def posteriors(reset: bool, rebuild: bool) -> None:
     """Show what the router has learned per model."""
     from conduit_workers.adapters.posterior_store import RedisPosteriorStore
-    from conduit_workers.domain.bandit import Posterior, Prior
 
     client = _client()
     s = client.settings
@@ -269,25 +268,22 @@ def posteriors(reset: bool, rebuild: bool) -> None:
             f"feedback events ({out.updates} updates)",
             err=True,
         )
-    prior = Prior(
-        s.router.prior_quality,
-        s.router.prior_strength,
-        s.router.context_prior_strength,
-        s.router.noise_sd,
-    )
+    # The router's own view of each model's quality, computed as `conduit status` computes it.
+    from producers.status import model_statuses
+
+    read = store.read(names, s.context_dim)
     click.echo(
-        f"{'model':45} {'version':>7} {'evidence':>8} {'mean q':>7} {'± sd':>6} "
+        f"{'model':45} {'version':>7} {'evidence':>8} {'quality':>7} {'± sd':>6} {'mean r':>7} "
         f"{'calls':>6} {'errors':>6} {'ms/call':>8} {'USD spent':>10}"
     )
-    for name, (version, stats) in store.read(names, s.context_dim).items():
-        post = Posterior.from_stats(stats, prior, client.catalog.get(name).quality_prior)
-        c = stats.counters
-        sd = s.router.noise_sd * post.cov_unscaled[0, 0] ** 0.5
+    for m in model_statuses(s, client.catalog, store):
+        c = read[m.model][1].counters
         ms = c["latency_ms"] / c["calls"] if c["calls"] else 0.0
-        mean_q = c["r"] / c["n"] if c["n"] else post.mean[0]
+        mean_r = "-" if m.mean_reward is None else f"{m.mean_reward:.3f}"
         click.echo(
-            f"{name:45} {version:>7} {c['n']:>8.1f} {mean_q:>7.3f} {sd:>6.3f} "
-            f"{c['calls']:>6.0f} {c['errors']:>6.0f} {ms:>8.1f} {c['cost_usd']:>10.5f}"
+            f"{m.model:45} {m.version:>7} {m.evidence:>8.1f} {m.quality:>7.3f} "
+            f"{m.quality_sd:>6.3f} {mean_r:>7} {c['calls']:>6.0f} {c['errors']:>6.0f} "
+            f"{ms:>8.1f} {c['cost_usd']:>10.5f}"
         )
 
 
