@@ -5,6 +5,7 @@ replay server, Redis and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC
@@ -258,3 +259,23 @@ def test_the_nightly_report_shows_each_keys_spend(api: Api) -> None:
     report = compute_daily_report(day, api.history, load_catalog(api.catalog, {}))
     tags = {g.key: g for g in report.tags}
     assert tags["api:main"].spend_usd == pytest.approx(spent) and spent >= result.cost_usd > 0
+
+
+def test_no_prompt_and_no_key_in_the_logs(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    secret_prompt = "SECRET-PROMPT-7d1e what is my salary?"
+    with caplog.at_level(logging.DEBUG, logger="uvicorn"), caplog.at_level(logging.INFO):
+        api.client().chat.completions.create(
+            model="conduit", messages=[{"role": "user", "content": secret_prompt}]
+        )
+        with pytest.raises(openai.AuthenticationError):
+            api.client("cdt-SECRET-KEY-0001").models.list()
+        with pytest.raises(openai.UnprocessableEntityError):
+            api.client().chat.completions.create(
+                model="conduit",
+                messages=[{"role": "user", "content": secret_prompt}],
+                temperature=9,
+            )
+        time.sleep(0.2)  # the history writer's batch goes by too
+    text = caplog.text + "".join(str(r.args) for r in caplog.records)
+    assert "SECRET-PROMPT" not in text and "SECRET-KEY" not in text
+    assert api.keys["main"] not in text
