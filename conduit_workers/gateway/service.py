@@ -38,6 +38,9 @@ def utc_day() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
 
 
+RECORDED_SPEND_CACHE_S = 30.0
+
+
 @dataclass(frozen=True)
 class Reservation:
     """A hold on a key's daily budget (the batch ledger's, by a scope of the key and day)."""
@@ -89,6 +92,7 @@ class Gateway:
         self.ledger = ledger
         self.recorder = recorder
         self.known = frozenset(catalog.names)
+        self._recorded: dict[tuple[str, str], tuple[float, float]] = {}
 
     def visible_models(self, key: ApiKey) -> list[str]:
         allowed = key.allowed_models
@@ -161,11 +165,15 @@ class Gateway:
             worst_case_cost_usd(self.catalog.get(m), n_in, self._output_cap(m, request) or 0)
             for m in models
         )
-        res = Reservation(f"apikey:{key.name}:{utc_day()}", uuid.uuid4().hex, worst)
+        day = utc_day()
+        res = Reservation(f"apikey:{key.name}:{day}", uuid.uuid4().hex, worst)
         ex = self.settings.executor
         # Held for the longest the call can take: every model tried, every attempt timing out.
         ttl_s = max(bs.reservation_ttl_s, ex.timeout_s * ex.max_attempts * len(models) + 60.0)
-        hold = await asyncio.to_thread(self.ledger.reserve, res.scope, budget, res.id, worst, ttl_s)
+        recorded = await self._recorded_spend(key.name, day)
+        hold = await asyncio.to_thread(
+            self.ledger.reserve, res.scope, budget, res.id, worst, ttl_s, recorded
+        )
         if not hold.held:
             st = hold.state
             raise ApiError(
@@ -177,6 +185,18 @@ class Gateway:
                 code="budget_exceeded",
             )
         return res, request
+
+    async def _recorded_spend(self, key_name: str, day: str) -> float:
+        """What the history database recorded of the key's calls today (cached for
+        ``RECORDED_SPEND_CACHE_S``): a ledger lost with Redis starts again from it, not 0."""
+        now = time.monotonic()
+        cached = self._recorded.get((key_name, day))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        batch = f"api-{key_name}-{day}"
+        usd = (await asyncio.to_thread(self.recorder.history.batch_spend, [batch]))[batch]
+        self._recorded[(key_name, day)] = (now + RECORDED_SPEND_CACHE_S, usd)
+        return usd
 
     async def prepare(self, body: ChatCompletionRequest, key: ApiKey) -> Prepared:
         """Everything before the call: validation, constraints, decision, budget reservation

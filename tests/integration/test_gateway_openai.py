@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from conduit_workers.adapters import history_schema as t
 from conduit_workers.domain.catalog import load_catalog
+from conduit_workers.gateway import service
 from conduit_workers.reporting import compute_daily_report
 from tests.gateway_harness import Api, queued_tasks, running_api
 from tests.replay_harness import PROMPT_1, RESPONSE_1
@@ -279,3 +280,26 @@ def test_no_prompt_and_no_key_in_the_logs(api: Api, caplog: pytest.LogCaptureFix
     text = caplog.text + "".join(str(r.args) for r in caplog.records)
     assert "SECRET-PROMPT" not in text and "SECRET-KEY" not in text
     assert api.keys["main"] not in text
+
+
+def test_a_key_ledger_lost_with_redis_starts_again_from_the_recorded_spend(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "RECORDED_SPEND_CACHE_S", 0.0)
+    # Two calls fit the budget, a third does not: each costs ~$0.00045 and may cost $0.00122.
+    _, api.keys["lost"] = api.history.create_key("lost", budget_usd_per_day=0.0019)
+    ask: Any = {
+        "model": "strong",
+        "messages": [{"role": "user", "content": "Count to ten, slowly, one number on each line."}],
+        "max_tokens": 10,
+    }
+    for _ in range(2):
+        raw = api.client("lost").chat.completions.with_raw_response.create(**ask)
+        assert api.rows(t.results, raw.headers["x-conduit-query-id"])
+    with pytest.raises(openai.RateLimitError, match="daily budget"):
+        api.client("lost").chat.completions.create(**ask)
+    stale = list(api.redis.scan_iter("conduit-test:batch-budget:apikey:lost:*"))
+    assert stale
+    api.redis.delete(*stale)  # Redis lost the key's ledger
+    with pytest.raises(openai.RateLimitError, match="daily budget"):
+        api.client("lost").chat.completions.create(**ask)
