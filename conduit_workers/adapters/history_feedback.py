@@ -16,6 +16,7 @@ from conduit_workers.adapters import history_schema as t
 from conduit_workers.adapters.history_base import SqlBase, chunks, now
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.rewards import FeedbackEvent
+from conduit_workers.domain.text import text_problem
 
 
 class FeedbackHistory(SqlBase):
@@ -190,7 +191,10 @@ class FeedbackHistory(SqlBase):
         def run(conn: Connection) -> dict[str, tuple[str, str]]:
             by_id: dict[str, tuple[str, str]] = {}
             by_ext: dict[str, list[tuple[str, str]]] = {}
-            for chunk in chunks(list(dict.fromkeys(refs)), 500):
+            # A ref that no store takes (NUL, a lone surrogate) names no prompt: every stored
+            # id was checked on the way in (domain/text.py), and PostgreSQL would refuse it.
+            storable = [ref for ref in dict.fromkeys(refs) if text_problem(ref) is None]
+            for chunk in chunks(storable, 500):
                 stmt = (
                     select(q.c.id, q.c.external_id, r.c.model)
                     .select_from(q.join(r, r.c.query_id == q.c.id))

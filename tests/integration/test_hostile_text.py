@@ -123,3 +123,11 @@ def test_cli_strict_refuses_a_file_with_a_rejected_line(client, tmp_path):  # ty
     assert _prompts(client) == []  # nothing submitted
     out = _cli(client, str(src))  # without --strict the good line goes on
     assert out.returncode == 0 and _prompts(client) == ["ok"], out.stderr
+
+
+def test_feedback_for_a_hostile_id_is_rejected_not_a_crash(client, tmp_path):  # type: ignore[no-untyped-def]
+    ratings = tmp_path / "ratings.jsonl"
+    ratings.write_text('{"id": "a\\u0000b", "rating": 1}\n{"id": "\\ud800", "rating": 0}\n')
+    out = client.feedback_file(ratings)
+    assert out.applied == 0 and [e.line for e in out.errors] == [1, 2]
+    assert all("no answered prompt" in str(e) for e in out.errors)
