@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -40,14 +42,39 @@ def prompts(n: int, run: str) -> list[tuple[str, str]]:
     return [(f"{run}-{i}", f"{texts[i % len(texts)]}\n(request {i})") for i in range(n)]
 
 
+def pool_sizes(logs: list[Path]) -> list[int]:
+    """Each worker's pool size, from its start-up banner (``concurrency: 16 (thread)``)."""
+    out = []
+    for log in logs:
+        m = re.search(r"concurrency: (\d+)", log.read_text(errors="replace"))
+        out.append(int(m.group(1)) if m else 0)
+    return out
+
+
 @dataclass
 class Role:
+    """One role's workers: ``workers`` worker processes (``celery worker``), each with the pool
+    size ``procs`` (None: no ``-c``, the worker's default)."""
+
     name: str
     queues: list[str]
     pool: str
-    procs: int
-    proc: Proc | None = None
+    procs: int | None
+    workers: int = 1
+    proc: list[Proc] = field(default_factory=list)
     ready_s: float = 0.0
+
+    def pids(self) -> list[int]:
+        return [p.popen.pid for p in self.proc]
+
+    def logs(self, workdir: Path) -> list[Path]:
+        return [workdir / f"{self.name}-{i}.log" for i in range(self.workers)]
+
+    def cpu_s(self) -> float:
+        return sum(cpu_s(pid) for pid in self.pids())
+
+    def wait_s(self) -> float:
+        return sum(wait_s(pid) for pid in self.pids())
 
 
 def _count(engine: sa.Engine, run: str) -> tuple[int, int, int]:
@@ -102,11 +129,9 @@ def conduit_run(
         admin.dispose()
         sep = "&" if "?" in db_url else "?"
         db_url = f"{db_url}{sep}options={quote(f'-csearch_path={schema}')}"
-    # prefork: one task per pool process, each with its share of the calls; threads: one
-    # process whose pool threads run tasks at once over its shared call slots.
-    exec_conc = (
-        a.concurrency if a.executor_pool == "threads" else max(1, a.concurrency // a.executor_procs)
-    )
+    # prefork: one task per pool process, each with its share of the calls; threads: each
+    # executor process's pool threads run tasks at once over its share of the call slots.
+    exec_conc = max(1, a.concurrency // a.executor_procs)
     env = dict(
         os.environ,
         CONDUIT_REDIS__URL=a.redis,
@@ -128,8 +153,14 @@ def conduit_run(
     os.environ.update({k: v for k, v in env.items() if k.startswith("CONDUIT_")})
     settings = Settings()
     roles = [
-        Role("router", ["route"], a.router_pool, a.router_procs),
-        Role("executor", ["execute"], a.executor_pool, a.executor_procs),
+        Role("router", ["route"], a.router_pool, a.router_procs, a.router_workers),
+        Role(
+            "executor",
+            ["execute"],
+            a.executor_pool,
+            a.executor_procs if a.executor_pool == "prefork" else a.executor_threads,
+            1 if a.executor_pool == "prefork" else a.executor_procs,
+        ),
         Role("feedback", ["feedback"], a.feedback_pool, 1),
     ]
     client = ConduitClient(settings)
@@ -139,18 +170,21 @@ def conduit_run(
         _ = client.history  # create the schema before the workers race to
         for r in roles:
             started = time.perf_counter()
-            r.proc = start_worker(
-                r.queues,
-                env,
-                workdir / f"{r.name}.log",
-                concurrency=r.procs,
-                name=f"bench-{r.name}",
-                pool=r.pool,
-            )
+            r.proc = [
+                start_worker(
+                    r.queues,
+                    env,
+                    log,
+                    concurrency=r.procs,
+                    name=f"bench-{r.name}{i}",
+                    pool=r.pool,
+                )
+                for i, log in enumerate(r.logs(workdir))
+            ]
             r.ready_s = -started
         for r in roles:
-            assert r.proc is not None
-            wait_worker_ready(r.proc, timeout_s=120)
+            for proc in r.proc:
+                wait_worker_ready(proc, timeout_s=120)
             r.ready_s += time.perf_counter()
         # Warm-up: loads the embedder (router), HTTP clients (executor), DB pools; not timed.
         warm = [
@@ -167,42 +201,44 @@ def conduit_run(
         items_ = [
             PromptItem(prompt=p, key=i, external_id=i, line=k + 1) for k, (i, p) in enumerate(items)
         ]
-        offsets = {r.name: (workdir / f"{r.name}.log").stat().st_size for r in roles}
-        cpu0 = {r.name: cpu_s(r.proc.popen.pid) for r in roles if r.proc}
-        wait0 = {r.name: wait_s(r.proc.popen.pid) for r in roles if r.proc}
+        offsets = {log: log.stat().st_size for r in roles for log in r.logs(workdir)}
+        cpu0 = {r.name: r.cpu_s() for r in roles}
+        wait0 = {r.name: r.wait_s() for r in roles}
         spies = []
         if a.profile:
+            spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             # py-spy samples every worker process (and its pool children) during the timed run.
             for r in roles:
-                assert r.proc is not None
-                spies.append(
-                    subprocess.Popen(
-                        [
-                            shutil.which("py-spy") or "py-spy",
-                            "record",
-                            "--pid",
-                            str(r.proc.popen.pid),
-                            "--subprocesses",
-                            "--rate",
-                            "100",
-                            "--format",
-                            "raw",
-                            "--nonblocking",
-                            "--output",
-                            str(workdir / f"profile-{r.name}.txt"),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
+                for k, pid in enumerate(r.pids()):
+                    suffix = f"-{k}" if k else ""
+                    spies.append(
+                        subprocess.Popen(
+                            [
+                                spy_bin,
+                                "record",
+                                "--pid",
+                                str(pid),
+                                "--subprocesses",
+                                "--rate",
+                                "100",
+                                "--format",
+                                "raw",
+                                "--nonblocking",
+                                "--output",
+                                str(workdir / f"profile-{r.name}{suffix}.txt"),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
                     )
-                )
             time.sleep(1.0)
         t0 = time.perf_counter()
         t0_wall = time.time()
         sub = client.submit_items(items_, tag="bench-throughput")
         submit_s = time.perf_counter() - t0
         answered_s, drained_s = _wait_all(engine, run + "-", len(items_), t0, a.timeout)
-        cpu1 = {r.name: cpu_s(r.proc.popen.pid) for r in roles if r.proc}
-        wait1 = {r.name: wait_s(r.proc.popen.pid) for r in roles if r.proc}
+        cpu1 = {r.name: r.cpu_s() for r in roles}
+        wait1 = {r.name: r.wait_s() for r in roles}
         for spy in spies:
             spy.send_signal(signal.SIGINT)
         for spy in spies:
@@ -217,24 +253,30 @@ def conduit_run(
             (r[0] if r[0].tzinfo else r[0].replace(tzinfo=UTC)).timestamp() - t0_wall for r in rows
         ]
         stages = {}
+        n = len(items_)
         for r in roles:
-            assert r.proc is not None
-            busy = busy_from_log(workdir / f"{r.name}.log", offsets[r.name])
-            tasks = sum(v[0] for v in busy.values())
-            secs = sum(v[1] for v in busy.values())
-            rss = rss_mb(r.proc.popen.pid)
+            busy = [busy_from_log(log, offsets[log]) for log in r.logs(workdir)]
+            tasks = sum(v[0] for b in busy for v in b.values())
+            secs = sum(v[1] for b in busy for v in b.values())
+            rss = [mb for pid in r.pids() for mb in rss_mb(pid)]
+            pool_size = pool_sizes(r.logs(workdir))
+            cpu = cpu1[r.name] - cpu0[r.name]
             stages[r.name] = {
                 "pool": r.pool,
-                "processes": r.procs,
+                "workers": r.workers,
+                "processes": sum(pool_size),
                 "tasks": tasks,
                 "busy_s": round(secs, 2),
-                "busy_share": round(secs / drained_s / r.procs, 3),
-                "cpu_s": round(cpu1[r.name] - cpu0[r.name], 2),
+                "busy_share": round(secs / drained_s / max(1, sum(pool_size)), 3),
+                "cpu_s": round(cpu, 2),
+                "cpu_ms_per_prompt": round(cpu / n * 1000, 3),
+                # One process on one core: its CPU per prompt is the ceiling of its rate.
+                "max_per_s_per_process": round(n / cpu, 1) if cpu > 0 else None,
                 "cpu_wait_s": round(wait1[r.name] - wait0[r.name], 2),
                 "rss_mb": round(sum(rss), 1),
                 "rss_max_process_mb": round(max(rss or [0]), 1),
                 "startup_s": round(r.ready_s, 2),
-                "torch": torch_loaded(r.proc.popen.pid),
+                "torch": any(torch_loaded(pid) for pid in r.pids()),
             }
         return {
             "submitted": sub.enqueued,
@@ -257,8 +299,8 @@ def conduit_run(
         }
     finally:
         for r in roles:
-            if r.proc is not None:
-                r.proc.stop()
+            for proc in r.proc:
+                proc.stop()
         client.close()
         engine.dispose()
         keys = list(rclient.scan_iter(match=f"{prefix}:*", count=5000))

@@ -57,15 +57,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--latency-ms", type=float, default=200.0)
     ap.add_argument("--concurrency", type=int, default=64, help="calls in flight, both sides")
     # Defaults: the pools and concurrencies of `ops/worker ROLE` and docker-compose.yml.
-    ap.add_argument("--router-procs", type=int, default=2)
+    ap.add_argument("--router-procs", type=int, default=2, help="prefork processes per router")
+    ap.add_argument("--router-workers", type=int, default=1, help="router workers (scale-out)")
     ap.add_argument("--router-pool", default="prefork")
     ap.add_argument(
         "--executor-procs",
         type=int,
-        default=4,
-        help="executor pool size (-c): threads of the one process with --executor-pool threads "
-        "(tasks at once over --concurrency call slots), else processes with concurrency/procs "
-        "calls each",
+        default=1,
+        help="executor processes, each with concurrency/procs call slots: worker processes "
+        "with --executor-pool threads (scale-out), else the prefork pool's size",
+    )
+    ap.add_argument(
+        "--executor-threads",
+        type=int,
+        default=None,
+        help="threads pool size per executor process (tasks at once; default: no -c, as "
+        "ops/worker: executor.pool_tasks)",
     )
     ap.add_argument("--executor-pool", default="threads", help="threads (ops/worker) or prefork")
     ap.add_argument("--feedback-pool", default="prefork")
@@ -161,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "executor_concurrency",
             )
         },
+        "conduit_cpu_ms_per_prompt": round(
+            sum(s["cpu_ms_per_prompt"] for s in c["stages"].values()), 3
+        ),
         "http_client": a.http_client,
         "embedder": a.embedder,
         "load_avg_1m": round(load, 2),
@@ -189,19 +199,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  ratio {out['ratio']:.3f}   submit {c['submit_s']} s, all answered "
         f"{c['answered_s']} s, all feedback applied {c['drained_s']} s; errors "
         f"{c['errors']}; chunks {c['chunks']}, executor concurrency "
-        f"{c['executor_concurrency']} per process, "
+        f"{c['executor_concurrency']} per executor process, "
         f"HTTP {a.http_client}, embedder {a.embedder}"
     )
     print(
         f"  {'stage':9} {'pool':8} {'procs':>5} {'tasks':>6} {'busy s':>7} {'busy %':>7} "
-        f"{'CPU s':>6} {'wait s':>6} {'RSS MB':>7} {'max/proc':>8} {'ready s':>7} torch"
+        f"{'CPU s':>6} {'ms/prompt':>9} {'max/s/proc':>10} {'wait s':>6} {'RSS MB':>7} "
+        f"{'max/proc':>8} {'ready s':>7} torch"
     )
     for name, s in c["stages"].items():
         print(
             f"  {name:9} {s['pool']:8} {s['processes']:>5} {s['tasks']:>6} {s['busy_s']:>7} "
-            f"{s['busy_share']:>7.1%} {s['cpu_s']:>6} {s['cpu_wait_s']:>6} {s['rss_mb']:>7} "
+            f"{s['busy_share']:>7.1%} {s['cpu_s']:>6} {s['cpu_ms_per_prompt']:>9.3f} "
+            f"{s['max_per_s_per_process'] or 0:>10.0f} {s['cpu_wait_s']:>6} {s['rss_mb']:>7} "
             f"{s['rss_max_process_mb']:>8} {s['startup_s']:>7} {s['torch']}"
         )
+    print(
+        f"  CPU per prompt, all stages: {out['conduit_cpu_ms_per_prompt']:.3f} ms (bare client "
+        f"{out['baseline_cpu_ms_per_call']} ms); max/s/proc: the prompts/s one process of the "
+        "role sustains on one core at that CPU per prompt (1000 / ms per prompt)"
+    )
     if not a.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

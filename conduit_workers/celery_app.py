@@ -18,7 +18,7 @@ from celery.signals import beat_init, celeryd_init, worker_ready
 
 import celeryconfig
 from conduit_workers.adapters.flower import apply_flower_defaults
-from conduit_workers.names import FEEDBACK, ROLE_MODULES, SWEEP
+from conduit_workers.names import EXECUTE, FEEDBACK, ROLE_MODULES, SWEEP
 from conduit_workers.settings import get_settings
 
 # Every task counts its deliveries and ends in the dead-letter queue when it cannot finish.
@@ -50,6 +50,19 @@ def _import_role_tasks(options: dict[str, Any], **_: Any) -> None:
 
 
 celeryd_init.connect(_import_role_tasks, weak=False)
+
+
+def _executor_pool_size(options: dict[str, Any], conf: Any, **_: Any) -> None:
+    # An executor-only worker started without -c (ops/worker executor) runs as many tasks at
+    # once as its call slots need (executor.pool_tasks), not one per CPU.
+    queues = options.get("queues") or ()
+    if isinstance(queues, str):
+        queues = queues.split(",")
+    if not options.get("concurrency") and set(queues) == {EXECUTE}:
+        conf.worker_concurrency = get_settings().executor.pool_tasks
+
+
+celeryd_init.connect(_executor_pool_size, weak=False)
 
 
 def _check_models(**_: Any) -> None:

@@ -182,12 +182,19 @@ class ExecutorSettings(BaseModel):
     # LLM calls in flight per executor process, shared by the tasks its pool threads run at
     # once (``ops/worker executor``: threads pool); with prefork, per pool process.
     concurrency: int = 64
+    # Execute tasks one executor process runs at once: its threads pool's size when started
+    # without ``-c`` (``ops/worker executor``, compose). 0: enough chunks to hold twice
+    # ``concurrency`` prompts, at least 4, so that while a chunk's last calls finish, the next
+    # chunks' prompts already wait for the freed slots (``pool_tasks``). A killed executor's
+    # unacknowledged tasks (this many) come back after the visibility timeout.
+    tasks: int = Field(default=0, ge=0)
     # How OpenAI and OpenAI-compatible models are called, one HTTP client per process shared by
     # all models: "direct" (Conduit's pydantic-ai model posting chat completions with aiohttp,
     # no SDK: text prompts only, ~0.3 ms of CPU per call), "aiohttp" (pydantic-ai's OpenAI
     # model, the SDK over its aiohttp transport, ~1.3-3 ms) or "httpx2" (the SDK's default, ~5 ms).
     http_client: str = "direct"
-    max_connections: int = 256  # of that shared client (kept alive too: no reconnect churn)
+    # Of that shared client (kept alive too: no reconnect churn); at least ``concurrency``.
+    max_connections: int = 256
     timeout_s: float = 60.0
     max_attempts: int = 3  # per model, for retryable errors (5xx, timeout; 429 without a gate)
     # How long a prompt waits for a rate-limited model (429 + Retry-After) before falling back.
@@ -204,6 +211,13 @@ class ExecutorSettings(BaseModel):
     cooldown_min_calls: int = 8
     cooldown_failure_rate: float = 0.5
     cooldown_s: float = 30.0
+
+    @property
+    def pool_tasks(self) -> int:
+        """Execute tasks at once per process: ``tasks``, or derived from the call slots."""
+        if self.tasks:
+            return self.tasks
+        return max(4, -(-2 * self.concurrency // max(1, self.chunk_size)))
 
 
 class BudgetSettings(BaseModel):

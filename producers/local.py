@@ -152,12 +152,13 @@ def start_worker(
     env: Mapping[str, str],
     log_path: Path,
     *,
-    concurrency: int = 2,
+    concurrency: int | None = 2,
     name: str = "conduit",
     pool: str = "prefork",
     extra_args: Sequence[str] = (),
 ) -> Proc:
-    """``celery -A conduit_workers worker -Q …`` as a subprocess."""
+    """``celery -A conduit_workers worker -Q …`` as a subprocess (``concurrency`` None: no
+    ``-c``, the worker's default; an executor's is ``executor.pool_tasks``)."""
     argv = [
         sys.executable,
         "-m",
@@ -167,8 +168,7 @@ def start_worker(
         "worker",
         "-Q",
         ",".join(queues),
-        "-c",
-        str(concurrency),
+        *(["-c", str(concurrency)] if concurrency else []),
         "-P",
         pool,
         "-n",

@@ -171,7 +171,7 @@ class Runtime:
             ex.timeout_s,
             ex.max_output_tokens,
             http_client=ex.http_client,
-            max_connections=ex.max_connections,
+            max_connections=max(ex.max_connections, ex.concurrency),
         )
 
     @_once

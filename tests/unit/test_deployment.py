@@ -16,7 +16,13 @@ from pydantic import BaseModel
 import celeryconfig
 from conduit_workers import names
 from conduit_workers.domain.catalog import DEFAULT_KEY_ENV
-from conduit_workers.settings import DEFAULT_CATALOG, FlowerSettings, MetricsSettings, Settings
+from conduit_workers.settings import (
+    DEFAULT_CATALOG,
+    ExecutorSettings,
+    FlowerSettings,
+    MetricsSettings,
+    Settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -117,7 +123,7 @@ def test_environment_names_are_settings_or_catalog_variables():
         (
             "worker",
             ["executor", "-c", "8"],
-            "celery -A conduit_workers worker -Q execute -P threads -c 4 -n executor@%h "
+            "celery -A conduit_workers worker -Q execute -P threads -n executor@%h "
             "--loglevel INFO -c 8",
         ),
         ("worker", ["feedback"], "-Q feedback "),
@@ -159,3 +165,41 @@ def test_beat_sends_the_nightly_report_to_the_reports_queue():
     assert names.DAILY_COST_ENTRY not in celeryconfig.build(
         Settings(reports=ReportSettings(schedule=False))
     ).get("beat_schedule", {})
+
+
+@pytest.mark.parametrize(
+    "concurrency,chunk,tasks,expected",
+    [
+        (64, 64, 0, 4),
+        (16, 64, 0, 4),
+        (512, 64, 0, 16),
+        (1024, 64, 0, 32),
+        (100, 64, 0, 4),
+        (512, 25, 0, 41),
+        (512, 64, 6, 6),
+    ],
+)
+def test_executor_pool_size_follows_its_call_slots(
+    concurrency: int, chunk: int, tasks: int, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without -c, an executor-only worker holds twice its call slots' worth of chunks (at
+    least 4 tasks), so the next chunks wait for slots while a chunk's last calls finish."""
+    from types import SimpleNamespace
+
+    from conduit_workers import celery_app
+
+    ex = ExecutorSettings(concurrency=concurrency, chunk_size=chunk, tasks=tasks)
+    assert ex.pool_tasks == expected
+    if not tasks:
+        assert ex.pool_tasks * chunk >= 2 * concurrency
+    monkeypatch.setattr(celery_app, "get_settings", lambda: Settings(executor=ex))
+    for options, size in [
+        ({"queues": ["execute"], "concurrency": None}, expected),
+        ({"queues": "execute", "concurrency": 0}, expected),
+        ({"queues": ["execute"], "concurrency": 3}, None),  # -c wins
+        ({"queues": ["route"], "concurrency": None}, None),  # other roles: Celery's default
+        ({"queues": None, "concurrency": None}, None),
+    ]:
+        conf = SimpleNamespace(worker_concurrency=None)
+        celery_app._executor_pool_size(options=options, conf=conf)
+        assert conf.worker_concurrency == size, options
