@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             gw = st.gateway
+            await gw.drain()
             await asyncio.to_thread(gw.recorder.close)
             await gw.llm.aclose()
             st.tasks.close()

@@ -93,6 +93,7 @@ class Gateway:
         self.recorder = recorder
         self.known = frozenset(catalog.names)
         self._recorded: dict[tuple[str, str], tuple[float, float]] = {}
+        self._settling: set[asyncio.Task[None]] = set()
 
     def visible_models(self, key: ApiKey) -> list[str]:
         allowed = key.allowed_models
@@ -186,6 +187,18 @@ class Gateway:
             )
         return res, request
 
+    def _settle_later(self, p: Prepared, cost_usd: float | None) -> None:
+        if p.reservation is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.settle(p, cost_usd))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def drain(self) -> None:
+        """Wait for the settlements still running (at shutdown)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
     async def _recorded_spend(self, key_name: str, day: str) -> float:
         """What the history database recorded of the key's calls today (cached for
         ``RECORDED_SPEND_CACHE_S``): a ledger lost with Redis starts again from it, not 0."""
@@ -257,7 +270,10 @@ class Gateway:
             outcome = await _execute_one(row, self.llm, self.catalog, ex, fb, self.health)
             cost = outcome.result.cost_usd
         finally:
-            await self.settle(p, cost)
+            # Settled behind the answer (the hold already covers the call): the client does
+            # not wait for it. A process killed first leaves the hold to expire, charged at its
+            # worst case.
+            self._settle_later(p, cost)
         result = outcome.result
         self.record(p, result, outcome.events)
         if result.status != "ok":
