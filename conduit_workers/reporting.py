@@ -6,6 +6,7 @@ Used by the ``conduit.reports.daily_cost`` task (scheduled by beat) and ``condui
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -29,10 +30,22 @@ def yesterday_utc(now: datetime | None = None) -> date:
     return ((now or datetime.now(UTC)) - timedelta(days=1)).date()
 
 
-def compute_daily_report(day: date, history: SqlHistory, catalog: Catalog) -> DailyReport:
-    """The day's figures, without writing anything."""
-    results, calls, ratings = SqlReports(history).facts(day)
-    return build_report(day, results, calls, ratings, catalog)
+def compute_daily_report(
+    day: date, history: SqlHistory, catalog: Catalog, dead_letters: Collection[str] = ()
+) -> DailyReport:
+    """The day's figures, without writing anything. ``dead_letters``: the prompt ids held by
+    the dead-letter queue (its letters' chunks), to count the day's dead-lettered prompts."""
+    reports = SqlReports(history)
+    results, calls, ratings = reports.facts(day)
+    return build_report(
+        day,
+        results,
+        calls,
+        ratings,
+        catalog,
+        unanswered=reports.unanswered(day),
+        dead_letters=dead_letters,
+    )
 
 
 def build_daily_report(
@@ -44,6 +57,7 @@ def build_daily_report(
     owner: str,
     scheduled: bool = False,
     stale_claim_s: float = 3600,
+    dead_letters: Collection[str] = (),
 ) -> ReportOutcome | None:
     """Build, write and record the report of ``day``; replaces an earlier report of that day.
 
@@ -56,7 +70,7 @@ def build_daily_report(
         log.info("daily_cost %s: already built or being built; skipped", day)
         return None
     try:
-        report = compute_daily_report(day, history, catalog)
+        report = compute_daily_report(day, history, catalog, dead_letters)
         folder = write_report(report, out_dir)
         reports.save(day, owner, report.summary(), report.to_json(), str(folder))
     except BaseException:

@@ -47,6 +47,7 @@ def report(day: object, out_dir: Path | None) -> None:
             client.catalog,
             out_dir or client.settings.reports.out_dir,
             owner=f"cli:{socket.gethostname()}:{os.getpid()}",
+            dead_letters=_dead_letter_ids(client),
         )
         assert out is not None
         t = out.report.total
@@ -60,6 +61,21 @@ def report(day: object, out_dir: Path | None) -> None:
         raise click.ClickException(str(exc)) from None
     finally:
         client.close()
+
+
+def _dead_letter_ids(client: ConduitClient) -> set[str]:
+    """The prompt ids in the dead-letter queue; none (with a warning) when Redis is down."""
+    import redis
+
+    from producers.dlq_cli import _letters
+
+    try:
+        return _letters(client).query_ids()
+    except redis.RedisError as exc:
+        click.echo(
+            f"warning: Redis unreachable ({exc}); dead-lettered prompts not counted", err=True
+        )
+        return set()
 
 
 @click.command()

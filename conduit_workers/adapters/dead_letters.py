@@ -68,6 +68,14 @@ class RedisDeadLetters:
         raw = self.client.hget(self.key, task_id)
         return DeadLetter(**json.loads(raw)) if raw else None
 
+    def query_ids(self) -> set[str]:
+        """The prompt ids the dead letters hold (a chunk task's one argument: a list of ids)."""
+        out: set[str] = set()
+        for letter in self.list():
+            if letter.args and isinstance(letter.args[0], list):
+                out.update(v for v in letter.args[0] if isinstance(v, str))
+        return out
+
     def remove(self, task_id: str) -> bool:
         return bool(self.client.hdel(self.key, task_id))
 

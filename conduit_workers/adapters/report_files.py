@@ -19,6 +19,7 @@ CSV_COLUMNS = (
     "section",
     "key",
     "tag",
+    "submitted_at",
     "prompts",
     "ok",
     "errors",
@@ -71,6 +72,8 @@ def _sections(r: DailyReport) -> list[tuple[str, Group, str | None]]:
     out += [("provider", g, None) for g in r.providers]
     out += [("batch", g, r.batch_tags.get(g.key)) for g in r.batches]
     out += [("tag", g, None) for g in r.tags]
+    out += [("user", g, None) for g in r.users]
+    out += [("api_key", g, None) for g in r.keys]
     return out
 
 
@@ -81,12 +84,29 @@ def _csv(r: DailyReport) -> str:
     w = csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for section, g, tag in _sections(r):
-        w.writerow({"section": section, "tag": tag, **{k: _raw(v) for k, v in g.row().items()}})
+        at = r.batch_times.get(g.key) if section == "batch" else None
+        w.writerow(
+            {
+                "section": section,
+                "tag": tag,
+                "submitted_at": at.isoformat(timespec="seconds") if at else "",
+                **{k: _rounded(k, v) for k, v in g.row().items()},
+            }
+        )
     return buf.getvalue()
 
 
-def _raw(v: Any) -> Any:
-    return repr(v) if isinstance(v, float) else ("" if v is None else v)
+def _rounded(column: str, v: Any) -> Any:
+    """A CSV cell: USD to 6 decimals, ratings and shares to 4, milliseconds to 1."""
+    if v is None:
+        return ""
+    if not isinstance(v, float):
+        return v
+    if column.endswith("_usd"):
+        return f"{v:.6f}"
+    if column.endswith("_ms"):
+        return f"{v:.1f}"
+    return f"{v:.4f}"
 
 
 # -- text ----------------------------------------------------------------------------------
@@ -117,6 +137,7 @@ def _headline(r: DailyReport) -> list[tuple[str, str]]:
             "waste: failed attempts priced as answers (billed)",
             f"{_usd(t.waste_usd)} ({_usd(t.waste_billed_usd)})",
         ),
+        ("unanswered (of them dead-lettered)", f"{r.unanswered} ({r.dead_lettered})"),
         ("tokens in / out", f"{t.input_tokens:,} / {t.output_tokens:,}"),
         ("mean explicit rating", f"{_opt(t.mean_rating, '.3f')} ({t.ratings} rated)"),
         ("catalog price version", r.catalog_version),
@@ -159,6 +180,8 @@ _GROUP_COLS = (
 
 
 def _cell(r: DailyReport, g: Group, field: str) -> str:
+    if field == "batch":
+        return r.batch_label(g.key)
     if field == "share":
         return f"{100 * r.routing_share.get(g.key, 0.0):.1f}%"
     v = g.row()[field]
@@ -174,7 +197,8 @@ def _cell(r: DailyReport, g: Group, field: str) -> str:
 
 
 _BATCH_COLS = (
-    *_GROUP_COLS[:4],
+    ("batch", "batch"),
+    *_GROUP_COLS[1:4],
     ("over budget", "over_budget"),
     *_GROUP_COLS[4:8],
     ("budget", "budget_usd"),
@@ -188,6 +212,8 @@ def _tables(r: DailyReport) -> list[tuple[str, tuple[tuple[str, str], ...], list
         ("Per provider", _GROUP_COLS, r.providers),
         ("Per batch", _BATCH_COLS, r.batches),
         ("Per tag", _GROUP_COLS, r.tags),
+        ("Per user", _GROUP_COLS, r.users),
+        ("Per API key", _GROUP_COLS, r.keys),
     ]
 
 

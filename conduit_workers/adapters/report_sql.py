@@ -34,7 +34,7 @@ class SqlReports:
     def facts(self, day: date) -> tuple[list[ResultFact], list[CallFact], dict[str, float]]:
         """The day's results (with decision and billing batch), call events and ratings."""
         start, end = day_bounds(day)
-        r, d, f, bi, b = t.results, t.decisions, t.feedback, t.batch_items, t.batches
+        r, d, f, bi, b, qu = t.results, t.decisions, t.feedback, t.batch_items, t.batches, t.queries
         in_day = and_(r.c.created_at >= start, r.c.created_at < end)
 
         def run(conn: Connection) -> tuple[list[ResultFact], list[CallFact], dict[str, float]]:
@@ -64,15 +64,18 @@ class SqlReports:
                     r.c.attempts,
                     r.c.fallbacks,
                     r.c.created_at,
+                    qu.c.user_name,
                 )
-                .select_from(r.outerjoin(d, d.c.query_id == r.c.query_id))
+                .select_from(
+                    r.outerjoin(d, d.c.query_id == r.c.query_id).join(qu, qu.c.id == r.c.query_id)
+                )
                 .where(in_day)
                 .order_by(r.c.created_at, r.c.query_id)
             )
             results = []
             for row in conn.execute(stmt):
                 qid = row[0]
-                _, bid, tag, budget = first.get(qid, (None, None, None, None))
+                submitted, bid, tag, budget = first.get(qid, (None, None, None, None))
                 results.append(
                     ResultFact(
                         qid,
@@ -89,6 +92,8 @@ class SqlReports:
                         bid,
                         tag,
                         None if budget is None else float(budget),
+                        row[11],
+                        submitted,
                     )
                 )
             calls = [
@@ -110,6 +115,17 @@ class SqlReports:
             return results, calls, ratings
 
         return self.history._tx(run)
+
+    def unanswered(self, day: date) -> list[str]:
+        """The ids of the prompts submitted during ``day`` that have no result (yet)."""
+        start, end = day_bounds(day)
+        q, r = t.queries, t.results
+        stmt = (
+            select(q.c.id)
+            .select_from(q.outerjoin(r, r.c.query_id == q.c.id))
+            .where(q.c.created_at >= start, q.c.created_at < end, r.c.query_id.is_(None))
+        )
+        return list(self.history._tx(lambda conn: conn.scalars(stmt).all()))
 
     # -- the day's row ---------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ A prompt belongs to the UTC day of its result. Definitions (``docs/reports.md`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -30,6 +30,9 @@ from conduit_workers.domain.catalog import Catalog
 UNROUTABLE = "(unroutable)"
 OVER_BUDGET_KEY = "(over budget)"
 NO_TAG = "(none)"
+NO_USER = "(none)"
+NO_KEY = "(no API key)"
+API_TAG = "api:"  # the gateway tags its requests ``api:<key name>``
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class ResultFact:
     batch_id: str | None = None
     tag: str | None = None
     budget_usd: float | None = None  # the billing batch's budget
+    user: str | None = None  # the prompt's ``user``
+    batch_created_at: datetime | None = None  # when the billing batch was submitted
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,18 @@ class DailyReport:
     routing_share: dict[str, float]  # routed model → share of the routed prompts
     share_over_time: list[tuple[datetime, dict[str, int]]]  # bin start → routed count per model
     repriced_spend_usd: float  # the answers' tokens at today's catalog prices
+    users: list[Group] = field(default_factory=list)
+    keys: list[Group] = field(default_factory=list)  # per API key (from the ``api:`` tag)
+    batch_times: dict[str, datetime] = field(default_factory=dict)  # batch → submitted at
+    unanswered: int = 0  # the day's submitted prompts without any result yet
+    dead_lettered: int = 0  # of those, the ones held by a dead letter
+
+    def batch_label(self, batch: str) -> str:
+        """A batch as people know it: its tag and submission time; its id when untagged."""
+        tag, at = self.batch_tags.get(batch), self.batch_times.get(batch)
+        if tag in (None, NO_TAG) or at is None:
+            return batch
+        return f"{tag} ({at.strftime('%Y-%m-%d %H:%M')} UTC)"
 
     def summary(self) -> dict[str, Any]:
         """The totals stored in the day's history row."""
@@ -155,8 +172,19 @@ class DailyReport:
             "total": self.total.row(),
             "models": [g.row() for g in self.models],
             "providers": [g.row() for g in self.providers],
-            "batches": [{**g.row(), "tag": self.batch_tags.get(g.key)} for g in self.batches],
+            "batches": [
+                {
+                    **g.row(),
+                    "tag": self.batch_tags.get(g.key),
+                    "submitted_at": _iso(self.batch_times.get(g.key)),
+                }
+                for g in self.batches
+            ],
             "tags": [g.row() for g in self.tags],
+            "users": [g.row() for g in self.users],
+            "keys": [g.row() for g in self.keys],
+            "unanswered": self.unanswered,
+            "dead_lettered": self.dead_lettered,
             "routing_share": self.routing_share,
             "share_over_time": [[ts.isoformat(), counts] for ts, counts in self.share_over_time],
             "repriced_spend_usd": self.repriced_spend_usd,
@@ -170,8 +198,14 @@ def build_report(
     ratings: dict[str, float],
     catalog: Catalog,
     bins: int = 24,
+    *,
+    unanswered: Collection[str] = (),
+    dead_letters: Collection[str] = (),
 ) -> DailyReport:
-    """Every figure of the day from its result rows, call events and explicit ratings."""
+    """Every figure of the day from its result rows, call events and explicit ratings.
+
+    ``unanswered``: the ids of the day's submitted prompts without a result;
+    ``dead_letters``: the prompt ids the dead-letter queue holds (any day)."""
     results = list(results)
     ref = catalog.get(catalog.reference)
     known = {m.name: m for m in catalog.models}
@@ -180,6 +214,9 @@ def build_report(
     batches: dict[str, Group] = {}
     tags: dict[str, Group] = {}
     batch_tags: dict[str, str] = {}
+    batch_times: dict[str, datetime] = {}
+    users: dict[str, Group] = {}
+    keys: dict[str, Group] = {}
 
     ok_cost: dict[str, list[float]] = {}
     for r in results:
@@ -199,12 +236,17 @@ def build_report(
         key = r.model if r.model is not None else _no_model_key(r.status)
         batch_key = r.batch_id or "(no batch)"
         batch_tags[batch_key] = r.tag or NO_TAG
+        if r.batch_created_at is not None:
+            batch_times[batch_key] = r.batch_created_at
         batch = batches.setdefault(batch_key, Group(batch_key, budget_usd=r.budget_usd))
+        user_key, api_key = r.user or NO_USER, _api_key(r.tag)
         groups = [
             total,
             models.setdefault(key, Group(key)),
             batch,
             tags.setdefault(r.tag or NO_TAG, Group(r.tag or NO_TAG)),
+            users.setdefault(user_key, Group(user_key)),
+            keys.setdefault(api_key, Group(api_key)),
         ]
         tried = r.status not in ("unroutable", "over_budget")
         failed_attempts = (r.attempts - 1 if r.status == "ok" else r.attempts) if tried else 0
@@ -236,6 +278,8 @@ def build_report(
             models.setdefault(c.model, Group(c.model)),
             batches[owner.batch_id or "(no batch)"],
             tags[owner.tag or NO_TAG],
+            users[owner.user or NO_USER],
+            keys[_api_key(owner.tag)],
         ]
         for g in groups:
             g.calls += 1
@@ -296,7 +340,21 @@ def build_report(
         routing_share=share,
         share_over_time=share_over_time(results, bins),
         repriced_spend_usd=repriced,
+        users=sorted(users.values(), key=lambda g: (-g.spend_usd, g.key)),
+        keys=sorted(keys.values(), key=lambda g: (-g.spend_usd, g.key)),
+        batch_times=batch_times,
+        unanswered=len(set(unanswered)),
+        dead_lettered=len(set(unanswered) & set(dead_letters)),
     )
+
+
+def _api_key(tag: str | None) -> str:
+    """The API key a prompt came through (the gateway's ``api:<name>`` tag), else NO_KEY."""
+    return tag[len(API_TAG) :] if tag and tag.startswith(API_TAG) else NO_KEY
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return None if ts is None else ts.isoformat()
 
 
 def _no_model_key(status: str) -> str:

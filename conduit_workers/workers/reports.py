@@ -32,6 +32,7 @@ def daily_cost(self, day: str | None = None, force: bool = False) -> str | None:
         owner=str(self.request.id),
         scheduled=not force,
         stale_claim_s=rt.settings.reports.stale_claim_s,
+        dead_letters=rt.dead_letters.query_ids(),
     )
     return str(out.folder) if out else None
 

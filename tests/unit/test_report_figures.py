@@ -146,9 +146,9 @@ def test_report_files_are_written_and_a_rerun_replaces_them(tmp_path):
     for name in ("report.md", "report.html", "report.csv", "report.json", *CHARTS):
         assert (folder / name).stat().st_size > 0, name
     csv_rows = (folder / "report.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("section,key,tag,prompts")
-    # header, total, two models, two providers, one batch, one tag
-    assert len(csv_rows) == 1 + 1 + 2 + 2 + 1 + 1
+    assert csv_rows[0].startswith("section,key,tag,submitted_at,prompts")
+    # header, total, two models, two providers, one batch, one tag, one user, one key
+    assert len(csv_rows) == 1 + 1 + 2 + 2 + 1 + 1 + 1 + 1
 
 
 def test_budgeted_batches_show_budget_and_over_budget_prompts(tmp_path):
@@ -187,3 +187,66 @@ def test_budgeted_batches_show_budget_and_over_budget_prompts(tmp_path):
     assert "| paid | 3 | 2 | 0 | 1 |" in md and "$0.0100" in md
     csv_head = (folder / "report.csv").read_text().splitlines()[0]
     assert "over_budget,budget_usd" in csv_head
+
+
+def test_spend_per_user_and_per_api_key_and_prompts_left_unanswered():
+    import dataclasses
+
+    def with_user(r, user, submitted=None):
+        return dataclasses.replace(r, user=user, batch_created_at=submitted)
+
+    at = datetime(2026, 11, 24, 7, 30, tzinfo=UTC)
+    results = [
+        with_user(_r("q1", "small", "small", tag="api:alpha", batch="h1"), "ann", at),
+        with_user(_r("q2", "big", "big", tag="api:alpha", batch="h1"), "bob", at),
+        with_user(_r("q3", "big", "big", tag="api:beta", batch="h2"), "ann", at),
+        with_user(_r("q4", "small", "small", tag=None, batch="h3"), None, at),
+    ]
+    rep = build_report(
+        date(2026, 11, 24),
+        results,
+        [],
+        {},
+        CATALOG,
+        unanswered=["q8", "q9", "q10"],
+        dead_letters=["q9", "q10", "q-other-day"],
+    )
+    small, big = CATALOG.get("small").cost_usd(100, 10), CATALOG.get("big").cost_usd(100, 10)
+    users = {g.key: g.spend_usd for g in rep.users}
+    assert users == pytest.approx({"ann": small + big, "bob": big, "(none)": small})
+    keys = {g.key: g.spend_usd for g in rep.keys}
+    assert keys == pytest.approx({"alpha": small + big, "beta": big, "(no API key)": small})
+    assert (rep.unanswered, rep.dead_lettered) == (3, 2)
+    # a named batch reads as its tag and submission time; an untagged one keeps its id
+    assert rep.batch_label("h1") == "api:alpha (2026-11-24 07:30 UTC)"
+    assert rep.batch_label("h3") == "h3"
+    js = rep.to_json()
+    assert js["unanswered"] == 3 and js["dead_lettered"] == 2
+    assert {b["key"]: b["submitted_at"] for b in js["batches"]}["h1"] == at.isoformat()
+
+
+def test_csv_figures_are_rounded_and_name_users_keys_and_batch_times(tmp_path):
+    import csv
+    import dataclasses
+
+    from conduit_workers.adapters.report_files import write_report
+
+    at = datetime(2026, 11, 24, 7, 30, tzinfo=UTC)
+    r = dataclasses.replace(
+        _r("q1", "small", "small", tin=333, tout=7, tag="api:alpha"),
+        user="ann",
+        batch_created_at=at,
+    )
+    rep = build_report(date(2026, 11, 24), [r], [], {"q1": 2 / 3}, CATALOG, unanswered=["q2"])
+    folder = write_report(rep, tmp_path)
+    rows = list(csv.DictReader((folder / "report.csv").open()))
+    total = next(x for x in rows if x["section"] == "total")
+    assert total["spend_usd"] == f"{CATALOG.get('small').cost_usd(333, 7):.6f}" == "0.000340"
+    assert total["mean_rating"] == "0.6667"
+    assert total["mean_latency_ms"] == "50.0"
+    assert {(x["section"], x["key"]) for x in rows} >= {("user", "ann"), ("api_key", "alpha")}
+    batch = next(x for x in rows if x["section"] == "batch")
+    assert batch["submitted_at"] == "2026-11-24T07:30:00+00:00"
+    md = (folder / "report.md").read_text()
+    assert "api:alpha (2026-11-24 07:30 UTC)" in md and "## Per API key" in md
+    assert "| unanswered (of them dead-lettered) | 1 (0) |" in md
