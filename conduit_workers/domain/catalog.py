@@ -17,6 +17,7 @@ to :func:`load_catalog`. API keys are never in the file: ``api_key_env`` names t
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ DEFAULT_KEY_ENV = {
     "groq": "GROQ_API_KEY",
     "openai-compatible": None,
 }
+log = logging.getLogger(__name__)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -149,11 +151,12 @@ def parse_catalog(
                 values[key] = typ(v)
             except (TypeError, ValueError):
                 raise ConfigError(f"{where}: {key} must be {typ.__name__}, got {v!r}") from None
-        for key in ("name", "provider", "input_price_per_mtok_usd", "output_price_per_mtok_usd"):
+        for key in ("name", "provider"):
             if key not in values:
                 raise ConfigError(f"{where}: missing {key}")
         if values["provider"] not in PROVIDERS:
             raise ConfigError(f"{where}: provider {values['provider']!r} is not one of {PROVIDERS}")
+        _default_prices(values, where)
         if values["provider"] == "openai-compatible" and not values.get("base_url"):
             raise ConfigError(f"{where}: an openai-compatible model needs base_url")
         for key in ("input_price_per_mtok_usd", "output_price_per_mtok_usd"):
@@ -170,6 +173,37 @@ def parse_catalog(
         ).name
     return Catalog(
         models=tuple(specs), reference=str(reference), version=str(data.get("version", "1"))
+    )
+
+
+_PRICES = ("input_price_per_mtok_usd", "output_price_per_mtok_usd")
+
+
+def _default_prices(values: dict[str, Any], where: str) -> None:
+    """Fill a model's missing prices from genai-prices' list prices, saying so; a model it
+    does not know either is a configuration error."""
+    missing = [k for k in _PRICES if k not in values]
+    if not missing:
+        return
+    from conduit_workers.domain.default_prices import default_prices
+
+    model = values.get("model_id") or values["name"]
+    found = default_prices(model, values["provider"])
+    if found is None:
+        raise ConfigError(
+            f"{where}: missing {' and '.join(missing)}, and genai-prices has no price for "
+            f"{model!r} at {values['provider']}; set them in the catalog"
+        )
+    for key in missing:
+        values[key] = found[_PRICES.index(key)]
+    log.warning(
+        "%s: %s has no %s in the catalog; using genai-prices' list price "
+        "($%g in, $%g out per million tokens)",
+        where,
+        values["name"],
+        " or ".join(missing),
+        values[_PRICES[0]],
+        values[_PRICES[1]],
     )
 
 

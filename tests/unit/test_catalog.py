@@ -67,3 +67,39 @@ def test_unknown_reference_and_missing_file_are_config_errors(tmp_path: Path):
     bad.write_text("[[models]\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_catalog(bad, {})
+
+
+def test_a_model_without_prices_gets_genai_prices_list_prices_with_a_log_line(caplog):
+    import logging
+
+    from conduit_workers.domain.catalog import parse_catalog
+
+    data = {
+        "models": [
+            {"name": "gpt-4o", "provider": "openai"},  # no prices: genai-prices knows it
+            {
+                "name": "mine",
+                "model_id": "llama-3.1-8b-instant",
+                "provider": "groq",
+                "input_price_per_mtok_usd": 0.5,  # given: kept; the output price is filled
+            },
+        ]
+    }
+    with caplog.at_level(logging.WARNING, logger="conduit_workers.domain.catalog"):
+        cat = parse_catalog(data, {})
+    g = cat.get("gpt-4o")
+    assert (g.input_price_per_mtok_usd, g.output_price_per_mtok_usd) == (2.5, 10.0)
+    m = cat.get("mine")
+    assert (m.input_price_per_mtok_usd, m.output_price_per_mtok_usd) == (0.5, 0.08)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("gpt-4o" in s and "genai-prices" in s and "$2.5 in" in s for s in said), said
+    assert any("mine" in s and "output_price_per_mtok_usd" in s for s in said), said
+
+
+def test_a_model_without_prices_that_genai_prices_does_not_know_is_a_clear_error():
+    from conduit_workers.domain.catalog import parse_catalog
+    from conduit_workers.errors import ConfigError
+
+    data = {"models": [{"name": "house-model-7", "provider": "openai-compatible", "base_url": "x"}]}
+    with pytest.raises(ConfigError, match="genai-prices has no price for 'house-model-7'"):
+        parse_catalog(data, {})
