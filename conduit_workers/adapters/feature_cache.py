@@ -24,6 +24,7 @@ import numpy as np
 import redis
 
 from conduit_workers.adapters.keys import RedisKeys
+from conduit_workers.adapters.redis_batch import set_many
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.features import Analysis
 
@@ -154,8 +155,9 @@ class RedisFeatureCache:
         if use:
             try:
                 pipe = self.client.pipeline(transaction=False)
-                for i in miss:
-                    pipe.set(keys[i], encode(contexts[i], analyses[i]), ex=self.ttl_s)
+                set_many(
+                    pipe, {keys[i]: encode(contexts[i], analyses[i]) for i in miss}, self.ttl_s
+                )
                 pipe.hincrby(self.stats_key, "hits", n - len(miss))
                 pipe.hincrby(self.stats_key, "misses", len(miss))
                 if self.skipped:

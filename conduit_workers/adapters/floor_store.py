@@ -16,6 +16,7 @@ import math
 import redis
 
 from conduit_workers.adapters.keys import RedisKeys
+from conduit_workers.adapters.redis_batch import set_many
 from conduit_workers.domain.floor import LOG_LAMBDA
 from conduit_workers.errors import StoreUnavailable
 
@@ -97,11 +98,13 @@ class RedisFloorStore:
     def mark(self, marks: dict[str, str]) -> None:
         if not marks:
             return
+        keys = RedisKeys(self.prefix)
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for qid, value in marks.items():
-                pipe.set(RedisKeys(self.prefix).floor_mark(qid), value, ex=self.applied_ttl_s)
-            pipe.execute()
+            set_many(
+                self.client,
+                {keys.floor_mark(qid): value for qid, value in marks.items()},
+                self.applied_ttl_s,
+            )
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis floor mark failed: {type(exc).__name__}") from exc
 
