@@ -16,6 +16,13 @@ from conduit_workers.adapters.report_files import write_report
 from conduit_workers.adapters.report_sql import SqlReports
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.report import DailyReport, build_report
+from conduit_workers.domain.report_trend import (
+    TREND_DAYS,
+    DayFigures,
+    build_trend,
+    estimate_quality_kept,
+    trend_start,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,7 @@ def compute_daily_report(
     the dead-letter queue (its letters' chunks), to count the day's dead-lettered prompts."""
     reports = SqlReports(history)
     results, calls, ratings = reports.facts(day)
-    return build_report(
+    report = build_report(
         day,
         results,
         calls,
@@ -46,6 +53,15 @@ def compute_daily_report(
         unanswered=reports.unanswered(day),
         dead_letters=dead_letters,
     )
+    t = report.total
+    today = DayFigures(
+        day, t.prompts, t.spend_usd, t.reference_cost_usd, t.waste_usd, t.ratings, t.mean_rating
+    )
+    report.trend = build_trend(day, today, reports.stored_days(trend_start(day), day))
+    ref = catalog.get(catalog.reference)
+    window = reports.model_ratings(ref.name, day - timedelta(days=TREND_DAYS - 1), day)
+    report.quality = estimate_quality_kept(ref.name, t.mean_rating, window, ref.quality_prior)
+    return report
 
 
 def build_daily_report(

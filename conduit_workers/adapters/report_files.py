@@ -140,9 +140,42 @@ def _headline(r: DailyReport) -> list[tuple[str, str]]:
         ("unanswered (of them dead-lettered)", f"{r.unanswered} ({r.dead_lettered})"),
         ("tokens in / out", f"{t.input_tokens:,} / {t.output_tokens:,}"),
         ("mean explicit rating", f"{_opt(t.mean_rating, '.3f')} ({t.ratings} rated)"),
+        ("quality kept against " + r.reference_model + " (estimated)", _kept(r)),
         ("catalog price version", r.catalog_version),
         ("spend at today's catalog prices", _usd(r.repriced_spend_usd)),
     ]
+
+
+def _kept(r: DailyReport) -> str:
+    q = r.quality
+    if q is None or q.reference_quality is None:
+        return "– (the reference has no rating and no quality prior)"
+    basis = f"reference ≈ {q.reference_quality:.3f} from {q.reference_ratings} ratings"
+    if q.prior is not None:
+        basis += f" and prior {q.prior:.2f}"
+    kept = "–" if q.kept is None else f"{100 * q.kept:.1f}%"
+    return f"{kept} ({basis})"
+
+
+def _trend_lines(r: DailyReport) -> list[list[str]]:
+    """Rows of the trend table: header, then one per period."""
+    if r.trend is None:
+        return []
+    out = [["period", "days reported", "prompts", "spend", "reference", "savings", "rating"]]
+    for p in (r.trend.last_30_days, r.trend.month_to_date):
+        share = "" if p.savings_share is None else f" ({100 * p.savings_share:.1f}%)"
+        out.append(
+            [
+                f"{p.label} ({p.start.isoformat()} – {p.end.isoformat()})",
+                str(p.days),
+                f"{p.prompts:,}",
+                _usd(p.spend_usd),
+                _usd(p.reference_cost_usd),
+                _usd(p.savings_usd) + share,
+                _opt(p.mean_rating, ".3f"),
+            ]
+        )
+    return out
 
 
 _MODEL_COLS = (
@@ -230,6 +263,11 @@ def _markdown(r: DailyReport) -> str:
         "![savings](savings.png)",
         "",
     ]
+    trend = _trend_lines(r)
+    if trend:
+        lines += ["## Trend", "", "| " + " | ".join(trend[0]) + " |", "|" + "---|" * 7]
+        lines += ["| " + " | ".join(row) + " |" for row in trend[1:]]
+        lines.append("")
     for title, cols, groups in _tables(r):
         lines += [
             f"## {title}",
@@ -258,6 +296,12 @@ def _html(r: DailyReport) -> str:
     parts.append("</table><div>")
     parts += [f"<img src='{c}' alt='{c[:-4].replace('_', ' ')}'>" for c in CHARTS]
     parts.append("</div>")
+    trend = _trend_lines(r)
+    if trend:
+        parts.append("<h2>Trend</h2><table>")
+        parts.append("<tr>" + "".join(f"<th>{e(c)}</th>" for c in trend[0]) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in trend[1:]]
+        parts.append("</table>")
     for title, cols, groups in _tables(r):
         parts.append(
             f"<h2>{e(title)}</h2><table><tr>"

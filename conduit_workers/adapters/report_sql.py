@@ -14,6 +14,7 @@ from conduit_workers.adapters import history_schema as t
 from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.adapters.history_base import now
 from conduit_workers.domain.report import CallFact, ResultFact
+from conduit_workers.domain.report_trend import DayFigures
 from conduit_workers.domain.rewards import EXPLICIT
 
 
@@ -126,6 +127,35 @@ class SqlReports:
             .where(q.c.created_at >= start, q.c.created_at < end, r.c.query_id.is_(None))
         )
         return list(self.history._tx(lambda conn: conn.scalars(stmt).all()))
+
+    def stored_days(self, first: date, last: date) -> list[DayFigures]:
+        """The built daily rows from ``first`` to ``last`` (inclusive), oldest first."""
+        dr = t.daily_reports
+        stmt = (
+            select(dr)
+            .where(dr.c.day >= first, dr.c.day <= last, dr.c.status == "done")
+            .order_by(dr.c.day)
+        )
+        rows = self.history._tx(lambda conn: conn.execute(stmt).all())
+        return [DayFigures.from_row(dict(row._mapping)) for row in rows]
+
+    def model_ratings(self, model: str, first: date, last: date) -> tuple[int, float]:
+        """(count, sum) of the explicit ratings of ``model``'s answers of those days."""
+        start, end = day_bounds(first)[0], day_bounds(last)[1]
+        r, f = t.results, t.feedback
+        stmt = (
+            select(func.count(), func.coalesce(func.sum(f.c.reward), 0.0))
+            .select_from(f.join(r, r.c.query_id == f.c.query_id))
+            .where(
+                f.c.kind == EXPLICIT,
+                r.c.model == model,
+                r.c.status == "ok",
+                r.c.created_at >= start,
+                r.c.created_at < end,
+            )
+        )
+        n, total = self.history._tx(lambda conn: conn.execute(stmt).one())
+        return int(n), float(total)
 
     # -- the day's row ---------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from conduit_workers.domain.catalog import Catalog
+from conduit_workers.domain.report_trend import QualityKept, Trend
 
 UNROUTABLE = "(unroutable)"
 OVER_BUDGET_KEY = "(over budget)"
@@ -139,6 +140,8 @@ class DailyReport:
     batch_times: dict[str, datetime] = field(default_factory=dict)  # batch → submitted at
     unanswered: int = 0  # the day's submitted prompts without any result yet
     dead_lettered: int = 0  # of those, the ones held by a dead letter
+    trend: Trend | None = None  # set from the stored daily rows (reporting.py)
+    quality: QualityKept | None = None  # against the reference, estimated
 
     def batch_label(self, batch: str) -> str:
         """A batch as people know it: its tag and submission time; its id when untagged."""
@@ -185,6 +188,8 @@ class DailyReport:
             "keys": [g.row() for g in self.keys],
             "unanswered": self.unanswered,
             "dead_lettered": self.dead_lettered,
+            "trend": self.trend.to_json() if self.trend else None,
+            "quality_kept": self.quality.to_json() if self.quality else None,
             "routing_share": self.routing_share,
             "share_over_time": [[ts.isoformat(), counts] for ts, counts in self.share_over_time],
             "repriced_spend_usd": self.repriced_spend_usd,

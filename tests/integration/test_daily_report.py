@@ -135,3 +135,63 @@ def test_spend_per_user_and_key_and_unanswered_and_dead_lettered_prompts(
     assert rep.batch_label("b-api").startswith("api:alpha (")
     md = (out.folder / "report.md").read_text()
     assert "| unanswered (of them dead-lettered) | 2 (1) |" in md and "b-api" not in md
+
+
+def test_trend_reads_the_stored_daily_rows_and_quality_kept_the_references_ratings(
+    history, tmp_path
+):
+    from datetime import timedelta
+
+    _day_of_traffic(history)
+    with history.engine.begin() as conn:  # the reference's two answers rated 0.8 and 1.0
+        big = [
+            q
+            for (q,) in conn.execute(
+                sa.select(t.results.c.query_id).where(t.results.c.model == BIG)
+            )
+        ]
+    history.add_feedback(
+        [
+            FeedbackEvent(f"explicit:{q}", q, BIG, "explicit", v, 1.0)
+            for q, v in zip(big, [0.8, 1.0], strict=True)
+        ]
+    )
+    today = datetime.now(UTC).date()
+    reports = SqlReports(history)
+    # earlier days exist only as their stored rows: no result of theirs is in the database
+    for back, spend in ((1, 2.0), (40, 50.0)):
+        summary = {
+            "catalog_version": "old",
+            "prompts": 7,
+            "calls": 7,
+            "errors": 0,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "spend_usd": spend,
+            "reference_cost_usd": 3 * spend,
+            "savings_usd": 2 * spend,
+            "waste_usd": 0.0,
+            "mean_rating": 0.5,
+        }
+        figures = {"total": {"ratings": 2}}
+        reports.save(today - timedelta(days=back), "old-run", summary, figures, "x")
+    out = build_daily_report(today, history, CATALOG, tmp_path, owner="cli")
+    assert out is not None
+    rep = out.report
+    p30 = rep.trend.last_30_days
+    assert p30.days == 2 and p30.prompts == 7 + 4
+    assert p30.spend_usd == pytest.approx(2.0 + rep.total.spend_usd)
+    assert p30.reference_cost_usd == pytest.approx(6.0 + rep.total.reference_cost_usd)
+    assert p30.ratings == 2 + 3
+    assert p30.mean_rating == pytest.approx((2 * 0.5 + 0.25 + 0.8 + 1.0) / 5)
+    q = rep.quality
+    assert q.reference_model == BIG and q.reference_ratings == 2
+    prior = CATALOG.get(BIG).quality_prior
+    expected_ref = 0.9 if prior is None else (5 * prior + 1.8) / 7
+    assert q.reference_quality == pytest.approx(expected_ref)
+    assert q.kept == pytest.approx(((0.25 + 0.8 + 1.0) / 3) / expected_ref)
+    md = (out.folder / "report.md").read_text()
+    assert "## Trend" in md and "last 30 days" in md and "month to date" in md
+    assert f"{100 * q.kept:.1f}%" in md
+    # the day's own row is the one a later day's trend reads
+    assert reports.stored_days(today, today)[0].spend_usd == pytest.approx(rep.total.spend_usd)

@@ -250,3 +250,41 @@ def test_csv_figures_are_rounded_and_name_users_keys_and_batch_times(tmp_path):
     md = (folder / "report.md").read_text()
     assert "api:alpha (2026-11-24 07:30 UTC)" in md and "## Per API key" in md
     assert "| unanswered (of them dead-lettered) | 1 (0) |" in md
+
+
+def test_trend_sums_the_stored_days_of_the_window_and_the_day_being_built():
+    from conduit_workers.domain.report_trend import DayFigures, build_trend, trend_start
+
+    day = date(2026, 11, 24)
+
+    def d(n_back, spend, ratings=0, mean=None):
+        return DayFigures(day - timedelta(days=n_back), 10, spend, 2 * spend, 0.0, ratings, mean)
+
+    stored = [
+        d(40, 100.0),  # outside both windows
+        d(29, 1.0, 2, 0.5),  # first day of the 30 (October 26): not this month
+        d(23, 2.0),  # November 1st
+        d(3, 4.0, 1, 1.0),
+        d(0, 999.0),  # a stale row of the day itself: the fresh figures replace it
+        d(-1, 999.0),  # a later day (a day rebuilt late): not in its trend
+    ]
+    assert trend_start(day) == day - timedelta(days=29)
+    tr = build_trend(day, d(0, 8.0, 1, 0.25), stored)
+    p30, mtd = tr.last_30_days, tr.month_to_date
+    assert (p30.days, p30.spend_usd, p30.prompts) == (4, 15.0, 40)
+    assert (p30.start, p30.end) == (date(2026, 10, 26), day)
+    assert p30.savings_usd == 15.0 and p30.savings_share == 0.5
+    assert p30.mean_rating == pytest.approx((2 * 0.5 + 1.0 + 0.25) / 4) and p30.ratings == 4
+    assert (mtd.days, mtd.spend_usd, mtd.start) == (3, 14.0, date(2026, 11, 1))
+    assert [x.day.day for x in tr.daily] == [26, 1, 21, 24]
+
+
+def test_quality_kept_is_the_days_rating_over_the_references_estimated_quality():
+    from conduit_workers.domain.report_trend import PRIOR_WEIGHT, estimate_quality_kept
+
+    q = estimate_quality_kept("big", 0.6, (5, 4.0), prior=0.9)  # five ratings summing to 4.0
+    assert q.reference_quality == pytest.approx((PRIOR_WEIGHT * 0.9 + 4.0) / (PRIOR_WEIGHT + 5))
+    assert q.kept == pytest.approx(0.6 / q.reference_quality)
+    assert estimate_quality_kept("big", 0.6, (4, 3.2), prior=None).kept == pytest.approx(0.75)
+    none = estimate_quality_kept("big", 0.6, (0, 0.0), prior=None)
+    assert none.reference_quality is None and none.kept is None
