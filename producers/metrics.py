@@ -23,9 +23,10 @@ name                                        type     labels / meaning
 ``conduit_llm_retries_total``               counter  ``model``: retryable failures
 ``conduit_fallbacks_total``                 counter  ``model``: models given up before it
 ``conduit_llm_call_seconds``                histo.   ``model``: latency of every request
+``conduit_end_to_end_seconds``              histo.   ``model``: submitted to result recorded
 ==========================================  =======  ==========================================
 
-The last five are counted by the executors as requests happen and read from one Redis hash
+The last six are counted by the executors as requests happen and read from one Redis hash
 (``adapters/call_metrics.py``), not from the database: alert on them.
 
 Mean latency is ``rate(conduit_llm_latency_seconds_total)`` divided by
@@ -204,7 +205,35 @@ class CallCollector(Collector):
                 (f"{le:g}", have.get(f"{le:g}", 0.0)) for le in call_metrics.LATENCY_BUCKETS_S
             ]
             latency.add_metric([model], series + [("+Inf", count)], sums.get(model, 0.0))
-        yield from (attempts, errors, retries, fallbacks, latency)
+        e2e = _histogram(
+            "conduit_end_to_end_seconds",
+            "Time from a prompt's submission to its result, by answering model",
+            "e2e",
+            counts,
+            call_metrics.END_TO_END_BUCKETS_S,
+        )
+        yield from (attempts, errors, retries, fallbacks, latency, e2e)
+
+
+def _histogram(
+    name: str,
+    doc: str,
+    kind: str,
+    counts: dict[tuple[str, ...], float],
+    bounds: tuple[float, ...],
+) -> HistogramMetricFamily:
+    """A per-model histogram from the ``<kind>_bucket|model|le``, ``_sum``, ``_count`` fields."""
+    family = HistogramMetricFamily(name, doc, labels=["model"])
+    for (k, model, *_), count in sorted(counts.items()):
+        if k != f"{kind}_count":
+            continue
+        series = [
+            (f"{le:g}", counts.get((f"{kind}_bucket", model, f"{le:g}"), 0.0)) for le in bounds
+        ]
+        family.add_metric(
+            [model], series + [("+Inf", count)], counts.get((f"{kind}_sum", model), 0.0)
+        )
+    return family
 
 
 def registry(client: ConduitClient, cache_s: float | None = None) -> CollectorRegistry:

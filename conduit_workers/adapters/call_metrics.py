@@ -1,8 +1,9 @@
 """Counters of LLM requests for alerting, kept incrementally in Redis.
 
 Every request the executor sends is counted once, as it happens (not reconstructed from the
-history database at scrape time): attempts, failures by error class, retries, fallbacks, and
-a latency histogram, per model. An executor process accumulates them in memory and adds them
+history database at scrape time): attempts, failures by error class, retries, fallbacks, a
+latency histogram of the requests, and one of each prompt's end-to-end time (submitted to
+result recorded), per model. An executor process accumulates them in memory and adds them
 to Redis at the end of each task (one pipeline); ``conduit metrics`` reads the one hash.
 
 Key ``P:metrics:llm`` (:mod:`conduit_workers.adapters.keys`), a hash of ``kind|model[|label]``
@@ -24,6 +25,8 @@ from conduit_workers.errors import ConfigError, ProviderError, RetryableProvider
 
 # Upper bounds (s) of the latency histogram's buckets; +Inf is implied.
 LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# End to end (submitted -> result recorded): queueing and routing included, so minutes matter.
+END_TO_END_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 
 
 def key(prefix: str) -> str:
@@ -50,6 +53,16 @@ class CallMetrics:
                 c[f"errors|{model}|{error.error_class}"] += 1
                 if isinstance(error, RetryableProviderError):
                     c[f"retries|{model}"] += 1
+
+    def end_to_end(self, model: str, seconds: float) -> None:
+        """One prompt's result recorded ``seconds`` after it was submitted."""
+        with self._lock:
+            c = self._counts
+            c[f"e2e_count|{model}"] += 1
+            c[f"e2e_sum|{model}"] += seconds
+            for le in END_TO_END_BUCKETS_S:
+                if seconds <= le:
+                    c[f"e2e_bucket|{model}|{le:g}"] += 1
 
     def fallbacks(self, model: str, n: int) -> None:
         if n > 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -328,6 +329,20 @@ class SqlHistory(FeedbackHistory):
                     ExecutionRow(*row[:5], ChatRequest.from_json(row[5]) if row[5] else None)
                     for row in conn.execute(stmt)
                 )
+            return out
+
+        return self._tx(run)
+
+    def submitted_at(self, query_ids: Sequence[str]) -> dict[str, datetime]:
+        """When each prompt was submitted (``queries.created_at``, UTC)."""
+        q = t.queries
+
+        def run(conn: Connection) -> dict[str, datetime]:
+            out: dict[str, datetime] = {}
+            for chunk in chunks(list(query_ids), 1000):
+                stmt = select(q.c.id, q.c.created_at).where(q.c.id.in_(chunk))
+                for qid, ts in conn.execute(stmt):
+                    out[qid] = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
             return out
 
         return self._tx(run)

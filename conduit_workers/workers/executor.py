@@ -22,9 +22,11 @@ import time
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from conduit_workers.adapters import cooldowns
-from conduit_workers.adapters.call_metrics import MeteredLLM
+from conduit_workers.adapters.call_metrics import CallMetrics, MeteredLLM
 from conduit_workers.celery_app import app
 from conduit_workers.domain.budget import OVER_BUDGET
 from conduit_workers.domain.catalog import Catalog
@@ -41,6 +43,9 @@ from conduit_workers.names import APPLY_EVENTS, EXECUTE_BATCH, FEEDBACK
 from conduit_workers.settings import BudgetSettings, ExecutorSettings, FeedbackSettings
 from conduit_workers.workers.budget_guard import CallBudget, call_budgets
 from conduit_workers.workers.runtime import chunks, runtime
+
+if TYPE_CHECKING:
+    from conduit_workers.adapters.history import SqlHistory
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +372,22 @@ async def _cooling(health: ModelHealth, names: Sequence[str]) -> dict[str, float
     return {m: s for m in names if (s := health.cooling_for(m, now)) > 0}
 
 
+def _end_to_end(history: SqlHistory, metrics: CallMetrics, results: Sequence[ResultRow]) -> None:
+    """Count each new result's time since its prompt was submitted, per model."""
+    if not results:
+        return
+    try:
+        submitted = history.submitted_at([r.query_id for r in results])
+    except Exception as exc:  # the results are stored: a metric is not worth a retry
+        log.warning("end-to-end latency of %d results not counted: %s", len(results), exc)
+        return
+    done = datetime.now(UTC)
+    for r in results:
+        at = submitted.get(r.query_id)
+        if at is not None:
+            metrics.end_to_end(r.model or "none", max(0.0, (done - at).total_seconds()))
+
+
 @app.task(name=EXECUTE_BATCH, bind=True)
 def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Call the LLMs for a chunk of routed prompts.
@@ -401,6 +422,7 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
     finally:
         for r in results:
             metrics.fallbacks(r.model or "none", r.fallbacks)
+        _end_to_end(rt.history, metrics, results)
         metrics.flush(rt.store.client, rt.settings.redis.key_prefix)
     for chunk in chunks(event_ids, rt.settings.feedback.chunk_size):
         app.send_task(APPLY_EVENTS, args=[chunk], queue=FEEDBACK)

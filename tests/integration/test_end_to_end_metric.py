@@ -1,0 +1,70 @@
+"""The end-to-end latency histogram: each new result counts the time since its prompt was
+submitted (``queries.created_at`` in PostgreSQL), per answering model, added to the Redis hash
+the exporter reads and exported as ``conduit_end_to_end_seconds``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import redis
+import sqlalchemy as sa
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conduit_workers.adapters import history_schema as t
+from conduit_workers.adapters.call_metrics import CallMetrics
+from conduit_workers.domain.items import parse_item
+from conduit_workers.domain.records import ResultRow
+from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings
+from conduit_workers.workers.executor import _end_to_end
+from producers.api import ConduitClient
+from producers.metrics import CallCollector
+from tests.conftest import TEST_PREFIX
+
+pytestmark = pytest.mark.integration
+
+
+def test_results_count_their_time_since_submission_per_model(history, redis_url, pg_url):
+    items = [parse_item({"prompt": f"p{i}"}, line=i + 1, max_prompt_chars=100) for i in range(3)]
+    qids = history.submit("b", items, tag=None, rejected=0, constraints={}).new
+    with history.engine.begin() as conn:  # the first prompt waited about 100 s in the queues
+        old = conn.scalar(sa.select(t.queries.c.created_at).where(t.queries.c.id == qids[0]))
+        conn.execute(
+            t.queries.update()
+            .where(t.queries.c.id == qids[0])
+            .values(created_at=old - timedelta(seconds=100))
+        )
+    results = [
+        ResultRow(qids[0], "m-a", "ok", "x", 1, 1, 0.0, 1.0, 1, 0),
+        ResultRow(qids[1], "m-a", "ok", "x", 1, 1, 0.0, 1.0, 1, 0),
+        ResultRow(qids[2], "m-b", "error", None, 0, 0, 0.0, 1.0, 3, 0),
+    ]
+    metrics = CallMetrics()
+    _end_to_end(history, metrics, results)
+    metrics.flush(redis.Redis.from_url(redis_url), TEST_PREFIX)
+
+    settings = Settings(
+        redis=RedisSettings(url=redis_url, key_prefix=TEST_PREFIX),
+        database=DatabaseSettings(url=pg_url),
+    )
+    client = ConduitClient(settings)
+    try:
+        reg = CollectorRegistry()
+        reg.register(CallCollector(client))
+        text = generate_latest(reg).decode()
+    finally:
+        client.close()
+    s = {}
+    for fam in text_string_to_metric_families(text):
+        for x in fam.samples:
+            if x.name.startswith("conduit_end_to_end_seconds"):
+                s[(x.name, x.labels.get("model"), x.labels.get("le"))] = x.value
+    assert s[("conduit_end_to_end_seconds_count", "m-a", None)] == 2
+    assert s[("conduit_end_to_end_seconds_count", "m-b", None)] == 1
+    assert s[("conduit_end_to_end_seconds_bucket", "m-a", "+Inf")] == 2
+    # the prompt that waited 100 s is above the 60 s bucket, within the 120 s one
+    assert s[("conduit_end_to_end_seconds_bucket", "m-a", "60")] == 1
+    assert s[("conduit_end_to_end_seconds_bucket", "m-a", "120")] == 2
+    assert 100 <= s[("conduit_end_to_end_seconds_sum", "m-a", None)] < 100 + 2 * 60
