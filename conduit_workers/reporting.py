@@ -52,6 +52,7 @@ def compute_daily_report(
         catalog,
         unanswered=reports.unanswered(day),
         dead_letters=dead_letters,
+        key_budgets=reports.key_budgets(),
     )
     t = report.total
     today = DayFigures(

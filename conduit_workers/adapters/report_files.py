@@ -239,6 +239,9 @@ _BATCH_COLS = (
 )
 
 
+_KEY_COLS = (*_GROUP_COLS[:4], ("daily budget", "budget_usd"), *_GROUP_COLS[4:])
+
+
 def _tables(r: DailyReport) -> list[tuple[str, tuple[tuple[str, str], ...], list[Group]]]:
     return [
         ("Per model", _MODEL_COLS, r.models),
@@ -246,7 +249,7 @@ def _tables(r: DailyReport) -> list[tuple[str, tuple[tuple[str, str], ...], list
         ("Per batch", _BATCH_COLS, r.batches),
         ("Per tag", _GROUP_COLS, r.tags),
         ("Per user", _GROUP_COLS, r.users),
-        ("Per API key", _GROUP_COLS, r.keys),
+        ("Per API key", _KEY_COLS, r.keys),
     ]
 
 

@@ -128,6 +128,14 @@ class SqlReports:
         )
         return list(self.history._tx(lambda conn: conn.scalars(stmt).all()))
 
+    def key_budgets(self) -> dict[str, float | None]:
+        """Each API key's daily budget (None: unlimited)."""
+        k = t.api_keys
+        rows = self.history._tx(
+            lambda conn: conn.execute(select(k.c.name, k.c.budget_usd_per_day)).all()
+        )
+        return {name: None if b is None else float(b) for name, b in rows}
+
     def stored_days(self, first: date, last: date) -> list[DayFigures]:
         """The built daily rows from ``first`` to ``last`` (inclusive), oldest first."""
         dr = t.daily_reports

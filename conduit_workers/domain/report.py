@@ -18,7 +18,7 @@ A prompt belongs to the UTC day of its result. Definitions (``docs/reports.md`` 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -92,7 +92,7 @@ class Group:
     ratings: int = 0
     rating_sum: float = 0.0
     latency_ms: list[float] = field(default_factory=list, repr=False)
-    budget_usd: float | None = None  # a batch's budget (batch groups only)
+    budget_usd: float | None = None  # a batch's budget, an API key's daily budget
 
     @property
     def savings_usd(self) -> float:
@@ -206,11 +206,13 @@ def build_report(
     *,
     unanswered: Collection[str] = (),
     dead_letters: Collection[str] = (),
+    key_budgets: Mapping[str, float | None] | None = None,
 ) -> DailyReport:
     """Every figure of the day from its result rows, call events and explicit ratings.
 
     ``unanswered``: the ids of the day's submitted prompts without a result;
-    ``dead_letters``: the prompt ids the dead-letter queue holds (any day)."""
+    ``dead_letters``: the prompt ids the dead-letter queue holds (any day);
+    ``key_budgets``: each API key's daily budget (``None``: unlimited), shown beside its spend."""
     results = list(results)
     ref = catalog.get(catalog.reference)
     known = {m.name: m for m in catalog.models}
@@ -251,7 +253,7 @@ def build_report(
             batch,
             tags.setdefault(r.tag or NO_TAG, Group(r.tag or NO_TAG)),
             users.setdefault(user_key, Group(user_key)),
-            keys.setdefault(api_key, Group(api_key)),
+            keys.setdefault(api_key, Group(api_key, budget_usd=(key_budgets or {}).get(api_key))),
         ]
         tried = r.status not in ("unroutable", "over_budget")
         failed_attempts = (r.attempts - 1 if r.status == "ok" else r.attempts) if tried else 0

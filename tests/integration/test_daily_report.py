@@ -122,6 +122,11 @@ def test_spend_per_user_and_key_and_unanswered_and_dead_lettered_prompts(
     letters = RedisDeadLetters(redis_client, "conduit-report-test")
     letters.client.delete(letters.key)
     letters.put(DeadLetter("t1", "conduit.execute", [[qids[3]]], "execute", "failed", "E", 1, 3, 0))
+    from conduit_workers.adapters.history_gateway import GatewayHistory
+
+    keys = GatewayHistory(str(history.engine.url.render_as_string(hide_password=False)))
+    keys.create_key("alpha", budget_usd_per_day=5.0)  # as `conduit keys create` does
+    keys.engine.dispose()
     today = datetime.now(UTC).date()
     out = build_daily_report(
         today, history, CATALOG, tmp_path, owner="cli", dead_letters=letters.query_ids()
@@ -130,11 +135,12 @@ def test_spend_per_user_and_key_and_unanswered_and_dead_lettered_prompts(
     assert out is not None
     rep = out.report
     assert {g.key: g.spend_usd for g in rep.users} == {"ann": 0.25, "bob": 0.5}
-    assert {g.key: g.spend_usd for g in rep.keys} == {"alpha": 0.75}
+    assert {g.key: (g.spend_usd, g.budget_usd) for g in rep.keys} == {"alpha": (0.75, 5.0)}
     assert (rep.unanswered, rep.dead_lettered) == (2, 1)
     assert rep.batch_label("b-api").startswith("api:alpha (")
     md = (out.folder / "report.md").read_text()
     assert "| unanswered (of them dead-lettered) | 2 (1) |" in md and "b-api" not in md
+    assert "| alpha | 2 | 2 | 0 | $5.0000 |" in md  # the key's daily budget beside its spend
 
 
 def test_trend_reads_the_stored_daily_rows_and_quality_kept_the_references_ratings(
