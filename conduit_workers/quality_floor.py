@@ -44,6 +44,7 @@ def params_for(floor: float, settings: RouterSettings) -> fl.FloorParams:
         floor=floor,
         z=settings.floor_pessimism,
         audit_min=settings.floor_audit_min,
+        audit_scale=settings.floor_audit_scale,
         target=settings.floor_target,
         eta=settings.floor_eta,
         lambda_init=settings.floor_lambda_init,

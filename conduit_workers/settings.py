@@ -125,6 +125,7 @@ class RouterSettings(BaseModel):
     # and least λ.
     floor_pessimism: float = 1.5
     floor_audit_min: float = 0.05
+    floor_audit_scale: float = 1.0  # random share = scale / √(1 + reference ratings), at least min
     floor_target: float = 0.005
     floor_eta: float = 4.0
     floor_lambda_init: float = 0.1
