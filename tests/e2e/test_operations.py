@@ -21,6 +21,7 @@ from conduit_workers import names
 from conduit_workers.adapters import history_schema as t
 from conduit_workers.adapters.report_sql import SqlReports, day_bounds
 from conduit_workers.domain.catalog import load_catalog
+from conduit_workers.domain.constraints import Constraints
 from producers.local import free_port, start_worker, wait_worker_ready
 from tests.conftest import SAMPLE
 
@@ -80,8 +81,11 @@ def day_of_traffic(system):
         items.append(
             {"id": "too-cheap", "prompt": "Name a prime.", "constraints": {"max_cost_usd": 1e-12}}
         )
-        a = client.submit(items[: N // 2], tag="nightly")
-        b = client.submit(items[N // 2 :], tag="adhoc")
+        # Routed by λ_cost: under the default quality floor a first batch with no ratings yet
+        # goes to the reference model alone, and the report would show no savings to check.
+        by_cost = Constraints(lambda_cost=0.1)
+        a = client.submit(items[: N // 2], tag="nightly", constraints=by_cost)
+        b = client.submit(items[N // 2 :], tag="adhoc", constraints=by_cost)
         rows = client.wait(a.batch_id, timeout_s=300) + client.wait(b.batch_id, timeout_s=300)
         labels = {r["id"]: r["models"] for r in sample}
         rated = [
