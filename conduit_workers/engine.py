@@ -320,7 +320,7 @@ class RoutingEngine:
                             out[i] = Choice(ref, (ref, *rest), ch.utility, ch.reason)
                 if out[i].model is not None:
                     self._floor_marks[i] = FloorMark(g.stream, strata[k], float(ref_pred[i]))
-            self.floors.store.mark(
+            self.floors.mark(
                 {
                     query_ids[i]: self._floor_marks[i].encode(str(out[i].model))
                     for i in g.rows

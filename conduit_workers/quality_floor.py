@@ -9,6 +9,7 @@ process holds one floor together).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from conduit_workers.domain import floor as fl
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.ports import FloorStore
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
+from conduit_workers.errors import StoreUnavailable
 from conduit_workers.settings import RouterSettings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STREAM = "default"
 
@@ -103,9 +107,24 @@ class FloorGroup:
 
 
 class FloorKeeper:
+    """The floors of one router process over a shared :class:`FloorStore`.
+
+    While the store is unreachable the router keeps routing (as it does from cached
+    posteriors): each stream from the counters it read last (none: every prompt to the
+    reference, the safe side of the floor); decisions it cannot count are logged, not retried.
+    """
+
     def __init__(self, store: FloorStore, settings: RouterSettings) -> None:
         self.store = store
         self.settings = settings
+        self._last: dict[str, dict[str, float]] = {}
+
+    def _read(self, key: str) -> dict[str, float]:
+        try:
+            self._last[key] = self.store.read(key)
+        except StoreUnavailable:
+            log.warning("floor store unavailable: stream %s routed from its last counters", key)
+        return self._last.get(key, {})
 
     def groups(
         self, constraints: Sequence[Constraints], stream: str | None
@@ -123,7 +142,7 @@ class FloorKeeper:
                 by_key[key] = FloorGroup(
                     key,
                     params_for(f, self.settings),
-                    fl.FloorCounts.of(self.store.read(key)),
+                    fl.FloorCounts.of(self._read(key)),
                     [],
                 )
             g = by_key[key]
@@ -165,7 +184,17 @@ class FloorKeeper:
             inc[fl.LOG_LAMBDA] = step
         ids = sorted(query_ids[i] for i in group.rows)
         uid = "decide:" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:40]
-        self.store.apply(group.stream, uid, inc, *self._bounds(group.params))
+        try:
+            self.store.apply(group.stream, uid, inc, *self._bounds(group.params))
+        except StoreUnavailable:
+            log.warning("floor store unavailable: %d decisions of %s not counted", len(ids), uid)
+
+    def mark(self, marks: dict[str, str]) -> None:
+        """Leave each prompt's mark for the feedback worker (lost while the store is down)."""
+        try:
+            self.store.mark(marks)
+        except StoreUnavailable:
+            log.warning("floor store unavailable: %d prompts' floor marks not kept", len(marks))
 
     def rate(self, ratings: Sequence[tuple[FloorMark, float]], update_id: str) -> int:
         """Apply ratings of answers given under a floor, with their marks; once per

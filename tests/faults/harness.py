@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from conduit_workers.adapters import history_schema as t
 from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.catalog import load_catalog
+from conduit_workers.domain.constraints import Constraints
 from conduit_workers.errors import StoreUnavailable
 from conduit_workers.settings import Settings
 from producers.api import ConduitClient
@@ -197,13 +198,15 @@ class FaultSystem:
         s = self.settings
         return RedisPosteriorStore.from_url(s.redis.url, s.redis.key_prefix)
 
-    def submit(self, tag: str, n: int = 500) -> tuple[str, list[str]]:
+    def submit(
+        self, tag: str, n: int = 500, constraints: Constraints | None = None
+    ) -> tuple[str, list[str]]:
         """``n`` distinct prompts (unknown to the replay data: generated answers)."""
         items = [
             {"id": f"{tag}-{i}", "prompt": f"[{tag}] question {i}: what is {i} plus {i % 13}?"}
             for i in range(n)
         ]
-        sub = self.client.submit(items, tag=tag)
+        sub = self.client.submit(items, tag=tag, constraints=constraints)
         assert (sub.accepted, sub.new, sub.errors) == (n, n, []), sub
         by_external = self.client.history.query_ids_by_external(sub.batch_id)
         return sub.batch_id, [by_external[f"{tag}-{i}"] for i in range(n)]

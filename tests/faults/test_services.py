@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conduit_workers.domain.catalog import load_catalog
+from conduit_workers.domain.constraints import Constraints
 from tests.faults.harness import FaultSystem, check_exactly_once, start_system
 from tests.faults.services import PrivatePostgres, PrivateRedis
 
@@ -56,7 +57,9 @@ def test_redis_restarted_mid_batch(system: FaultSystem, private_redis: PrivateRe
 def test_redis_lost_posteriors_rebuilt_from_history(
     system: FaultSystem, private_redis: PrivateRedis
 ) -> None:
-    batch, ids = system.submit("redislost", N)
+    # Routed by λ_cost, so that both models gather evidence to rebuild (under the default
+    # floor a first batch without ratings goes to the reference alone).
+    batch, ids = system.submit("redislost", N, Constraints(lambda_cost=0.1))
     system.wait_settled(batch)
     rated = system.client.feedback([(f"redislost-{i}", (i % 5) / 4) for i in range(0, N, 2)])
     assert rated.applied == N // 2
