@@ -288,8 +288,8 @@ def test_flower_needs_the_configured_login_and_shows_task_names_and_ids_only(day
     status, body = _get(url + "/api/tasks?limit=1000", AUTH)
     assert status == 200
     tasks = json.loads(body)
-    names = {t_["name"] for t_ in tasks.values()}
-    assert {names.ROUTE_BATCH, names.EXECUTE_BATCH} <= names
+    task_names = {t_["name"] for t_ in tasks.values()}
+    assert {names.ROUTE_BATCH, names.EXECUTE_BATCH} <= task_names
     for rec in day_of_traffic["sample"]:
         assert rec["prompt"][:60] not in body
     assert _get(url + "/metrics")[0] == 200

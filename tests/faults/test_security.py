@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 import sqlalchemy as sa
 
+from conduit_workers import names
 from conduit_workers.adapters import history_schema as t
 from producers.local import free_port
 from tests.faults.harness import FaultSystem, check_exactly_once
@@ -68,12 +69,12 @@ def test_flower_and_logs_hold_ids_not_prompts(system: FaultSystem) -> None:
         status, body = _get(base + "/api/tasks?limit=1000", auth)
         assert status == 200
         tasks = json.loads(body)
-        names = {v["name"] for v in tasks.values()}
+        task_names = {v["name"] for v in tasks.values()}
         assert {
             names.ROUTE_BATCH,
             names.EXECUTE_BATCH,
             names.APPLY_EVENTS,
-        } <= names, names
+        } <= task_names, task_names
         with system.client.history.engine.connect() as conn:
             texts = conn.execute(
                 sa.select(t.queries.c.prompt, t.results.c.response).select_from(
