@@ -313,6 +313,8 @@ class MetricsSettings(BaseModel):
     port: int = 9808
     address: str = "127.0.0.1"  # localhost unless told otherwise ("0.0.0.0": every interface)
     cache_s: float = 10.0  # figures read from the history database at most this often
+    # history rows older than this are folded into the exporter's totals and not read again
+    settle_s: float = 600.0
 
 
 class GatewaySettings(BaseModel):

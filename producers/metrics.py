@@ -31,8 +31,10 @@ The last six are counted by the executors as requests happen and read from one R
 
 Mean latency is ``rate(conduit_llm_latency_seconds_total)`` divided by
 ``rate(conduit_answers_total{status="ok"})``.
-Counters are whole-table aggregates: cheap up to millions of rows, then give the exporter a
-read replica (``CONDUIT_DATABASE__URL``) or raise ``cache_s``.
+The history's counters are kept incrementally (``producers/metrics_history.py``): after the
+first scrape, a scrape reads only the rows created since a watermark ``metrics.settle_s``
+behind the clock, by the indexed ``created_at``; queue depths, dead letters and posteriors
+come from the broker and Redis.
 """
 
 from __future__ import annotations
@@ -48,11 +50,11 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import Integer, cast, func, select
 
 from conduit_workers import names
-from conduit_workers.adapters import history_schema as t
+from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from producers.api import ConduitClient
+from producers.metrics_history import HistoryCounters
 
 
 class ConduitCollector(Collector):
@@ -60,6 +62,7 @@ class ConduitCollector(Collector):
         self.client = client
         self.cache_s = client.settings.metrics.cache_s if cache_s is None else cache_s
         self._cached: tuple[float, list[Metric]] | None = None
+        self.history = HistoryCounters(client.settings.metrics.settle_s)
 
     def collect(self) -> Iterator[Metric]:
         if self._cached is None or time.monotonic() - self._cached[0] > self.cache_s:
@@ -67,17 +70,19 @@ class ConduitCollector(Collector):
         yield from self._cached[1]
 
     def _read(self) -> list[Metric]:
-        from producers.status import collect as collect_status
+        import redis
 
-        r, d, f = t.results, t.decisions, t.feedback
+        from producers.status import dead_letter_count, model_statuses, queue_depths
+
         h = self.client.history
 
         def q(stmt: Any) -> list[Any]:
             return h._tx(lambda conn: list(conn.execute(stmt).all()))
 
+        decided, answered, tried = self.history.read(q)
         out: list[Metric] = []
         m = CounterMetricFamily("conduit_routing_decisions", "Routing decisions", labels=["model"])
-        for model, n in q(select(d.c.model, func.count()).group_by(d.c.model)):
+        for (model,), (n,) in sorted(decided.items(), key=_by_key):
             m.add_metric([model or "none"], n)
         out.append(m)
         answers = CounterMetricFamily(
@@ -90,58 +95,61 @@ class ConduitCollector(Collector):
         lat = CounterMetricFamily(
             "conduit_llm_latency_seconds", "Summed latency of the answers", labels=["model"]
         )
-        stmt = select(
-            r.c.model,
-            r.c.status,
-            func.count(),
-            func.sum(r.c.input_tokens),
-            func.sum(r.c.output_tokens),
-            func.sum(r.c.cost_usd),
-            func.sum(r.c.latency_ms),
-        ).group_by(r.c.model, r.c.status)
-        for model, status, n, tin, tout, usd, ms in q(stmt):
+        for (model, status), (n, tin, tout, usd, ms) in sorted(answered.items(), key=_by_key):
             name = model or "none"
             answers.add_metric([name, status], n)
             if status == "ok":
-                tokens.add_metric([name, "input"], tin or 0)
-                tokens.add_metric([name, "output"], tout or 0)
-                cost.add_metric([name], usd or 0.0)
-                lat.add_metric([name], (ms or 0.0) / 1000)
+                tokens.add_metric([name, "input"], tin)
+                tokens.add_metric([name, "output"], tout)
+                cost.add_metric([name], usd)
+                lat.add_metric([name], ms / 1000)
         out += [answers, tokens, cost, lat]
         calls = CounterMetricFamily("conduit_llm_calls", "Models tried", labels=["model"])
         errors = CounterMetricFamily("conduit_llm_errors", "Failed model tries", labels=["model"])
-        stmt = (
-            select(f.c.model, func.count(), func.sum(cast(f.c.error, Integer)))
-            .where(f.c.is_call.is_(True))
-            .group_by(f.c.model)
-        )
-        for model, n, e in q(stmt):
+        for (model,), (n, e) in sorted(tried.items(), key=_by_key):
             calls.add_metric([model], n)
-            errors.add_metric([model], e or 0)
+            errors.add_metric([model], e)
         out += [calls, errors]
 
-        from conduit_workers.adapters.report_sql import SqlReports
-
-        s = collect_status(
-            self.client.settings, self.client.catalog, self.client.app, SqlReports(h), 0.5
-        )
+        # The broker and Redis, no SQL: queue lengths, dead letters, the router's posteriors.
+        settings = self.client.settings
+        r = settings.redis
         depth = GaugeMetricFamily("conduit_queue_depth", "Messages waiting", labels=["queue"])
+        try:
+            depths = queue_depths(self.client.app, names.QUEUES)
+        except Exception:  # noqa: BLE001 - a broker away: the other figures still count
+            depths = {}
         for queue in names.QUEUES:
-            depth.add_metric([queue], s.queues.get(queue) or 0)
+            depth.add_metric([queue], depths.get(queue) or 0)
         out.append(depth)
-        if s.dead_letters is not None:
-            out.append(
-                GaugeMetricFamily("conduit_dead_letters", "Dead letters", value=s.dead_letters)
-            )
+        conn = redis.Redis.from_url(
+            r.url, socket_timeout=r.socket_timeout_s, socket_connect_timeout=r.socket_timeout_s
+        )
+        dead: int | None = None
+        models: list[Any] = []
+        try:  # Redis away: the history's and the broker's figures still count
+            dead = dead_letter_count(conn, r.key_prefix)
+            store = RedisPosteriorStore(conn, r.key_prefix, r.applied_ttl_s)
+            models = model_statuses(settings, self.client.catalog, store)
+        except Exception:  # noqa: BLE001
+            pass
+        finally:
+            conn.close()
+        if dead is not None:
+            out.append(GaugeMetricFamily("conduit_dead_letters", "Dead letters", value=dead))
         quality = GaugeMetricFamily("conduit_posterior_quality", "Mean quality", labels=["model"])
         evidence = GaugeMetricFamily(
             "conduit_posterior_evidence", "Quality evidence", labels=["model"]
         )
-        for ms_ in s.models:
+        for ms_ in models:
             quality.add_metric([ms_.model], ms_.quality)
             evidence.add_metric([ms_.model], ms_.evidence)
         out += [quality, evidence]
         return out
+
+
+def _by_key(item: tuple[tuple[Any, ...], list[float]]) -> tuple[str, ...]:
+    return tuple(str(k) for k in item[0])
 
 
 class CallCollector(Collector):

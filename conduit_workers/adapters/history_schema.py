@@ -78,7 +78,7 @@ decisions = Table(
     Column("expected_cost_usd", Float, nullable=True),
     Column("posterior_versions", JSON, nullable=False),
     Column("reason", Text, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
 )
 
 results = Table(
@@ -115,7 +115,7 @@ feedback = Table(
     Column("in_tokens", Integer, nullable=False, default=0),
     Column("out_tokens", Integer, nullable=False, default=0),
     Column("cost_usd", Float, nullable=False, default=0.0),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
     # Set when a feedback task claims the event; the posterior update carries this id.
     Column("update_id", String(80), nullable=True, index=True),
     Column("applied_at", DateTime(timezone=True), nullable=True),

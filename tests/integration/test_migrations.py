@@ -54,6 +54,7 @@ def test_downgrade_to_base_and_up_again(engine):
 
 # Columns that later migrations added to the first release's tables.
 ADDED_AFTER_0001 = [("batches", "budget_usd"), ("queries", "request")]
+INDEXES_ADDED_AFTER_0001 = ["ix_decisions_created_at", "ix_feedback_created_at"]
 
 
 def test_a_database_made_by_create_all_is_stamped_then_upgraded(engine):
@@ -64,6 +65,8 @@ def test_a_database_made_by_create_all_is_stamped_then_upgraded(engine):
     with engine.begin() as conn:
         for table, column in ADDED_AFTER_0001:
             conn.execute(sa.text(f"alter table {table} drop column {column}"))
+        for index in INDEXES_ADDED_AFTER_0001:
+            conn.execute(sa.text(f"drop index {index}"))
         conn.execute(
             sa.text(
                 "insert into batches (id, created_at, accepted, rejected, constraints) "
