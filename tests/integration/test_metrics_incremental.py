@@ -97,3 +97,32 @@ def test_a_scrape_reads_only_the_rows_created_since_the_last(history, redis_url,
     # every read of the results table is bounded below by the watermark: no whole-table scan
     assert all("results.created_at >" in s for s in on_results), on_results
     assert any("conduit_queue_depth" == k for (k, _, _) in second)
+
+
+def test_rows_move_from_the_recent_window_into_the_totals_once(history):
+    from datetime import UTC, datetime
+
+    from producers.metrics_history import HistoryCounters
+
+    items = [parse_item({"prompt": f"p{i}"}, line=i + 1, max_prompt_chars=100) for i in range(3)]
+    qids = history.submit("b", items, tag=None, rejected=0, constraints={}).new
+    history.record_results([ResultRow(qids[0], "m-a", "ok", "x", 1, 1, 0.5, 1.0, 1, 0)], [])
+
+    def q(stmt):  # noqa: ANN001, ANN202
+        with history.engine.connect() as conn:
+            return list(conn.execute(stmt).all())
+
+    counters = HistoryCounters(settle_s=600)
+    now = datetime.now(UTC)
+    _, first, _ = counters.read(q, now)
+    assert first[("m-a", "ok")][0] == 1 and counters.results.settled == {}  # still recent
+    history.record_results([ResultRow(qids[1], "m-a", "ok", "x", 1, 1, 0.25, 1.0, 1, 0)], [])
+    # an hour later both rows are settled: folded into the totals once, not read again
+    _, later, _ = counters.read(q, now + timedelta(hours=1))
+    assert later[("m-a", "ok")][:1] == [2] and later[("m-a", "ok")][3] == pytest.approx(0.75)
+    assert counters.results.settled[("m-a", "ok")][0] == 2
+    # a clock stepping back does not fold (nor count) anything twice
+    _, back, _ = counters.read(q, now)
+    assert back[("m-a", "ok")][0] == 2
+    _, again, _ = counters.read(q, now + timedelta(hours=2))
+    assert again[("m-a", "ok")][0] == 2
