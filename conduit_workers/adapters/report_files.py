@@ -248,8 +248,8 @@ def _tables(r: DailyReport) -> list[tuple[str, tuple[tuple[str, str], ...], list
         ("Per provider", _GROUP_COLS, r.providers),
         ("Per batch", _BATCH_COLS, r.batches),
         ("Per tag", _GROUP_COLS, r.tags),
-        ("Per user", _GROUP_COLS, r.users),
-        ("Per API key", _KEY_COLS, r.keys),
+        ("Per user", (("user", "key"), *_GROUP_COLS[1:]), r.users),
+        ("Per API key", (("API key", "key"), *_KEY_COLS[1:]), r.keys),
     ]
 
 
