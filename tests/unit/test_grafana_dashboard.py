@@ -24,3 +24,4 @@ def test_every_panel_queries_exported_metrics() -> None:
         assert base in exported, name
     alerts = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
     assert "conduit_llm_attempt_errors_total" in alerts and "histogram_quantile" in alerts
+    assert "conduit_end_to_end_seconds_bucket" in alerts  # what users wait, queueing included
