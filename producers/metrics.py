@@ -14,6 +14,9 @@ name                                        type     labels / meaning
 ``conduit_llm_tokens_total``                counter  ``model``, ``direction`` (input, output)
 ``conduit_llm_cost_usd_total``              counter  ``model``: recorded spend
 ``conduit_llm_latency_seconds_total``       counter  ``model``: latency of the answers
+``conduit_llm_reference_cost_usd_total``    counter  ``model``: answers at reference prices
+``conduit_tag_cost_usd_total``              counter  ``tag``: spend by batch tag
+``conduit_tag_reference_cost_usd_total``    counter  ``tag``: reference cost by batch tag
 ``conduit_queue_depth``                     gauge    ``queue``: messages waiting
 ``conduit_dead_letters``                    gauge    tasks in the dead-letter queue
 ``conduit_posterior_quality``               gauge    ``model``: the router's mean quality
@@ -30,7 +33,7 @@ The last six are counted by the executors as requests happen and read from one R
 (``adapters/call_metrics.py``), not from the database: alert on them.
 
 Mean latency is ``rate(conduit_llm_latency_seconds_total)`` divided by
-``rate(conduit_answers_total{status="ok"})``.
+``rate(conduit_answers_total{status="ok"})``; savings are the reference cost minus the spend.
 The history's counters are kept incrementally (``producers/metrics_history.py``): after the
 first scrape, a scrape reads only the rows created since a watermark ``metrics.settle_s``
 behind the clock, by the indexed ``created_at``; queue depths, dead letters and posteriors
@@ -104,6 +107,36 @@ class ConduitCollector(Collector):
                 cost.add_metric([name], usd)
                 lat.add_metric([name], ms / 1000)
         out += [answers, tokens, cost, lat]
+        # savings = reference cost - spend: every answer's tokens at the reference's prices
+        ref = self.client.catalog.get(self.client.catalog.reference)
+        reference = CounterMetricFamily(
+            "conduit_llm_reference_cost_usd",
+            "The answers' tokens at the catalog reference model's prices (USD)",
+            labels=["model"],
+        )
+        for (model, status), (_, tin, tout, _, _) in sorted(answered.items(), key=_by_key):
+            if status == "ok":
+                reference.add_metric([model or "none"], ref.cost_usd(int(tin), int(tout)))
+        tag_spend = CounterMetricFamily(
+            "conduit_tag_cost_usd", "Recorded spend by batch tag (USD)", labels=["tag"]
+        )
+        tag_reference = CounterMetricFamily(
+            "conduit_tag_reference_cost_usd",
+            "The answers' tokens at the reference model's prices, by batch tag (USD)",
+            labels=["tag"],
+        )
+        spend_by_tag: dict[str, float] = {}
+        reference_by_tag: dict[str, float] = {}
+        for (tag, status), (usd, tin, tout) in self.history.read_tags(q).items():
+            name = tag or ""
+            spend_by_tag[name] = spend_by_tag.get(name, 0.0) + usd
+            if status == "ok":
+                add = ref.cost_usd(int(tin), int(tout))
+                reference_by_tag[name] = reference_by_tag.get(name, 0.0) + add
+        for name in sorted(spend_by_tag):
+            tag_spend.add_metric([name], spend_by_tag[name])
+            tag_reference.add_metric([name], reference_by_tag.get(name, 0.0))
+        out += [reference, tag_spend, tag_reference]
         calls = CounterMetricFamily("conduit_llm_calls", "Models tried", labels=["model"])
         errors = CounterMetricFamily("conduit_llm_errors", "Failed model tries", labels=["model"])
         for (model,), (n, e) in sorted(tried.items(), key=_by_key):

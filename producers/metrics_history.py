@@ -33,10 +33,16 @@ class Incremental:
     """``select keys, values … group by keys`` over ``table``, summed incrementally."""
 
     def __init__(
-        self, table: Table, keys: Sequence[Any], values: Sequence[Any], where: Any = None
+        self,
+        table: Table,
+        keys: Sequence[Any],
+        values: Sequence[Any],
+        where: Any = None,
+        source: Any = None,
     ) -> None:
         self.created = table.c.created_at
-        stmt = select(*keys, *values).group_by(*keys)
+        stmt = select(*keys, *values).select_from(table if source is None else source)
+        stmt = stmt.group_by(*keys)
         self.stmt = stmt if where is None else stmt.where(where)
         self.nkeys = len(keys)
         self.settled: Sums = {}
@@ -68,7 +74,8 @@ def _add(into: Sums, rows: list[Any], nkeys: int) -> None:
 
 class HistoryCounters:
     """Routing decisions by model; answers by model and status with their tokens, spend and
-    latency; model tries (``is_call`` feedback) and their errors."""
+    latency; the answers' spend and tokens by batch tag (``""``: untagged; a prompt in two
+    batches counts in both); model tries (``is_call`` feedback) and their errors."""
 
     def __init__(self, settle_s: float) -> None:
         self.settle = timedelta(seconds=settle_s)
@@ -85,6 +92,13 @@ class HistoryCounters:
                 func.sum(r.c.latency_ms),
             ],
         )
+        b, bi = t.batches, t.batch_items
+        self.tags = Incremental(
+            r,
+            [b.c.tag, r.c.status],
+            [func.sum(r.c.cost_usd), func.sum(r.c.input_tokens), func.sum(r.c.output_tokens)],
+            source=r.join(bi, bi.c.query_id == r.c.query_id).join(b, b.c.id == bi.c.batch_id),
+        )
         self.calls = Incremental(
             f,
             [f.c.model],
@@ -99,3 +113,6 @@ class HistoryCounters:
             self.results.read(q, now, self.settle),
             self.calls.read(q, now, self.settle),
         )
+
+    def read_tags(self, q: Query, now: datetime | None = None) -> Sums:
+        return self.tags.read(q, now or datetime.now(UTC), self.settle)

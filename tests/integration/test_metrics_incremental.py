@@ -27,7 +27,8 @@ def _scrape(reg: CollectorRegistry) -> dict[tuple[str, str, str], float]:
     out = {}
     for fam in text_string_to_metric_families(generate_latest(reg).decode()):
         for x in fam.samples:
-            out[(x.name, x.labels.get("model", ""), x.labels.get("status", ""))] = x.value
+            who = x.labels.get("model", x.labels.get("tag", ""))
+            out[(x.name, who, x.labels.get("status", ""))] = x.value
     return out
 
 
@@ -40,7 +41,7 @@ def _db_totals(history) -> tuple[int, float]:
 
 def test_a_scrape_reads_only_the_rows_created_since_the_last(history, redis_url, pg_url):
     items = [parse_item({"prompt": f"p{i}"}, line=i + 1, max_prompt_chars=100) for i in range(5)]
-    qids = history.submit("b", items, tag=None, rejected=0, constraints={}).new
+    qids = history.submit("b", items, tag="nightly", rejected=0, constraints={}).new
     history.record_results(
         [
             ResultRow(qids[0], "m-a", "ok", "x", 10, 20, 0.5, 100.0, 1, 0),
@@ -83,10 +84,19 @@ def test_a_scrape_reads_only_the_rows_created_since_the_last(history, redis_url,
             second = _scrape(reg)
         finally:
             sa.event.remove(client.history.engine, "before_cursor_execute", seen)
+        ref = client.catalog.get(client.catalog.reference)
     finally:
         client.close()
 
     n, usd = _db_totals(history)
+    assert second[("conduit_tag_cost_usd_total", "nightly", "")] == pytest.approx(usd)
+    # savings are measured on the answers: 12 input and 24 output tokens at reference prices
+    assert second[("conduit_llm_reference_cost_usd_total", "m-a", "")] == pytest.approx(
+        ref.cost_usd(12, 24)
+    )
+    assert second[("conduit_tag_reference_cost_usd_total", "nightly", "")] == pytest.approx(
+        ref.cost_usd(12, 24)
+    )
     assert n == 4
     cost = sum(v for (k, _, _), v in second.items() if k == "conduit_llm_cost_usd_total")
     assert cost == pytest.approx(usd, rel=1e-9)
