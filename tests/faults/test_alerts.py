@@ -50,6 +50,8 @@ def test_error_rate_alert_fires_under_injected_faults(system: FaultSystem) -> No
     assert _total(samples, "conduit_llm_retries_total") == failed  # all retryable
     assert _total(samples, "conduit_llm_call_seconds_count") == sent
     assert _total(samples, "conduit_llm_call_seconds_bucket", le="+Inf") == sent
+    # one end-to-end observation per prompt, whatever its retries
+    assert _total(samples, "conduit_end_to_end_seconds_count") == sum(checked.statuses.values())
     rate = failed / sent
     assert rate > 0.1  # docs/deploy.md: alert above a few percent
     print(
