@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import redis
+import redis.asyncio
 
 from conduit_workers.adapters.keys import RedisKeys
 from conduit_workers.domain.budget import BudgetState, from_nano, to_nano
@@ -224,3 +225,89 @@ class RedisBatchLedger:
                 int(expired or 0),
             )
         return out
+
+
+class AsyncRedisBatchLedger:
+    """The reserve and settle of :class:`RedisBatchLedger` (the same scripts, keys and
+    answers) on an asyncio Redis client, for the HTTP API: no worker thread per call."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        prefix: str,
+        ledger_ttl_s: int,
+        charge_expired: bool = True,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ledger_ttl_s = ledger_ttl_s
+        self._charge = "1" if charge_expired else "0"
+        self._reserve = client.register_script(RESERVE_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        prefix: str,
+        ledger_ttl_s: int,
+        charge_expired: bool = True,
+        socket_timeout_s: float = 5.0,
+        max_connections: int = 32,
+    ) -> AsyncRedisBatchLedger:
+        # A bounded pool that makes a request wait for a free connection (at most the socket
+        # timeout) rather than fail: hundreds of requests in flight share a few connections.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=socket_timeout_s,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+        )
+        return cls(redis.asyncio.Redis(connection_pool=pool), prefix, ledger_ttl_s, charge_expired)
+
+    def keys(self, batch_id: str) -> list[str]:
+        return RedisKeys(self.prefix).batch_budget(batch_id)
+
+    async def reserve(
+        self,
+        batch_id: str,
+        limit_usd: float,
+        reservation_id: str,
+        amount_usd: float,
+        ttl_s: float,
+        recorded_spend_usd: float = 0.0,
+    ) -> Hold:
+        """As :meth:`RedisBatchLedger.reserve`."""
+        try:
+            ok, limit, spent, reserved = await self._reserve(
+                keys=self.keys(batch_id),
+                args=[
+                    to_nano(limit_usd),
+                    reservation_id,
+                    to_nano(amount_usd),
+                    max(1, int(ttl_s * 1000)),
+                    self.ledger_ttl_s,
+                    to_nano(max(0.0, recorded_spend_usd)),
+                    self._charge,
+                ],
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
+        state = BudgetState(from_nano(int(limit)), from_nano(int(spent)), from_nano(int(reserved)))
+        return Hold(bool(ok), state)
+
+    async def settle(self, batch_id: str, reservation_id: str, cost_usd: float) -> bool:
+        """As :meth:`RedisBatchLedger.settle`."""
+        try:
+            done = await self._settle(
+                keys=self.keys(batch_id),
+                args=[reservation_id, to_nano(max(0.0, cost_usd)), self.ledger_ttl_s, self._charge],
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
+        return bool(done)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.client.connection_pool.disconnect()

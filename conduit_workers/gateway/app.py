@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
+from conduit_workers.adapters.batch_ledger import AsyncRedisBatchLedger
 from conduit_workers.adapters.history_gateway import GatewayHistory
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id
 from conduit_workers.gateway import errors
@@ -80,8 +80,13 @@ def _build(settings: Settings) -> State:
     health = ModelHealth(
         ex.health_window, ex.cooldown_min_calls, ex.cooldown_failure_rate, ex.cooldown_s
     )
-    ledger = RedisBatchLedger(
-        store.client, r.key_prefix, s.budget.ledger_ttl_s, s.budget.charge_expired_holds
+    # Reserve and settle on an asyncio client: no worker thread per request.
+    ledger = AsyncRedisBatchLedger.from_url(
+        r.url,
+        r.key_prefix,
+        s.budget.ledger_ttl_s,
+        s.budget.charge_expired_holds,
+        r.socket_timeout_s,
     )
     tasks = TaskSender(s)
     chunk = s.feedback.chunk_size
@@ -112,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await gw.drain()
             await asyncio.to_thread(gw.recorder.close)
             await gw.llm.aclose()
+            await gw.ledger.aclose()
             st.tasks.close()
             st.history.dispose()
 

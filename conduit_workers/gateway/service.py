@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
+from conduit_workers.adapters.batch_ledger import AsyncRedisBatchLedger
 from conduit_workers.adapters.history_gateway import ApiKey, CallRecord
 from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.domain.budget import worst_case_cost_usd, worst_input_tokens
@@ -81,7 +81,7 @@ class Gateway:
         decider: Decider,
         llm: LLMClient,
         health: ModelHealth,
-        ledger: RedisBatchLedger,
+        ledger: AsyncRedisBatchLedger,
         recorder: HistoryRecorder,
     ) -> None:
         self.settings = settings
@@ -172,9 +172,7 @@ class Gateway:
         # Held for the longest the call can take: every model tried, every attempt timing out.
         ttl_s = max(bs.reservation_ttl_s, ex.timeout_s * ex.max_attempts * len(models) + 60.0)
         recorded = await self._recorded_spend(key.name, day)
-        hold = await asyncio.to_thread(
-            self.ledger.reserve, res.scope, budget, res.id, worst, ttl_s, recorded
-        )
+        hold = await self.ledger.reserve(res.scope, budget, res.id, worst, ttl_s, recorded)
         if not hold.held:
             st = hold.state
             raise ApiError(
@@ -248,7 +246,7 @@ class Gateway:
         if p.reservation is not None:
             r = p.reservation
             spent = cost_usd if cost_usd is not None else r.worst_usd
-            await asyncio.to_thread(self.ledger.settle, r.scope, r.id, spent)
+            await self.ledger.settle(r.scope, r.id, spent)
 
     def finish_reason(self, p: Prepared, result: ResultRow) -> str:
         cap = self._output_cap(result.model, p.request) if result.model else None

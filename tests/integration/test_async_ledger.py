@@ -1,0 +1,39 @@
+"""The HTTP API's asyncio ledger: the same scripts and keys as the executors' ledger, so a key's
+holds made by either are one budget, with no overshoot when many requests race."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from conduit_workers.adapters.batch_ledger import AsyncRedisBatchLedger, RedisBatchLedger
+from tests.conftest import TEST_PREFIX
+
+pytestmark = pytest.mark.integration
+
+
+def test_async_holds_and_settles_share_the_sync_ledger(redis_url: str) -> None:
+    sync = RedisBatchLedger(redis.Redis.from_url(redis_url), TEST_PREFIX, 3600)
+
+    async def race() -> tuple[int, bool, bool]:
+        ledger = AsyncRedisBatchLedger.from_url(redis_url, TEST_PREFIX, 3600, max_connections=4)
+        try:
+            # 50 holds of $0.3 racing for $1.0 on 4 connections: exactly 3 fit.
+            holds = await asyncio.gather(
+                *(ledger.reserve("k", 1.0, f"r{i}", 0.3, 60.0) for i in range(50))
+            )
+            first = await ledger.settle("k", "r0", 0.1)
+            again = await ledger.settle("k", "r0", 0.1)
+        finally:
+            await ledger.aclose()
+        return sum(h.held for h in holds), first, again
+
+    held, first, again = asyncio.run(race())
+    assert (held, first, again) == (3, True, False)
+    state = sync.states(["k"])["k"]
+    assert (state.spent_usd, state.reserved_usd) == (pytest.approx(0.1), pytest.approx(0.6))
+    # A hold taken through the sync ledger counts against the same budget.
+    assert sync.reserve("k", 1.0, "sync", 0.3, 60.0).held
+    assert not sync.reserve("k", 1.0, "sync2", 0.3, 60.0).held
