@@ -253,14 +253,15 @@ class AsyncRedisBatchLedger:
         ledger_ttl_s: int,
         charge_expired: bool = True,
         socket_timeout_s: float = 5.0,
-        max_connections: int = 32,
+        max_connections: int = 64,
     ) -> AsyncRedisBatchLedger:
-        # A bounded pool that makes a request wait for a free connection (at most the socket
-        # timeout) rather than fail: hundreds of requests in flight share a few connections.
+        # A bounded pool where a request waits its turn for a connection rather than fail (as
+        # it waited for a worker thread before): hundreds in flight share a few connections;
+        # each command still times out after the socket timeout.
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=socket_timeout_s,
+            timeout=max(30.0, socket_timeout_s),
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
         )
