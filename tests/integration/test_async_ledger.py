@@ -24,8 +24,9 @@ def test_async_holds_and_settles_share_the_sync_ledger(redis_url: str) -> None:
             holds = await asyncio.gather(
                 *(ledger.reserve("k", 1.0, f"r{i}", 0.3, 60.0) for i in range(50))
             )
-            first = await ledger.settle("k", "r0", 0.1)
-            again = await ledger.settle("k", "r0", 0.1)
+            won = next(i for i, h in enumerate(holds) if h.held)  # which ones: the race's
+            first = await ledger.settle("k", f"r{won}", 0.1)
+            again = await ledger.settle("k", f"r{won}", 0.1)
         finally:
             await ledger.aclose()
         return sum(h.held for h in holds), first, again
