@@ -362,12 +362,17 @@ class SqlHistory(FeedbackHistory):
                 conn.scalars(select(t.results.c.query_id).where(t.results.c.query_id.in_(ids)))
             )
             fresh = [r for r in results if r.query_id not in known]
+            fresh_ids: set[str] = set()
             if fresh:
-                conn.execute(
-                    self._insert_ignore(t.results),
-                    [{**r.__dict__, "created_at": ts} for r in fresh],
+                # What this transaction inserted, not what it did not see: two deliveries of a
+                # chunk racing past the select both insert, and only one of them wins a row. The
+                # loser must not store its call events for a result that is not its own.
+                fresh_ids = set(
+                    conn.scalars(
+                        self._insert_ignore(t.results).returning(t.results.c.query_id),
+                        [{**r.__dict__, "created_at": ts} for r in fresh],
+                    )
                 )
-            fresh_ids = {r.query_id for r in fresh}
             evs = [e for e in events if e.query_id in fresh_ids]
             if evs:
                 conn.execute(self._insert_ignore(t.feedback), [event_row(e, ts) for e in evs])
