@@ -20,7 +20,7 @@ RUN useradd --create-home conduit \
 # at build time (~5 minutes on 2 cores), from the modules the distillation imports only.
 COPY conduit_workers/__init__.py conduit_workers/errors.py conduit_workers/settings.py ./conduit_workers/
 COPY conduit_workers/domain ./conduit_workers/domain
-COPY conduit_workers/adapters/__init__.py conduit_workers/adapters/embedder.py conduit_workers/adapters/static_embedder.py ./conduit_workers/adapters/
+COPY conduit_workers/routing/__init__.py conduit_workers/routing/embedder.py conduit_workers/routing/static_embedder.py ./conduit_workers/routing/
 COPY conduit_workers/tools ./conduit_workers/tools
 USER conduit
 RUN python -m conduit_workers.tools.static_distill /home/conduit/.cache/conduit/minilm-static

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from conduit_workers.adapters.embedder import make_embedder
-from conduit_workers.adapters.static_embedder import model_id
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.ports import Embedder
+from conduit_workers.routing.embedder import make_embedder
+from conduit_workers.routing.static_embedder import model_id
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)

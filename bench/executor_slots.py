@@ -29,8 +29,8 @@ import redis
 import sqlalchemy as sa
 
 from bench.pipeline_run import SAMPLE, prompts
-from conduit_workers.adapters import history_schema as t
 from conduit_workers.domain.items import PromptItem
+from conduit_workers.history import history_schema as t
 from producers.local import Proc, start_replay_server, start_worker, wait_worker_ready
 
 

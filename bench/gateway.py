@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         TOKENIZERS_PARALLELISM="false",
     )
     os.environ["CONDUIT_DATABASE__URL"] = db
-    from conduit_workers.adapters.history_gateway import GatewayHistory
+    from conduit_workers.history.history_gateway import GatewayHistory
 
     history = GatewayHistory(db)
     history.create_schema()

@@ -22,9 +22,9 @@ import numpy as np
 from bench.baselines import mixture_frontier
 from bench.datasets import OUT, Dataset, cached_embedder, load
 from bench.streaming import RouterRun, Scenario, Stream, featurize, run_engine
-from conduit_workers.engine import RoutingEngine
+from conduit_workers.routing.engine import RoutingEngine
+from conduit_workers.routing.warm_start import Outcome, Record, Summary, learn_records, read_records
 from conduit_workers.settings import RouterSettings
-from conduit_workers.warm_start import Outcome, Record, Summary, learn_records, read_records
 
 log = logging.getLogger(__name__)
 

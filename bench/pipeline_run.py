@@ -25,8 +25,8 @@ import redis
 import sqlalchemy as sa
 
 from bench.procstats import busy_from_log, cpu_s, rss_mb, torch_loaded, wait_s
-from conduit_workers.adapters import history_schema as t
 from conduit_workers.domain.items import PromptItem
+from conduit_workers.history import history_schema as t
 from conduit_workers.settings import Settings
 from producers.api import ConduitClient
 from producers.local import Proc, start_worker, wait_worker_ready

@@ -29,7 +29,7 @@ from bench.quality import _pct
 from bench.scoring import Figures, cs_at, figures
 from bench.streaming import Scenario, Stream, _NullStore, featurize
 from conduit_workers.domain.bandit import Array
-from conduit_workers.engine import RoutingEngine
+from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger("bench.probe")

@@ -33,18 +33,18 @@ from typing import Any
 
 import redis
 
-from conduit_workers.adapters.embedder import embedder_id, make_embedder
-from conduit_workers.adapters.feature_cache import RedisFeatureCache, read_stats, signature
-from conduit_workers.adapters.history import SqlHistory
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.features import embedding_text
 from conduit_workers.domain.items import PromptItem
 from conduit_workers.domain.ports import Embedder
-from conduit_workers.engine import RoutingEngine
+from conduit_workers.history.history import SqlHistory
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
+from conduit_workers.routing.embedder import embedder_id, make_embedder
+from conduit_workers.routing.engine import RoutingEngine
+from conduit_workers.routing.feature_cache import RedisFeatureCache, read_stats, signature
+from conduit_workers.routing.router import handle_route_batch
 from conduit_workers.settings import Settings, environ
-from conduit_workers.workers.router import handle_route_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"

@@ -17,8 +17,6 @@ import numpy as np
 
 from bench.baselines import LinUCB, Run
 from bench.datasets import Dataset, cached_embedder, catalog_for
-from conduit_workers.adapters.floor_store import InMemoryFloorStore, RedisFloorStore
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.domain import floor as fl
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.constraints import Constraints
@@ -26,8 +24,10 @@ from conduit_workers.domain.learning import learn, update_id_for
 from conduit_workers.domain.policy import Expectations, expected_costs, reference_cost
 from conduit_workers.domain.ports import FloorStore, PosteriorStore
 from conduit_workers.domain.rewards import EXPLICIT, IMPLICIT, FeedbackEvent
-from conduit_workers.engine import RoutingEngine
-from conduit_workers.quality_floor import FloorMark, stream_key
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
+from conduit_workers.routing.engine import RoutingEngine
+from conduit_workers.routing.floor_store import InMemoryFloorStore, RedisFloorStore
+from conduit_workers.routing.quality_floor import FloorMark, stream_key
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)

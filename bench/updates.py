@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import redis
 
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.learning import learn
 from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from conduit_workers.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/12"

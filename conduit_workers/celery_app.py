@@ -17,12 +17,12 @@ from celery import Celery
 from celery.signals import beat_init, celeryd_init, worker_ready
 
 import celeryconfig
-from conduit_workers.adapters.flower import apply_flower_defaults
+from conduit_workers.infra.flower import apply_flower_defaults
 from conduit_workers.names import EXECUTE, FEEDBACK, ROLE_MODULES, SWEEP
 from conduit_workers.settings import get_settings
 
 # Every task counts its deliveries and ends in the dead-letter queue when it cannot finish.
-app = Celery("conduit_workers", task_cls="conduit_workers.workers.delivery:ConduitTask")
+app = Celery("conduit_workers", task_cls="conduit_workers.infra.delivery:ConduitTask")
 app.conf.update(celeryconfig.build(get_settings()))
 logging.getLogger("conduit_workers").setLevel(get_settings().log_level)
 apply_flower_defaults(get_settings().flower)  # only under `celery … flower`
@@ -67,9 +67,9 @@ celeryd_init.connect(_executor_pool_size, weak=False)
 
 def _check_models(**_: Any) -> None:
     # Said once at start-up, before any prompt is routed to a model that cannot be called.
-    from conduit_workers.adapters.model_check import uncallable_models, warn_uncallable
     from conduit_workers.domain.catalog import load_catalog
     from conduit_workers.errors import ConfigError
+    from conduit_workers.execution.model_check import uncallable_models, warn_uncallable
     from conduit_workers.settings import environ
 
     try:
@@ -87,7 +87,7 @@ def _one_beat(sender: Any, **_: Any) -> None:
     # Sent by beat before its first tick: a second beat waits here until the first is gone.
     import redis
 
-    from conduit_workers.adapters.beat_lock import BeatLock
+    from conduit_workers.infra.beat_lock import BeatLock
 
     s = get_settings()
     client = redis.Redis.from_url(s.redis.url, socket_timeout=s.redis.socket_timeout_s)
@@ -99,10 +99,10 @@ beat_init.connect(_one_beat, weak=False)
 
 def _watch_broker_epoch(**_: Any) -> None:
     # In the worker's main process: notice a Redis broker that restarted empty, and re-send
-    # what it lost (adapters/broker_epoch.py).
+    # what it lost (infra/broker_epoch.py).
     import redis
 
-    from conduit_workers.adapters.broker_epoch import BrokerEpoch, is_redis_url, watch
+    from conduit_workers.infra.broker_epoch import BrokerEpoch, is_redis_url, watch
 
     s = get_settings()
     if s.broker.epoch_check_s <= 0 or not is_redis_url(s.broker_url):

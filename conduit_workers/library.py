@@ -11,7 +11,7 @@
     await router.record_call(decision, error=False, latency_ms=420, input_tokens=12,
                              output_tokens=3)           # implicit: what the call did
 
-It is the same :class:`~conduit_workers.engine.RoutingEngine` that the router workers use;
+It is the same :class:`~conduit_workers.routing.engine.RoutingEngine` that the router workers use;
 ``Router(store="redis://…")`` shares the posteriors (and the quality floor's counters) with a
 running Conduit deployment. By default it holds the settings' quality floor (0.95 of the
 catalog reference model's quality, spending as little as it can); ``Router(quality_floor=0.9)``
@@ -30,9 +30,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from conduit_workers.adapters.embedder import make_embedder
-from conduit_workers.adapters.floor_store import RedisFloorStore
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.domain.bandit import Array
 from conduit_workers.domain.catalog import Catalog, load_catalog
 from conduit_workers.domain.constraints import Constraints, parse_constraints
@@ -45,8 +42,11 @@ from conduit_workers.domain.rewards import (
     explicit_event_id,
     validate_rating,
 )
-from conduit_workers.engine import RoutingEngine
-from conduit_workers.quality_floor import FloorMark
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
+from conduit_workers.routing.embedder import make_embedder
+from conduit_workers.routing.engine import RoutingEngine
+from conduit_workers.routing.floor_store import RedisFloorStore
+from conduit_workers.routing.quality_floor import FloorMark
 from conduit_workers.settings import Settings, environ, get_settings
 
 CONFIDENCE_DRAWS = 64  # posterior draws behind ``Decision.confidence``

@@ -47,10 +47,10 @@ ID_TASKS: Final = frozenset({ROUTE_BATCH, EXECUTE_BATCH, APPLY_EVENTS})
 
 # The task module of each queue (what a worker consuming the queue imports).
 ROLE_MODULES: Final[dict[str, str]] = {
-    ROUTE: "conduit_workers.workers.router",
-    EXECUTE: "conduit_workers.workers.executor",
-    FEEDBACK: "conduit_workers.workers.feedback",
-    REPORTS: "conduit_workers.workers.reports",
+    ROUTE: "conduit_workers.routing.router",
+    EXECUTE: "conduit_workers.execution.executor",
+    FEEDBACK: "conduit_workers.learning.feedback",
+    REPORTS: "conduit_workers.reports.nightly",
 }
 
 # What `celery -A conduit_workers beat` sends (run exactly one beat; see docs/deploy.md).

@@ -54,7 +54,7 @@ class BrokerSettings(BaseModel):
     # A task delivered more often than this (e.g. it kills its worker each time) is moved to the
     # dead-letter table instead of running again; so is a task that fails for good.
     max_deliveries: int = 5
-    # How often each worker checks the Redis broker's epoch (``adapters/broker_epoch.py``): a
+    # How often each worker checks the Redis broker's epoch (``infra/broker_epoch.py``): a
     # broker that restarted empty is noticed within this, and its lost work sent again; 0: off.
     epoch_check_s: float = 10.0
 

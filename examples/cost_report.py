@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from conduit_workers.reporting import build_daily_report, compute_daily_report
+from conduit_workers.reports.reporting import build_daily_report, compute_daily_report
 from producers.api import ConduitClient
 
 

@@ -22,7 +22,6 @@ from typing import Any
 from celery import Celery
 
 import celeryconfig
-from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.domain.budget import validate_budget
 from conduit_workers.domain.catalog import Catalog, load_catalog
 from conduit_workers.domain.constraints import Constraints, parse_constraints
@@ -34,6 +33,7 @@ from conduit_workers.domain.rewards import (
     validate_rating,
 )
 from conduit_workers.errors import InputError
+from conduit_workers.history.history import SqlHistory
 from conduit_workers.names import APPLY_EVENTS, FEEDBACK, ROUTE, ROUTE_BATCH
 from conduit_workers.settings import Settings, environ, get_settings
 
@@ -245,8 +245,8 @@ class ConduitClient:
 
     def _ensure_broker_epoch(self) -> None:
         """Mark a fresh Redis broker with its epoch before sending to it, so that workers
-        starting later take queued work for live, not for lost (adapters/broker_epoch.py)."""
-        from conduit_workers.adapters.broker_epoch import BrokerEpoch, is_redis_url
+        starting later take queued work for live, not for lost (infra/broker_epoch.py)."""
+        from conduit_workers.infra.broker_epoch import BrokerEpoch, is_redis_url
 
         url = self.settings.broker_url
         if self.settings.broker.epoch_check_s > 0 and is_redis_url(url):

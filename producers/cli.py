@@ -249,7 +249,7 @@ def feedback(query_id: str | None, rating: float | None, file: Path | None) -> N
 )
 def posteriors(reset: bool, rebuild: bool) -> None:
     """Show what the router has learned per model."""
-    from conduit_workers.adapters.posterior_store import RedisPosteriorStore
+    from conduit_workers.learning.posterior_store import RedisPosteriorStore
 
     client = _client()
     s = client.settings
@@ -260,7 +260,7 @@ def posteriors(reset: bool, rebuild: bool) -> None:
         click.echo(f"posteriors of {len(names)} models reset")
         return
     if rebuild:
-        from conduit_workers.recovery import rebuild_posteriors
+        from conduit_workers.learning.recovery import rebuild_posteriors
 
         out = rebuild_posteriors(client.history, store, names, s.context_dim, s.router.decay)
         click.echo(
@@ -307,7 +307,7 @@ def learn(file: Path | None, from_history: bool, since: datetime | None, as_json
     the quality, tokens and cost of any subset of the models), or with --from-history the rated
     answers of the history database (for posteriors that have not seen them: a new Redis, a
     reset). Loading the same records twice counts once."""
-    from conduit_workers.warm_start import Record, learn_into, parse_record, read_records
+    from conduit_workers.routing.warm_start import Record, learn_into, parse_record, read_records
 
     if (file is None) == (not from_history):
         raise click.UsageError("give either FILE or --from-history")
@@ -316,7 +316,7 @@ def learn(file: Path | None, from_history: bool, since: datetime | None, as_json
     client = _client()
     records: list[Record]
     if from_history:
-        from conduit_workers.adapters.history_ratings import rated_records
+        from conduit_workers.history.history_ratings import rated_records
 
         start = since.replace(tzinfo=UTC) if since is not None else None
         records = [

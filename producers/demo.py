@@ -18,9 +18,9 @@ from typing import Any
 
 import click
 
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.catalog import Catalog, load_catalog
 from conduit_workers.errors import ConfigError
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings, get_settings
 from producers.api import ConduitClient
 from producers.local import (
@@ -116,8 +116,8 @@ def _write_report(settings: Settings, catalog: Catalog, out_dir: Path) -> None:
     """Today's cost report of the demo's history, as the nightly task writes it."""
     from datetime import UTC, datetime
 
-    from conduit_workers.adapters.history import SqlHistory
-    from conduit_workers.reporting import build_daily_report
+    from conduit_workers.history.history import SqlHistory
+    from conduit_workers.reports.reporting import build_daily_report
 
     history = SqlHistory(settings.database.url)
     try:

@@ -9,7 +9,7 @@ import click
 import redis
 
 from conduit_workers import names
-from conduit_workers.adapters.dead_letters import DeadLetter, RedisDeadLetters
+from conduit_workers.infra.dead_letters import DeadLetter, RedisDeadLetters
 from producers.api import ConduitClient
 
 
@@ -29,7 +29,7 @@ def _ids(d: DeadLetter) -> list[str]:
 
 def _routable(client: ConduitClient) -> list[str]:
     """The catalog's models that can be called (key and SDK present where this runs)."""
-    from conduit_workers.adapters.model_check import uncallable_models
+    from conduit_workers.execution.model_check import uncallable_models
     from conduit_workers.settings import environ
 
     uncallable = uncallable_models(client.catalog, environ())

@@ -30,7 +30,7 @@ name                                        type     labels / meaning
 ==========================================  =======  ==========================================
 
 The last six are counted by the executors as requests happen and read from one Redis hash
-(``adapters/call_metrics.py``), not from the database: alert on them.
+(``execution/call_metrics.py``), not from the database: alert on them.
 
 Mean latency is ``rate(conduit_llm_latency_seconds_total)`` divided by
 ``rate(conduit_answers_total{status="ok"})``; savings are the reference cost minus the spend.
@@ -55,7 +55,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from conduit_workers import names
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from producers.api import ConduitClient
 from producers.metrics_history import HistoryCounters
 
@@ -186,7 +186,7 @@ def _by_key(item: tuple[tuple[Any, ...], list[float]]) -> tuple[str, ...]:
 
 
 class CallCollector(Collector):
-    """The executors' counters of LLM requests (``adapters/call_metrics.py``), read from one
+    """The executors' counters of LLM requests (``execution/call_metrics.py``), read from one
     Redis hash at each scrape: incremental, no SQL."""
 
     def __init__(self, client: ConduitClient) -> None:
@@ -195,7 +195,7 @@ class CallCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         import redis
 
-        from conduit_workers.adapters import call_metrics
+        from conduit_workers.execution import call_metrics
 
         r = self.client.settings.redis
         conn = redis.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s)

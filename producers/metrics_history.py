@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Integer, Table, cast, func, select
 
-from conduit_workers.adapters import history_schema as t
+from conduit_workers.history import history_schema as t
 
 Sums = dict[tuple[Any, ...], list[float]]
 Query = Callable[[Any], list[Any]]

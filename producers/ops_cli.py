@@ -36,7 +36,7 @@ from producers.api import ConduitClient
 )
 def report(day: object, out_dir: Path | None) -> None:
     """Build the cost report of one day by hand (what beat runs nightly); replaces that day's."""
-    from conduit_workers.reporting import build_daily_report, yesterday_utc
+    from conduit_workers.reports.reporting import build_daily_report, yesterday_utc
 
     the_day: date = day.date() if day is not None else yesterday_utc()  # type: ignore[attr-defined]
     client = ConduitClient()
@@ -85,7 +85,7 @@ def _dead_letter_ids(client: ConduitClient) -> set[str]:
 )
 def status(as_json: bool, timeout_s: float) -> None:
     """Workers up, queue depths, what the router has learned per model, spend today."""
-    from conduit_workers.adapters.report_sql import SqlReports
+    from conduit_workers.reports.report_sql import SqlReports
     from producers.status import collect, render
 
     client = ConduitClient()
@@ -112,7 +112,7 @@ def status(as_json: bool, timeout_s: float) -> None:
 def _warn_uncallable(client: ConduitClient) -> None:
     """Models that cannot be called with this environment (no key, no SDK): workers started
     with the same one leave them out of routing."""
-    from conduit_workers.adapters.model_check import uncallable_models
+    from conduit_workers.execution.model_check import uncallable_models
     from conduit_workers.settings import environ
 
     for name, reason in sorted(uncallable_models(client.catalog, environ()).items()):
@@ -140,27 +140,27 @@ def _engine() -> Engine:
 @click.option("--to", "revision", default="head", help="Target revision (default: the newest).")
 def upgrade(revision: str) -> None:
     """Migrate the history database (CONDUIT_DATABASE__URL) to the newest schema."""
-    from conduit_workers.adapters import migrations
+    from conduit_workers.history import migrate
 
-    before, after = migrations.upgrade(_engine(), revision)
+    before, after = migrate.upgrade(_engine(), revision)
     click.echo(f"history schema: {before or 'empty'} -> {after}")
 
 
 @db.command()
 def current() -> None:
     """Show the database's revision and the code's newest."""
-    from conduit_workers.adapters import migrations
+    from conduit_workers.history import migrate
 
-    click.echo(f"database {migrations.current(_engine()) or 'empty'}, code {migrations.head()}")
+    click.echo(f"database {migrate.current(_engine()) or 'empty'}, code {migrate.head()}")
 
 
 @db.command()
 @click.option("-m", "--message", required=True, help="What the migration changes.")
 def revision(message: str) -> None:
     """Draft a migration from history_schema.py against an up-to-date database (review it!)."""
-    from conduit_workers.adapters import migrations
+    from conduit_workers.history import migrate
 
-    migrations.revision(_engine(), message)
+    migrate.revision(_engine(), message)
 
 
 @click.command()

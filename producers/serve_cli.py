@@ -7,8 +7,8 @@ import re
 
 import click
 
-from conduit_workers.adapters.history_gateway import GatewayHistory
 from conduit_workers.errors import InputError
+from conduit_workers.history.history_gateway import GatewayHistory
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 

@@ -15,11 +15,11 @@ import redis
 from celery import Celery
 
 from conduit_workers import names
-from conduit_workers.adapters import cooldowns
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
-from conduit_workers.adapters.report_sql import SqlReports
 from conduit_workers.domain.catalog import Catalog
+from conduit_workers.execution import cooldowns
+from conduit_workers.execution.batch_ledger import RedisBatchLedger
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
+from conduit_workers.reports.report_sql import SqlReports
 from conduit_workers.settings import Settings
 
 
@@ -99,8 +99,8 @@ def model_statuses(
 ) -> list[ModelStatus]:
     """The router's own view: the engine's posteriors (peer prior, noise estimate) and
     expectations, built without loading the sentence encoder."""
-    from conduit_workers.adapters.embedder import HashingEmbedder
-    from conduit_workers.engine import RoutingEngine
+    from conduit_workers.routing.embedder import HashingEmbedder
+    from conduit_workers.routing.engine import RoutingEngine
 
     engine = RoutingEngine(catalog, store, HashingEmbedder(), settings.router)
     posts, exps, versions = engine.posteriors()
@@ -136,7 +136,7 @@ def model_statuses(
 
 def dead_letter_count(client: redis.Redis, prefix: str) -> int | None:
     try:
-        from conduit_workers.adapters.dead_letters import RedisDeadLetters
+        from conduit_workers.infra.dead_letters import RedisDeadLetters
     except ImportError:
         return None
     return int(client.hlen(RedisDeadLetters(client, prefix).key))
@@ -216,7 +216,7 @@ def budget_statuses(
 
 
 def feature_cache_stats(client: redis.Redis, prefix: str) -> dict[str, int]:
-    from conduit_workers.adapters.feature_cache import read_stats
+    from conduit_workers.routing.feature_cache import read_stats
 
     return read_stats(client, prefix)
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import redis
 
-from conduit_workers.adapters.dead_letters import RedisDeadLetters
+from conduit_workers.infra.dead_letters import RedisDeadLetters
 from producers.api import ConduitClient
 
 

@@ -18,7 +18,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from conduit_workers.adapters.history import SqlHistory
+from conduit_workers.history.history import SqlHistory
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

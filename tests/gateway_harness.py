@@ -27,8 +27,8 @@ import sqlalchemy as sa
 import uvicorn
 from sqlalchemy import select
 
-from conduit_workers.adapters.history_gateway import GatewayHistory
 from conduit_workers.gateway.app import create_app
+from conduit_workers.history.history_gateway import GatewayHistory
 from conduit_workers.replay import ReplayConfig
 from conduit_workers.settings import (
     CatalogSettings,

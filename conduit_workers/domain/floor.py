@@ -36,7 +36,7 @@ pseudo-ratings of variance 1/4). Decisions (:func:`gate`):
   ``target`` and falls below it (:func:`dual_step`), so the router spends slack once it has it.
 
 This module is pure arithmetic over counters; the counters live in a
-:class:`~conduit_workers.adapters.floor_store.FloorStore` shared by every router process.
+:class:`~conduit_workers.routing.floor_store.FloorStore` shared by every router process.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The ports of the core: what the routing engine and the workers' ``handle_*`` functions
-need from the outside, as Protocols. Adapters (``conduit_workers.adapters``) implement them on
-Redis, SQL and pydantic-ai; the in-memory fakes beside them implement them for tests and the
-in-process library.
+need from the outside, as Protocols. Adapters in the feature packages (``routing``,
+``learning``, ``execution``, ``history``) implement them on Redis, SQL and pydantic-ai; the
+in-memory fakes (``conduit_workers.fakes``, and beside some adapters) implement them for tests
+and the in-process library.
 
 =======================  ==============================  =====================================
 port                     real adapter                    fake

@@ -22,9 +22,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from conduit_workers.adapters.batch_ledger import AsyncRedisBatchLedger
-from conduit_workers.adapters.history_gateway import GatewayHistory
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id
+from conduit_workers.execution.batch_ledger import AsyncRedisBatchLedger
 from conduit_workers.gateway import errors
 from conduit_workers.gateway.auth import KeyChecker
 from conduit_workers.gateway.deps import Key, State, state
@@ -38,21 +37,22 @@ from conduit_workers.gateway.responses import (
 )
 from conduit_workers.gateway.schemas import ROUTED, ChatCompletionRequest, FeedbackRequest
 from conduit_workers.gateway.service import Gateway
+from conduit_workers.history.history_gateway import GatewayHistory
 from conduit_workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 
 def _build(settings: Settings) -> State:
-    from conduit_workers.adapters.embedder import make_embedder
-    from conduit_workers.adapters.floor_store import RedisFloorStore
-    from conduit_workers.adapters.llm import LLMClient
-    from conduit_workers.adapters.posterior_store import RedisPosteriorStore
     from conduit_workers.domain.catalog import load_catalog
     from conduit_workers.domain.health import ModelHealth
-    from conduit_workers.engine import RoutingEngine
+    from conduit_workers.execution.llm import LLMClient
     from conduit_workers.gateway.decider import Decider
     from conduit_workers.gateway.recorder import HistoryRecorder
+    from conduit_workers.learning.posterior_store import RedisPosteriorStore
+    from conduit_workers.routing.embedder import make_embedder
+    from conduit_workers.routing.engine import RoutingEngine
+    from conduit_workers.routing.floor_store import RedisFloorStore
     from conduit_workers.settings import environ
 
     s = settings

@@ -9,8 +9,8 @@ import asyncio
 import hashlib
 import time
 
-from conduit_workers.adapters.history_gateway import ApiKey, GatewayHistory
 from conduit_workers.gateway.errors import ApiError
+from conduit_workers.history.history_gateway import ApiKey, GatewayHistory
 
 _MAX_CACHED = 10_000
 ANONYMOUS = ApiKey("anonymous", "", None, None, None)

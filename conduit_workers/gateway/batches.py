@@ -17,12 +17,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from conduit_workers.adapters.history_gateway import ApiKey
 from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.domain.items import PromptItem, idempotency_key
 from conduit_workers.gateway.errors import ApiError
 from conduit_workers.gateway.schemas import ChatCompletionRequest
 from conduit_workers.gateway.service import Gateway
+from conduit_workers.history.history_gateway import ApiKey
 
 ENDPOINT = "/v1/chat/completions"
 MAX_LINES = 50_000

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.records import DecisionRow
-from conduit_workers.engine import RoutingEngine
+from conduit_workers.routing.engine import RoutingEngine
 
 
 @dataclass

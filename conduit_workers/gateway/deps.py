@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from conduit_workers.adapters.history_gateway import ApiKey, GatewayHistory
 from conduit_workers.gateway.auth import KeyChecker
 from conduit_workers.gateway.producer import TaskSender
 from conduit_workers.gateway.service import Gateway
+from conduit_workers.history.history_gateway import ApiKey, GatewayHistory
 
 
 @dataclass

@@ -16,8 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from conduit_workers.adapters.history_gateway import CallRecord, GatewayHistory
 from conduit_workers.errors import StoreUnavailable
+from conduit_workers.history.history_gateway import CallRecord, GatewayHistory
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from conduit_workers.adapters.batch_ledger import AsyncRedisBatchLedger
-from conduit_workers.adapters.history_gateway import ApiKey, CallRecord
-from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.domain.budget import worst_case_cost_usd, worst_input_tokens
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.chat import ChatRequest
@@ -26,12 +23,15 @@ from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.health import ModelHealth
 from conduit_workers.domain.records import DecisionRow, ExecutionRow, ResultRow
 from conduit_workers.domain.rewards import FeedbackEvent
+from conduit_workers.execution.batch_ledger import AsyncRedisBatchLedger
+from conduit_workers.execution.executor import MAX_MODELS_TRIED, _execute_one
+from conduit_workers.execution.llm import LLMClient
 from conduit_workers.gateway.decider import Decider
 from conduit_workers.gateway.errors import ApiError
 from conduit_workers.gateway.recorder import HistoryRecorder
 from conduit_workers.gateway.schemas import ROUTED, ChatCompletionRequest
+from conduit_workers.history.history_gateway import ApiKey, CallRecord
 from conduit_workers.settings import Settings
-from conduit_workers.workers.executor import MAX_MODELS_TRIED, _execute_one
 
 
 def utc_day() -> str:
@@ -154,7 +154,7 @@ class Gateway:
     ) -> tuple[Reservation | None, ChatRequest]:
         """Hold the call's worst case on the key's budget of the day (capping its output when
         nothing else does, so that the worst case is one); 429 when it does not fit. The hold
-        is the batch ledger's (``adapters/batch_ledger.py``), scoped ``apikey:<name>:<day>``."""
+        is the batch ledger's (``execution/batch_ledger.py``), scoped ``apikey:<name>:<day>``."""
         budget = key.budget_usd_per_day
         if budget is None:
             return None, request

@@ -19,10 +19,10 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
-from conduit_workers.adapters.llm_stream import stream_chat
 from conduit_workers.domain.records import Completion, ResultRow
 from conduit_workers.domain.rewards import FeedbackEvent, call_event
 from conduit_workers.errors import ProviderError
+from conduit_workers.execution.llm_stream import stream_chat
 from conduit_workers.gateway.errors import ApiError
 from conduit_workers.gateway.service import Gateway, Prepared
 

@@ -40,13 +40,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from conduit_workers.adapters.static_embedder import (
+from conduit_workers.errors import ConfigError
+from conduit_workers.routing.static_embedder import (
     FORMAT,
     WORDNET_FILES,
     has_corpus,
     is_current,
 )
-from conduit_workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def teacher_embeddings(texts: list[str], chunk: int = 2048) -> Array:
     """MiniLM's unit sentence embeddings of ``texts`` (sentence-transformers), with progress."""
     from tqdm import tqdm
 
-    from conduit_workers.adapters.embedder import MiniLMEmbedder
+    from conduit_workers.routing.embedder import MiniLMEmbedder
 
     encoder = MiniLMEmbedder(batch_size=128)
     order = np.argsort([len(t) for t in texts], kind="stable")  # little padding per batch

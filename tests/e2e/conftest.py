@@ -15,7 +15,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from conduit_workers.settings import (
     BrokerSettings,
     DatabaseSettings,

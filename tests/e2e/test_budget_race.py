@@ -19,11 +19,11 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.domain.budget import to_nano, worst_case_cost_usd, worst_input_tokens
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.constraints import Constraints
+from conduit_workers.execution.batch_ledger import RedisBatchLedger
+from conduit_workers.history import history_schema as t
 from conduit_workers.settings import DEFAULT_CATALOG, DatabaseSettings, RedisSettings, Settings
 from producers.api import ConduitClient
 from producers.local import Proc, start_replay_server, start_worker, wait_worker_ready

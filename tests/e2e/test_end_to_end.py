@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_schema as t
 from conduit_workers.domain.catalog import load_catalog
+from conduit_workers.history import history_schema as t
 from tests.conftest import SAMPLE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -85,7 +85,7 @@ def deployment(
     gateway = None
     try:
         gateway = start_gateway(settings)
-        from conduit_workers.adapters.history_gateway import GatewayHistory
+        from conduit_workers.history.history_gateway import GatewayHistory
 
         history = GatewayHistory(db_url, retry_for_s=5)
         _, key = history.create_key("batcher")

@@ -18,10 +18,10 @@ import pytest
 import sqlalchemy as sa
 
 from conduit_workers import names
-from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.report_sql import SqlReports, day_bounds
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.constraints import Constraints
+from conduit_workers.history import history_schema as t
+from conduit_workers.reports.report_sql import SqlReports, day_bounds
 from producers.local import free_port, start_worker, wait_worker_ready
 from tests.conftest import SAMPLE
 

@@ -11,7 +11,7 @@ import uuid
 import pytest
 import redis
 
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from producers.local import free_port
 from tests.conftest import TEST_PREFIX
 from tests.e2e.conftest import answer_sample, small_system

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.errors import StoreUnavailable
+from conduit_workers.history import history_schema as t
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from conduit_workers.settings import Settings
 from producers.api import ConduitClient
 from producers.local import Proc, start_replay_server, start_worker, wait_worker_ready

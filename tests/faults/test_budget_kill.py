@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
+from conduit_workers.execution.batch_ledger import RedisBatchLedger
 from tests.conftest import TEST_PREFIX
 from tests.faults.harness import FaultSystem, check_exactly_once, start_system
 from tests.faults.services import PrivateRedis

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.dead_letters import RedisDeadLetters
+from conduit_workers.history import history_schema as t
+from conduit_workers.infra.dead_letters import RedisDeadLetters
 from tests.faults.harness import FaultSystem, check_exactly_once, start_system
 from tests.faults.services import PrivateRedis
 

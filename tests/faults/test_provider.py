@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_schema as t
+from conduit_workers.history import history_schema as t
 from tests.faults.harness import FaultSystem, check_exactly_once, start_system
 from tests.faults.services import PrivateRedis
 

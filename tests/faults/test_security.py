@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from conduit_workers import names
-from conduit_workers.adapters import history_schema as t
+from conduit_workers.history import history_schema as t
 from producers.local import free_port
 from tests.faults.harness import FaultSystem, check_exactly_once
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import redis
 
-from conduit_workers.adapters.batch_ledger import AsyncRedisBatchLedger, RedisBatchLedger
+from conduit_workers.execution.batch_ledger import AsyncRedisBatchLedger, RedisBatchLedger
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

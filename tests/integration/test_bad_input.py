@@ -15,8 +15,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_schema as t
 from conduit_workers.errors import InputError, StoreUnavailable
+from conduit_workers.history import history_schema as t
 from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings
 from producers.api import ConduitClient
 from tests.conftest import TEST_PREFIX

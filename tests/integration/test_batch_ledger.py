@@ -9,11 +9,11 @@ import time
 import pytest
 import redis
 
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
 from conduit_workers.domain.budget import to_nano
 from conduit_workers.domain.catalog import parse_catalog
+from conduit_workers.execution.batch_ledger import RedisBatchLedger
+from conduit_workers.execution.budget_guard import CallBudget
 from conduit_workers.settings import BudgetSettings
-from conduit_workers.workers.budget_guard import CallBudget
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -202,8 +202,8 @@ def test_a_ledger_made_anew_starts_from_the_recorded_spend(ledger: RedisBatchLed
 
 
 def test_each_message_of_a_chat_request_adds_its_overhead(ledger: RedisBatchLedger) -> None:
+    from conduit_workers.execution.budget_guard import call_budgets
     from conduit_workers.settings import ExecutorSettings
-    from conduit_workers.workers.budget_guard import call_budgets
 
     guard = _guard(ledger, hold_wait_s=0)
     settings = BudgetSettings(input_overhead_tokens=10)

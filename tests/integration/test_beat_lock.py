@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from conduit_workers.adapters.beat_lock import BeatLock
+from conduit_workers.infra.beat_lock import BeatLock
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import redis
 
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
-from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import ResultRow
-from conduit_workers.workers.budget_pacing import chunk_shares
+from conduit_workers.execution.batch_ledger import RedisBatchLedger
+from conduit_workers.execution.budget_pacing import chunk_shares
+from conduit_workers.history.history import SqlHistory
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

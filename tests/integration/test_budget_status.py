@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import redis
 
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
-from conduit_workers.adapters.history import SqlHistory
-from conduit_workers.adapters.report_sql import SqlReports
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import ResultRow
+from conduit_workers.execution.batch_ledger import RedisBatchLedger
+from conduit_workers.history.history import SqlHistory
+from conduit_workers.reports.report_sql import SqlReports
 from producers.status import Status, budget_statuses, render
 from tests.conftest import TEST_PREFIX
 

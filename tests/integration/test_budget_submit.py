@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_schema as t
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.errors import InputError
+from conduit_workers.history import history_schema as t
 from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings
 from producers.api import ConduitClient
 from tests.conftest import ROOT, TEST_PREFIX

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from conduit_workers.adapters.dead_letters import DeadLetter, RedisDeadLetters
-from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.domain.records import ResultRow
+from conduit_workers.history.history import SqlHistory
+from conduit_workers.infra.dead_letters import DeadLetter, RedisDeadLetters
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

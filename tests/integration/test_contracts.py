@@ -11,9 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.history_memory import InMemoryHistory
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
-from conduit_workers.adapters.recent_prompts import InMemoryRecentPrompts, RedisRecentPrompts
 from conduit_workers.domain.bandit import COUNTERS, ArmStats
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.learning import learn, updates_for
@@ -21,6 +18,9 @@ from conduit_workers.domain.ports import History, PosteriorStore, RecentPrompts
 from conduit_workers.domain.reask import text_vector
 from conduit_workers.domain.records import DecisionRow, ResultRow, Update
 from conduit_workers.domain.rewards import EXPLICIT, IMPLICIT, FeedbackEvent
+from conduit_workers.fakes.history_memory import InMemoryHistory
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
+from conduit_workers.learning.recent_prompts import InMemoryRecentPrompts, RedisRecentPrompts
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

@@ -3,8 +3,8 @@ import time
 import pytest
 import redis
 
-from conduit_workers.adapters import cooldowns
 from conduit_workers.domain.health import ModelHealth
+from conduit_workers.execution import cooldowns
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

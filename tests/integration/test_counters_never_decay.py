@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.ports import PosteriorStore
 from conduit_workers.domain.records import Update
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

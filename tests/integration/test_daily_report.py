@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.history import SqlHistory
-from conduit_workers.adapters.report_files import CHARTS
-from conduit_workers.adapters.report_sql import SqlReports
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import DecisionRow, ResultRow
 from conduit_workers.domain.rewards import FeedbackEvent
-from conduit_workers.reporting import build_daily_report
+from conduit_workers.history import history_schema as t
+from conduit_workers.history.history import SqlHistory
+from conduit_workers.reports.report_files import CHARTS
+from conduit_workers.reports.report_sql import SqlReports
+from conduit_workers.reports.reporting import build_daily_report
 from conduit_workers.settings import DEFAULT_CATALOG
 
 pytestmark = pytest.mark.integration
@@ -100,7 +100,7 @@ def test_a_stale_claim_is_taken_over_and_a_failed_build_releases_it(history, tmp
 def test_spend_per_user_and_key_and_unanswered_and_dead_lettered_prompts(
     history, tmp_path, redis_client, redis_url
 ):
-    from conduit_workers.adapters.dead_letters import DeadLetter, RedisDeadLetters
+    from conduit_workers.infra.dead_letters import DeadLetter, RedisDeadLetters
 
     items = [
         parse_item({"prompt": f"p{i}", "user": u}, line=i + 1, max_prompt_chars=100)
@@ -122,7 +122,7 @@ def test_spend_per_user_and_key_and_unanswered_and_dead_lettered_prompts(
     letters = RedisDeadLetters(redis_client, "conduit-report-test")
     letters.client.delete(letters.key)
     letters.put(DeadLetter("t1", "conduit.execute", [[qids[3]]], "execute", "failed", "E", 1, 3, 0))
-    from conduit_workers.adapters.history_gateway import GatewayHistory
+    from conduit_workers.history.history_gateway import GatewayHistory
 
     keys = GatewayHistory(str(history.engine.url.render_as_string(hide_password=False)))
     keys.create_key("alpha", budget_usd_per_day=5.0)  # as `conduit keys create` does

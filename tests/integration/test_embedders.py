@@ -11,9 +11,9 @@ from importlib.resources import files
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.embedder import make_embedder
-from conduit_workers.adapters.static_embedder import read_meta
 from conduit_workers.errors import ConfigError
+from conduit_workers.routing.embedder import make_embedder
+from conduit_workers.routing.static_embedder import read_meta
 from conduit_workers.settings import RouterSettings
 
 pytestmark = pytest.mark.integration

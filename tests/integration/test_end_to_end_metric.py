@@ -13,12 +13,12 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.call_metrics import CallMetrics
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import ResultRow
+from conduit_workers.execution.call_metrics import CallMetrics
+from conduit_workers.execution.executor import _end_to_end
+from conduit_workers.history import history_schema as t
 from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings
-from conduit_workers.workers.executor import _end_to_end
 from producers.api import ConduitClient
 from producers.metrics import CallCollector
 from tests.conftest import TEST_PREFIX

@@ -12,17 +12,17 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
-from conduit_workers.adapters.history import SqlHistory
-from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.domain.budget import to_nano, worst_case_cost_usd, worst_input_tokens
 from conduit_workers.domain.catalog import Catalog, parse_catalog
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import DecisionRow
+from conduit_workers.execution.batch_ledger import RedisBatchLedger
+from conduit_workers.execution.executor import handle_execute_batch
+from conduit_workers.execution.llm import LLMClient
+from conduit_workers.history import history_schema as t
+from conduit_workers.history.history import SqlHistory
 from conduit_workers.replay import ModelProfile, ReplayConfig
 from conduit_workers.settings import BudgetSettings, ExecutorSettings, FeedbackSettings
-from conduit_workers.workers.executor import handle_execute_batch
 from tests.conftest import TEST_PREFIX
 from tests.replay_harness import RunningServer, start_replay
 

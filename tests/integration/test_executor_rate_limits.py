@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from conduit_workers.adapters.llm import LLMClient
 from conduit_workers.domain.catalog import Catalog, parse_catalog
 from conduit_workers.domain.health import ModelHealth
 from conduit_workers.domain.records import ExecutionRow
+from conduit_workers.execution.executor import _execute_one, _Outcome
+from conduit_workers.execution.llm import LLMClient
 from conduit_workers.replay import ModelProfile, ReplayConfig
 from conduit_workers.settings import ExecutorSettings, FeedbackSettings
-from conduit_workers.workers.executor import _execute_one, _Outcome
 from tests.replay_harness import RunningServer, start_replay
 
 pytestmark = pytest.mark.integration

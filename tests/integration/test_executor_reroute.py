@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from conduit_workers.adapters.history import SqlHistory
-from conduit_workers.adapters.llm import LLMClient
-from conduit_workers.adapters.model_check import routable_catalog, uncallable_models
 from conduit_workers.domain.catalog import Catalog, parse_catalog
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import DecisionRow
+from conduit_workers.execution.executor import handle_execute_batch
+from conduit_workers.execution.llm import LLMClient
+from conduit_workers.execution.model_check import routable_catalog, uncallable_models
+from conduit_workers.history.history import SqlHistory
 from conduit_workers.replay import ModelProfile, ReplayConfig
 from conduit_workers.settings import ExecutorSettings, FeedbackSettings
-from conduit_workers.workers.executor import handle_execute_batch
 from tests.replay_harness import RunningServer, start_replay
 
 pytestmark = pytest.mark.integration

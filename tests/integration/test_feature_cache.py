@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import redis
 
-from conduit_workers.adapters.embedder import HashingEmbedder
-from conduit_workers.adapters.feature_cache import RedisFeatureCache, read_stats
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.constraints import Constraints
-from conduit_workers.engine import RoutingEngine
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
+from conduit_workers.routing.embedder import HashingEmbedder
+from conduit_workers.routing.engine import RoutingEngine
+from conduit_workers.routing.feature_cache import RedisFeatureCache, read_stats
 from conduit_workers.settings import DEFAULT_CATALOG, RouterSettings
 from tests.conftest import TEST_PREFIX
 

@@ -19,12 +19,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conduit_workers.adapters.history import SqlHistory
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.learning import aggregate, learn, update_id_for
 from conduit_workers.domain.records import DecisionRow
 from conduit_workers.domain.rewards import FeedbackEvent
+from conduit_workers.history.history import SqlHistory
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import threading
 import pytest
 import redis
 
-from conduit_workers.adapters.floor_store import InMemoryFloorStore, RedisFloorStore
 from conduit_workers.domain import floor as fl
+from conduit_workers.routing.floor_store import InMemoryFloorStore, RedisFloorStore
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
-from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
-from conduit_workers.adapters.history_gateway import GatewayHistory
+from conduit_workers.execution.batch_ledger import RedisBatchLedger
 from conduit_workers.gateway.service import utc_day
+from conduit_workers.history import history_schema as t
+from conduit_workers.history.history_gateway import GatewayHistory
 from conduit_workers.replay import ReplayConfig
 from conduit_workers.replay.profile import ModelProfile
 from tests.conftest import PG_URL, REDIS_URL, TEST_PREFIX

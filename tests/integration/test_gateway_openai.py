@@ -19,10 +19,10 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy import select
 
-from conduit_workers.adapters import history_schema as t
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.gateway import service
-from conduit_workers.reporting import compute_daily_report
+from conduit_workers.history import history_schema as t
+from conduit_workers.reports.reporting import compute_daily_report
 from tests.gateway_harness import Api, queued_tasks, running_api
 from tests.replay_harness import PROMPT_1, RESPONSE_1
 

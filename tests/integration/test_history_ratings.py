@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_ratings
-from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.history import SqlHistory
-from conduit_workers.adapters.history_ratings import rated_records
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import ResultRow
 from conduit_workers.domain.rewards import EXPLICIT, REASK, FeedbackEvent, explicit_event_id
+from conduit_workers.history import history_ratings
+from conduit_workers.history import history_schema as t
+from conduit_workers.history.history import SqlHistory
+from conduit_workers.history.history_ratings import rated_records
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_schema as t
+from conduit_workers.history import history_schema as t
 from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings
 from producers.api import ConduitClient
 from tests.conftest import TEST_PREFIX

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from conduit_workers.settings import Settings
 from tests.conftest import ROOT, TEST_PREFIX
 

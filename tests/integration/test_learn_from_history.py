@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from conduit_workers.adapters.history import SqlHistory
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import ResultRow
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id
+from conduit_workers.history.history import SqlHistory
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from conduit_workers.settings import Settings
 from tests.conftest import ROOT, TEST_PREFIX
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from conduit_workers.library import Query, Router
 from conduit_workers.settings import RedisSettings, RouterSettings, Settings
 from tests.conftest import TEST_PREFIX

@@ -9,10 +9,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters import migrations
-from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.errors import ConfigError
+from conduit_workers.history import history_schema as t
+from conduit_workers.history import migrate
+from conduit_workers.history.history import SqlHistory
 
 pytestmark = pytest.mark.integration
 
@@ -36,19 +36,19 @@ def engine(request, tmp_path):
 
 
 def test_migrations_build_the_schema_of_the_code(engine):
-    assert migrations.current(engine) is None
-    assert migrations.upgrade(engine) == (None, migrations.head())
+    assert migrate.current(engine) is None
+    assert migrate.upgrade(engine) == (None, migrate.head())
     assert _diff(engine) == [], (
         "history_schema.py and the migrations differ: add a migration (conduit db revision -m '…')"
     )
-    assert migrations.upgrade(engine) == (migrations.head(), migrations.head())  # a no-op
+    assert migrate.upgrade(engine) == (migrate.head(), migrate.head())  # a no-op
 
 
 def test_downgrade_to_base_and_up_again(engine):
-    migrations.upgrade(engine)
-    migrations.downgrade(engine, "base")
+    migrate.upgrade(engine)
+    migrate.downgrade(engine, "base")
     assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
-    migrations.upgrade(engine)
+    migrate.upgrade(engine)
     assert _diff(engine) == []
 
 
@@ -73,7 +73,7 @@ def test_a_database_made_by_create_all_is_stamped_then_upgraded(engine):
                 "values ('b', '2026-01-01 00:00:00+00', 0, 0, '{}')"
             )
         )
-    assert migrations.upgrade(engine) == (migrations.BASELINE, migrations.head())
+    assert migrate.upgrade(engine) == (migrate.BASELINE, migrate.head())
     assert _diff(engine) == []
     with engine.connect() as conn:
         assert conn.scalar(sa.text("select count(*) from batches")) == 1  # data kept
@@ -85,7 +85,7 @@ def test_concurrent_processes_migrate_once(pg_url):
 
     def run(eng: sa.Engine) -> None:
         try:
-            migrations.upgrade(eng)
+            migrate.upgrade(eng)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -95,7 +95,7 @@ def test_concurrent_processes_migrate_once(pg_url):
     for th in threads:
         th.join(60)
     assert errors == []
-    assert migrations.current(engines[0]) == migrations.head()
+    assert migrate.current(engines[0]) == migrate.head()
     for e in engines:
         e.dispose()
 
@@ -104,6 +104,6 @@ def test_without_auto_migrate_an_old_schema_is_refused_with_the_fix(pg_url):
     history = SqlHistory(pg_url, retry_for_s=1)
     with pytest.raises(ConfigError, match="conduit db upgrade"):
         history.create_schema(auto_migrate=False)
-    migrations.upgrade(history.engine)
+    migrate.upgrade(history.engine)
     history.create_schema(auto_migrate=False)
     history.dispose()

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import redis
 
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.records import Update
 from conduit_workers.errors import StoreUnavailable
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

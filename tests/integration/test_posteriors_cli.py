@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.posterior_store import RedisPosteriorStore
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.learning import learn
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
+from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from conduit_workers.settings import Settings
 from producers.status import model_statuses
 from tests.conftest import ROOT, TEST_PREFIX

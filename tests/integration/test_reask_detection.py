@@ -1,10 +1,10 @@
 import pytest
 import redis
 
-from conduit_workers.adapters.recent_prompts import RedisRecentPrompts
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import DecisionRow, ResultRow
-from conduit_workers.workers.reask import ReAskDetector
+from conduit_workers.learning.reask import ReAskDetector
+from conduit_workers.learning.recent_prompts import RedisRecentPrompts
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

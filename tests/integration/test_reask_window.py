@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import redis
 
-from conduit_workers.adapters.recent_prompts import RedisRecentPrompts, max_bytes_per_user
 from conduit_workers.domain.reask import VECTOR_DIM, find_reasks, text_vector
+from conduit_workers.learning.recent_prompts import RedisRecentPrompts, max_bytes_per_user
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration

@@ -8,11 +8,11 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from conduit_workers.adapters import history_schema as t
-from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import ResultRow
 from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent
+from conduit_workers.history import history_schema as t
+from conduit_workers.history.history import SqlHistory
 
 pytestmark = pytest.mark.integration
 

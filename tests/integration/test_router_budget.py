@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import redis
 
-from conduit_workers.adapters.batch_ledger import RedisBatchLedger
-from conduit_workers.adapters.embedder import HashingEmbedder
-from conduit_workers.adapters.history import SqlHistory
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
 from conduit_workers.domain.catalog import parse_catalog
 from conduit_workers.domain.items import parse_item
-from conduit_workers.engine import RoutingEngine
+from conduit_workers.execution.batch_ledger import RedisBatchLedger
+from conduit_workers.history.history import SqlHistory
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
+from conduit_workers.routing.embedder import HashingEmbedder
+from conduit_workers.routing.engine import RoutingEngine
+from conduit_workers.routing.router import handle_route_batch
 from conduit_workers.settings import RouterSettings
-from conduit_workers.workers.router import handle_route_batch
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ def _batch(history: SqlHistory, batch: str, n: int, budget: float | None) -> lis
 def _models(history: SqlHistory, ids: list[str]) -> Counter[str | None]:
     import sqlalchemy as sa
 
-    from conduit_workers.adapters import history_schema as t
+    from conduit_workers.history import history_schema as t
 
     with history.engine.connect() as conn:
         rows = conn.execute(

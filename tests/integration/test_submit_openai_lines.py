@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from conduit_workers.adapters.history import SqlHistory
 from conduit_workers.domain.chat import ChatMessage, ChatRequest
 from conduit_workers.domain.items import PromptItem, ignored_fields, parse_line
 from conduit_workers.domain.records import DecisionRow
 from conduit_workers.errors import InputError
+from conduit_workers.history.history import SqlHistory
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
 from conduit_workers.domain.bandit import (
     ArmStats,
     Posterior,
@@ -13,6 +12,7 @@ from conduit_workers.domain.bandit import (
     thompson_samples,
 )
 from conduit_workers.domain.records import Update
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
 
 
 def _stats(xs, rs, ws=None):

@@ -31,8 +31,8 @@ def test_domain_imports_no_infrastructure(module: str) -> None:
 
 def test_executor_and_feedback_modules_do_not_import_torch():
     code = (
-        "import sys, conduit_workers.workers.executor, conduit_workers.workers.feedback, "
-        "conduit_workers.workers.router\n"
+        "import sys, conduit_workers.execution.executor, conduit_workers.learning.feedback, "
+        "conduit_workers.routing.router\n"
         "print('torch' in sys.modules, 'sentence_transformers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -42,10 +42,11 @@ def test_executor_and_feedback_modules_do_not_import_torch():
 def test_a_worker_imports_only_the_task_modules_of_its_queues():
     from conduit_workers.celery_app import task_modules
 
-    w = "conduit_workers.workers."
-    assert task_modules(["route"]) == [w + "router"]
-    assert task_modules(["execute", "feedback"]) == [w + "executor", w + "feedback"]
-    everything = [w + m for m in ("router", "executor", "feedback", "reports")]
+    router, executor = "conduit_workers.routing.router", "conduit_workers.execution.executor"
+    feedback, reports = "conduit_workers.learning.feedback", "conduit_workers.reports.nightly"
+    assert task_modules(["route"]) == [router]
+    assert task_modules(["execute", "feedback"]) == [executor, feedback]
+    everything = [router, executor, feedback, reports]
     assert task_modules(None) == everything  # no -Q: every queue
     assert task_modules(["route", "my-own-queue"]) == everything  # unknown queue: play safe
     assert task_modules(None, exclude=["reports"]) == everything[:3]

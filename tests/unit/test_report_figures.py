@@ -127,7 +127,7 @@ def test_an_empty_day_is_a_report_of_zeros():
 
 
 def test_report_files_are_written_and_a_rerun_replaces_them(tmp_path):
-    from conduit_workers.adapters.report_files import CHARTS, write_report
+    from conduit_workers.reports.report_files import CHARTS, write_report
 
     day = date(2026, 11, 24)
     empty = build_report(day, [], [], {}, CATALOG)
@@ -154,8 +154,8 @@ def test_report_files_are_written_and_a_rerun_replaces_them(tmp_path):
 def test_budgeted_batches_show_budget_and_over_budget_prompts(tmp_path):
     from dataclasses import replace
 
-    from conduit_workers.adapters.report_files import write_report
     from conduit_workers.domain.report import OVER_BUDGET_KEY
+    from conduit_workers.reports.report_files import write_report
 
     day = date(2026, 11, 24)
     rows = [
@@ -229,7 +229,7 @@ def test_csv_figures_are_rounded_and_name_users_keys_and_batch_times(tmp_path):
     import csv
     import dataclasses
 
-    from conduit_workers.adapters.report_files import write_report
+    from conduit_workers.reports.report_files import write_report
 
     at = datetime(2026, 11, 24, 7, 30, tzinfo=UTC)
     r = dataclasses.replace(

@@ -3,12 +3,12 @@ import pickle
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
 from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.learning import aggregate
 from conduit_workers.domain.records import Update
 from conduit_workers.domain.rewards import FeedbackEvent, implicit_reward, validate_rating
 from conduit_workers.errors import InputError, PermanentProviderError, RetryableProviderError
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
 
 
 def test_aggregate_sums_observations_and_calls_per_model():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conduit_workers.adapters import static_embedder as se
+from conduit_workers.routing import static_embedder as se
 from conduit_workers.tools import static_distill as sd
 
 # Two lines in the shape of WordNet 3.0's data.* files, behind the licence header.

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conduit_workers.adapters.embedder import HashingEmbedder
-from conduit_workers.adapters.posterior_store import InMemoryPosteriorStore
 from conduit_workers.domain.catalog import Catalog, ModelSpec
-from conduit_workers.engine import RoutingEngine
+from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
+from conduit_workers.routing.embedder import HashingEmbedder
+from conduit_workers.routing.engine import RoutingEngine
+from conduit_workers.routing.warm_start import learn_records, read_records
 from conduit_workers.settings import RouterSettings
-from conduit_workers.warm_start import learn_records, read_records
 
 CAT = Catalog(
     models=(

@@ -1,1 +1,0 @@
-"""Adapters: Redis posterior store, SQL history, pydantic-ai client, embedder."""

@@ -1,0 +1,314 @@
+"""RedisBatchLedger: each budgeted batch's limit, spend and reservations, shared by executors.
+
+Keys (``P`` = ``settings.redis.key_prefix``, ``B`` = the batch id), amounts in nano-USD:
+
+- ``P:batch-budget:B``          hash: ``limit``, ``spent``, ``reserved``, ``calls``, ``expired``
+- ``P:batch-budget:B:res``      hash: reservation id → amount held
+- ``P:batch-budget:B:exp``      sorted set: reservation id → when it expires (ms, Redis clock)
+- ``P:batch-budget:B:settled``  set: reservation ids settled (a settle repeated counts once)
+- ``P:batch-budget:B:charged``  hash: expired reservation id → amount charged as spent
+
+Every key expires ``ledger_ttl_s`` after the batch's last reservation or settle.
+
+A call reserves its worst-case cost before it starts: one script checks ``limit − spent −
+reserved ≥ amount`` and holds the amount, atomically, so processes racing for the last
+dollars never overshoot together. The settle releases the hold and adds the real cost.
+
+A reservation whose worker died is resolved by the next script that runs on the batch after
+its expiry: by default **charged** as spent at its worst case (the call may have reached the
+provider and been billed, and nothing else will ever record it; so the batch stays within its
+budget on the provider's bill too), or, with ``charge_expired=False``, released. A settle that
+comes after all (a slow call, not a dead one) replaces the charge with the real cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+import redis.asyncio
+
+from conduit_workers.domain.budget import BudgetState, from_nano, to_nano
+from conduit_workers.domain.records import Hold
+from conduit_workers.errors import StoreUnavailable
+from conduit_workers.infra.keys import RedisKeys
+
+# Resolves the batch's expired reservations: charged as spent (``charge``) or released.
+# KEYS: ledger hash, reservations hash, expiries zset, settled set, charged hash. Expects
+# ``now`` (ms) and ``charge`` in scope.
+_RESOLVE_EXPIRED = """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, id in ipairs(dead) do
+  local held = redis.call('HGET', KEYS[2], id)
+  if held then
+    redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. held)
+    redis.call('HINCRBY', KEYS[1], 'expired', 1)
+    redis.call('HDEL', KEYS[2], id)
+    if charge then
+      redis.call('HINCRBY', KEYS[1], 'spent', held)
+      redis.call('HSET', KEYS[5], id, held)
+    end
+  end
+  redis.call('ZREM', KEYS[3], id)
+end
+"""
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: ledger hash, reservations hash, expiries zset, settled set, charged hash.
+# ARGV: limit, reservation id, amount, ttl ms, ledger ttl s, spend already recorded (a ledger
+# made anew, e.g. after Redis lost it, starts from it), '1' to charge expired reservations.
+# Returns {1 if held, limit, spent, reserved}; a reservation id already held returns 1 again.
+RESERVE_LUA = (
+    "local charge = ARGV[7] == '1'\n"
+    + _NOW
+    + _RESOLVE_EXPIRED
+    + """
+if redis.call('HSETNX', KEYS[1], 'limit', ARGV[1]) == 1 and tonumber(ARGV[6]) > 0 then
+  redis.call('HSET', KEYS[1], 'spent', ARGV[6])
+end
+local f = redis.call('HMGET', KEYS[1], 'limit', 'spent', 'reserved')
+local limit, spent, reserved = tonumber(f[1]), tonumber(f[2] or 0), tonumber(f[3] or 0)
+local amount = tonumber(ARGV[3])
+local ok = 0
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+  ok = 1
+elseif redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 0 and limit - spent - reserved >= amount then
+  redis.call('HINCRBY', KEYS[1], 'reserved', ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[2])
+  reserved = reserved + amount
+  ok = 1
+end
+for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return {ok, string.format('%.0f', limit), string.format('%.0f', spent),
+        string.format('%.0f', reserved)}
+"""
+)
+
+# KEYS: as RESERVE_LUA. ARGV: reservation id, real cost, ledger ttl s, charge flag.
+# Returns 1 when settled now, 0 when it had been settled before (nothing changes).
+SETTLE_LUA = (
+    "local charge = ARGV[4] == '1'\n"
+    + _NOW
+    + _RESOLVE_EXPIRED
+    + """
+if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then
+  redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. held)
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+local charged = redis.call('HGET', KEYS[5], ARGV[1])
+if charged then
+  redis.call('HINCRBY', KEYS[1], 'spent', '-' .. charged)
+  redis.call('HDEL', KEYS[5], ARGV[1])
+end
+local cost = tonumber(ARGV[2])
+if cost > 0 then
+  redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'calls', 1)
+end
+for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+return 1
+"""
+)
+
+# KEYS: as RESERVE_LUA. ARGV: charge flag. Resolves expired reservations; returns the fields.
+STATE_LUA = (
+    "local charge = ARGV[1] == '1'\n"
+    + _NOW
+    + _RESOLVE_EXPIRED
+    + """
+return redis.call('HMGET', KEYS[1], 'limit', 'spent', 'reserved', 'calls', 'expired')
+"""
+)
+
+
+class RedisBatchLedger:
+    """:class:`~conduit_workers.domain.ports.BudgetLedger` in Redis; every method is one atomic
+    script (one round trip)."""
+
+    def __init__(
+        self, client: redis.Redis, prefix: str, ledger_ttl_s: int, charge_expired: bool = True
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ledger_ttl_s = ledger_ttl_s
+        self._charge = "1" if charge_expired else "0"
+        self._reserve = client.register_script(RESERVE_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+        self._state = client.register_script(STATE_LUA)
+
+    def keys(self, batch_id: str) -> list[str]:
+        return RedisKeys(self.prefix).batch_budget(batch_id)
+
+    def reserve(
+        self,
+        batch_id: str,
+        limit_usd: float,
+        reservation_id: str,
+        amount_usd: float,
+        ttl_s: float,
+        recorded_spend_usd: float = 0.0,
+    ) -> Hold:
+        """Hold ``amount_usd`` of the batch's budget for one call, if it fits.
+
+        ``limit_usd`` sets the batch's limit the first time (the history database holds it),
+        and ``recorded_spend_usd`` its spend then: a ledger lost with Redis, or expired, starts
+        again from what the history database recorded. Holding an id already held changes
+        nothing and answers held again.
+        """
+        try:
+            ok, limit, spent, reserved = self._reserve(
+                keys=self.keys(batch_id),
+                args=[
+                    to_nano(limit_usd),
+                    reservation_id,
+                    to_nano(amount_usd),
+                    max(1, int(ttl_s * 1000)),
+                    self.ledger_ttl_s,
+                    to_nano(max(0.0, recorded_spend_usd)),
+                    self._charge,
+                ],
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
+        state = BudgetState(from_nano(int(limit)), from_nano(int(spent)), from_nano(int(reserved)))
+        return Hold(bool(ok), state)
+
+    def settle(self, batch_id: str, reservation_id: str, cost_usd: float) -> bool:
+        """Release the reservation and add the call's real cost (0 for a failed call).
+
+        Idempotent by reservation id: True the first time, False after. A reservation that
+        expired meanwhile is settled all the same (its cost is real; a charge for it at its
+        worst case is taken back)."""
+        try:
+            done = self._settle(
+                keys=self.keys(batch_id),
+                args=[
+                    reservation_id,
+                    to_nano(max(0.0, cost_usd)),
+                    self.ledger_ttl_s,
+                    self._charge,
+                ],
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
+        return bool(done)
+
+    def states(self, batch_ids: Sequence[str]) -> dict[str, BudgetState]:
+        """The ledgers of these batches (expired reservations resolved first); a batch with
+        no ledger in Redis (no call reserved yet, or expired) is left out."""
+        if not batch_ids:
+            return {}
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for b in batch_ids:
+                self._state(keys=self.keys(b), args=[self._charge], client=pipe)
+            rows = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
+        out = {}
+        for b, (limit, spent, reserved, calls, expired) in zip(batch_ids, rows, strict=True):
+            if limit is None:
+                continue
+            out[b] = BudgetState(
+                from_nano(int(limit)),
+                from_nano(int(spent or 0)),
+                from_nano(int(reserved or 0)),
+                int(calls or 0),
+                int(expired or 0),
+            )
+        return out
+
+
+class AsyncRedisBatchLedger:
+    """The reserve and settle of :class:`RedisBatchLedger` (the same scripts, keys and
+    answers) on an asyncio Redis client, for the HTTP API: no worker thread per call."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        prefix: str,
+        ledger_ttl_s: int,
+        charge_expired: bool = True,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ledger_ttl_s = ledger_ttl_s
+        self._charge = "1" if charge_expired else "0"
+        self._reserve = client.register_script(RESERVE_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        prefix: str,
+        ledger_ttl_s: int,
+        charge_expired: bool = True,
+        socket_timeout_s: float = 5.0,
+        max_connections: int = 64,
+    ) -> AsyncRedisBatchLedger:
+        # A bounded pool where a request waits its turn for a connection rather than fail (as
+        # it waited for a worker thread before): hundreds in flight share a few connections;
+        # each command still times out after the socket timeout.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=max(30.0, socket_timeout_s),
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+        )
+        return cls(redis.asyncio.Redis(connection_pool=pool), prefix, ledger_ttl_s, charge_expired)
+
+    def keys(self, batch_id: str) -> list[str]:
+        return RedisKeys(self.prefix).batch_budget(batch_id)
+
+    async def reserve(
+        self,
+        batch_id: str,
+        limit_usd: float,
+        reservation_id: str,
+        amount_usd: float,
+        ttl_s: float,
+        recorded_spend_usd: float = 0.0,
+    ) -> Hold:
+        """As :meth:`RedisBatchLedger.reserve`."""
+        try:
+            ok, limit, spent, reserved = await self._reserve(
+                keys=self.keys(batch_id),
+                args=[
+                    to_nano(limit_usd),
+                    reservation_id,
+                    to_nano(amount_usd),
+                    max(1, int(ttl_s * 1000)),
+                    self.ledger_ttl_s,
+                    to_nano(max(0.0, recorded_spend_usd)),
+                    self._charge,
+                ],
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
+        state = BudgetState(from_nano(int(limit)), from_nano(int(spent)), from_nano(int(reserved)))
+        return Hold(bool(ok), state)
+
+    async def settle(self, batch_id: str, reservation_id: str, cost_usd: float) -> bool:
+        """As :meth:`RedisBatchLedger.settle`."""
+        try:
+            done = await self._settle(
+                keys=self.keys(batch_id),
+                args=[reservation_id, to_nano(max(0.0, cost_usd)), self.ledger_ttl_s, self._charge],
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
+        return bool(done)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.client.connection_pool.disconnect()

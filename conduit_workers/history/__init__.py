@@ -1,0 +1,1 @@
+"""History: the SQL history of prompts, calls and feedback, its schema and Alembic migrations."""

@@ -1,0 +1,1 @@
+"""Learning: posterior store, recent prompts, feedback and re-ask tasks, recovery of lost work."""

@@ -1,1 +1,0 @@
-"""Alembic migrations of the history database (see ``conduit_workers.adapters.migrations``)."""

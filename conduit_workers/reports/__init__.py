@@ -1,0 +1,1 @@
+"""Reports: the nightly cost report (SQL, files) and its task."""

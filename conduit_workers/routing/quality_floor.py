@@ -1,0 +1,216 @@
+"""The quality floor in the routing engine: which λ a floor stream routes at, which prompts go
+to the reference (audits, the conservative gate), and the stream's counters.
+
+The maths is :mod:`conduit_workers.domain.floor`; the counters live in a
+:class:`~conduit_workers.routing.floor_store.FloorStore` (Redis in production, so every router
+process holds one floor together).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from conduit_workers.domain import floor as fl
+from conduit_workers.domain.constraints import Constraints
+from conduit_workers.domain.ports import FloorStore
+from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
+from conduit_workers.errors import StoreUnavailable
+from conduit_workers.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STREAM = "default"
+
+
+def stream_key(stream: str | None, floor: float) -> str:
+    """The counters a prompt's floor is held in: a batch's own stream, or the default one;
+    one stream per floor value (two floors are two constraints)."""
+    return f"{stream or DEFAULT_STREAM}:{floor:g}"
+
+
+def floor_of(c: Constraints, settings: RouterSettings) -> float | None:
+    """The floor a prompt is routed under, or None to route it by ``lambda_cost``."""
+    if c.quality_floor is not None:
+        return c.quality_floor or None
+    if c.lambda_cost is not None:
+        return None  # an explicit λ for this prompt: the expert setting
+    return settings.quality_floor or None
+
+
+def params_for(floor: float, settings: RouterSettings) -> fl.FloorParams:
+    return fl.FloorParams(
+        floor=floor,
+        z=settings.floor_pessimism,
+        audit_min=settings.floor_audit_min,
+        audit_scale=settings.floor_audit_scale,
+        target=settings.floor_target,
+        eta=settings.floor_eta,
+        lambda_init=settings.floor_lambda_init,
+        lambda_min=settings.floor_lambda_min,
+    )
+
+
+@dataclass(frozen=True)
+class FloorMark:
+    """Where a prompt's answer counts under a floor: its stream, its stratum, and the
+    reference's predicted quality on it when it was routed. A rating of the answer is given
+    back with it (:meth:`FloorKeeper.rate`)."""
+
+    stream: str
+    stratum: str
+    ref_pred: float
+
+    def encode(self, model: str) -> str:
+        return f"{self.stream}|{self.stratum}|{self.ref_pred!r}|{model}"
+
+    @classmethod
+    def decode(cls, raw: str) -> tuple[FloorMark, str]:
+        """The mark and the model that answered."""
+        stream, stratum, pred, model = raw.split("|", 3)
+        return cls(stream, stratum, float(pred)), model
+
+
+def rate_events(store: FloorStore, events: Sequence[FeedbackEvent], update_id: str) -> int:
+    """Feed the explicit ratings among ``events`` to the floors their prompts were routed
+    under (the marks the router left); once per ``update_id``. Returns the streams changed."""
+    rated = [e for e in events if e.kind == EXPLICIT and e.weight > 0]
+    if not rated:
+        return 0
+    marks = store.marks(sorted({e.query_id for e in rated}))
+    ratings = []
+    for e in rated:
+        if e.query_id in marks:
+            mark, model = FloorMark.decode(marks[e.query_id])
+            if model == e.model:  # the floor counts the answer that was given
+                ratings.append((mark, e.reward))
+    return FloorKeeper(store, RouterSettings()).rate(ratings, update_id)
+
+
+@dataclass
+class FloorGroup:
+    """The prompts of a chunk held to one floor stream, and what the stream reads now."""
+
+    stream: str
+    params: fl.FloorParams
+    counts: fl.FloorCounts
+    rows: list[int]
+
+    @property
+    def lam(self) -> float:
+        return math.exp(self.counts.log_lambda(self.params))
+
+
+class FloorKeeper:
+    """The floors of one router process over a shared :class:`FloorStore`.
+
+    While the store is unreachable the router keeps routing (as it does from cached
+    posteriors): each stream from the counters it read last (none: every prompt to the
+    reference, the safe side of the floor); decisions it cannot count are logged, not retried.
+    """
+
+    def __init__(self, store: FloorStore, settings: RouterSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self._last: dict[str, dict[str, float]] = {}
+
+    def _read(self, key: str) -> dict[str, float]:
+        try:
+            self._last[key] = self.store.read(key)
+        except StoreUnavailable:
+            log.warning("floor store unavailable: stream %s routed from its last counters", key)
+        return self._last.get(key, {})
+
+    def groups(
+        self, constraints: Sequence[Constraints], stream: str | None
+    ) -> tuple[list[FloorGroup], list[float | None]]:
+        """The floor groups of a chunk and each prompt's λ under its floor (None: not held)."""
+        by_key: dict[str, FloorGroup] = {}
+        lams: list[float | None] = []
+        for i, c in enumerate(constraints):
+            f = floor_of(c, self.settings)
+            if f is None:
+                lams.append(None)
+                continue
+            key = stream_key(stream, f)
+            if key not in by_key:
+                by_key[key] = FloorGroup(
+                    key,
+                    params_for(f, self.settings),
+                    fl.FloorCounts.of(self._read(key)),
+                    [],
+                )
+            g = by_key[key]
+            g.rows.append(i)
+            lams.append(g.lam)
+        return list(by_key.values()), lams
+
+    def assign(
+        self,
+        group: FloorGroup,
+        chosen: Sequence[str | None],
+        reference: str,
+        ref_pred: Sequence[float],
+        advantage: Sequence[float],
+        rng: np.random.Generator,
+    ) -> list[str]:
+        """The stratum of each prompt of the group (audit draws, then the gate)."""
+        p = fl.audit_share(group.counts, group.params)
+        audited = [bool(rng.random() < p) for _ in group.rows]
+        wanted = [
+            fl.POLICY if chosen[i] in (None, reference) else fl.alt(str(chosen[i]))
+            for i in group.rows
+        ]
+        preds = [float(ref_pred[i]) for i in group.rows]
+        adv = [float(advantage[i]) for i in group.rows]
+        return fl.gate(group.counts, group.params, wanted, audited, preds, adv)
+
+    def record(
+        self,
+        group: FloorGroup,
+        query_ids: Sequence[str],
+        strata: Sequence[str],
+        ref_pred: Sequence[float],
+    ) -> None:
+        """Count a chunk's decisions and move the dual variable, once per chunk."""
+        inc = fl.decision_increments(list(strata), list(ref_pred))
+        step = fl.dual_step(group.counts, group.params, len(strata))
+        if step:
+            inc[fl.LOG_LAMBDA] = step
+        ids = sorted(query_ids[i] for i in group.rows)
+        uid = "decide:" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:40]
+        try:
+            self.store.apply(group.stream, uid, inc, *self._bounds(group.params))
+        except StoreUnavailable:
+            log.warning("floor store unavailable: %d decisions of %s not counted", len(ids), uid)
+
+    def mark(self, marks: dict[str, str]) -> None:
+        """Leave each prompt's mark for the feedback worker (lost while the store is down)."""
+        try:
+            self.store.mark(marks)
+        except StoreUnavailable:
+            log.warning("floor store unavailable: %d prompts' floor marks not kept", len(marks))
+
+    def rate(self, ratings: Sequence[tuple[FloorMark, float]], update_id: str) -> int:
+        """Apply ratings of answers given under a floor, with their marks; once per
+        ``update_id``. Returns how many streams changed."""
+        by_stream: dict[str, dict[str, float]] = {}
+        for mark, rating in ratings:
+            inc = by_stream.setdefault(mark.stream, {})
+            for k, v in fl.rating_increments(mark.stratum, rating, mark.ref_pred).items():
+                inc[k] = inc.get(k, 0.0) + v
+        applied = 0
+        for stream, inc in sorted(by_stream.items()):
+            applied += self.store.apply(stream, f"rate:{update_id}:{stream}", inc)
+        return applied
+
+    def _bounds(self, params: fl.FloorParams) -> tuple[tuple[float, float], float]:
+        return (
+            (math.log(params.lambda_min), math.log(params.lambda_max)),
+            math.log(params.lambda_init),
+        )

@@ -1,1 +1,0 @@
-"""One module per role (router, executor, feedback): ``handle_*`` functions plus thin tasks."""
