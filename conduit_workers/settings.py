@@ -189,6 +189,11 @@ class ExecutorSettings(BaseModel):
     # chunks' prompts already wait for the freed slots (``pool_tasks``). A killed executor's
     # unacknowledged tasks (this many) come back after the visibility timeout.
     tasks: int = Field(default=0, ge=0)
+    # A prompt's call belongs to one execute task at a time (its Celery task id, which a
+    # redelivery keeps): a second task sent for the same prompts (a router killed after sending
+    # its execute tasks and redelivered) leaves them to the first. The claim ends with its task,
+    # or after this long when its worker died and the task never came back.
+    claim_ttl_s: int = Field(default=900, ge=1)
     # How OpenAI and OpenAI-compatible models are called, one HTTP client per process shared by
     # all models: "direct" (Conduit's pydantic-ai model posting chat completions with aiohttp,
     # no SDK: text prompts only, ~0.3 ms of CPU per call), "aiohttp" (pydantic-ai's OpenAI

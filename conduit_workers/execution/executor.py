@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import redis
+
 from conduit_workers.celery_app import app
 from conduit_workers.domain.budget import OVER_BUDGET
 from conduit_workers.domain.catalog import Catalog
@@ -40,6 +42,7 @@ from conduit_workers.errors import (
 from conduit_workers.execution import cooldowns
 from conduit_workers.execution.budget_guard import CallBudget, call_budgets
 from conduit_workers.execution.call_metrics import CallMetrics, MeteredLLM
+from conduit_workers.execution.claims import ExecClaims
 from conduit_workers.infra.runtime import chunks, runtime
 from conduit_workers.names import APPLY_EVENTS, EXECUTE_BATCH, FEEDBACK
 from conduit_workers.settings import BudgetSettings, ExecutorSettings, FeedbackSettings
@@ -388,6 +391,31 @@ def _end_to_end(history: SqlHistory, metrics: CallMetrics, results: Sequence[Res
             metrics.end_to_end(r.model or "none", max(0.0, (done - at).total_seconds()))
 
 
+def _claim(claims: ExecClaims, query_ids: list[str], owner: str) -> list[str]:
+    """The chunk's prompts this task may call (see :mod:`conduit_workers.execution.claims`);
+    all of them when Redis cannot say (results are still stored once)."""
+    try:
+        mine = claims.claim(query_ids, owner)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("execute claims unavailable (%s): calling the chunk unclaimed", exc)
+        return list(query_ids)
+    if len(mine) < len(query_ids):
+        log.info(
+            "execute task %s: %d of %d prompts belong to another execute task; left to it",
+            owner,
+            len(query_ids) - len(mine),
+            len(query_ids),
+        )
+    return mine
+
+
+def _release(claims: ExecClaims, query_ids: list[str], owner: str) -> None:
+    try:
+        claims.release(query_ids, owner)
+    except (redis.RedisError, OSError) as exc:  # they expire after executor.claim_ttl_s
+        log.warning("execute claims not released (%s)", exc)
+
+
 @app.task(name=EXECUTE_BATCH, bind=True)
 def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Call the LLMs for a chunk of routed prompts.
@@ -403,10 +431,14 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
     started = time.perf_counter()
     metrics = rt.call_metrics
     results: list[ResultRow] = []
+    claims = ExecClaims(
+        rt.store.client, rt.settings.redis.key_prefix, rt.settings.executor.claim_ttl_s
+    )
+    mine = _claim(claims, query_ids, self.request.id)
     try:
         results, event_ids = rt.run(
             handle_execute_batch(
-                query_ids,
+                mine,
                 rt.history,
                 MeteredLLM(rt.llm, metrics),
                 rt.catalog,
@@ -420,6 +452,7 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
             )
         )
     finally:
+        _release(claims, mine, self.request.id)
         for r in results:
             metrics.fallbacks(r.model or "none", r.fallbacks)
         _end_to_end(rt.history, metrics, results)

@@ -73,6 +73,10 @@ key                                          type    content, expiry
 ``P:epoch:<id>:recovered``                   string  claimed by the one worker that recovers
                                                      from that epoch's start; expires after 7
                                                      days
+``P:exec:<query id>``                        string  the execute task (Celery task id) that owns the
+                                                     prompt's call; deleted when the task ends,
+                                                     expires after ``executor.claim_ttl_s``
+                                                     (``execution/claims.py``)
 ``P:beat:lock``                              string  the id of the beat that owns the lock;
                                                      expires after ``beat.lock_ttl_s`` unless
                                                      renewed (``beat_lock.py``)
@@ -97,6 +101,9 @@ class RedisKeys:
 
     def applied(self, update_id: str) -> str:
         return f"{self.prefix}:applied:{update_id}"
+
+    def exec_claim(self, query_id: str) -> str:
+        return f"{self.prefix}:exec:{query_id}"
 
     def floor(self, stream: str) -> str:
         return f"{self.prefix}:floor:{stream}"
