@@ -8,11 +8,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from conduit_workers.domain.catalog import ModelSpec
 
 NANO = 1_000_000_000  # ledger units per USD
 OVER_BUDGET = "over_budget"  # the status of a prompt that no model could be afforded for
+KEY_LEDGER = "apikey:"  # an API key's daily ledger: ``apikey:<name>:<YYYY-MM-DD>`` (UTC)
+
+
+def utc_day(at: datetime | None = None) -> str:
+    """The UTC day an API key's daily budget counts in (``YYYY-MM-DD``)."""
+    return (at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def key_ledger(key_name: str, day: str) -> str:
+    """The ledger id of an API key's budget of ``day``: its chat calls and its Batch API
+    calls reserve and settle in this one ledger."""
+    return f"{KEY_LEDGER}{key_name}:{day}"
+
+
+def parse_key_ledger(ledger_id: str) -> tuple[str, str] | None:
+    """(key name, day) of an API key's daily ledger id; None for a batch's ledger."""
+    if not ledger_id.startswith(KEY_LEDGER):
+        return None
+    name, _, day = ledger_id.removeprefix(KEY_LEDGER).rpartition(":")
+    return (name, day) if name and day else None
 
 
 def to_nano(usd: float) -> int:

@@ -17,7 +17,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from conduit_workers.domain.budget import BudgetState, worst_case_cost_usd, worst_input_tokens
+from conduit_workers.domain.budget import (
+    BudgetState,
+    parse_key_ledger,
+    worst_case_cost_usd,
+    worst_input_tokens,
+)
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.ports import BudgetLedger
 from conduit_workers.errors import StoreUnavailable
@@ -32,23 +37,26 @@ class CallBudget:
 
     ledger: BudgetLedger
     catalog: Catalog
-    batch_id: str
+    batch_id: str  # the ledger's id: the batch's, or an API key's day (``apikey:<name>:<day>``)
     limit_usd: float
     input_tokens: int  # at most
     max_output_tokens: int | None  # executor.max_output_tokens
     settings: BudgetSettings
     ttl_s: float
     recorded_spend_usd: float = 0.0  # the batch's spend in the history database
+    request_max_tokens: int | None = None  # the prompt's own max_tokens (the call obeys it)
     refused: list[tuple[str, float]] = field(default_factory=list)  # (model, worst case)
     last_state: BudgetState | None = None
 
     def output_cap(self, model: str) -> int:
-        """The output tokens a call to ``model`` may produce (the call is capped at it)."""
-        return (
+        """The output tokens a call to ``model`` may produce (the call is capped at it, and at
+        the prompt's own ``max_tokens``, which the call obeys as well)."""
+        cap = (
             self.max_output_tokens
             or self.catalog.get(model).max_output_tokens
             or self.settings.max_output_tokens
         )
+        return min(cap, self.request_max_tokens) if self.request_max_tokens else cap
 
     def worst_case_usd(self, model: str) -> float:
         spec = self.catalog.get(model)
@@ -113,8 +121,14 @@ class CallBudget:
             else "nothing left"
         )
         needs = ", ".join(f"{m} up to ${usd:.6f}" for m, usd in self.refused)
+        key = parse_key_ledger(self.batch_id)
+        whose = (
+            f"API key {key[0]!r}'s daily budget of ${self.limit_usd:.2f} ({key[1]}, UTC)"
+            if key is not None
+            else f"batch budget ${self.limit_usd:.2f}"
+        )
         return (
-            f"batch budget ${self.limit_usd:.2f} cannot pay for a call: {left}; "
+            f"{whose} cannot pay for a call: {left}; "
             f"the candidates need {needs or 'more'} (worst case: input and output caps)"
         )
 
@@ -123,17 +137,17 @@ def call_budgets(
     ledger: BudgetLedger,
     catalog: Catalog,
     budgets: dict[str, tuple[str, float]],
-    rows: Sequence[tuple[str, str, int]],
+    rows: Sequence[tuple[str, str, int, int | None]],
     settings: BudgetSettings,
     ex: ExecutorSettings,
     recorded: dict[str, float] | None = None,
 ) -> dict[str, CallBudget]:
-    """A :class:`CallBudget` per (query id, prompt text, messages) of a budgeted batch
+    """A :class:`CallBudget` per (query id, prompt text, messages, max_tokens) of a budgeted batch
     (``budgets``: query id → (batch id, limit); ``recorded``: batch id → spend; both from the
     history database). Each message adds its chat-template overhead to the input's worst case."""
     ttl_s = max(settings.reservation_ttl_s, ex.timeout_s + 60.0)
     out = {}
-    for qid, prompt, messages in rows:
+    for qid, prompt, messages, max_tokens in rows:
         if qid not in budgets:
             continue
         batch_id, limit = budgets[qid]
@@ -147,5 +161,6 @@ def call_budgets(
             settings,
             ttl_s,
             (recorded or {}).get(batch_id, 0.0),
+            max_tokens,
         )
     return out

@@ -337,7 +337,15 @@ async def handle_execute_batch(
                 ledger,
                 catalog,
                 by_batch,
-                [(r.query_id, r.prompt, len(r.request.messages) if r.request else 1) for r in rows],
+                [
+                    (
+                        r.query_id,
+                        r.prompt,
+                        len(r.request.messages) if r.request else 1,
+                        r.request.max_tokens if r.request else None,
+                    )
+                    for r in rows
+                ],
                 budget_settings or BudgetSettings(),
                 ex,
                 recorded,

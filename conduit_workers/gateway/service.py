@@ -14,9 +14,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from conduit_workers.domain.budget import worst_case_cost_usd, worst_input_tokens
+from conduit_workers.domain.budget import (
+    key_ledger,
+    utc_day,
+    worst_case_cost_usd,
+    worst_input_tokens,
+)
 from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.domain.constraints import Constraints, parse_constraints
@@ -32,11 +36,6 @@ from conduit_workers.gateway.recorder import HistoryRecorder
 from conduit_workers.gateway.schemas import ROUTED, ChatCompletionRequest
 from conduit_workers.history.history_gateway import ApiKey, CallRecord
 from conduit_workers.settings import Settings
-
-
-def utc_day() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d")
-
 
 RECORDED_SPEND_CACHE_S = 30.0
 
@@ -92,7 +91,7 @@ class Gateway:
         self.ledger = ledger
         self.recorder = recorder
         self.known = frozenset(catalog.names)
-        self._recorded: dict[tuple[str, str], tuple[float, float]] = {}
+        self._recorded: dict[str, tuple[float, float]] = {}
         self._settling: set[asyncio.Task[None]] = set()
 
     def visible_models(self, key: ApiKey) -> list[str]:
@@ -167,11 +166,11 @@ class Gateway:
             for m in models
         )
         day = utc_day()
-        res = Reservation(f"apikey:{key.name}:{day}", uuid.uuid4().hex, worst)
+        res = Reservation(key_ledger(key.name, day), uuid.uuid4().hex, worst)
         ex = self.settings.executor
         # Held for the longest the call can take: every model tried, every attempt timing out.
         ttl_s = max(bs.reservation_ttl_s, ex.timeout_s * ex.max_attempts * len(models) + 60.0)
-        recorded = await self._recorded_spend(key.name, day)
+        recorded = await self._recorded_spend(res.scope)
         hold = await self.ledger.reserve(res.scope, budget, res.id, worst, ttl_s, recorded)
         if not hold.held:
             st = hold.state
@@ -197,16 +196,16 @@ class Gateway:
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
-    async def _recorded_spend(self, key_name: str, day: str) -> float:
-        """What the history database recorded of the key's calls today (cached for
-        ``RECORDED_SPEND_CACHE_S``): a ledger lost with Redis starts again from it, not 0."""
+    async def _recorded_spend(self, scope: str) -> float:
+        """What the history database recorded of the key's calls today, chat and Batch API
+        alike (cached for ``RECORDED_SPEND_CACHE_S``): a ledger lost with Redis starts again
+        from it, not 0."""
         now = time.monotonic()
-        cached = self._recorded.get((key_name, day))
+        cached = self._recorded.get(scope)
         if cached is not None and cached[0] > now:
             return cached[1]
-        batch = f"api-{key_name}-{day}"
-        usd = (await asyncio.to_thread(self.recorder.history.batch_spend, [batch]))[batch]
-        self._recorded[(key_name, day)] = (now + RECORDED_SPEND_CACHE_S, usd)
+        usd = (await asyncio.to_thread(self.recorder.history.batch_spend, [scope]))[scope]
+        self._recorded[scope] = (now + RECORDED_SPEND_CACHE_S, usd)
         return usd
 
     async def prepare(self, body: ChatCompletionRequest, key: ApiKey) -> Prepared:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from conduit_workers.domain.budget import key_ledger, parse_key_ledger, utc_day
 from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.domain.items import PromptItem
 from conduit_workers.domain.records import (
@@ -23,12 +24,29 @@ from conduit_workers.domain.records import (
     ResultRow,
     SubmitOutcome,
 )
+from conduit_workers.domain.report import API_TAG
 from conduit_workers.domain.rewards import FeedbackEvent
 from conduit_workers.history import history_schema as t
 from conduit_workers.history.history_base import chunks, now
 from conduit_workers.history.history_feedback import FeedbackHistory, event_row
 
 log = logging.getLogger(__name__)
+
+
+def _key_day_spend(key_name: str, day: str) -> Any:
+    """The cost of the answers of ``day`` (UTC) to prompts that came through the key."""
+    bi, r, b = t.batch_items, t.results, t.batches
+    start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+    keyed = (
+        select(bi.c.query_id)
+        .select_from(bi.join(b, b.c.id == bi.c.batch_id))
+        .where(b.c.tag == API_TAG + key_name)
+    )
+    return select(func.coalesce(func.sum(r.c.cost_usd), 0.0)).where(
+        r.c.created_at >= start,
+        r.c.created_at < start + timedelta(days=1),
+        r.c.query_id.in_(keyed),
+    )
 
 
 class SqlHistory(FeedbackHistory):
@@ -261,40 +279,76 @@ class SqlHistory(FeedbackHistory):
         return self._tx(run)
 
     def batch_spend(self, batch_ids: Sequence[str]) -> dict[str, float]:
-        """The recorded cost of each batch's answers (seeds a budget ledger made anew)."""
+        """The recorded cost of each ledger's answers (seeds a budget ledger made anew): a
+        batch's, or an API key's of one day (``apikey:<name>:<day>``: every answer of that UTC
+        day to a prompt that came through the key, chat calls and Batch API lines alike)."""
+        if not batch_ids:
+            return {}
+        plain = [b for b in batch_ids if parse_key_ledger(b) is None]
         bi, r = t.batch_items, t.results
         stmt = (
             select(bi.c.batch_id, func.coalesce(func.sum(r.c.cost_usd), 0.0))
             .select_from(bi.join(r, r.c.query_id == bi.c.query_id))
-            .where(bi.c.batch_id.in_(list(batch_ids)))
+            .where(bi.c.batch_id.in_(plain))
             .group_by(bi.c.batch_id)
         )
-        if not batch_ids:
-            return {}
-        found = self._tx(lambda conn: {b: float(usd) for b, usd in conn.execute(stmt)})
+
+        def run(conn: Connection) -> dict[str, float]:
+            found = {b: float(usd) for b, usd in conn.execute(stmt)} if plain else {}
+            for ledger in batch_ids:
+                parsed = parse_key_ledger(ledger)
+                if parsed is not None:
+                    found[ledger] = float(conn.scalar(_key_day_spend(*parsed)) or 0.0)
+            return found
+
+        found = self._tx(run)
         return {b: found.get(b, 0.0) for b in batch_ids}
 
     def unanswered_counts(self, batch_ids: Sequence[str]) -> dict[str, int]:
-        """Prompts of each batch that have no result yet (for pacing a budget)."""
-        bi, r = t.batch_items, t.results
+        """Prompts of each batch that have no result yet (for pacing a budget); for an API
+        key's daily ledger, those of the key's Batch API batches."""
+        if not batch_ids:
+            return {}
+        bi, r, b = t.batch_items, t.results, t.batches
+        plain = [x for x in batch_ids if parse_key_ledger(x) is None]
         stmt = (
             select(bi.c.batch_id, func.count())
             .select_from(bi.outerjoin(r, r.c.query_id == bi.c.query_id))
-            .where(bi.c.batch_id.in_(list(batch_ids)), r.c.query_id.is_(None))
+            .where(bi.c.batch_id.in_(plain), r.c.query_id.is_(None))
             .group_by(bi.c.batch_id)
         )
-        if not batch_ids:
-            return {}
-        found = self._tx(lambda conn: {b: int(n) for b, n in conn.execute(stmt)})
-        return {b: found.get(b, 0) for b in batch_ids}
+
+        def run(conn: Connection) -> dict[str, int]:
+            found = {x: int(n) for x, n in conn.execute(stmt)} if plain else {}
+            for ledger in batch_ids:
+                parsed = parse_key_ledger(ledger)
+                if parsed is None:
+                    continue
+                key_stmt = (
+                    select(func.count(func.distinct(bi.c.query_id)))
+                    .select_from(
+                        bi.join(b, b.c.id == bi.c.batch_id).outerjoin(
+                            r, r.c.query_id == bi.c.query_id
+                        )
+                    )
+                    .where(b.c.tag == API_TAG + parsed[0], r.c.query_id.is_(None))
+                )
+                found[ledger] = int(conn.scalar(key_stmt) or 0)
+            return found
+
+        found = self._tx(run)
+        return {x: found.get(x, 0) for x in batch_ids}
 
     # -- executor -------------------------------------------------------------------------
 
     def batch_budgets(self, query_ids: Sequence[str]) -> dict[str, tuple[str, float]]:
-        """(batch id, budget in USD) of each prompt that belongs to a budgeted batch.
+        """(ledger id, budget in USD) of each prompt that is paid from a budget: its batch's,
+        or, for a line of a Batch API batch whose API key has a daily budget, the key's ledger
+        of today (``apikey:<name>:<day>``, the one its chat calls reserve in).
 
         A prompt submitted in several budgeted batches is paid for by the first of them."""
-        bi, b = t.batch_items, t.batches
+        bi, b, ab, k = t.batch_items, t.batches, t.api_batches, t.api_keys
+        day = utc_day()
 
         def run(conn: Connection) -> dict[str, tuple[str, float]]:
             out: dict[str, tuple[str, float]] = {}
@@ -307,6 +361,15 @@ class SqlHistory(FeedbackHistory):
                 )
                 for qid, batch_id, budget in conn.execute(stmt):
                     out.setdefault(qid, (batch_id, float(budget)))
+                keyed = (
+                    select(bi.c.query_id, k.c.name, k.c.budget_usd_per_day)
+                    .select_from(
+                        bi.join(ab, ab.c.id == bi.c.batch_id).join(k, k.c.name == ab.c.key_name)
+                    )
+                    .where(bi.c.query_id.in_(chunk), k.c.budget_usd_per_day.is_not(None))
+                )
+                for qid, name, budget in conn.execute(keyed):
+                    out.setdefault(qid, (key_ledger(name, day), float(budget)))
             return out
 
         return self._tx(run)

@@ -211,10 +211,15 @@ def test_each_message_of_a_chat_request_adds_its_overhead(ledger: RedisBatchLedg
         ledger,
         guard.catalog,
         {"q1": ("b1", 1.0), "q2": ("b1", 1.0)},
-        [("q1", "héllo", 1), ("q2", "héllo", 3), ("q3", "not budgeted", 1)],
+        [("q1", "héllo", 1, None), ("q2", "héllo", 3, 7), ("q3", "not budgeted", 1, None)],
         settings,
         ExecutorSettings(timeout_s=5),
     )
     assert set(out) == {"q1", "q2"}
     assert (out["q1"].input_tokens, out["q2"].input_tokens) == (6 + 10, 6 + 30)  # é: 2 bytes
     assert out["q1"].ttl_s == max(settings.reservation_ttl_s, 5 + 60.0)
+    # A prompt's own max_tokens caps its call, and so its worst case.
+    assert (out["q1"].output_cap("m"), out["q2"].output_cap("m")) == (
+        settings.max_output_tokens,
+        7,
+    )
