@@ -86,6 +86,8 @@ def test_batch_lines_and_chat_calls_share_the_keys_daily_budget(
     assert len(qids) == LINES
     ledger_id = key_ledger("team", utc_day())
     assert api.history.batch_budgets(qids) == {q: (ledger_id, BUDGET_USD) for q in qids}
+    # The router paces the batch to what the key has left, over the key's unanswered lines.
+    assert api.history.unanswered_counts([ledger_id]) == {ledger_id: LINES}
     # The router's decisions (the line names its model), then the executor races the chats.
     api.history.insert_decisions(
         [DecisionRow(q, "strong", ["strong"], [], {}, "general", 0.0, None, {}) for q in qids]
