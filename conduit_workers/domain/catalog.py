@@ -81,16 +81,20 @@ class Catalog:
             raise ConfigError(
                 f"catalog reference {self.reference!r} is not one of its models {names}"
             )
+        # Looked up on every call of every request: built once (the catalog is frozen).
+        object.__setattr__(self, "_names", tuple(names))
+        object.__setattr__(self, "_by_name", {m.name: m for m in self.models})
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self.models)
+        names: tuple[str, ...] = self.__dict__["_names"]
+        return names
 
     def get(self, name: str) -> ModelSpec:
-        for m in self.models:
-            if m.name == name:
-                return m
-        raise ConfigError(f"model {name!r} is not in the catalog ({', '.join(self.names)})")
+        spec: ModelSpec | None = self.__dict__["_by_name"].get(name)
+        if spec is None:
+            raise ConfigError(f"model {name!r} is not in the catalog ({', '.join(self.names)})")
+        return spec
 
     def index(self, name: str) -> int:
         return self.names.index(name)
