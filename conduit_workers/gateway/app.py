@@ -20,7 +20,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
+from pydantic import ValidationError
+from starlette.routing import Route
 
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id
 from conduit_workers.execution.batch_ledger import AsyncRedisBatchLedger
@@ -37,7 +40,7 @@ from conduit_workers.gateway.responses import (
 )
 from conduit_workers.gateway.schemas import ROUTED, ChatCompletionRequest, FeedbackRequest
 from conduit_workers.gateway.service import Gateway
-from conduit_workers.history.history_gateway import GatewayHistory
+from conduit_workers.history.history_gateway import ApiKey, GatewayHistory
 from conduit_workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,29 @@ def _build(settings: Settings) -> State:
     return State(gateway, keys, history, tasks)
 
 
+async def _chat(body: ChatCompletionRequest, request: Request, key: ApiKey) -> Response:
+    gw = state(request).gateway
+    if body.stream:
+        from conduit_workers.gateway.streaming import stream_response
+
+        return await stream_response(gw, await gw.prepare(body, key))
+    answer = await gw.chat(body, key)
+    return chat_completion(answer)
+
+
+async def _fast_chat(request: Request) -> Response:
+    """``POST /v1/chat/completions`` (see ``chat_completions`` in :func:`create_app`)."""
+    key = await state(request).keys.check(request.headers.get("authorization"))
+    raw = await request.body()
+    try:
+        body = ChatCompletionRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+    return await _chat(body, request, key)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI application (``uvicorn --factory conduit_workers.gateway.app:create_app``)."""
 
@@ -135,13 +161,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key) -> Response:
         """OpenAI's chat completion. ``model``: ``conduit`` (routed) or a catalog model."""
-        gw = state(request).gateway
-        if body.stream:
-            from conduit_workers.gateway.streaming import stream_response
+        return await _chat(body, request, key)
 
-            return await stream_response(gw, await gw.prepare(body, key))
-        answer = await gw.chat(body, key)
-        return chat_completion(answer)
+    # The hot route, served without FastAPI's per-request machinery (dependency solving, body
+    # parsed to Python objects then validated): the key is checked and the body validated from
+    # its JSON bytes directly, as the route above would, with the same errors. That route
+    # stays behind it for the OpenAPI document; requests reach this one first.
+    app.router.routes.insert(0, Route("/v1/chat/completions", _fast_chat, methods=["POST"]))
 
     @app.get("/v1/models")
     async def list_models(request: Request, key: Key) -> Response:
