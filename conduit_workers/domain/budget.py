@@ -7,6 +7,7 @@ processes adding costs never drift below the true spend through float rounding.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,9 +18,18 @@ OVER_BUDGET = "over_budget"  # the status of a prompt that no model could be aff
 KEY_LEDGER = "apikey:"  # an API key's daily ledger: ``apikey:<name>:<YYYY-MM-DD>`` (UTC)
 
 
+_today: tuple[int, str] = (-1, "")  # (days since the epoch, its YYYY-MM-DD): formatted once
+
+
 def utc_day(at: datetime | None = None) -> str:
     """The UTC day an API key's daily budget counts in (``YYYY-MM-DD``)."""
-    return (at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d")
+    global _today
+    if at is not None:
+        return at.astimezone(UTC).strftime("%Y-%m-%d")
+    n = int(time.time() // 86_400)  # Unix time has 86,400 s a day, leap seconds or not
+    if n != _today[0]:
+        _today = (n, datetime.fromtimestamp(n * 86_400, UTC).strftime("%Y-%m-%d"))
+    return _today[1]
 
 
 def key_ledger(key_name: str, day: str) -> str:

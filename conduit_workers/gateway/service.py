@@ -149,7 +149,7 @@ class Gateway:
         return min(caps) if caps else None
 
     async def _reserve(
-        self, key: ApiKey, models: list[str], request: ChatRequest
+        self, key: ApiKey, query_id: str, models: list[str], request: ChatRequest
     ) -> tuple[Reservation | None, ChatRequest]:
         """Hold the call's worst case on the key's budget of the day (capping its output when
         nothing else does, so that the worst case is one); 429 when it does not fit. The hold
@@ -166,7 +166,8 @@ class Gateway:
             for m in models
         )
         day = utc_day()
-        res = Reservation(key_ledger(key.name, day), uuid.uuid4().hex, worst)
+        # The hold's id is the call's query id: unique, and one uuid fewer per request.
+        res = Reservation(key_ledger(key.name, day), query_id, worst)
         ex = self.settings.executor
         # Held for the longest the call can take: every model tried, every attempt timing out.
         ttl_s = max(bs.reservation_ttl_s, ex.timeout_s * ex.max_attempts * len(models) + 60.0)
@@ -236,7 +237,7 @@ class Gateway:
         models = ([decision.model] + [m for m in decision.ranked if m != decision.model])[
             :MAX_MODELS_TRIED
         ]
-        reservation, request = await self._reserve(key, models, request)
+        reservation, request = await self._reserve(key, qid, models, request)
         return Prepared(body, key, qid, text, request, cons, decision, models, reservation)
 
     async def settle(self, p: Prepared, cost_usd: float | None) -> None:
