@@ -23,10 +23,14 @@ comes after all (a slow call, not a dead one) replaces the charge with the real 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 import redis.asyncio
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from conduit_workers.domain.budget import BudgetState, from_nano, to_nano
 from conduit_workers.domain.records import Hold
@@ -227,9 +231,19 @@ class RedisBatchLedger:
         return out
 
 
+# A script's call waiting for the next pipeline: the script, how many keys, keys then args,
+# and the future its caller awaits.
+_Call = tuple[AsyncScript, int, list[Any], "asyncio.Future[Any]"]
+
+
 class AsyncRedisBatchLedger:
     """The reserve and settle of :class:`RedisBatchLedger` (the same scripts, keys and
-    answers) on an asyncio Redis client, for the HTTP API: no worker thread per call."""
+    answers) on an asyncio Redis client, for the HTTP API: no worker thread per call.
+
+    The scripts of the calls that arrive while a round trip is out go together in the next
+    one (a pipeline, not a transaction: each script stays atomic on its own), so hundreds of
+    requests in flight cost a few round trips rather than one connection checkout each. Under
+    light load a pipeline holds one script and waits for nothing."""
 
     def __init__(
         self,
@@ -237,13 +251,17 @@ class AsyncRedisBatchLedger:
         prefix: str,
         ledger_ttl_s: int,
         charge_expired: bool = True,
+        max_batch: int = 256,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.ledger_ttl_s = ledger_ttl_s
+        self.max_batch = max_batch
         self._charge = "1" if charge_expired else "0"
         self._reserve = client.register_script(RESERVE_LUA)
         self._settle = client.register_script(SETTLE_LUA)
+        self._pending: list[_Call] = []
+        self._draining = False
 
     @classmethod
     def from_url(
@@ -256,8 +274,8 @@ class AsyncRedisBatchLedger:
         max_connections: int = 64,
     ) -> AsyncRedisBatchLedger:
         # A bounded pool where a request waits its turn for a connection rather than fail (as
-        # it waited for a worker thread before): hundreds in flight share a few connections;
-        # each command still times out after the socket timeout.
+        # it waited for a worker thread before); each command still times out after the
+        # socket timeout.
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -270,6 +288,57 @@ class AsyncRedisBatchLedger:
     def keys(self, batch_id: str) -> list[str]:
         return RedisKeys(self.prefix).batch_budget(batch_id)
 
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((script, len(keys), [*keys, *args], future))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                try:
+                    out = await self._pipeline(batch)
+                except Exception as exc:  # noqa: BLE001 - each waiting call gets it
+                    out = [exc] * len(batch)
+                for (_, _, _, future), result in zip(batch, out, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._draining = False
+
+    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
+        # EVALSHA straight away (a pipeline's own script handling asks SCRIPT EXISTS on every
+        # execute); a script the server does not hold yet is loaded, and only its calls sent
+        # again: a call answered NOSCRIPT did not run.
+        out: list[Any] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for i in todo:
+                script, n_keys, keys_args, _ = batch[i]
+                pipe.evalsha(script.sha, n_keys, *keys_args)
+            results = await pipe.execute(raise_on_error=False)
+            missing = set()
+            for i, result in zip(todo, results, strict=True):
+                out[i] = result
+                if isinstance(result, NoScriptError) and attempt == 0:
+                    missing.add(batch[i][0])
+            if not missing:
+                break
+            for script in missing:
+                await self.client.script_load(script.script)
+            todo = [i for i in todo if isinstance(out[i], NoScriptError)]
+        return out
+
     async def reserve(
         self,
         batch_id: str,
@@ -281,9 +350,10 @@ class AsyncRedisBatchLedger:
     ) -> Hold:
         """As :meth:`RedisBatchLedger.reserve`."""
         try:
-            ok, limit, spent, reserved = await self._reserve(
-                keys=self.keys(batch_id),
-                args=[
+            ok, limit, spent, reserved = await self._run(
+                self._reserve,
+                self.keys(batch_id),
+                [
                     to_nano(limit_usd),
                     reservation_id,
                     to_nano(amount_usd),
@@ -301,9 +371,10 @@ class AsyncRedisBatchLedger:
     async def settle(self, batch_id: str, reservation_id: str, cost_usd: float) -> bool:
         """As :meth:`RedisBatchLedger.settle`."""
         try:
-            done = await self._settle(
-                keys=self.keys(batch_id),
-                args=[reservation_id, to_nano(max(0.0, cost_usd)), self.ledger_ttl_s, self._charge],
+            done = await self._run(
+                self._settle,
+                self.keys(batch_id),
+                [reservation_id, to_nano(max(0.0, cost_usd)), self.ledger_ttl_s, self._charge],
             )
         except redis.RedisError as exc:
             raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
