@@ -147,7 +147,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             st.tasks.close()
             st.history.dispose()
 
+    otel = (settings or get_settings()).gateway.opentelemetry
     app = FastAPI(
+        telemetry=None if otel else {"tracing": False, "metrics": False, "logs": False},
         title="Conduit",
         summary="OpenAI-compatible API of Conduit, the LLM router that learns from feedback.",
         version="1",
