@@ -15,6 +15,7 @@ Routes (every ``/v1`` route needs ``Authorization: Bearer <key>`` unless
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import ValidationError
-from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id
 from conduit_workers.execution.batch_ledger import AsyncRedisBatchLedger
@@ -128,6 +129,38 @@ async def _fast_chat(request: Request) -> Response:
     return await _chat(body, request, key)
 
 
+_HOT_PATH = "/v1/chat/completions"
+
+
+class ConduitApp(FastAPI):
+    """The application, with its hot route short-circuited.
+
+    ``POST /v1/chat/completions`` is answered here, ahead of Starlette's middleware stack and
+    FastAPI's per-request machinery (dependency solving, the body parsed to Python objects then
+    validated): the key is checked and the body validated from its JSON bytes directly, with
+    the app's own exception handlers, so the answers and errors are the route's. The FastAPI
+    route of the same path stays for the OpenAPI document (and answers should this one not
+    match, e.g. under a root path)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != _HOT_PATH or scope["method"] != "POST":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        request = Request(scope, receive)
+        try:
+            response = await _fast_chat(request)
+        except Exception as exc:
+            handler = next(
+                (h for c in type(exc).__mro__ if (h := self.exception_handlers.get(c))), None
+            )
+            if handler is None:
+                raise
+            handled = handler(request, exc)
+            response = await handled if inspect.isawaitable(handled) else handled
+        await response(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI application (``uvicorn --factory conduit_workers.gateway.app:create_app``)."""
 
@@ -148,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             st.history.dispose()
 
     otel = (settings or get_settings()).gateway.opentelemetry
-    app = FastAPI(
+    app = ConduitApp(
         telemetry=None if otel else {"tracing": False, "metrics": False, "logs": False},
         title="Conduit",
         summary="OpenAI-compatible API of Conduit, the LLM router that learns from feedback.",
@@ -164,12 +197,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key) -> Response:
         """OpenAI's chat completion. ``model``: ``conduit`` (routed) or a catalog model."""
         return await _chat(body, request, key)
-
-    # The hot route, served without FastAPI's per-request machinery (dependency solving, body
-    # parsed to Python objects then validated): the key is checked and the body validated from
-    # its JSON bytes directly, as the route above would, with the same errors. That route
-    # stays behind it for the OpenAPI document; requests reach this one first.
-    app.router.routes.insert(0, Route("/v1/chat/completions", _fast_chat, methods=["POST"]))
 
     @app.get("/v1/models")
     async def list_models(request: Request, key: Key) -> Response:
