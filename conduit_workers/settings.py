@@ -334,9 +334,10 @@ class GatewaySettings(BaseModel):
     # working within it. 0 checks the history database on every request.
     key_cache_s: float = 10.0
     # History rows of answered calls are written behind the response in batches: at most this
-    # many per transaction, at least every ``write_interval_s``.
+    # many per transaction, one transaction per ``write_interval_s`` at most (sooner when a
+    # batch is full), so a call's rows appear within about that of its answer.
     write_batch: int = 512
-    write_interval_s: float = 0.02
+    write_interval_s: float = 0.05
     # FastAPI's native OpenTelemetry (a span, metrics and logs per request, once a provider is
     # configured). Off by default: looking for a provider costs ~3% of a request's CPU on
     # every request, configured or not.

@@ -3,8 +3,11 @@ requests hand it and writes up to ``batch`` calls per transaction (one PostgreSQ
 per call would cap a server near 900 calls/s), then sends their implicit feedback events to the
 feedback queue by task name (``conduit.feedback.apply_events``), ids only.
 
-A call's rows appear within about ``interval_s`` plus one transaction of its answer; ``flush``
-waits for everything handed over so far (feedback on a call just answered, shutdown). While the
+The writer waits ``interval_s`` between writes (unless ``batch`` calls wait), so that under load
+it makes one transaction and sends one feedback task per interval, not one per call or two; a
+call's rows appear within about ``interval_s`` plus one transaction of its answer; ``flush``
+waits for everything handed over so far (feedback on a call just answered, shutdown), and
+makes the writer go at once. While the
 database is unreachable the rows wait here and are written when it answers; a process killed in
 that window loses them (the answer was given and billed in Redis, but is not in the history).
 """
@@ -29,7 +32,7 @@ class HistoryRecorder:
         send_events: Callable[[list[str]], None],
         *,
         batch: int = 512,
-        interval_s: float = 0.02,
+        interval_s: float = 0.05,
     ) -> None:
         self.history = history
         self.send_events = send_events
@@ -40,6 +43,7 @@ class HistoryRecorder:
         self._added = 0
         self._written = 0
         self._closed = False
+        self._urgent = False
         self._thread = threading.Thread(target=self._run, name="conduit-history", daemon=True)
         self._thread.start()
 
@@ -47,7 +51,7 @@ class HistoryRecorder:
         with self._cond:
             self._queue.append(record)
             self._added += 1
-            if len(self._queue) >= self.batch:
+            if len(self._queue) == 1 or len(self._queue) >= self.batch:
                 self._cond.notify_all()
 
     def flush(self, timeout_s: float = 30.0) -> bool:
@@ -55,11 +59,12 @@ class HistoryRecorder:
         deadline = time.monotonic() + timeout_s
         with self._cond:
             target = self._added
-            self._cond.notify_all()
             while self._written < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
+                self._urgent = True  # the writer goes now, not at its next interval
+                self._cond.notify_all()
                 self._cond.wait(min(left, 0.05))
         return True
 
@@ -70,16 +75,31 @@ class HistoryRecorder:
             self._cond.notify_all()
         self._thread.join(timeout_s)
 
+    def _wait_for_work(self, last_write: float) -> None:
+        """Until a batch is full, a flush or close asks, or ``interval_s`` has passed since
+        the last write with something to write (so that the writes under load are one per
+        interval, not one per call: each costs a transaction and a feedback task)."""
+        while not (self._closed or self._urgent or len(self._queue) >= self.batch):
+            if not self._queue:
+                self._cond.wait()  # add() wakes it
+                continue
+            left = last_write + self.interval_s - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
+
     def _run(self) -> None:
+        last_write = float("-inf")
         while True:
             with self._cond:
-                if not self._queue and not self._closed:
-                    self._cond.wait(self.interval_s)
+                self._wait_for_work(last_write)
                 if self._closed and not self._queue:
                     return
+                self._urgent = False
                 todo = self._queue[: self.batch]
             if not todo:
                 continue
+            last_write = time.monotonic()
             try:
                 event_ids = self.history.record_calls(todo)
             except StoreUnavailable as exc:
