@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id
@@ -116,10 +117,23 @@ async def _chat(body: ChatCompletionRequest, request: Request, key: ApiKey) -> R
     return chat_completion(answer)
 
 
+async def _body(receive: Receive) -> bytes:
+    """The request's body, read straight off the ASGI channel (Starlette's ``Request.body``
+    goes through an async generator per request)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 async def _fast_chat(request: Request) -> Response:
     """``POST /v1/chat/completions`` (see ``chat_completions`` in :func:`create_app`)."""
     key = await state(request).keys.check(request.headers.get("authorization"))
-    raw = await request.body()
+    raw = await _body(request.receive)
     try:
         body = ChatCompletionRequest.model_validate_json(raw)
     except ValidationError as exc:
@@ -150,6 +164,8 @@ class ConduitApp(FastAPI):
         request = Request(scope, receive)
         try:
             response = await _fast_chat(request)
+        except ClientDisconnect:
+            return  # gone before its body arrived: no one to answer
         except Exception as exc:
             handler = next(
                 (h for c in type(exc).__mro__ if (h := self.exception_handlers.get(c))), None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi.responses import Response
+from pydantic_core import to_json
 
 from conduit_workers.gateway.service import Answer
 
@@ -14,7 +14,7 @@ OWNER = "conduit"
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        json.dumps(body, ensure_ascii=False),
+        to_json(body),  # UTF-8 JSON, as json.dumps(ensure_ascii=False) writes it, in Rust
         status_code=status,
         media_type="application/json",
         headers=headers,
