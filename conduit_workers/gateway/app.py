@@ -100,7 +100,11 @@ def _build(settings: Settings) -> State:
         tasks.send(FEEDBACK, ids, chunk)
 
     recorder = HistoryRecorder(
-        history, send_events, batch=s.gateway.write_batch, interval_s=s.gateway.write_interval_s
+        history,
+        send_events,
+        batch=s.gateway.write_batch,
+        interval_s=s.gateway.write_interval_s,
+        events_batch=chunk,
     )
     gateway = Gateway(s, catalog, Decider(engine), llm, health, ledger, recorder)
     keys = KeyChecker(history, s.gateway.require_key, s.gateway.key_cache_s)

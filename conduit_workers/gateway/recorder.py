@@ -4,12 +4,14 @@ per call would cap a server near 900 calls/s), then sends their implicit feedbac
 feedback queue by task name (``conduit.feedback.apply_events``), ids only.
 
 The writer waits ``interval_s`` between writes (unless ``batch`` calls wait), so that under load
-it makes one transaction and sends one feedback task per interval, not one per call or two; a
+it makes one transaction per interval, not one per call or two, and sends the written events
+every ``send_interval_s`` (or ``events_batch`` at once): one feedback task, not one per write. A
 call's rows appear within about ``interval_s`` plus one transaction of its answer; ``flush``
 waits for everything handed over so far (feedback on a call just answered, shutdown), and
-makes the writer go at once. While the
-database is unreachable the rows wait here and are written when it answers; a process killed in
-that window loses them (the answer was given and billed in Redis, but is not in the history).
+makes the writer go at once. While the database is unreachable the rows wait here and are
+written when it answers; a process killed in that window loses them (the answer was given and
+billed in Redis, but is not in the history). Events written but not sent when a process dies
+are in the history database, and the feedback sweep sends them.
 """
 
 from __future__ import annotations
@@ -33,11 +35,17 @@ class HistoryRecorder:
         *,
         batch: int = 512,
         interval_s: float = 0.05,
+        send_interval_s: float = 0.25,
+        events_batch: int = 256,
     ) -> None:
         self.history = history
         self.send_events = send_events
         self.batch = batch
         self.interval_s = interval_s
+        self.send_interval_s = send_interval_s
+        self.events_batch = events_batch
+        self._events: list[str] = []  # written, not sent yet (the writer thread's alone)
+        self._last_send = float("-inf")
         self._queue: list[CallRecord] = []
         self._cond = threading.Condition()
         self._added = 0
@@ -76,14 +84,22 @@ class HistoryRecorder:
         self._thread.join(timeout_s)
 
     def _wait_for_work(self, last_write: float) -> None:
-        """Until a batch is full, a flush or close asks, or ``interval_s`` has passed since
-        the last write with something to write (so that the writes under load are one per
-        interval, not one per call: each costs a transaction and a feedback task)."""
+        """Until a batch is full, a flush or close asks, ``interval_s`` has passed since the
+        last write with something to write (so that the writes under load are one per
+        interval, not one per call: each costs a transaction), or events wait to be sent and
+        their time has come."""
         while not (self._closed or self._urgent or len(self._queue) >= self.batch):
+            now = time.monotonic()
             if not self._queue:
-                self._cond.wait()  # add() wakes it
+                if not self._events:
+                    self._cond.wait()  # add() wakes it
+                    continue
+                left = self._last_send + self.send_interval_s - now
+                if left <= 0:
+                    return
+                self._cond.wait(left)
                 continue
-            left = last_write + self.interval_s - time.monotonic()
+            left = last_write + self.interval_s - now
             if left <= 0:
                 return
             self._cond.wait(left)
@@ -93,34 +109,50 @@ class HistoryRecorder:
         while True:
             with self._cond:
                 self._wait_for_work(last_write)
-                if self._closed and not self._queue:
-                    return
+                closing = self._closed and not self._queue
+                hurry = self._urgent or self._closed
                 self._urgent = False
                 todo = self._queue[: self.batch]
-            if not todo:
-                continue
-            last_write = time.monotonic()
-            try:
-                event_ids = self.history.record_calls(todo)
-            except StoreUnavailable as exc:
-                log.warning("history: %d answered calls wait to be written (%s)", len(todo), exc)
-                time.sleep(1.0)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bad batch must not stop the writer
-                log.error(
-                    "history: %d answered calls not written (%s)", len(todo), type(exc).__name__
-                )
-                event_ids = None
-            with self._cond:
-                del self._queue[: len(todo)]
-                self._written += len(todo)
-                self._cond.notify_all()
-            if event_ids:
-                try:
-                    self.send_events(event_ids)
-                except Exception as exc:  # noqa: BLE001 - the feedback sweep re-sends them
-                    log.warning(
-                        "feedback queue: %d events not sent (%s); the sweep sends them later",
-                        len(event_ids),
-                        type(exc).__name__,
-                    )
+            if todo:
+                last_write = time.monotonic()
+                if not self._write(todo):
+                    continue
+            if self._events and (
+                hurry
+                or len(self._events) >= self.events_batch
+                or time.monotonic() >= self._last_send + self.send_interval_s
+            ):
+                self._send()
+            if closing:
+                return
+
+    def _write(self, todo: list[CallRecord]) -> bool:
+        """Write the calls; False when the database is unreachable (they wait for the next
+        try)."""
+        try:
+            event_ids = self.history.record_calls(todo)
+        except StoreUnavailable as exc:
+            log.warning("history: %d answered calls wait to be written (%s)", len(todo), exc)
+            time.sleep(1.0)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a bad batch must not stop the writer
+            log.error("history: %d answered calls not written (%s)", len(todo), type(exc).__name__)
+            event_ids = []
+        self._events.extend(event_ids)
+        with self._cond:
+            del self._queue[: len(todo)]
+            self._written += len(todo)
+            self._cond.notify_all()
+        return True
+
+    def _send(self) -> None:
+        ids, self._events = self._events, []
+        self._last_send = time.monotonic()
+        try:
+            self.send_events(ids)
+        except Exception as exc:  # noqa: BLE001 - the feedback sweep re-sends them
+            log.warning(
+                "feedback queue: %d events not sent (%s); the sweep sends them later",
+                len(ids),
+                type(exc).__name__,
+            )
