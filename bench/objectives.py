@@ -83,7 +83,9 @@ def warm_loader(records: list[Record], ds: Dataset, embedder: str, summary: list
 
     def load_into(engine: RoutingEngine) -> None:
         emb = cached_embedder(ds, embedder)
-        loader = RoutingEngine(engine.catalog, engine.store, emb, engine.settings)
+        loader = RoutingEngine(
+            engine.catalog, engine.store, emb, engine.settings, floor_store=engine.floors.store
+        )
         summary.append(learn_records(loader, records))
         emb.save()
 

@@ -246,8 +246,6 @@ class RoutingEngine:
             choices = choose_at(pace(lambda lam: total(choose_at(lam)), allowance_usd))
         self._floor_marks = {}
         if hold_floor:
-            r = self.catalog.index(self.catalog.reference)
-            ref_pred = means[:, r]
             # How much better than the reference the policy finds its choice, cost included.
             advantage = np.array(
                 [
@@ -258,7 +256,7 @@ class RoutingEngine:
                 ]
             )
             choices = self._hold_floors(
-                groups, query_ids, choices, costs, ref_pred, advantage, allowance_usd
+                groups, query_ids, choices, costs, means, advantage, allowance_usd
             )
         rows = []
         for i, (qid, ch, an) in enumerate(zip(query_ids, choices, analyses, strict=True)):
@@ -286,7 +284,7 @@ class RoutingEngine:
         query_ids: Sequence[str],
         choices: list[Choice],
         costs: Array,
-        ref_pred: Array,
+        means: Array,
         advantage: Array,
         allowance_usd: float | None,
     ) -> list[Choice]:
@@ -294,6 +292,9 @@ class RoutingEngine:
         reference go there (unless an allowance cannot pay for it); count the decisions."""
         ref = self.catalog.reference
         r = self.catalog.index(ref)
+        ref_pred = means[:, r]
+        others = np.delete(means, r, axis=1)
+        alt_best = others.max(axis=1) if others.shape[1] else np.zeros(len(ref_pred))
         spent = sum(
             float(costs[i, self.catalog.index(ch.model)])
             for i, ch in enumerate(choices)
@@ -303,7 +304,7 @@ class RoutingEngine:
         for g in groups:
             chosen = [ch.model for ch in choices]
             strata = self.floors.assign(
-                g, chosen, ref, ref_pred.tolist(), advantage.tolist(), self.rng
+                g, chosen, ref, ref_pred.tolist(), advantage.tolist(), self.rng, alt_best.tolist()
             )
             for k, (i, stratum) in enumerate(zip(g.rows, strata, strict=True)):
                 ch = out[i]
@@ -318,8 +319,12 @@ class RoutingEngine:
                             spent += extra
                             rest = tuple(m for m in ch.ranked if m != ref)
                             out[i] = Choice(ref, (ref, *rest), ch.utility, ch.reason)
-                if out[i].model is not None:
-                    self._floor_marks[i] = FloorMark(g.stream, strata[k], float(ref_pred[i]))
+                model = out[i].model
+                if model is not None:
+                    own = float(means[i, self.catalog.index(model)])
+                    self._floor_marks[i] = FloorMark(
+                        g.stream, strata[k], float(ref_pred[i]), own, float(alt_best[i])
+                    )
             self.floors.mark(
                 {
                     query_ids[i]: self._floor_marks[i].encode(str(out[i].model))
@@ -327,9 +332,19 @@ class RoutingEngine:
                     if i in self._floor_marks
                 }
             )
-            kept = [(s, float(ref_pred[i])) for i, s in zip(g.rows, strata, strict=True)]
-            kept = [(s, p) for s, p in kept if not s.endswith(":None")]
-            self.floors.record(g, query_ids, [s for s, _ in kept], [p for _, p in kept])
+            kept = [
+                (s, float(ref_pred[i]), self._floor_marks[i].own_pred, float(alt_best[i]))
+                for i, s in zip(g.rows, strata, strict=True)
+                if i in self._floor_marks and not s.endswith(":None")
+            ]
+            self.floors.record(
+                g,
+                query_ids,
+                [s for s, _, _, _ in kept],
+                [p for _, p, _, _ in kept],
+                [float(o if o is not None else p) for _, p, o, _ in kept],
+                [u for _, _, _, u in kept],
+            )
         return out
 
     def rate_floors(self, ratings: Sequence[tuple[FloorMark, float]], update_id: str) -> int:

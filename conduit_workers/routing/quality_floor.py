@@ -58,22 +58,40 @@ def params_for(floor: float, settings: RouterSettings) -> fl.FloorParams:
 
 @dataclass(frozen=True)
 class FloorMark:
-    """Where a prompt's answer counts under a floor: its stream, its stratum, and the
-    reference's predicted quality on it when it was routed. A rating of the answer is given
-    back with it (:meth:`FloorKeeper.rate`)."""
+    """Where a prompt's answer counts under a floor: its stream, its stratum, the reference's
+    predicted quality on it when it was routed, and the answering model's (its residual tests
+    the offline evidence behind that model). A rating of the answer is given back with it
+    (:meth:`FloorKeeper.rate`)."""
 
     stream: str
     stratum: str
     ref_pred: float
+    own_pred: float | None = None
+    alt_best: float | None = None  # the best predicted quality among the other models
 
     def encode(self, model: str) -> str:
-        return f"{self.stream}|{self.stratum}|{self.ref_pred!r}|{model}"
+        extra = ",".join("" if v is None else repr(v) for v in (self.own_pred, self.alt_best))
+        return f"{self.stream}|{self.stratum}|{self.ref_pred!r}|{extra}|{model}"
 
     @classmethod
     def decode(cls, raw: str) -> tuple[FloorMark, str]:
-        """The mark and the model that answered."""
+        """The mark and the model that answered (marks left before the answering model's
+        predictions were kept have four fields)."""
+        parts = raw.split("|", 4)
+        if len(parts) == 5 and all(not v or _is_number(v) for v in parts[3].split(",")):
+            stream, stratum, pred, extra, model = parts
+            own, best = ([float(v) if v else None for v in extra.split(",")] + [None, None])[:2]
+            return cls(stream, stratum, float(pred), own, best), model
         stream, stratum, pred, model = raw.split("|", 3)
         return cls(stream, stratum, float(pred)), model
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def rate_events(store: FloorStore, events: Sequence[FeedbackEvent], update_id: str) -> int:
@@ -127,10 +145,13 @@ class FloorKeeper:
         return self._last.get(key, {})
 
     def groups(
-        self, constraints: Sequence[Constraints], stream: str | None
+        self,
+        constraints: Sequence[Constraints],
+        stream: str | None,
     ) -> tuple[list[FloorGroup], list[float | None]]:
         """The floor groups of a chunk and each prompt's λ under its floor (None: not held)."""
         by_key: dict[str, FloorGroup] = {}
+        offline: dict[str, float] | None = None
         lams: list[float | None] = []
         for i, c in enumerate(constraints):
             f = floor_of(c, self.settings)
@@ -139,10 +160,12 @@ class FloorKeeper:
                 continue
             key = stream_key(stream, f)
             if key not in by_key:
+                if offline is None:
+                    offline = self._read(fl.OFFLINE_STREAM)
                 by_key[key] = FloorGroup(
                     key,
                     params_for(f, self.settings),
-                    fl.FloorCounts.of(self._read(key)),
+                    fl.FloorCounts.of(self._read(key), offline),
                     [],
                 )
             g = by_key[key]
@@ -158,6 +181,7 @@ class FloorKeeper:
         ref_pred: Sequence[float],
         advantage: Sequence[float],
         rng: np.random.Generator,
+        alt_best: Sequence[float] | None = None,
     ) -> list[str]:
         """The stratum of each prompt of the group (audit draws, then the gate)."""
         p = fl.audit_share(group.counts, group.params)
@@ -168,7 +192,8 @@ class FloorKeeper:
         ]
         preds = [float(ref_pred[i]) for i in group.rows]
         adv = [float(advantage[i]) for i in group.rows]
-        return fl.gate(group.counts, group.params, wanted, audited, preds, adv)
+        best = [float(alt_best[i]) for i in group.rows] if alt_best is not None else None
+        return fl.gate(group.counts, group.params, wanted, audited, preds, adv, best)
 
     def record(
         self,
@@ -176,9 +201,13 @@ class FloorKeeper:
         query_ids: Sequence[str],
         strata: Sequence[str],
         ref_pred: Sequence[float],
+        own_pred: Sequence[float] | None = None,
+        alt_best: Sequence[float] | None = None,
     ) -> None:
         """Count a chunk's decisions and move the dual variable, once per chunk."""
-        inc = fl.decision_increments(list(strata), list(ref_pred))
+        own = list(own_pred) if own_pred is not None else None
+        best = list(alt_best) if alt_best is not None else None
+        inc = fl.decision_increments(list(strata), list(ref_pred), own, best)
         step = fl.dual_step(group.counts, group.params, len(strata))
         if step:
             inc[fl.LOG_LAMBDA] = step
@@ -202,12 +231,21 @@ class FloorKeeper:
         by_stream: dict[str, dict[str, float]] = {}
         for mark, rating in ratings:
             inc = by_stream.setdefault(mark.stream, {})
-            for k, v in fl.rating_increments(mark.stratum, rating, mark.ref_pred).items():
+            incs = fl.rating_increments(
+                mark.stratum, rating, mark.ref_pred, mark.own_pred, mark.alt_best
+            )
+            for k, v in incs.items():
                 inc[k] = inc.get(k, 0.0) + v
         applied = 0
         for stream, inc in sorted(by_stream.items()):
             applied += self.store.apply(stream, f"rate:{update_id}:{stream}", inc)
         return applied
+
+    def add_offline(self, weights: dict[str, float], update_id: str) -> bool:
+        """Record the offline weight of each model's ratings a warm start loaded (once per
+        ``update_id``): the floor may trust them where a stream's ratings confirm them."""
+        inc = {fl.OFFLINE_WEIGHT + m: w for m, w in weights.items() if w > 0}
+        return self.store.apply(fl.OFFLINE_STREAM, update_id, inc)
 
     def _bounds(self, params: fl.FloorParams) -> tuple[tuple[float, float], float]:
         return (

@@ -15,9 +15,11 @@ file twice counts once.
 Robust to shift (Zhang et al. 2019): offline evidence must not hold the router hostage when the
 traffic differs. So each model's offline ratings count for at most ``max_weight`` observations
 in total (each weighs ``min(1, max_weight / that model's records)``): a few hundred online
-ratings outweigh them, and the decay forgets them as online evidence arrives. And the quality
-floor never reads them: its estimates come from the ratings of this stream only, so a warm start
-from another domain can change which models are tried first, never whether the floor holds.
+ratings outweigh them, and the decay forgets them as online evidence arrives. The quality floor
+is told each model's offline weight (:meth:`FloorKeeper.add_offline`) and trusts the posterior's
+predictions for a model only while a stream's own ratings of its answers confirm them
+(:mod:`conduit_workers.domain.floor`): a warm start from another domain changes which models are
+tried first, and narrows the floor's estimate only where the stream's ratings agree with it.
 """
 
 from __future__ import annotations
@@ -181,6 +183,10 @@ def learn_records(
                 )
         if events:
             models = {e.model for e in events}
+            offline: dict[str, float] = {}
+            for e in events:
+                offline[e.model] = offline.get(e.model, 0.0) + e.weight
+            engine.floors.add_offline(offline, "floor:" + uid)
             applied = engine.learn(events, contexts, uid)
             summary.updates_applied += applied
             summary.updates_already_applied += len(models) - applied
@@ -200,8 +206,11 @@ def learn_into(
     from conduit_workers.learning.posterior_store import RedisPosteriorStore
     from conduit_workers.routing.embedder import make_embedder
     from conduit_workers.routing.engine import RoutingEngine
+    from conduit_workers.routing.floor_store import RedisFloorStore
 
     r, rs = settings.redis, settings.router
     store = RedisPosteriorStore.from_url(r.url, r.key_prefix, r.applied_ttl_s, r.socket_timeout_s)
-    engine = RoutingEngine(catalog, store, make_embedder(rs.embedder, rs.static_model_dir), rs)
+    floors = RedisFloorStore(store.client, r.key_prefix, r.applied_ttl_s)
+    embedder = make_embedder(rs.embedder, rs.static_model_dir)
+    engine = RoutingEngine(catalog, store, embedder, rs, floor_store=floors)
     return learn_records(engine, records, progress=progress)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from conduit_workers.domain.floor import OFFLINE_STREAM, OFFLINE_WEIGHT
 from conduit_workers.learning.posterior_store import RedisPosteriorStore
+from conduit_workers.routing.floor_store import RedisFloorStore
 from conduit_workers.settings import Settings
 from tests.conftest import ROOT, TEST_PREFIX
 
@@ -71,6 +73,12 @@ def test_a_sparse_file_loads_once(redis_url: str, tmp_path: Path) -> None:
     assert read[STRONG][1].counters["n"] == pytest.approx(30.0, rel=0.05)  # decay aside
     assert read[CHEAP][1].counters["calls"] == 15
     assert read[CHEAP][1].counters["r"] == 0.0
+    # The quality floor is told each model's offline weight in the same Redis, once.
+    floors = RedisFloorStore(store.client, TEST_PREFIX)
+    assert floors.read(OFFLINE_STREAM) == {
+        OFFLINE_WEIGHT + STRONG: pytest.approx(30.0),
+        OFFLINE_WEIGHT + CHEAP: pytest.approx(15.0),
+    }
 
 
 def test_a_bad_line_is_refused_with_its_number(redis_url: str, tmp_path: Path) -> None:

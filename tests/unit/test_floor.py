@@ -17,6 +17,7 @@ from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
 from conduit_workers.routing.embedder import HashingEmbedder
 from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.routing.floor_store import InMemoryFloorStore
+from conduit_workers.routing.quality_floor import FloorMark
 from conduit_workers.settings import RouterSettings
 
 CHEAP = ModelSpec("cheap", "openai-compatible", 0.1, 0.1)
@@ -137,6 +138,70 @@ def test_the_calibration_never_flatters_the_floor_where_it_extrapolates():
     assert cal.total(1, 0.5)[0] == pytest.approx(0.65 + 0.5 * (0.5 - 0.7), abs=0.01)
 
 
+def _ref_answers(rows: list[tuple[float, float, float, int]]) -> dict[str, float]:
+    """Calibration counters from rated reference answers (prediction p, rating r, best other
+    model's prediction u, count)."""
+    fields = dict.fromkeys(fl.CAL + fl.CAL_U, 0.0)
+    for p, r, u, k in rows:
+        inc = fl.rating_increments(fl.AUDIT, r, p, p, u)
+        for key in fl.CAL + fl.CAL_U:
+            fields[key] += k * inc[key]
+    return fields
+
+
+def test_prompts_sent_elsewhere_for_being_easy_count_easier_for_the_reference():
+    # The reference's own prediction is flat (0.8); its ratings rise with u, the best other
+    # model's prediction: 0.6 where u = 0.5, 1.0 where u = 0.9. Prompts sent elsewhere have
+    # u = 0.9: the reference would have done ~1.0 there, not its mean 0.8.
+    cal = fl.calibration(
+        fl.FloorCounts.of(_ref_answers([(0.8, 0.6, 0.5, 200), (0.8, 1.0, 0.9, 200)]))
+    )
+    without, _ = cal.total(100, 80.0)
+    with_u, var = cal.total(100, 80.0, 90.0)
+    assert without == pytest.approx(80.0, abs=0.5)
+    assert with_u == pytest.approx(100.0, abs=1.0) and var > 0
+    # One-sided: where the ratings fall with u, the term is dropped rather than flatter the floor.
+    flat = fl.calibration(
+        fl.FloorCounts.of(_ref_answers([(0.8, 1.0, 0.5, 200), (0.8, 0.6, 0.9, 200)]))
+    )
+    assert flat.total(100, 80.0, 90.0)[0] == pytest.approx(flat.total(100, 80.0)[0])
+
+
+def _alt_counts(weight: float, residual: float) -> fl.FloorCounts:
+    """A stream with 200 rated reference answers and 300 prompts sent to ``cheap``, predicted
+    at 0.85 there, 60 of them rated with mean residual ``residual`` (0/1 ratings around it)."""
+    fields = _ref_answers([(0.9, 1.0, 0.85, 180), (0.9, 0.0, 0.85, 20)])
+    fields[fl.DECIDED + fl.AUDIT] = 400
+    fields[fl.RATED + fl.AUDIT] = 200
+    fields[fl.SUM + fl.AUDIT] = fields[fl.SQUARES + fl.AUDIT] = 180
+    cheap = fl.alt("cheap")
+    fields[fl.DECIDED + cheap] = 300
+    fields[fl.PREDICTED + cheap] = 300 * 0.85
+    fields[fl.ALT_PRED] = 300 * 0.9
+    fields[fl.ALT_BEST] = 300 * 0.85
+    ones = round(60 * (0.85 + residual))
+    for k in range(60):
+        inc = fl.rating_increments(cheap, float(k < ones), 0.9, 0.85)
+        for key, v in inc.items():
+            fields[key] = fields.get(key, 0.0) + v
+    offline = {fl.OFFLINE_WEIGHT + "cheap": weight} if weight else None
+    return fl.FloorCounts.of(fields, offline)
+
+
+def test_offline_evidence_narrows_the_floor_only_where_the_stream_confirms_it():
+    cold = fl.slack(_alt_counts(0.0, 0.0), 0.95)
+    warm = fl.slack(_alt_counts(200.0, 0.0), 0.95)
+    assert cold is not None and warm is not None
+    assert warm.sd < 0.7 * cold.sd  # confirmed: the stratum's mean leans on 200 more ratings
+    assert warm.total == pytest.approx(cold.total, abs=0.05 * cold.n)
+    # The stream's ratings of cheap run 0.25 below the posterior's: not confirmed, the offline
+    # evidence is ignored and the stratum is estimated from its ratings as in a cold start.
+    off = fl.slack(_alt_counts(200.0, -0.25), 0.95)
+    cold_off = fl.slack(_alt_counts(0.0, -0.25), 0.95)
+    assert off is not None and cold_off is not None
+    assert off.total == pytest.approx(cold_off.total) and off.sd == pytest.approx(cold_off.sd)
+
+
 def test_pace_finds_the_least_lambda_that_fits():
     cost = {0.0: 10.0, 1.0: 6.0, 2.0: 3.0}
 
@@ -218,3 +283,15 @@ def test_the_engine_holds_the_floor_and_saves_where_it_can(seed):
     # The cheap model is far worse: the floor keeps almost everything at the reference.
     ratio, share = _stream(_engine(0.95, seed), 0.3, 40, seed)
     assert ratio >= 0.94 and share < 0.1
+
+
+def test_a_floor_mark_keeps_the_predictions_and_reads_older_marks():
+    mark = FloorMark("default:0.95", "alt:cheap", 0.9, 0.85, 0.87)
+    assert FloorMark.decode(mark.encode("cheap")) == (mark, "cheap")
+    bare = FloorMark("default:0.95", "ref:audit", 0.9)
+    assert FloorMark.decode(bare.encode("strong")) == (bare, "strong")
+    # A mark left by a router before the answering model's predictions were kept.
+    assert FloorMark.decode("default:0.95|ref:policy|0.75|strong") == (
+        FloorMark("default:0.95", "ref:policy", 0.75),
+        "strong",
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conduit_workers.domain import floor as fl
 from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
 from conduit_workers.routing.embedder import HashingEmbedder
@@ -75,6 +76,12 @@ def test_sparse_records_load_once_with_capped_weight(tmp_path):
     again = learn_records(eng, read_records(path), max_weight=100.0)
     assert again.updates_applied == 0 and again.updates_already_applied == first.updates_applied
     assert store.read(["strong"], eng.dim)["strong"][1].counters["n"] == pytest.approx(100.0)
+    # The floor is told each model's offline weight, once.
+    offline = eng.floors.store.read(fl.OFFLINE_STREAM)
+    assert offline == {
+        fl.OFFLINE_WEIGHT + "strong": pytest.approx(100.0),
+        fl.OFFLINE_WEIGHT + "cheap": pytest.approx(100.0),
+    }
     # The posterior now prefers the strong model, as the labels say.
     x, _ = eng.featurize(["question 7?"])
     posts, _, _ = eng.posteriors()
