@@ -283,10 +283,10 @@ class LLMClient:
         started = time.perf_counter()
         try:
             model = self.model(model_name)
-            response = await asyncio.wait_for(
-                model_request(model, messages, model_settings=settings),
-                timeout=self.timeout_s + 1.0,
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the call in a task of
+            # its own, one more task per call.
+            async with asyncio.timeout(self.timeout_s + 1.0):
+                response = await model_request(model, messages, model_settings=settings)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified error

@@ -252,3 +252,27 @@ def test_a_chat_request_reaches_the_model_whole() -> None:
         "user": "u-1",
     }
     assert ChatRequest.from_json(chat.to_json()) == chat
+
+
+def test_a_call_that_outlasts_its_timeout_ends_as_a_retryable_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client's own deadline, for a model that ignores its timeout setting."""
+    import conduit_workers.execution.llm as llm_module
+
+    async def hangs(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(llm_module, "model_request", hangs)
+    env = {"CONDUIT_REPLAY_URL": "http://127.0.0.1:9/v1"}
+    catalog = load_catalog(DEFAULT_CATALOG, env)
+    llm = LLMClient(catalog, env, timeout_s=0.0)
+
+    async def call() -> None:
+        try:
+            await llm.complete(catalog.names[0], PROMPT)
+        finally:
+            await llm.aclose()
+
+    with pytest.raises(RetryableProviderError, match="timeout"):
+        asyncio.run(call())
