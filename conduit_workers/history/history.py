@@ -33,10 +33,17 @@ from conduit_workers.history.history_feedback import FeedbackHistory, event_row
 log = logging.getLogger(__name__)
 
 
+KEY_BATCH_WINDOW = timedelta(days=1)  # a key's batches older than its day's start by this are done
+
+
+def _day_start(day: str) -> datetime:
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+
+
 def _key_day_spend(key_name: str, day: str) -> Any:
     """The cost of the answers of ``day`` (UTC) to prompts that came through the key."""
     bi, r, b = t.batch_items, t.results, t.batches
-    start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+    start = _day_start(day)
     keyed = (
         select(bi.c.query_id)
         .select_from(bi.join(b, b.c.id == bi.c.batch_id))
@@ -306,7 +313,8 @@ class SqlHistory(FeedbackHistory):
 
     def unanswered_counts(self, batch_ids: Sequence[str]) -> dict[str, int]:
         """Prompts of each batch that have no result yet (for pacing a budget); for an API
-        key's daily ledger, those of the key's Batch API batches."""
+        key's daily ledger, those of the key's batches made since the day before (a Batch API
+        batch runs within its 24 h window; older ones are not counted on every chunk)."""
         if not batch_ids:
             return {}
         bi, r, b = t.batch_items, t.results, t.batches
@@ -331,7 +339,11 @@ class SqlHistory(FeedbackHistory):
                             r, r.c.query_id == bi.c.query_id
                         )
                     )
-                    .where(b.c.tag == API_TAG + parsed[0], r.c.query_id.is_(None))
+                    .where(
+                        b.c.tag == API_TAG + parsed[0],
+                        b.c.created_at >= _day_start(parsed[1]) - KEY_BATCH_WINDOW,
+                        r.c.query_id.is_(None),
+                    )
                 )
                 found[ledger] = int(conn.scalar(key_stmt) or 0)
             return found
