@@ -32,6 +32,11 @@ class Constraints:
 
     def merged_over(self, base: Constraints) -> Constraints:
         """These constraints, with unset fields taken from ``base`` (query over batch)."""
+        # Most prompts set none, per query or per batch: the router merges two per prompt.
+        if self is NOT_SET:
+            return base
+        if base is NOT_SET:
+            return self
         updates = {
             f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
         }
@@ -49,6 +54,8 @@ class Constraints:
 
 
 _FIELDS = tuple(f.name for f in fields(Constraints))
+# Constraints that set nothing, shared (frozen): what a prompt without constraints parses to.
+NOT_SET = Constraints()
 _NUMBERS = (
     "lambda_cost",
     "lambda_latency",
@@ -62,8 +69,8 @@ _LISTS = ("allowed_models", "allowed_providers")
 
 def parse_constraints(obj: Any, known_models: frozenset[str] | None = None) -> Constraints:
     """Validate a constraints object; raise ``ValueError`` saying what is wrong."""
-    if obj is None:
-        return Constraints()
+    if obj is None or (isinstance(obj, dict) and not obj):
+        return NOT_SET
     if not isinstance(obj, dict):
         raise ValueError(f"expected an object, got {type(obj).__name__}")
     unknown = set(obj) - set(_NUMBERS) - set(_LISTS)
@@ -94,4 +101,4 @@ def parse_constraints(obj: Any, known_models: frozenset[str] | None = None) -> C
         missing = sorted(set(values["allowed_models"]) - known_models)
         if missing:
             raise ValueError(f"unknown model(s) {missing}; the catalog has {sorted(known_models)}")
-    return Constraints(**values)
+    return Constraints(**values) if values else NOT_SET
