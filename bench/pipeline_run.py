@@ -190,7 +190,7 @@ def conduit_run(
         warm = [
             PromptItem(prompt=p, key=f"{run}w-{i}", external_id=f"w-{i}", line=i + 1)
             for i, (_, p) in enumerate(
-                prompts(max(2 * settings.executor.chunk_size, 128), run + "w")
+                prompts(max(2 * settings.executor.prompts_per_task, 128), run + "w")
             )
         ]
         w0 = time.perf_counter()
@@ -293,7 +293,7 @@ def conduit_run(
             "executor_concurrency": exec_conc,
             "chunks": {
                 "router": settings.router.chunk_size,
-                "executor": settings.executor.chunk_size,
+                "executor": settings.executor.prompts_per_task,
                 "feedback": settings.feedback.chunk_size,
             },
         }

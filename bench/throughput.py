@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--executor-chunk",
         type=int,
         default=None,
-        help=f"default executor.chunk_size ({d.executor.chunk_size})",
+        help="executor.chunk_size (default 0: half the concurrency, 64 to 256)",
     )
     ap.add_argument(
         "--feedback-chunk",

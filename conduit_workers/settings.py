@@ -85,7 +85,9 @@ class LimitsSettings(BaseModel):
 class RouterSettings(BaseModel):
     """Contextual Thompson Sampling and the utility it maximises."""
 
-    chunk_size: int = 64  # prompts per route task
+    # Prompts per route task. 256, not 64: a task's fixed cost (its message, acknowledgement and
+    # events, the chunk's database transactions) was half the router's CPU per prompt at 64.
+    chunk_size: int = Field(default=256, ge=1)
     # "static" (MiniLM distilled to word-piece vectors trained to reproduce its sentence
     # embeddings: no torch, ~100x MiniLM's rate, CS@95 level with it on the shared files;
     # bench/README.md), "minilm" (sentence-transformers, torch) or "hashing" (no weights; tests).
@@ -179,7 +181,11 @@ class RetrySettings(BaseModel):
 
 
 class ExecutorSettings(BaseModel):
-    chunk_size: int = 64  # prompts per execute task, called concurrently inside it
+    # Prompts per execute task, called concurrently inside it (``prompts_per_task``). 0: half
+    # the concurrency, 64 to 256 (64 up to 128 slots, 256 from 512): fewer, larger tasks cost
+    # less CPU per prompt, in the executor and in the feedback tasks it sends. Routers split
+    # their chunks by it: give routers and executors the same executor settings.
+    chunk_size: int = Field(default=0, ge=0)
     # LLM calls in flight per executor process, shared by the tasks its pool threads run at
     # once (``ops/worker executor``: threads pool); with prefork, per pool process.
     concurrency: int = 64
@@ -219,11 +225,18 @@ class ExecutorSettings(BaseModel):
     cooldown_s: float = 30.0
 
     @property
+    def prompts_per_task(self) -> int:
+        """Prompts per execute task: ``chunk_size``, or derived from the call slots."""
+        if self.chunk_size:
+            return self.chunk_size
+        return max(64, min(256, self.concurrency // 2))
+
+    @property
     def pool_tasks(self) -> int:
         """Execute tasks at once per process: ``tasks``, or derived from the call slots."""
         if self.tasks:
             return self.tasks
-        return max(4, -(-2 * self.concurrency // max(1, self.chunk_size)))
+        return max(4, -(-2 * self.concurrency // self.prompts_per_task))
 
 
 class BudgetSettings(BaseModel):

@@ -102,7 +102,7 @@ def route_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped-d
         rt.feature_cache,
         rt.budget_ledger,
     )
-    for chunk in chunks(list(query_ids), rt.settings.executor.chunk_size):
+    for chunk in chunks(list(query_ids), rt.settings.executor.prompts_per_task):
         app.send_task(EXECUTE_BATCH, args=[chunk], queue=EXECUTE)
     log.info(
         "route_batch %s: %d prompts, %d decided in %.0f ms",

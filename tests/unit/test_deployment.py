@@ -177,6 +177,12 @@ def test_beat_sends_the_nightly_report_to_the_reports_queue():
         (100, 64, 0, 4),
         (512, 25, 0, 41),
         (512, 64, 6, 6),
+        # chunk 0 (the default): half the concurrency per task, 64 to 256
+        (16, 0, 0, 4),
+        (64, 0, 0, 4),
+        (256, 0, 0, 4),
+        (512, 0, 0, 4),
+        (1024, 0, 0, 8),
     ],
 )
 def test_executor_pool_size_follows_its_call_slots(
@@ -191,7 +197,8 @@ def test_executor_pool_size_follows_its_call_slots(
     ex = ExecutorSettings(concurrency=concurrency, chunk_size=chunk, tasks=tasks)
     assert ex.pool_tasks == expected
     if not tasks:
-        assert ex.pool_tasks * chunk >= 2 * concurrency
+        assert ex.pool_tasks * ex.prompts_per_task >= 2 * concurrency
+    assert ex.prompts_per_task == (chunk or max(64, min(256, concurrency // 2)))
     monkeypatch.setattr(celery_app, "get_settings", lambda: Settings(executor=ex))
     for options, size in [
         ({"queues": ["execute"], "concurrency": None}, expected),
