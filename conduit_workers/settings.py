@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conduit_workers.domain.features import N_CHEAP
@@ -85,9 +85,10 @@ class LimitsSettings(BaseModel):
 class RouterSettings(BaseModel):
     """Contextual Thompson Sampling and the utility it maximises."""
 
-    # Prompts per route task. 256, not 64: a task's fixed cost (its message, acknowledgement and
-    # events, the chunk's database transactions) was half the router's CPU per prompt at 64.
-    chunk_size: int = Field(default=256, ge=1)
+    # Prompts per route task. Unset, ``Settings`` raises it to the executor's prompts per task
+    # (256 at 512 call slots): a route task's fixed cost (its message, acknowledgement and
+    # events, the chunk's transactions) was half the router's CPU per prompt at 64 there.
+    chunk_size: int = Field(default=64, ge=1)
     # "static" (MiniLM distilled to word-piece vectors trained to reproduce its sentence
     # embeddings: no torch, ~100x MiniLM's rate, CS@95 level with it on the shared files;
     # bench/README.md), "minilm" (sentence-transformers, torch) or "hashing" (no weights; tests).
@@ -380,6 +381,13 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _route_chunks_hold_execute_chunks(self) -> Settings:
+        """A route task sends at least one whole execute task, unless told otherwise."""
+        if "chunk_size" not in self.router.model_fields_set:
+            self.router.chunk_size = max(self.router.chunk_size, self.executor.prompts_per_task)
+        return self
 
     @property
     def context_dim(self) -> int:

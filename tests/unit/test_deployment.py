@@ -210,3 +210,17 @@ def test_executor_pool_size_follows_its_call_slots(
         conf = SimpleNamespace(worker_concurrency=None)
         celery_app._executor_pool_size(options=options, conf=conf)
         assert conf.worker_concurrency == size, options
+
+
+def test_route_chunks_hold_an_execute_chunk_unless_set() -> None:
+    """Unset, a route task holds at least one execute task's prompts (fewer, larger tasks at
+    high concurrency); set, it is left as set."""
+    from conduit_workers.settings import RouterSettings
+
+    assert Settings().router.chunk_size == 64
+    assert Settings(executor=ExecutorSettings(concurrency=512)).router.chunk_size == 256
+    assert Settings(executor=ExecutorSettings(chunk_size=100)).router.chunk_size == 100
+    routed = Settings(
+        executor=ExecutorSettings(concurrency=512), router=RouterSettings(chunk_size=32)
+    )
+    assert routed.router.chunk_size == 32
