@@ -19,14 +19,20 @@ key                                          type    content, expiry
                                                      :mod:`conduit_workers.domain.floor`:
                                                      ``d:<stratum>`` prompts decided, ``n:``/
                                                      ``s:``/``ss:<stratum>`` ratings, their sum
-                                                     and sum of squares; ``log_lambda`` the
-                                                     dual variable. No expiry
-                                                     (``floor_store.py``)
+                                                     and sum of squares; ``e:``/``rn:``/
+                                                     ``r:``/``rr:<stratum>`` the answering
+                                                     model's predictions and residuals;
+                                                     ``c:*`` the reference's calibration;
+                                                     ``log_lambda`` the dual variable. The
+                                                     stream ``offline`` holds ``w:<model>``,
+                                                     the weight of each model's warm-start
+                                                     ratings. No expiry (``floor_store.py``)
 ``P:floor-applied:<update id>``              string  marks an applied floor update; expires
                                                      after ``redis.applied_ttl_s``
 ``P:floor-mark:<query id>``                  string  where a routed prompt's answer counts:
                                                      ``stream|stratum|reference's predicted
-                                                     quality|model``, written by the router,
+                                                     quality|answering model's,best other
+                                                     model's|model``, written by the router,
                                                      read by the feedback worker when the
                                                      answer is rated; expires after
                                                      ``redis.applied_ttl_s``
