@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from conduit_workers.settings import RouterSettings
 log = logging.getLogger(__name__)
 
 DEFAULT_STREAM = "default"
+OFFLINE_READ_S = 30.0  # how stale a router's copy of the offline weights may be
 
 
 def stream_key(stream: str | None, floor: float) -> str:
@@ -136,6 +138,16 @@ class FloorKeeper:
         self.store = store
         self.settings = settings
         self._last: dict[str, dict[str, float]] = {}
+        self._offline_read_at = -math.inf
+
+    def _offline(self) -> dict[str, float]:
+        """The warm starts' offline weights: written once per ``conduit learn``, so read at most
+        every :data:`OFFLINE_READ_S` rather than on every chunk."""
+        now = time.monotonic()
+        if now - self._offline_read_at >= OFFLINE_READ_S:
+            self._offline_read_at = now
+            return self._read(fl.OFFLINE_STREAM)
+        return self._last.get(fl.OFFLINE_STREAM, {})
 
     def _read(self, key: str) -> dict[str, float]:
         try:
@@ -161,7 +173,7 @@ class FloorKeeper:
             key = stream_key(stream, f)
             if key not in by_key:
                 if offline is None:
-                    offline = self._read(fl.OFFLINE_STREAM)
+                    offline = self._offline()
                 by_key[key] = FloorGroup(
                     key,
                     params_for(f, self.settings),
