@@ -167,7 +167,9 @@ class ConduitClient:
         ``quality_floor``: keep this share of the catalog reference model's quality (the
         batch's ``constraints.quality_floor``; a prompt's own constraint wins).
         ``budget_usd``: the batch never spends more than this; a prompt that cannot be
-        afforded ends with status ``over_budget``. Invalid values raise :class:`InputError`.
+        afforded ends with status ``over_budget``. ``batch_id``: the batch's id (a new uuid by
+        default); one starting with ``apikey:`` (the API keys' daily ledgers) is refused.
+        Invalid values raise :class:`InputError`.
         """
         batch_id = batch_id or uuid.uuid4().hex
         constraints = _with_floor(constraints, quality_floor)

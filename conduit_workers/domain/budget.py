@@ -38,6 +38,18 @@ def key_ledger(key_name: str, day: str) -> str:
     return f"{KEY_LEDGER}{key_name}:{day}"
 
 
+def check_batch_id(batch_id: str) -> str:
+    """A submitted batch's id, or ``ValueError``: the ledger of a budgeted batch is known by
+    the batch's id, so an id of the API keys' ledgers (``apikey:…``) would count the batch's
+    calls in a key's daily budget and the key's calls in the batch's."""
+    if batch_id.startswith(KEY_LEDGER):
+        raise ValueError(
+            f"a batch id may not start with {KEY_LEDGER!r} (reserved for the API keys' daily "
+            "budgets)"
+        )
+    return batch_id
+
+
 def parse_key_ledger(ledger_id: str) -> tuple[str, str] | None:
     """(key name, day) of an API key's daily ledger id; None for a batch's ledger."""
     if not ledger_id.startswith(KEY_LEDGER):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from conduit_workers.domain.bandit import Array
+from conduit_workers.domain.budget import check_batch_id
 from conduit_workers.domain.items import PromptItem
 from conduit_workers.domain.records import (
     DecisionRow,
@@ -26,6 +27,7 @@ from conduit_workers.domain.records import (
     SubmitOutcome,
 )
 from conduit_workers.domain.rewards import FeedbackEvent
+from conduit_workers.errors import InputError
 
 
 @dataclass
@@ -69,6 +71,10 @@ class InMemoryHistory:
         constraints: dict[str, Any] | None = None,
         budget_usd: float | None = None,
     ) -> SubmitOutcome:
+        try:
+            check_batch_id(batch_id)
+        except ValueError as exc:
+            raise InputError(f"batch id {batch_id[:80]!r}: {exc}") from None
         now = self.clock()
         batch = self.batches.setdefault(batch_id, _Batch(constraints or {}, budget_usd, now))
         keys = list(dict.fromkeys(i.key for i in items))

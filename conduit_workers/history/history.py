@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from conduit_workers.domain.budget import key_ledger, parse_key_ledger, utc_day
+from conduit_workers.domain.budget import check_batch_id, key_ledger, parse_key_ledger, utc_day
 from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.domain.items import PromptItem
 from conduit_workers.domain.records import (
@@ -26,6 +26,7 @@ from conduit_workers.domain.records import (
 )
 from conduit_workers.domain.report import API_TAG
 from conduit_workers.domain.rewards import FeedbackEvent
+from conduit_workers.errors import InputError
 from conduit_workers.history import history_schema as t
 from conduit_workers.history.history_base import chunks, now
 from conduit_workers.history.history_feedback import FeedbackHistory, event_row
@@ -74,7 +75,12 @@ class SqlHistory(FeedbackHistory):
     ) -> SubmitOutcome:
         """Record a batch and its prompts; a prompt known already is linked, not added again.
 
-        ``budget_usd``: the batch's spending limit, held by the executors' ledger."""
+        ``budget_usd``: the batch's spending limit, held by the executors' ledger. An id of the
+        API keys' ledgers (``apikey:…``) raises :class:`InputError`."""
+        try:
+            check_batch_id(batch_id)
+        except ValueError as exc:
+            raise InputError(f"batch id {batch_id[:80]!r}: {exc}") from None
         ts = now()
 
         def run(conn: Connection) -> SubmitOutcome:

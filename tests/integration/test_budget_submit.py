@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from conduit_workers.domain.budget import key_ledger, utc_day
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.errors import InputError
 from conduit_workers.history import history_schema as t
@@ -104,6 +105,20 @@ def test_bad_values_are_refused_and_nothing_is_recorded(
     assert message in str(info.value)
     with client.history.engine.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(t.batches)) == 0
+
+
+def test_a_batch_id_of_a_keys_ledger_is_refused(client: ConduitClient) -> None:
+    """A budgeted batch's ledger is known by the batch's id: one named like an API key's daily
+    ledger would spend from the key's budget (and the key's calls from the batch's)."""
+    ledger = key_ledger("team-a", utc_day())
+    with pytest.raises(InputError, match="may not start with 'apikey:'"):
+        client.submit_items(client.parse(ITEMS)[0], batch_id=ledger, budget_usd=1000)
+    with client.history.engine.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(t.batches)) == 0
+        assert conn.scalar(sa.select(sa.func.count()).select_from(t.queries)) == 0
+    assert client.history.batch_budgets([]) == {}
+    ok = client.submit_items(client.parse(ITEMS)[0], batch_id="team-a-apikey:x", budget_usd=1)
+    assert ok.accepted == 2
 
 
 def _cli(client: ConduitClient, *args: str) -> subprocess.CompletedProcess[str]:
