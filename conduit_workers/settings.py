@@ -265,7 +265,8 @@ class BudgetSettings(BaseModel):
     charge_expired_holds: bool = True
     # A call that only the holds of calls in flight keep out (their worst cases; they usually
     # cost less) waits up to this long for them to settle before its prompt is passed over;
-    # above the reservation TTL, so that it also outlasts the holds of calls that died.
+    # above the reservation TTL, so that it also outlasts the holds of calls that died. A
+    # waiting prompt gives its executor call slot back (other prompts are called meanwhile).
     hold_wait_s: float = Field(default=150.0, ge=0)
     # How long a batch's ledger stays in Redis after its last call (status and reports read
     # it; the history database keeps the budget and the results' costs for good).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from conduit_workers.domain.budget import (
@@ -62,11 +62,15 @@ class CallBudget:
         spec = self.catalog.get(model)
         return worst_case_cost_usd(spec, self.input_tokens, self.output_cap(model))
 
-    async def reserve(self, model: str) -> str | None:
+    async def reserve(
+        self, model: str, pause: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> str | None:
         """A reservation id for one call to ``model``, or None: the batch cannot afford it.
 
         Refused only because of the holds of calls in flight (which usually cost less than
-        their worst case), the call waits for them to settle, up to ``hold_wait_s``."""
+        their worst case), the call waits for them to settle, up to ``hold_wait_s``, by
+        ``pause`` (the executor's gives the prompt's call slot back while it waits: a prompt
+        that only waits for a budget must not keep other batches' prompts from being called)."""
         amount = self.worst_case_usd(model)
         reservation = f"{uuid.uuid4().hex}"
         loop = asyncio.get_running_loop()
@@ -88,7 +92,7 @@ class CallBudget:
             if s.limit_usd - s.spent_usd < amount or loop.time() + pause_s > deadline:
                 self.refused.append((model, amount))
                 return None
-            await asyncio.sleep(pause_s)
+            await pause(pause_s)
             pause_s = min(1.0, pause_s * 2)
 
     async def settle(self, reservation: str, cost_usd: float) -> None:

@@ -87,6 +87,36 @@ async def _admit(health: ModelHealth | None, model: str, force: bool, budget_s: 
         waited += wait_s
 
 
+class _Slot:
+    """One prompt's call slot (of the process's ``executor.concurrency``), given back while the
+    prompt only waits for its budget (:meth:`pause`): up to ``budget.hold_wait_s`` (150 s) for
+    holds of calls in flight, or of calls whose worker died, to settle or expire. Kept, such
+    waits filled every slot and stalled the other batches' prompts of the process."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self.slots = slots
+        self.held = False
+
+    async def __aenter__(self) -> _Slot:
+        await self.slots.acquire()
+        self.held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release()
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep without the slot, then take one again (a cancellation on the way leaves
+        none held)."""
+        self.held = False
+        self.slots.release()
+        await asyncio.sleep(seconds)
+        await self.slots.acquire()
+        self.held = True
+
+
 async def _execute_one(
     row: ExecutionRow,
     llm: LLM,
@@ -96,6 +126,7 @@ async def _execute_one(
     health: ModelHealth | None = None,
     callable_models: Collection[str] | None = None,
     budget: CallBudget | None = None,
+    slot: _Slot | None = None,
 ) -> _Outcome:
     if row.model is None:
         return _Outcome(
@@ -132,7 +163,11 @@ async def _execute_one(
             budget_s = max(0.0, wait_until - time.monotonic())
             if not await _admit(health, model, force, budget_s):
                 break
-            held = await budget.reserve(model) if budget is not None else None
+            held = (
+                await budget.reserve(model, slot.pause if slot is not None else asyncio.sleep)
+                if budget is not None
+                else None
+            )
             if budget is not None and held is None:
                 if health is not None:
                     health.release(model)
@@ -352,7 +387,7 @@ async def handle_execute_batch(
             )
 
         async def bounded(row: ExecutionRow) -> _Outcome:
-            async with sem:
+            async with _Slot(sem) as slot:
                 return await _execute_one(
                     row,
                     llm,
@@ -362,6 +397,7 @@ async def handle_execute_batch(
                     health,
                     callable_models,
                     budgets.get(row.query_id),
+                    slot,
                 )
 
         done = await asyncio.gather(*(bounded(r) for r in rows), return_exceptions=True)

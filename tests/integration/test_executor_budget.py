@@ -5,8 +5,10 @@ budget runs out mid-batch, later prompts get the cheaper model that still fits, 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -15,10 +17,11 @@ import sqlalchemy as sa
 from conduit_workers.domain.budget import to_nano, worst_case_cost_usd, worst_input_tokens
 from conduit_workers.domain.catalog import Catalog, parse_catalog
 from conduit_workers.domain.items import parse_item
-from conduit_workers.domain.records import DecisionRow
+from conduit_workers.domain.records import DecisionRow, Hold
 from conduit_workers.execution.batch_ledger import RedisBatchLedger
 from conduit_workers.execution.executor import handle_execute_batch
 from conduit_workers.execution.llm import LLMClient
+from conduit_workers.fakes.llm_fake import FakeLLM
 from conduit_workers.history import history_schema as t
 from conduit_workers.history.history import SqlHistory
 from conduit_workers.replay import ModelProfile, ReplayConfig
@@ -222,3 +225,89 @@ def test_retries_and_fallback_reserve_anew_and_failed_calls_cost_nothing(
         assert state.spent_usd == pytest.approx(spend, abs=1e-8)
     finally:
         failing.stop()
+
+
+class _WatchedLedger(RedisBatchLedger):
+    """The Redis ledger, telling when a reservation is refused (the test's only hook)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused: set[str] = set()
+        self.two_refused = threading.Event()
+
+    def reserve(self, batch_id: str, limit_usd: float, reservation_id: str, *args: Any) -> Hold:
+        hold = super().reserve(batch_id, limit_usd, reservation_id, *args)
+        if not hold.held:
+            self.refused.add(reservation_id)
+            if len(self.refused) >= 2:
+                self.two_refused.set()
+        return hold
+
+
+def test_a_prompt_waiting_for_its_budget_leaves_its_call_slot_to_others(
+    history: SqlHistory, redis_url: str
+) -> None:
+    """Two prompts of a budgeted batch wait for a hold left by a call in flight (or by a dead
+    worker's, until it expires); meanwhile the process's two call slots serve another batch.
+    Here the other batch's call is what releases the hold: had the waiting prompts kept the
+    slots, it would not have been made until they gave up, and they would end over_budget."""
+    catalog = parse_catalog(
+        {
+            "reference": "strong",
+            "models": [
+                {
+                    "name": "strong",
+                    "provider": "openai-compatible",
+                    "base_url": "http://127.0.0.1:9/v1",  # never called: the provider is FakeLLM
+                    "input_price_per_mtok_usd": 10.0,
+                    "output_price_per_mtok_usd": 30.0,
+                }
+            ],
+        },
+        {},
+    )
+    waiting = _submit(history, "w", 2, None)
+    free = _submit(history, "free", 1, None)
+    text = "Question 0 of batch w: why?"
+    worst = worst_case_cost_usd(
+        catalog.get("strong"),
+        worst_input_tokens(text, BUDGET.input_overhead_tokens),
+        BUDGET.max_output_tokens,
+    )
+    limit = 1.5 * worst  # one call's worst case fits, not two; the stale hold keeps both out
+    with history.engine.begin() as conn:
+        conn.execute(sa.update(t.batches).where(t.batches.c.id == "w").values(budget_usd=limit))
+    ledger = _WatchedLedger(redis.Redis.from_url(redis_url), TEST_PREFIX, 3600)
+    assert ledger.reserve("w", limit, "in-flight", worst, 3600).held
+
+    def answer(model: str, prompt: str) -> str:
+        if "batch free" in prompt:
+            ledger.settle("w", "in-flight", 0.0)  # the call in flight ends
+        return "yes"
+
+    llm = FakeLLM(answer)
+    ex = ExecutorSettings(concurrency=2, max_attempts=1)
+    budget = BudgetSettings(
+        max_output_tokens=BUDGET.max_output_tokens,
+        input_overhead_tokens=BUDGET.input_overhead_tokens,
+        hold_wait_s=60.0,
+    )
+
+    async def main() -> None:
+        slots = asyncio.Semaphore(2)  # the process's call slots, shared by its tasks
+
+        async def run(ids: list[str]) -> None:
+            await handle_execute_batch(
+                ids, history, llm, catalog, ex, FeedbackSettings(), slots=slots, ledger=ledger,
+                budget_settings=budget,
+            )  # fmt: skip
+
+        first = asyncio.create_task(run(waiting))
+        # Both waiting prompts took a slot and were refused once before the other task starts.
+        await asyncio.to_thread(ledger.two_refused.wait, 30)
+        await asyncio.gather(first, run(free))
+
+    asyncio.run(main())
+    rows = _results(history, waiting + free)
+    assert Counter(r["status"] for r in rows) == {"ok": 3}, rows
+    assert ledger.states(["w"])["w"].reserved_usd == 0
