@@ -22,7 +22,7 @@ from pydantic_ai.messages import (
     TextPart,
     UserPromptPart,
 )
-from pydantic_ai.models import Model
+from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.settings import ModelSettings
 
 from conduit_workers.domain.catalog import Catalog, ModelSpec
@@ -48,6 +48,10 @@ _PERMANENT_HINT = {
 
 
 HTTP_CLIENTS = ("direct", "aiohttp", "httpx2")
+# The request parameters of every call (no tools, no output schema): one object, so that a
+# model can keep what it prepared for it (``OpenAIHttpModel._prepare``); pydantic-ai's
+# ``model_request`` makes an equal one per call when given none.
+NO_PARAMETERS = ModelRequestParameters()
 
 
 def shared_http_client(kind: str, max_connections: int, timeout_s: float) -> Any:
@@ -286,7 +290,9 @@ class LLMClient:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the call in a task of
             # its own, one more task per call.
             async with asyncio.timeout(self.timeout_s + 1.0):
-                response = await model_request(model, messages, model_settings=settings)
+                response = await model_request(
+                    model, messages, model_settings=settings, model_request_parameters=NO_PARAMETERS
+                )
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified error
