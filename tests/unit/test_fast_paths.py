@@ -251,3 +251,30 @@ def test_embedder_id_names_the_static_vectors_so_caches_never_mix_them(tmp_path:
     assert ida.startswith("static-") and idb.startswith("static-") and ida != idb
     assert ida == embedder_id(StaticEmbedder(a, distill_if_missing=False))
     assert embedder_id(HashingEmbedder()) == "HashingEmbedder"
+
+
+def test_static_embedder_gives_the_tokenizers_ids_on_the_real_prompts(
+    tiny_static_model: Path, shared_data: Path
+) -> None:
+    """Every prompt of ../shared/data (whole, and the tail the router embeds), in chunks as a
+    router sees them: the word split, the remembered words and the WordPiece model of new
+    words give MiniLM's tokenizer's ids; non-ASCII prompts go through the tokenizer."""
+    from conduit_workers.domain.features import embedding_text
+    from conduit_workers.routing.static_embedder import StaticEmbedder
+
+    texts = [
+        json.loads(line)["prompt"]
+        for path in sorted(shared_data.glob("*/*.jsonl"))
+        for line in path.read_text().split("\n")  # not splitlines: prompts hold U+2028
+        if line.strip()
+    ]
+    assert len(texts) > 10_000 and any(not t.isascii() for t in texts)
+    # Every non-ASCII prompt and every eighth other (the tokenizer's pass is the slow part).
+    texts = [t for i, t in enumerate(texts) if i % 8 == 0 or not t.isascii()]
+    emb = StaticEmbedder(tiny_static_model, distill_if_missing=False)
+    assert emb._bert_uncased
+    for k in range(0, len(texts), 2048):
+        part = texts[k : k + 2048]
+        chunk = part + [embedding_text(t, 1000) for t in part]
+        want = [e.ids for e in emb.tokenizer.encode_batch(chunk, add_special_tokens=False)]
+        assert emb.token_ids(chunk) == want
