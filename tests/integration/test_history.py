@@ -88,3 +88,31 @@ def test_answered_by_resolves_ids_and_external_ids_in_one_call(history):
     history.record_results([ResultRow(q0, "m", "ok"), ResultRow(q1, "m", "error")], [])
     got = history.answered_by(["q0", q0, "q1", "q2", "nope"])
     assert got == {"q0": (q0, "m"), q0: (q0, "m")}  # q1 failed, q2 unanswered, nope unknown
+
+
+@pytest.mark.parametrize("db", ["postgresql", "sqlite"])
+def test_json_columns_read_back_the_values_written(db, request, tmp_path):
+    """JSON columns are written by pydantic-core's serializer (history_base.json_text): the
+    features the feedback learns from and a decision's ranking (a non-ASCII model name) read
+    back as written, on both databases; NaN and infinities too on SQLite."""
+    from conduit_workers.history.history import SqlHistory
+
+    if db == "postgresql":
+        history = request.getfixturevalue("history")
+    else:
+        history = SqlHistory(f"sqlite:///{tmp_path / 'h.db'}")
+        history.create_schema()
+    features = [1e-07, -0.0, 0.1 + 0.2, 123456.789, 2.5e-300]
+    if db == "sqlite":  # PostgreSQL refuses them in JSON, as it did json.dumps's
+        features += [float("nan"), float("inf")]
+    q = history.submit("b", _items("a"), tag=None, rejected=0, constraints={}).new[0]
+    model = "modèle-ü"
+    history.insert_decisions(
+        [DecisionRow(q, model, [model], features, {model: -1e-7}, "other", 0.1, None, {model: 3})]
+    )
+    event = FeedbackEvent(f"explicit:{q}", q, model, "explicit", 1.0, 1.0)
+    history.add_feedback([event])
+    _, contexts = history.claim_feedback([event.id], "u1")
+    np.testing.assert_array_equal(contexts[q], features)  # NaN equal to NaN here
+    assert [e.model for e in history.load_for_execution([q])] == [model]
+    assert history.load_for_execution([q])[0].ranked == [model]
