@@ -42,22 +42,45 @@ def key(prefix: str) -> str:
     return RedisKeys(prefix).llm_metrics
 
 
+class _Fields:
+    """One model's counter names."""
+
+    def __init__(self, model: str) -> None:
+        self.attempts = f"attempts|{model}"
+        self.latency_count = f"latency_count|{model}"
+        self.latency_sum = f"latency_sum|{model}"
+        self.latency_buckets = [(le, f"latency_bucket|{model}|{le:g}") for le in LATENCY_BUCKETS_S]
+        self.e2e_count = f"e2e_count|{model}"
+        self.e2e_sum = f"e2e_sum|{model}"
+        self.e2e_buckets = [(le, f"e2e_bucket|{model}|{le:g}") for le in END_TO_END_BUCKETS_S]
+
+
 class CallMetrics:
     """This process's counts since the last flush; thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, float] = defaultdict(float)
+        self._by_model: dict[str, _Fields] = {}
+
+    def _fields(self, model: str) -> _Fields:
+        """The hash fields of ``model``'s counters, formatted once per model (formatting them
+        per call was ~20 µs of the executor's CPU per prompt)."""
+        f = self._by_model.get(model)
+        if f is None:
+            f = self._by_model[model] = _Fields(model)
+        return f
 
     def call(self, model: str, latency_s: float, error: ProviderError | None) -> None:
+        f = self._fields(model)
         with self._lock:
             c = self._counts
-            c[f"attempts|{model}"] += 1
-            c[f"latency_count|{model}"] += 1
-            c[f"latency_sum|{model}"] += latency_s
-            for le in LATENCY_BUCKETS_S:
+            c[f.attempts] += 1
+            c[f.latency_count] += 1
+            c[f.latency_sum] += latency_s
+            for le, name in f.latency_buckets:
                 if latency_s <= le:
-                    c[f"latency_bucket|{model}|{le:g}"] += 1
+                    c[name] += 1
             if error is not None:
                 c[f"errors|{model}|{error.error_class}"] += 1
                 if isinstance(error, RetryableProviderError):
@@ -65,13 +88,14 @@ class CallMetrics:
 
     def end_to_end(self, model: str, seconds: float) -> None:
         """One prompt's result recorded ``seconds`` after it was submitted."""
+        f = self._fields(model)
         with self._lock:
             c = self._counts
-            c[f"e2e_count|{model}"] += 1
-            c[f"e2e_sum|{model}"] += seconds
-            for le in END_TO_END_BUCKETS_S:
+            c[f.e2e_count] += 1
+            c[f.e2e_sum] += seconds
+            for le, name in f.e2e_buckets:
                 if seconds <= le:
-                    c[f"e2e_bucket|{model}|{le:g}"] += 1
+                    c[name] += 1
 
     def fallbacks(self, model: str, n: int) -> None:
         if n > 0:

@@ -68,3 +68,41 @@ def test_results_count_their_time_since_submission_per_model(history, redis_url,
     assert s[("conduit_end_to_end_seconds_bucket", "m-a", "60")] == 1
     assert s[("conduit_end_to_end_seconds_bucket", "m-a", "120")] == 2
     assert 100 <= s[("conduit_end_to_end_seconds_sum", "m-a", None)] < 100 + 2 * 60
+
+
+def test_call_counters_per_model_with_their_latency_buckets(redis_url):
+    """Each request counted once per model: attempts, the latency histogram (cumulative
+    buckets), errors by class and retries; the names as the exporter reads them."""
+    from conduit_workers.errors import PermanentProviderError, RetryableProviderError
+    from conduit_workers.execution import call_metrics
+
+    m = CallMetrics()
+    m.call("m-a", 0.05, None)
+    m.call("m-a", 0.3, RetryableProviderError("timeout", "m-a"))
+    permanent = PermanentProviderError("bad request", "m-b")
+    m.call("m-b", 3.0, permanent)
+    m.call("m-a", 100.0, None)
+    m.end_to_end("m-a", 2.0)
+    m.flush(redis.Redis.from_url(redis_url), TEST_PREFIX)
+    got = call_metrics.read(redis.Redis.from_url(redis_url), TEST_PREFIX)
+    assert got[("attempts", "m-a")] == 3 and got[("attempts", "m-b")] == 1
+    assert got[("latency_sum", "m-a")] == pytest.approx(100.35)
+    bucket = {k[2]: v for k, v in got.items() if k[:2] == ("latency_bucket", "m-a")}
+    assert bucket == {
+        "0.1": 1,
+        "0.25": 1,
+        "0.5": 2,
+        "1": 2,
+        "2.5": 2,
+        "5": 2,
+        "10": 2,
+        "30": 2,
+        "60": 2,
+    }
+    assert ("latency_bucket", "m-b", "2.5") not in got
+    assert got[("latency_bucket", "m-b", "5")] == 1
+    assert ("retries", "m-a") in got and got[("retries", "m-a")] == 1
+    assert ("retries", "m-b") not in got
+    assert got[("errors", "m-b", permanent.error_class)] == 1
+    assert got[("e2e_count", "m-a")] == 1 and got[("e2e_bucket", "m-a", "5")] == 1
+    assert ("e2e_bucket", "m-a", "1") not in got
