@@ -288,13 +288,19 @@ class AsyncRedisBatchLedger:
     def keys(self, batch_id: str) -> list[str]:
         return RedisKeys(self.prefix).batch_budget(batch_id)
 
-    async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def _enqueue(
+        self, script: AsyncScript, keys: list[str], args: list[Any]
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((script, len(keys), [*keys, *args], future))
         if not self._draining:
             self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await future
+            loop.create_task(self._drain())
+        return future
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        return await self._enqueue(script, keys, args)
 
     async def _drain(self) -> None:
         try:
@@ -379,6 +385,17 @@ class AsyncRedisBatchLedger:
         except redis.RedisError as exc:
             raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
         return bool(done)
+
+    def settle_soon(
+        self, batch_id: str, reservation_id: str, cost_usd: float
+    ) -> asyncio.Future[Any]:
+        """:meth:`settle` without waiting for it (and without a task per call): the script goes
+        with the next pipeline; the future ends with its answer, or the Redis error (raw)."""
+        return self._enqueue(
+            self._settle,
+            self.keys(batch_id),
+            [reservation_id, to_nano(max(0.0, cost_usd)), self.ledger_ttl_s, self._charge],
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -34,6 +34,7 @@ from conduit_workers.errors import (
     ProviderError,
     RetryableProviderError,
 )
+from conduit_workers.execution.openai_http import OpenAIHttpModel
 
 log = logging.getLogger(__name__)
 
@@ -279,20 +280,30 @@ class LLMClient:
         the catalog's cap."""
         spec = self.catalog.get(model_name)
         settings = self.settings_for(spec, request, max_output_tokens)
-        messages: list[ModelMessage] = (
-            chat_messages(request)
-            if request is not None
-            else [ModelRequest.user_text_prompt(prompt)]
-        )
         started = time.perf_counter()
         try:
             model = self.model(model_name)
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the call in a task of
             # its own, one more task per call.
             async with asyncio.timeout(self.timeout_s + 1.0):
-                response = await model_request(
-                    model, messages, model_settings=settings, model_request_parameters=NO_PARAMETERS
-                )
+                if isinstance(model, OpenAIHttpModel):
+                    # The same body and errors as through model_request, for less CPU.
+                    text, n_in, n_out = await model.chat(openai_messages(request, prompt), settings)
+                else:
+                    messages: list[ModelMessage] = (
+                        chat_messages(request)
+                        if request is not None
+                        else [ModelRequest.user_text_prompt(prompt)]
+                    )
+                    response = await model_request(
+                        model,
+                        messages,
+                        model_settings=settings,
+                        model_request_parameters=NO_PARAMETERS,
+                    )
+                    usage = response.usage
+                    text = response.text or ""
+                    n_in, n_out = int(usage.input_tokens or 0), int(usage.output_tokens or 0)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified error
@@ -300,13 +311,21 @@ class LLMClient:
             log.debug("call to %s failed: %r", model_name, exc)
             raise err from None
         latency_ms = (time.perf_counter() - started) * 1000
-        text = response.text or ""
         if not text.strip():
             raise RetryableProviderError("empty response", model_name)
-        usage = response.usage
-        return Completion(
-            text, int(usage.input_tokens or 0), int(usage.output_tokens or 0), latency_ms
-        )
+        return Completion(text, n_in, n_out, latency_ms)
+
+
+_ROLES = {"user": "user", "assistant": "assistant"}  # system and developer: "system"
+
+
+def openai_messages(request: ChatRequest | None, prompt: str) -> list[dict[str, str]]:
+    """OpenAI's messages of a call, as :class:`OpenAIHttpModel` sends pydantic-ai's
+    :func:`chat_messages` of it (system and developer turns as ``system``), or the prompt as
+    one user message."""
+    if request is None:
+        return [{"role": "user", "content": prompt}]
+    return [{"role": _ROLES.get(m.role, "system"), "content": m.content} for m in request.messages]
 
 
 def chat_messages(request: ChatRequest) -> list[ModelMessage]:

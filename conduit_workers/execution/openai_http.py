@@ -1,10 +1,12 @@
 """A pydantic-ai model for OpenAI(-compatible) chat completions, posted with aiohttp.
 
-``OpenAIHttpModel`` is a real :class:`pydantic_ai.models.Model` (called through
-``pydantic_ai.direct.model_request`` like every other provider's), for the one shape the executor
-sends: text messages in, one text answer out, no tools, no streaming. It skips the OpenAI SDK,
-whose request-parameter transformation and httpx-style request and response objects cost
-1-3 ms of CPU per call under concurrency, more than the rest of an executor's work
+``OpenAIHttpModel`` is a real :class:`pydantic_ai.models.Model`
+(``pydantic_ai.direct.model_request`` calls it like every other provider's;
+:class:`~conduit_workers.execution.llm.LLMClient` calls its :meth:`~OpenAIHttpModel.chat` with
+OpenAI's messages directly: the same body for less CPU), for the one shape the executor sends:
+text messages in, one text answer out, no tools, no streaming. It skips the OpenAI SDK, whose
+request-parameter transformation and httpx-style request and response objects cost 1-3 ms of
+CPU per call under concurrency, more than the rest of an executor's work
 (bench/README.md, "Pipeline throughput"). Anything it cannot send (tools, images, native
 structured output) is refused with a :class:`~pydantic_ai.exceptions.UserError` naming the way
 out: the SDK-backed model (``CONDUIT_EXECUTOR__HTTP_CLIENT=aiohttp``).
@@ -36,6 +38,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage
+from pydantic_core import from_json, to_json
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 _SDK_HINT = "use the SDK-backed model instead (CONDUIT_EXECUTOR__HTTP_CLIENT=aiohttp)"
@@ -222,13 +225,16 @@ class OpenAIHttpModel(Model):
             "model": self._model_name,
             "messages": _messages(messages, instructions, self._model_name),
         }
-        s: Mapping[str, Any] = settings or {}
+        return self._fields(body, settings or {})
+
+    def _fields(self, body: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The body's settings fields from pydantic-ai's ``ModelSettings``."""
         for key in _BODY_SETTINGS:
-            if s.get(key) is not None:
-                body[self._max_tokens_field if key == "max_tokens" else key] = s[key]
-        if s.get("stop_sequences"):
-            body["stop"] = s["stop_sequences"]
-        extra = s.get("extra_body")
+            if settings.get(key) is not None:
+                body[self._max_tokens_field if key == "max_tokens" else key] = settings[key]
+        if settings.get("stop_sequences"):
+            body["stop"] = settings["stop_sequences"]
+        extra = settings.get("extra_body")
         if isinstance(extra, Mapping):
             body.update(extra)  # response_format, user, provider-specific fields
         return body
@@ -237,7 +243,8 @@ class OpenAIHttpModel(Model):
         self, model_settings: ModelSettings | None, params: ModelRequestParameters
     ) -> tuple[ModelSettings | None, ModelRequestParameters]:
         """``prepare_request``'s answer, remembered for the same settings and the same
-        parameters object (the executor passes :data:`NO_PARAMETERS` to every call).
+        parameters object, for calls through pydantic-ai's ``model_request`` (LLMClient's own
+        calls go through :meth:`chat`, which prepares nothing).
 
         pydantic-ai's ``prepare_request`` merges and checks the settings and resolves the
         parameters (~40 µs of CPU per call, the same answer every time for the executor's
@@ -259,20 +266,16 @@ class OpenAIHttpModel(Model):
         self._prepared[key] = (params, (kept, prepared))
         return kept, prepared
 
-    async def request(
-        self,
-        messages: list[ModelMessage],
-        model_settings: ModelSettings | None,
-        model_request_parameters: ModelRequestParameters,
-    ) -> ModelResponse:
-        settings, params = self._prepare(model_settings, model_request_parameters)
-        body = self._body(messages, settings, params)
-        timeout = (settings or {}).get("timeout", self._timeout_s)
+    async def _post(self, body: dict[str, Any], settings: Mapping[str, Any]) -> Any:
+        """POST the body; the decoded answer, or pydantic-ai's error for the failure."""
+        timeout = settings.get("timeout", self._timeout_s)
         total = timeout if isinstance(timeout, int | float) else self._timeout_s
         try:
+            # Bytes (pydantic-core's encoder, UTF-8): a str body costs aiohttp a
+            # StringPayload with its content-type parsing on every call.
             async with self._session.get().post(
                 self._url,
-                data=json.dumps(body).encode(),
+                data=to_json(body),
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=total),
             ) as resp:
@@ -285,19 +288,28 @@ class OpenAIHttpModel(Model):
                 self._model_name, f"connection error ({type(exc).__name__})"
             ) from exc
         try:
-            data: Any = json.loads(raw) if raw else None
+            data: Any = from_json(raw) if raw else None
         except ValueError:
             data = None
         if status >= 400:
             raise http_error(status, self._model_name, data, headers) from None
-        try:
-            choice = data["choices"][0]
-            content = choice["message"].get("content") or ""
-            usage = data.get("usage") or {}
-        except (TypeError, KeyError, IndexError, AttributeError):
+        if not isinstance(data, dict) or not _has_choice(data):
             raise pai_exc.UnexpectedModelBehavior(
                 f"{self._model_name}: the response has no choices (HTTP {status})"
-            ) from None
+            )
+        return data
+
+    async def request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        settings, params = self._prepare(model_settings, model_request_parameters)
+        data = await self._post(self._body(messages, settings, params), settings or {})
+        choice = data["choices"][0]
+        content = choice["message"].get("content") or ""
+        usage = data.get("usage") or {}
         return ModelResponse(
             parts=[TextPart(content)] if content else [],
             usage=RequestUsage(
@@ -310,3 +322,31 @@ class OpenAIHttpModel(Model):
             provider_response_id=data.get("id"),
             finish_reason=_FINISH.get(choice.get("finish_reason") or "", None),  # type: ignore[arg-type]
         )
+
+    async def chat(
+        self, messages: list[dict[str, str]], settings: Mapping[str, Any]
+    ) -> tuple[str, int, int]:
+        """(text, input tokens, output tokens) of one call: OpenAI's messages as they are and
+        the call's ``ModelSettings``. The executor's and the HTTP API's calls come here
+        rather than through ``pydantic_ai.direct.model_request`` and :meth:`request`: the
+        same body and the same errors, without converting the messages to pydantic-ai's and
+        back, merging settings and building a ``ModelResponse`` on every call (~10% of a
+        ``conduit serve`` request's CPU, bench/README.md)."""
+        body = self._fields({"model": self._model_name, "messages": messages}, settings)
+        data = await self._post(body, settings)
+        usage = data.get("usage") or {}
+        return (
+            data["choices"][0]["message"].get("content") or "",
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+        )
+
+
+def _has_choice(data: dict[str, Any]) -> bool:
+    choices = data.get("choices")
+    return (
+        isinstance(choices, list)
+        and bool(choices)
+        and isinstance(choices[0], dict)
+        and isinstance(choices[0].get("message"), dict)
+    )

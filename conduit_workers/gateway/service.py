@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from conduit_workers.domain.budget import (
     key_ledger,
@@ -36,6 +38,8 @@ from conduit_workers.gateway.recorder import HistoryRecorder
 from conduit_workers.gateway.schemas import ROUTED, ChatCompletionRequest
 from conduit_workers.history.history_gateway import ApiKey, CallRecord
 from conduit_workers.settings import Settings
+
+log = logging.getLogger(__name__)
 
 RECORDED_SPEND_CACHE_S = 30.0
 
@@ -92,7 +96,7 @@ class Gateway:
         self.recorder = recorder
         self.known = frozenset(catalog.names)
         self._recorded: dict[str, tuple[float, float]] = {}
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[Any]] = set()
 
     def visible_models(self, key: ApiKey) -> list[str]:
         allowed = key.allowed_models
@@ -186,11 +190,23 @@ class Gateway:
         return res, request
 
     def _settle_later(self, p: Prepared, cost_usd: float | None) -> None:
-        if p.reservation is None:
+        """Settle behind the answer: the script joins the ledger's next pipeline, no task."""
+        r = p.reservation
+        if r is None:
             return
-        task = asyncio.get_running_loop().create_task(self.settle(p, cost_usd))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        spent = cost_usd if cost_usd is not None else r.worst_usd
+        future = self.ledger.settle_soon(r.scope, r.id, spent)
+        self._settling.add(future)
+        future.add_done_callback(self._settled)
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        self._settling.discard(future)
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            log.warning(
+                "a budget hold was not settled (%s); it expires after its TTL and is then "
+                "charged at its worst case",
+                type(exc).__name__,
+            )
 
     async def drain(self) -> None:
         """Wait for the settlements still running (at shutdown)."""

@@ -254,8 +254,9 @@ def test_a_chat_request_reaches_the_model_whole() -> None:
     assert ChatRequest.from_json(chat.to_json()) == chat
 
 
+@pytest.mark.parametrize("http_client", ["direct", "aiohttp"])
 def test_a_call_that_outlasts_its_timeout_ends_as_a_retryable_timeout(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, http_client: str
 ) -> None:
     """The client's own deadline, for a model that ignores its timeout setting."""
     import conduit_workers.execution.llm as llm_module
@@ -263,10 +264,11 @@ def test_a_call_that_outlasts_its_timeout_ends_as_a_retryable_timeout(
     async def hangs(*args: Any, **kwargs: Any) -> Any:
         await asyncio.sleep(3600)
 
-    monkeypatch.setattr(llm_module, "model_request", hangs)
+    monkeypatch.setattr(llm_module, "model_request", hangs)  # the SDK-backed models' way
+    monkeypatch.setattr(OpenAIHttpModel, "chat", hangs)  # the direct model's
     env = {"CONDUIT_REPLAY_URL": "http://127.0.0.1:9/v1"}
     catalog = load_catalog(DEFAULT_CATALOG, env)
-    llm = LLMClient(catalog, env, timeout_s=0.0)
+    llm = LLMClient(catalog, env, timeout_s=0.0, http_client=http_client)
 
     async def call() -> None:
         try:
@@ -333,3 +335,83 @@ def test_prepared_once_per_settings_and_every_body_still_its_own(
     assert [b.get("stop") for b in bodies] == [None] * 4 + [["x"], ["x"], None]
     # p1 and p3 prepared (p2 and p4 reuse them), p5 and p6 each time, p7 (another object).
     assert len(prepared) == 5
+
+
+CHAT = ChatRequest(
+    messages=(
+        ChatMessage("system", "Be brief."),
+        ChatMessage("developer", "No lists."),
+        ChatMessage("user", "Hi"),
+        ChatMessage("assistant", ""),
+        ChatMessage("user", "Ünïcode " + PROMPT),
+    ),
+    temperature=0.0,
+    top_p=0.5,
+    max_tokens=9,
+    stop=("x", "y"),
+    response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": {}}},
+    user="u-2",
+)
+
+
+@pytest.mark.parametrize("request_", [CHAT, None])
+def test_the_direct_call_sends_pydantic_ais_body(request_: ChatRequest | None) -> None:
+    """LLMClient calls OpenAIHttpModel.chat, not pydantic-ai's model_request: same body."""
+    from conduit_workers.execution.llm import chat_messages
+
+    bodies: list[Any] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        bodies.append(await request.json())
+        return web.json_response(OK)
+
+    async def body(url: str) -> Any:
+        catalog = load_catalog(DEFAULT_CATALOG, {"CONDUIT_REPLAY_URL": url})
+        name = catalog.names[0]
+        llm = LLMClient(catalog, {"CONDUIT_REPLAY_URL": url}, max_output_tokens=50)
+        try:
+            done = await llm.complete(name, PROMPT, request_)
+            model = llm.model(name)
+            settings = llm.settings_for(catalog.get(name), request_)
+            messages = (
+                chat_messages(request_)
+                if request_ is not None
+                else [ModelRequest.user_text_prompt(PROMPT)]
+            )
+            await model_request(model, messages, model_settings=settings)
+            return done
+        finally:
+            await llm.aclose()
+
+    done = _serve(handler, body)
+    assert (done.text, done.input_tokens, done.output_tokens) == ("4", 7, 1)
+    assert len(bodies) == 2 and bodies[0] == bodies[1]
+
+
+@pytest.mark.parametrize(
+    "status,payload,retryable,retry_after",
+    [
+        (429, {"error": {"message": PROMPT}}, True, 2.0),
+        (500, {"error": {"message": PROMPT}}, True, None),
+        (401, {"error": {"message": PROMPT}}, False, None),
+        (200, {"object": "error"}, True, None),
+        (200, {"choices": []}, True, None),
+        (200, {"choices": [{"message": {"content": ""}}]}, True, None),  # empty answer
+    ],
+)
+def test_the_direct_call_fails_as_pydantic_ais_request_does(
+    status: int, payload: Any, retryable: bool, retry_after: float | None
+) -> None:
+    async def body(url: str) -> Any:
+        catalog = load_catalog(DEFAULT_CATALOG, {"CONDUIT_REPLAY_URL": url})
+        llm = LLMClient(catalog, {})
+        try:
+            return await llm.complete(catalog.names[0], PROMPT)
+        finally:
+            await llm.aclose()
+
+    with pytest.raises((RetryableProviderError, PermanentProviderError)) as info:
+        _serve(_answer(status, payload, {"Retry-After": "2"} if retry_after else None), body)
+    assert isinstance(info.value, RetryableProviderError if retryable else PermanentProviderError)
+    assert info.value.retry_after_s == retry_after
+    assert "SECRET" not in str(info.value)
