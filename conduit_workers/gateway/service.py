@@ -96,6 +96,7 @@ class Gateway:
         self.recorder = recorder
         self.known = frozenset(catalog.names)
         self._recorded: dict[str, tuple[float, float]] = {}
+        self._caps: dict[str, int] = {}  # model: the executor's or the catalog's cap, 0: none
         self._settling: set[asyncio.Future[Any]] = set()
 
     def visible_models(self, key: ApiKey) -> list[str]:
@@ -141,19 +142,22 @@ class Gateway:
         return cons
 
     def _output_cap(self, model: str, request: ChatRequest) -> int | None:
-        caps = [
-            c
-            for c in (
-                request.max_tokens,
+        """The output tokens a call may produce: the smaller of the request's ``max_tokens``
+        and the executor's or the catalog's cap (None: uncapped)."""
+        cap = self._caps.get(model)
+        if cap is None:
+            cap = self._caps[model] = (
                 self.settings.executor.max_output_tokens
-                or self.catalog.get(model).max_output_tokens,
+                or self.catalog.get(model).max_output_tokens
+                or 0
             )
-            if c
-        ]
-        return min(caps) if caps else None
+        asked = request.max_tokens
+        if asked and cap:
+            return min(asked, cap)
+        return asked or cap or None
 
     async def _reserve(
-        self, key: ApiKey, query_id: str, models: list[str], request: ChatRequest
+        self, key: ApiKey, query_id: str, models: list[str], request: ChatRequest, text: str
     ) -> tuple[Reservation | None, ChatRequest]:
         """Hold the call's worst case on the key's budget of the day (capping its output when
         nothing else does, so that the worst case is one); 429 when it does not fit. The hold
@@ -162,12 +166,14 @@ class Gateway:
         if budget is None:
             return None, request
         bs = self.settings.budget
-        if any(self._output_cap(m, request) is None for m in models):
+        caps = [self._output_cap(m, request) for m in models]
+        if None in caps:
             request = dataclasses.replace(request, max_tokens=bs.max_output_tokens)
-        n_in = worst_input_tokens(request.prompt, bs.input_overhead_tokens * len(request.messages))
+            caps = [self._output_cap(m, request) for m in models]
+        n_in = worst_input_tokens(text, bs.input_overhead_tokens * len(request.messages))
         worst = max(
-            worst_case_cost_usd(self.catalog.get(m), n_in, self._output_cap(m, request) or 0)
-            for m in models
+            worst_case_cost_usd(self.catalog.get(m), n_in, cap or 0)
+            for m, cap in zip(models, caps, strict=True)
         )
         day = utc_day()
         # The hold's id is the call's query id: unique, and one uuid fewer per request.
@@ -253,7 +259,7 @@ class Gateway:
         models = ([decision.model] + [m for m in decision.ranked if m != decision.model])[
             :MAX_MODELS_TRIED
         ]
-        reservation, request = await self._reserve(key, qid, models, request)
+        reservation, request = await self._reserve(key, qid, models, request, text)
         return Prepared(body, key, qid, text, request, cons, decision, models, reservation)
 
     async def settle(self, p: Prepared, cost_usd: float | None) -> None:
