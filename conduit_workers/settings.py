@@ -351,6 +351,9 @@ class GatewaySettings(BaseModel):
     # History rows of answered calls are written behind the response in batches: at most this
     # many per transaction, one transaction per ``write_interval_s`` at most (sooner when a
     # batch is full), so a call's rows appear within about that of its answer.
+    # How long the answer of a call sent with an ``Idempotency-Key`` header answers the
+    # retries of that call (gateway/idempotency.py).
+    idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
     write_batch: int = 512
     write_interval_s: float = 0.05
     # FastAPI's native OpenTelemetry (a span, metrics and logs per request, once a provider is

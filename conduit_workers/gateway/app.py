@@ -15,6 +15,7 @@ Routes (every ``/v1`` route needs ``Authorization: Bearer <key>`` unless
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import logging
 from collections.abc import AsyncIterator
@@ -33,6 +34,8 @@ from conduit_workers.gateway import errors
 from conduit_workers.gateway.auth import KeyChecker
 from conduit_workers.gateway.deps import Key, State, state
 from conduit_workers.gateway.errors import ApiError
+from conduit_workers.gateway.idempotency import HEADER as IDEMPOTENCY_HEADER
+from conduit_workers.gateway.idempotency import REPLAYED, Idempotency
 from conduit_workers.gateway.producer import FEEDBACK, TaskSender
 from conduit_workers.gateway.responses import (
     chat_completion,
@@ -108,10 +111,45 @@ def _build(settings: Settings) -> State:
     )
     gateway = Gateway(s, catalog, Decider(engine), llm, health, ledger, recorder)
     keys = KeyChecker(history, s.gateway.require_key, s.gateway.key_cache_s)
-    return State(gateway, keys, history, tasks)
+    idempotency = Idempotency(ledger.client, r.key_prefix, s.gateway.idempotency_ttl_s)
+    return State(gateway, keys, history, tasks, idempotency)
+
+
+async def _idempotent_chat(
+    body: ChatCompletionRequest, request: Request, key: ApiKey, idempotency_key: str
+) -> Response:
+    """A call sent with an ``Idempotency-Key``: answered once, its retries replayed
+    (``gateway/idempotency.py``)."""
+    if body.stream:
+        raise ApiError(
+            422,
+            "the Idempotency-Key header is not supported with stream: true",
+            param="Idempotency-Key",
+        )
+    st = state(request)
+    slot = Idempotency.slot(key.name, idempotency_key)
+    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    replay = await st.idempotency.claim(slot, digest, st.gateway.call_ttl_s())
+    if replay is not None:
+        return Response(
+            replay.body,
+            media_type="application/json",
+            headers={"x-conduit-query-id": replay.query_id, REPLAYED: "true"},
+        )
+    try:
+        answer = await st.gateway.chat(body, key)
+    except Exception:
+        await st.idempotency.release(slot)  # nothing was answered: a retry calls again
+        raise
+    response = chat_completion(answer)
+    await st.idempotency.done(slot, digest, answer.query_id, bytes(response.body))
+    return response
 
 
 async def _chat(body: ChatCompletionRequest, request: Request, key: ApiKey) -> Response:
+    idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+    if idempotency_key is not None:
+        return await _idempotent_chat(body, request, key, idempotency_key)
     gw = state(request).gateway
     if body.stream:
         from conduit_workers.gateway.streaming import stream_response

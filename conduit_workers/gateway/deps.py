@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from conduit_workers.gateway.auth import KeyChecker
+from conduit_workers.gateway.idempotency import Idempotency
 from conduit_workers.gateway.producer import TaskSender
 from conduit_workers.gateway.service import Gateway
 from conduit_workers.history.history_gateway import ApiKey, GatewayHistory
@@ -21,6 +22,7 @@ class State:
     keys: KeyChecker
     history: GatewayHistory
     tasks: TaskSender
+    idempotency: Idempotency
 
 
 def state(request: Request) -> State:

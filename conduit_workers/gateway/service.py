@@ -231,6 +231,11 @@ class Gateway:
         self._recorded[scope] = (now + RECORDED_SPEND_CACHE_S, usd)
         return usd
 
+    def call_ttl_s(self) -> float:
+        """The longest a call can take: every model tried, every attempt timing out."""
+        ex = self.settings.executor
+        return ex.timeout_s * ex.max_attempts * MAX_MODELS_TRIED + 60.0
+
     async def prepare(self, body: ChatCompletionRequest, key: ApiKey) -> Prepared:
         """Everything before the call: validation, constraints, decision, budget reservation
         (the caller must :meth:`settle` a granted one)."""

@@ -83,12 +83,20 @@ key                                          type    content, expiry
                                                      prompt's call; deleted when the task ends,
                                                      expires after ``executor.claim_ttl_s``
                                                      (``execution/claims.py``)
+``P:idem:<hash>``                            string  an HTTP call's ``Idempotency-Key``: JSON
+                                                     ``{digest}`` of its body while it is
+                                                     answered (expires after the call's longest
+                                                     duration), then ``{digest, query_id,
+                                                     answer}``
+                                                     (expires after
+                                                     ``gateway.idempotency_ttl_s``;
+                                                     ``gateway/idempotency.py``)
 ``P:beat:lock``                              string  the id of the beat that owns the lock;
                                                      expires after ``beat.lock_ttl_s`` unless
                                                      renewed (``beat_lock.py``)
 ===========================================  ======  ==========================================
 
-No key holds prompt text: prompt hashes, ids and vectors only.
+No key holds prompt text: prompt hashes, ids and vectors only (``P:idem`` holds answers).
 """
 
 from __future__ import annotations
@@ -110,6 +118,9 @@ class RedisKeys:
 
     def exec_claim(self, query_id: str) -> str:
         return f"{self.prefix}:exec:{query_id}"
+
+    def idempotency(self, slot: str) -> str:
+        return f"{self.prefix}:idem:{slot}"
 
     def floor(self, stream: str) -> str:
         return f"{self.prefix}:floor:{stream}"

@@ -1,0 +1,127 @@
+"""``Idempotency-Key`` on chat completions, with the real openai SDK against `conduit serve` over
+the replay server: a retried call is answered once and paid once; the same body without the
+header is a new call; the key names one body; a failed call leaves the key free."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis
+import sqlalchemy as sa
+
+from conduit_workers.history import history_schema as t
+from tests.gateway_harness import Api, running_api
+
+pytestmark = pytest.mark.integration
+ASK: Any = {"model": "strong", "messages": [{"role": "user", "content": "Name a colour."}]}
+
+
+@pytest.fixture
+def api(redis_client: redis.Redis, pg_engine: sa.Engine, tmp_path: Path) -> Iterator[Api]:
+    with running_api(redis_client, pg_engine, tmp_path) as running:
+        yield running
+
+
+def _replay_calls(api: Api) -> int:
+    """The calls the replay server (the provider) answered so far."""
+    base = re.search(r'base_url = "(.*)/v1"', api.catalog.read_text())
+    assert base is not None
+    with urllib.request.urlopen(base.group(1) + "/_replay/stats", timeout=5) as r:
+        return int(json.load(r)["calls"])
+
+
+def test_a_retried_call_is_answered_once(api: Api) -> None:
+    client = api.client()
+    first = client.chat.completions.with_raw_response.create(
+        **ASK, extra_headers={"Idempotency-Key": "job-7/line-1"}
+    )
+    calls = _replay_calls(api)
+    again = client.chat.completions.with_raw_response.create(
+        **ASK, extra_headers={"Idempotency-Key": "job-7/line-1"}
+    )
+    assert _replay_calls(api) == calls  # no second call to the provider
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    qid = first.headers["x-conduit-query-id"]
+    assert again.headers["x-conduit-query-id"] == qid
+    a, b = first.parse(), again.parse()
+    assert (b.id, b.model, b.choices[0].message.content) == (
+        a.id,
+        a.model,
+        a.choices[0].message.content,
+    )
+    assert len(api.rows(t.results, qid)) == 1
+
+    # The same body without the header, or with another key: a new call each.
+    client.chat.completions.create(**ASK)
+    client.chat.completions.create(**ASK, extra_headers={"Idempotency-Key": "job-7/line-2"})
+    assert _replay_calls(api) == calls + 2
+    # Another API key's request with the same idempotency key is its own call.
+    api.client("cheap-only").chat.completions.create(
+        **{**ASK, "model": "cheap"}, extra_headers={"Idempotency-Key": "job-7/line-1"}
+    )
+    assert _replay_calls(api) == calls + 3
+
+
+def test_a_key_names_one_body(api: Api) -> None:
+    client = api.client()
+    client.chat.completions.create(**ASK, extra_headers={"Idempotency-Key": "k1"})
+    other = {**ASK, "messages": [{"role": "user", "content": "Name a fruit."}]}
+    with pytest.raises(openai.UnprocessableEntityError, match="another request body"):
+        client.chat.completions.create(**other, extra_headers={"Idempotency-Key": "k1"})
+    with pytest.raises(openai.UnprocessableEntityError, match="stream"):
+        client.chat.completions.create(**ASK, stream=True, extra_headers={"Idempotency-Key": "k2"})
+
+
+def test_concurrent_retries_make_one_call(api: Api) -> None:
+    """Eight copies of one request at once (max_retries=0): one call; the others get its
+    answer or 409 while it runs, never a call of their own."""
+    calls = _replay_calls(api)
+
+    async def main() -> list[Any]:
+        client = openai.AsyncOpenAI(base_url=api.url, api_key=api.keys["main"], max_retries=0)
+        try:
+
+            async def one() -> Any:
+                try:
+                    return await client.chat.completions.with_raw_response.create(
+                        **ASK, extra_headers={"Idempotency-Key": "burst"}
+                    )
+                except openai.ConflictError as exc:
+                    return exc
+
+            return await asyncio.gather(*(one() for _ in range(8)))
+        finally:
+            await client.close()
+
+    outcomes = asyncio.run(main())
+    answered = [o for o in outcomes if not isinstance(o, openai.ConflictError)]
+    assert answered and all(
+        isinstance(o, openai.ConflictError) or o.http_response.status_code == 200 for o in outcomes
+    )
+    assert len({o.headers["x-conduit-query-id"] for o in answered}) == 1
+    assert _replay_calls(api) == calls + 1
+    # The SDK retries a 409 by itself: with retries, every copy gets the one answer.
+    retrying = api.client(max_retries=5)
+    again = retrying.chat.completions.with_raw_response.create(
+        **ASK, extra_headers={"Idempotency-Key": "burst"}
+    )
+    assert again.headers["x-conduit-query-id"] == answered[0].headers["x-conduit-query-id"]
+    assert _replay_calls(api) == calls + 1
+
+
+def test_a_refused_call_leaves_the_key_free(api: Api) -> None:
+    """A call refused (here: over budget, 429) answered nothing: the key may be used again."""
+    broke = api.client("broke")
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError, match="daily budget"):
+            broke.chat.completions.create(**ASK, extra_headers={"Idempotency-Key": "k"})
+    assert not api.redis.keys("*:idem:*")
