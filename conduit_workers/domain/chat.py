@@ -34,6 +34,14 @@ class ChatRequest:
         return "\n\n".join(m.content for m in self.messages if m.content)
 
     @property
+    def last_user_turn(self) -> str | None:
+        """The content of the last user message (what the user asks now), or None."""
+        for m in reversed(self.messages):
+            if m.role == "user":
+                return m.content
+        return None
+
+    @property
     def chars(self) -> int:
         return sum(len(m.content) for m in self.messages)
 

@@ -24,6 +24,9 @@ class QueryRow:
     constraints: dict[str, Any]
     batch_constraints: dict[str, Any]
     user: str | None = None
+    # What the user asks now, for re-ask detection: the last user turn of the prompt's OpenAI
+    # messages (None: the prompt itself). Read for prompts with a user only.
+    asked: str | None = None
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ class InMemoryHistory:
                     item.constraints.to_json(),
                     batches[0][1].constraints,
                     item.user,
+                    item.request.last_user_turn if item.request and item.user else None,
                 )
             )
         return out

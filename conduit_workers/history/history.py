@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import case, func, or_, select, type_coerce
 from sqlalchemy.engine import Connection
 
 from conduit_workers.domain.budget import check_batch_id, key_ledger, parse_key_ledger, utc_day
@@ -229,8 +229,18 @@ class SqlHistory(FeedbackHistory):
         def run(conn: Connection) -> list[QueryRow]:
             out: dict[str, QueryRow] = {}
             for chunk in chunks(list(query_ids), 1000):
+                # A prompt of a user brings its OpenAI request (re-ask detection compares the
+                # last user turns); the others do not pay for decoding it.
+                request = case((q.c.user_name.is_not(None), q.c.request), else_=None)
                 stmt = (
-                    select(q.c.id, q.c.prompt, q.c.constraints, b.c.constraints, q.c.user_name)
+                    select(
+                        q.c.id,
+                        q.c.prompt,
+                        q.c.constraints,
+                        b.c.constraints,
+                        q.c.user_name,
+                        type_coerce(request, q.c.request.type),
+                    )
                     .select_from(
                         q.outerjoin(d, d.c.query_id == q.c.id)
                         .join(bi, bi.c.query_id == q.c.id)
@@ -238,8 +248,9 @@ class SqlHistory(FeedbackHistory):
                     )
                     .where(q.c.id.in_(chunk), d.c.query_id.is_(None))
                 )
-                for qid, prompt, qc, bc, user in conn.execute(stmt):
-                    out.setdefault(qid, QueryRow(qid, prompt, qc or {}, bc or {}, user))
+                for qid, prompt, qc, bc, user, req in conn.execute(stmt):
+                    asked = ChatRequest.from_json(req).last_user_turn if req else None
+                    out.setdefault(qid, QueryRow(qid, prompt, qc or {}, bc or {}, user, asked))
             return [out[i] for i in query_ids if i in out]
 
         return self._tx(run)

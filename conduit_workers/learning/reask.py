@@ -46,7 +46,10 @@ class ReAskDetector:
         with_user = [r for r in rows if r.user]
         if not with_user:
             return []
-        vectors = {r.id: text_vector(r.prompt) for r in with_user}
+        # What the user asks now: a request's last user turn, not its system prompt and the
+        # conversation so far, which one user's requests share (with a shared system prompt of
+        # ~120 words, two different questions scored >= 0.9 and marked each other's answers).
+        vectors = {r.id: text_vector(r.asked or r.prompt) for r in with_user}
         users = sorted({r.user for r in with_user if r.user})
         try:
             recent = self.recent.recent(users)
