@@ -14,9 +14,17 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, celeryd_init, worker_ready
+from celery.signals import (
+    beat_init,
+    celeryd_init,
+    task_postrun,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+)
 
 import celeryconfig
+from conduit_workers.infra import gc_tuning
 from conduit_workers.infra.flower import apply_flower_defaults
 from conduit_workers.names import EXECUTE, FEEDBACK, ROLE_MODULES, SWEEP
 from conduit_workers.settings import get_settings
@@ -116,3 +124,19 @@ def _watch_broker_epoch(**_: Any) -> None:
 
 
 worker_ready.connect(_watch_broker_epoch, weak=False)
+
+
+# Fewer garbage collections (infra/gc_tuning.py): a larger young generation in every worker
+# process (the main one runs the threads pool's tasks), and what a process holds after its
+# first task (modules, the runtime) frozen out of every later collection.
+def _tune_gc(**_: Any) -> None:
+    gc_tuning.tune()
+
+
+def _freeze_gc(**_: Any) -> None:
+    gc_tuning.freeze_after_first_task()
+
+
+worker_init.connect(_tune_gc, weak=False)
+worker_process_init.connect(_tune_gc, weak=False)
+task_postrun.connect(_freeze_gc, weak=False)
