@@ -102,12 +102,22 @@ def _build(settings: Settings) -> State:
     def send_events(ids: list[str]) -> None:
         tasks.send(FEEDBACK, ids, chunk)
 
+    reasks = None
+    if s.retry.enabled:  # a user asking again: the earlier answer did not satisfy
+        from conduit_workers.learning.reask import ReAskDetector
+        from conduit_workers.learning.recent_prompts import RedisRecentPrompts
+
+        recent = RedisRecentPrompts(
+            store.client, r.key_prefix, s.retry.window_s, s.retry.window_prompts
+        )
+        reasks = ReAskDetector(recent, history, s.retry.threshold, send_events)
     recorder = HistoryRecorder(
         history,
         send_events,
         batch=s.gateway.write_batch,
         interval_s=s.gateway.write_interval_s,
         events_batch=chunk,
+        reasks=reasks,
     )
     gateway = Gateway(s, catalog, Decider(engine), llm, health, ledger, recorder)
     keys = KeyChecker(history, s.gateway.require_key, s.gateway.key_cache_s)

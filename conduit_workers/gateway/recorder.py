@@ -12,6 +12,11 @@ makes the writer go at once. While the database is unreachable the rows wait her
 written when it answers; a process killed in that window loses them (the answer was given and
 billed in Redis, but is not in the history). Events written but not sent when a process dies
 are in the history database, and the feedback sweep sends them.
+
+With a re-ask detector (``CONDUIT_RETRY__ENABLED``, on by default), the written calls of a
+``user`` go through it as the router's prompts do (``learning/reask.py``): a user asking again
+what they asked within ``CONDUIT_RETRY__WINDOW_S`` (their last user turns alike) gives the
+earlier answer a reward of 0. Here, behind the answers, in the writer's thread.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from conduit_workers.domain.records import QueryRow
 from conduit_workers.errors import StoreUnavailable
 from conduit_workers.history.history_gateway import CallRecord, GatewayHistory
+from conduit_workers.learning.reask import ReAskDetector
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +44,10 @@ class HistoryRecorder:
         interval_s: float = 0.05,
         send_interval_s: float = 0.25,
         events_batch: int = 256,
+        reasks: ReAskDetector | None = None,
     ) -> None:
         self.history = history
+        self.reasks = reasks
         self.send_events = send_events
         self.batch = batch
         self.interval_s = interval_s
@@ -139,11 +148,25 @@ class HistoryRecorder:
             log.error("history: %d answered calls not written (%s)", len(todo), type(exc).__name__)
             event_ids = []
         self._events.extend(event_ids)
+        self._detect_reasks(todo)
         with self._cond:
             del self._queue[: len(todo)]
             self._written += len(todo)
             self._cond.notify_all()
         return True
+
+    def _detect_reasks(self, written: list[CallRecord]) -> None:
+        """Re-asks among the written calls of a user (their events are stored and sent by the
+        detector); never fails the writer."""
+        if self.reasks is None:
+            return
+        rows = [QueryRow(r.query_id, r.prompt, {}, {}, r.user, r.asked) for r in written if r.user]
+        if not rows:
+            return
+        try:
+            self.reasks.detect(rows)
+        except Exception as exc:  # noqa: BLE001 - a learning signal, not the answer
+            log.warning("re-ask detection skipped for %d calls (%s)", len(rows), type(exc).__name__)
 
     def _send(self) -> None:
         ids, self._events = self._events, []

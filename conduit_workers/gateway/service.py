@@ -321,6 +321,7 @@ class Gateway:
                 query_id=p.query_id,
                 prompt=p.text,
                 user=p.request.user,
+                asked=p.request.last_user_turn if p.request.user else None,
                 batch_id=f"api-{p.key.name}-{utc_day()}",
                 tag=f"api:{p.key.name}",
                 metadata=meta,

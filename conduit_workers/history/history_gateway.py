@@ -58,6 +58,7 @@ class CallRecord:
     result: ResultRow
     events: tuple[FeedbackEvent, ...]
     external_id: str | None = None
+    asked: str | None = None  # the last user turn, for re-ask detection (not stored)
 
 
 def _api_key(row: Any) -> ApiKey:
