@@ -51,12 +51,23 @@ ratings have a mean within :data:`TRUST_T` standard errors of 0. A trusted model
 is then its mean prediction over the prompts decided there plus the residual mean shrunk by
 ``m / (m + w)`` (``m`` online ratings, ``w`` the offline weight ≤ 200), with variance
 ``s² / (m + w)``: the offline evidence counts as a prior that the posterior is right to within
-about ``s/√w`` (≈ 0.02) on the prompts the router sends there. A model whose online residuals
-disagree is estimated from its online ratings alone, as in a cold start. The reference is never
-trusted this way: its posterior soon leans on this stream's many reference ratings, so its
-residuals would confirm offline evidence from any domain (trusting it, and auditing less, saved
-up to 10 more points on the split-half files but let a warm start from MMLU end at 0.944 of the
-reference on routerbench).
+about ``s/√w`` (≈ 0.02) on the prompts the router sends there. Where the residuals say the model
+does *worse* than predicted, the shortfall counts in full (variance ``s²/m``): the router chose
+those prompts for it because they looked good, a selection no offline rating vouches for. A
+model whose online residuals disagree is estimated from its online ratings alone, as in a cold
+start. The reference is never trusted this way: its posterior soon leans on this stream's many
+reference ratings, so its residuals would confirm offline evidence from any domain (trusting
+it, and auditing less, saved up to 10 more points on the split-half files but let a warm start
+from MMLU end at 0.944 of the reference on routerbench).
+
+**The winner's curse of short streams.** The router keeps sending prompts to the model whose
+few ratings look best, so a stratum's mean from ``m`` ratings is biased up by about
+``σ·√(2 ln K / m)`` (the best of ``K`` noisy means). That bias is counted as variance: the
+variance of a model's stratum mean is widened by ``1 + 2 ln K / (m + 1)``
+(:func:`selection_factor`), and a model's prior is pooled from the *other* models' ratings
+only, so its first lucky ratings do not vouch for it twice. Without these, a 299-prompt stream
+sent 20+ prompts each to two models on one good rating (truly 0.23 and 0.45) and ended at 0.927
+of the reference.
 
 This module is pure arithmetic over counters; the counters live in a
 :class:`~conduit_workers.routing.floor_store.FloorStore` shared by every router process.
@@ -215,6 +226,10 @@ def _confirmed(m: float, r1: float, r2: float, w: float) -> tuple[float, float] 
     var = max(r2 / m - mean * mean, RESID_VAR_MIN)
     if abs(mean) > TRUST_T * math.sqrt(var / m):
         return None
+    if mean < 0:
+        # Below its predictions on the prompts the router chose for it (chosen because they
+        # looked good there: a selection the offline ratings cannot vouch for): counted in full.
+        return mean, var / m
     return mean * m / (m + w), var / (m + w)
 
 
@@ -225,9 +240,20 @@ def _alt_estimate(counts: FloorCounts, stratum: str, prior_mean: float) -> Strat
         m, counts.get(RESID, stratum), counts.get(RESID_SQ, stratum), counts.weight(stratum)
     )
     if ok is None or d <= 0 or pred <= 0:
-        return stratum_estimate(counts, stratum, prior_mean)
+        est = stratum_estimate(counts, stratum, prior_mean)
+        return Stratum(est.mean, est.var_of_mean * selection_factor(counts, stratum))
     shift, var = ok
     return Stratum(min(1.0, max(0.0, pred / d + shift)), var)
+
+
+def selection_factor(counts: FloorCounts, stratum: str) -> float:
+    """The factor on the variance of a model's stratum mean that covers the winner's curse:
+    the router keeps sending prompts to the model whose few ratings look best, and the best of
+    ``K`` means of ``m`` ratings each is biased up by about ``σ·√(2 ln K / m)``; that bias is
+    counted as variance, ``1 + 2 ln K / (m + 1)`` (``K``: the models this stream has sent
+    prompts to, the reference included). It fades as the model's ratings accumulate."""
+    k = max(2.0, 1.0 + sum(1 for s in counts.strata if s.startswith(ALT)))
+    return 1.0 + 2.0 * math.log(k) / (counts.get(RATED, stratum) + 1.0)
 
 
 def _strata_estimates(counts: FloorCounts) -> dict[str, Stratum] | None:
@@ -235,17 +261,18 @@ def _strata_estimates(counts: FloorCounts) -> dict[str, Stratum] | None:
         return None  # nothing known of the reference on this stream yet
     ref = stratum_estimate(counts, AUDIT, 0.5)
     out = {AUDIT: ref, POLICY: stratum_estimate(counts, POLICY, ref.mean)}
-    prior = _alt_prior(counts)
     for s in counts.strata:
         if s.startswith(ALT):
-            out[s] = _alt_estimate(counts, s, prior.mean)
+            out[s] = _alt_estimate(counts, s, _alt_prior(counts, s).mean)
     return out
 
 
-def _alt_prior(counts: FloorCounts) -> Stratum:
+def _alt_prior(counts: FloorCounts, own: str | None = None) -> Stratum:
     """A model never rated is valued at the pooled mean of the other models' ratings, itself
-    shrunk towards 1/2: pessimistic while nothing is known, fair once something is."""
-    alts = [s for s in counts.strata if s.startswith(ALT)]
+    shrunk towards 1/2: pessimistic while nothing is known, fair once something is. A rated
+    model's own ratings are left out of its prior (``own``): counted there too, a model's
+    first lucky ratings would vouch for it twice."""
+    alts = [s for s in counts.strata if s.startswith(ALT) and s != own]
     alt_n = sum(counts.get(RATED, s) for s in alts)
     alt_s = sum(counts.get(SUM, s) for s in alts)
     mean = (alt_s + PRIOR_RATINGS * 0.5) / (alt_n + PRIOR_RATINGS)

@@ -81,7 +81,7 @@ def test_reference_answers_earn_slack_and_a_poor_model_spends_it():
 
 
 def test_a_model_as_good_as_the_reference_takes_every_prompt():
-    c = counts(0.8, audit=(300, 90, 0.8), alt_cheap=(600, 180, 0.82))
+    c = counts(0.8, audit=(400, 120, 0.8), alt_cheap=(600, 180, 0.82))
     out = fl.gate(c, PARAMS, [fl.alt("cheap")] * 32, [False] * 32, [0.8] * 32)
     assert out == [fl.alt("cheap")] * 32
 
@@ -200,6 +200,56 @@ def test_offline_evidence_narrows_the_floor_only_where_the_stream_confirms_it():
     cold_off = fl.slack(_alt_counts(0.0, -0.25), 0.95)
     assert off is not None and cold_off is not None
     assert off.total == pytest.approx(cold_off.total) and off.sd == pytest.approx(cold_off.sd)
+
+
+def test_a_confirmed_model_below_its_predictions_counts_its_whole_shortfall():
+    # cheap's rated answers run 0.1 below the posterior's predictions on the prompts the router
+    # chose for it: within 2 standard errors of 0 on 60 ratings (confirmed), but the shortfall
+    # is counted in full rather than shrunk by the 200 offline ratings (the router chose those
+    # prompts because they looked good: a selection the offline ratings cannot vouch for).
+    below = fl.slack(_alt_counts(200.0, -0.1), 0.95)
+    cold = fl.slack(_alt_counts(0.0, -0.1), 0.95)
+    above = fl.slack(_alt_counts(200.0, 0.05), 0.95)
+    above_cold = fl.slack(_alt_counts(0.0, 0.05), 0.95)
+    assert below is not None and cold is not None and above is not None and above_cold
+    assert below.total == pytest.approx(cold.total, abs=0.01 * cold.n)
+    est = fl._strata_estimates(_alt_counts(200.0, -0.1))
+    assert est is not None
+    assert est[fl.alt("cheap")].mean == pytest.approx(0.85 - 0.1, abs=0.01)  # not 0.85 − 0.02
+    # Above its predictions the offline evidence still narrows the estimate.
+    assert above.sd < 0.7 * above_cold.sd
+
+
+def test_a_model_s_first_lucky_ratings_do_not_vouch_for_it_twice():
+    # One model besides the reference, two ratings, both good: its prior is not pooled from
+    # those same two ratings (it would read 0.88), only the neutral 1/2 (0.75).
+    c = counts(0.8, audit=(300, 90, 0.8), alt_cheap=(40, 2, 1.0))
+    est = fl._strata_estimates(c)
+    assert est is not None
+    assert est[fl.alt("cheap")].mean == pytest.approx((2 + 2 * 0.5) / 4)
+    # A second model's ratings do inform the first's prior.
+    c2 = counts(0.8, audit=(300, 90, 0.8), alt_cheap=(40, 2, 1.0), alt_other=(100, 30, 0.2))
+    est2 = fl._strata_estimates(c2)
+    assert est2 is not None and est2[fl.alt("cheap")].mean < est[fl.alt("cheap")].mean
+
+
+def test_a_model_with_few_ratings_is_held_to_a_wider_estimate():
+    # The winner's curse: the stream keeps the model whose few ratings look best; the variance
+    # of its mean is widened by 1 + 2 ln K / (m + 1), K the models tried, fading with ratings.
+    few = counts(0.8, audit=(300, 90, 0.8), alt_a=(20, 2, 1.0), alt_b=(20, 2, 0.5))
+    many = counts(0.8, audit=(300, 90, 0.8), alt_a=(20, 200, 1.0), alt_b=(20, 2, 0.5))
+    f_few = fl.selection_factor(few, fl.alt("a"))
+    assert f_few == pytest.approx(1 + 2 * math.log(3) / 3)
+    assert 1.0 < fl.selection_factor(many, fl.alt("a")) < 1.02
+    alone = counts(0.8, audit=(300, 90, 0.8), alt_a=(20, 2, 1.0))
+    assert fl.selection_factor(alone, fl.alt("a")) < f_few  # fewer models, less to select from
+    # The gate lets fewer prompts go to a model with two good ratings than to one with sixty.
+    lucky = counts(0.8, audit=(400, 120, 0.8), alt_cheap=(20, 2, 1.0))
+    known = counts(0.8, audit=(400, 120, 0.8), alt_cheap=(20, 60, 1.0))
+    want = [fl.alt("cheap")] * 32
+    n_lucky = fl.gate(lucky, PARAMS, want, [False] * 32, [0.8] * 32).count(fl.alt("cheap"))
+    n_known = fl.gate(known, PARAMS, want, [False] * 32, [0.8] * 32).count(fl.alt("cheap"))
+    assert n_lucky < n_known
 
 
 def test_pace_finds_the_least_lambda_that_fits():
