@@ -35,7 +35,7 @@ from conduit_workers.gateway.auth import KeyChecker
 from conduit_workers.gateway.deps import Key, State, state
 from conduit_workers.gateway.errors import ApiError
 from conduit_workers.gateway.idempotency import HEADER as IDEMPOTENCY_HEADER
-from conduit_workers.gateway.idempotency import REPLAYED, Idempotency
+from conduit_workers.gateway.idempotency import MAX_KEY_CHARS, REPLAYED, Idempotency
 from conduit_workers.gateway.producer import FEEDBACK, TaskSender
 from conduit_workers.gateway.responses import (
     chat_completion,
@@ -156,6 +156,18 @@ async def _idempotent_chat(
     return response
 
 
+# Read by _chat from the raw headers (not a FastAPI parameter, which would cost every call a
+# dependency); declared here so that the OpenAPI document shows it.
+_IDEMPOTENCY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+    "description": "A retry of a call with the same key and body gets the first answer again, "
+    "with no second model call (not with stream: true).",
+}
+
+
 async def _chat(body: ChatCompletionRequest, request: Request, key: ApiKey) -> Response:
     idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
     if idempotency_key is not None:
@@ -261,7 +273,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(batch_router)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra={"parameters": [_IDEMPOTENCY_PARAMETER]})
     async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key) -> Response:
         """OpenAI's chat completion. ``model``: ``conduit`` (routed) or a catalog model."""
         return await _chat(body, request, key)

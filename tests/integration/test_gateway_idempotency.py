@@ -125,3 +125,12 @@ def test_a_refused_call_leaves_the_key_free(api: Api) -> None:
         with pytest.raises(openai.RateLimitError, match="daily budget"):
             broke.chat.completions.create(**ASK, extra_headers={"Idempotency-Key": "k"})
     assert not api.redis.keys("*:idem:*")
+
+
+def test_the_openapi_document_declares_the_header(api: Api) -> None:
+    url = api.url.removesuffix("/v1") + "/openapi.json"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        spec = json.load(r)
+    params = spec["paths"]["/v1/chat/completions"]["post"].get("parameters", [])
+    header = [p for p in params if p["in"] == "header" and p["name"].lower() == "idempotency-key"]
+    assert header and header[0]["schema"]["maxLength"] == 255 and not header[0]["required"]
