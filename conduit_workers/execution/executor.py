@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -30,7 +29,7 @@ import redis
 from conduit_workers.celery_app import app
 from conduit_workers.domain.budget import OVER_BUDGET
 from conduit_workers.domain.catalog import Catalog
-from conduit_workers.domain.health import Admit, ModelHealth
+from conduit_workers.domain.health import ModelHealth
 from conduit_workers.domain.ports import LLM, BudgetLedger, History
 from conduit_workers.domain.records import ExecutionRow, ResultRow
 from conduit_workers.domain.rewards import FeedbackEvent, call_event
@@ -43,6 +42,7 @@ from conduit_workers.execution import cooldowns
 from conduit_workers.execution.budget_guard import CallBudget, call_budgets
 from conduit_workers.execution.call_metrics import CallMetrics, MeteredLLM
 from conduit_workers.execution.claims import ExecClaims
+from conduit_workers.execution.waiting import CallSlot, admit, backoff_s
 from conduit_workers.infra.runtime import chunks, runtime
 from conduit_workers.names import APPLY_EVENTS, EXECUTE_BATCH, FEEDBACK
 from conduit_workers.settings import BudgetSettings, ExecutorSettings, FeedbackSettings
@@ -61,62 +61,6 @@ class _Outcome:
     events: list[FeedbackEvent]
 
 
-def backoff_s(attempt: int, base_s: float, max_s: float, retry_after_s: float | None) -> float:
-    """Delay before retry number ``attempt`` (1-based): the provider's Retry-After when given,
-    else exponential with full jitter, so that many prompts do not retry in step."""
-    if retry_after_s is not None and retry_after_s > 0:
-        return float(min(retry_after_s, max_s))
-    return random.uniform(0, min(max_s, base_s * 2 ** (attempt - 1)))
-
-
-async def _admit(health: ModelHealth | None, model: str, force: bool, budget_s: float) -> bool:
-    """Wait at the model's rate-limit gate; False to fall back instead (cooling down, or rate
-    limited for longer than ``budget_s``). ``force``: the last candidate is called regardless."""
-    if health is None:
-        return True
-    waited = 0.0
-    while True:
-        admit, wait_s = health.acquire(model, time.monotonic())
-        if admit is Admit.GO:
-            return True
-        if admit is Admit.SKIP:
-            return force
-        if not force and waited + wait_s > budget_s:
-            return False
-        await asyncio.sleep(wait_s)
-        waited += wait_s
-
-
-class _Slot:
-    """One prompt's call slot (of the process's ``executor.concurrency``), given back while the
-    prompt only waits for its budget (:meth:`pause`): up to ``budget.hold_wait_s`` (150 s) for
-    holds of calls in flight, or of calls whose worker died, to settle or expire. Kept, such
-    waits filled every slot and stalled the other batches' prompts of the process."""
-
-    def __init__(self, slots: asyncio.Semaphore) -> None:
-        self.slots = slots
-        self.held = False
-
-    async def __aenter__(self) -> _Slot:
-        await self.slots.acquire()
-        self.held = True
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.held:
-            self.held = False
-            self.slots.release()
-
-    async def pause(self, seconds: float) -> None:
-        """Sleep without the slot, then take one again (a cancellation on the way leaves
-        none held)."""
-        self.held = False
-        self.slots.release()
-        await asyncio.sleep(seconds)
-        await self.slots.acquire()
-        self.held = True
-
-
 async def _execute_one(
     row: ExecutionRow,
     llm: LLM,
@@ -126,7 +70,7 @@ async def _execute_one(
     health: ModelHealth | None = None,
     callable_models: Collection[str] | None = None,
     budget: CallBudget | None = None,
-    slot: _Slot | None = None,
+    slot: CallSlot | None = None,
 ) -> _Outcome:
     if row.model is None:
         return _Outcome(
@@ -161,7 +105,7 @@ async def _execute_one(
         wait_until = time.monotonic() + ex.rate_limit_wait_s
         while failures < ex.max_attempts:
             budget_s = max(0.0, wait_until - time.monotonic())
-            if not await _admit(health, model, force, budget_s):
+            if not await admit(health, model, force, budget_s):
                 break
             held = (
                 await budget.reserve(model, slot.pause if slot is not None else asyncio.sleep)
@@ -387,7 +331,7 @@ async def handle_execute_batch(
             )
 
         async def bounded(row: ExecutionRow) -> _Outcome:
-            async with _Slot(sem) as slot:
+            async with CallSlot(sem) as slot:
                 return await _execute_one(
                     row,
                     llm,
