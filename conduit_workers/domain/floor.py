@@ -79,20 +79,22 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from conduit_workers.domain.floor_calibration import (
+    CAL,
+    CAL_U,
+    PRIOR_RATINGS,
+    PRIOR_VARIANCE,
+    calibration,
+)
+
 AUDIT = "ref:audit"  # the reference, chosen without looking at the prompt
 POLICY = "ref:policy"  # the reference, chosen by the policy (or forced by the gate)
 ALT = "alt:"  # prefix of every other model's stratum
 LOG_LAMBDA = "log_lambda"  # the dual variable's field
 ALT_PRED = "p:alt"  # Σ of the reference's predicted quality over the prompts sent elsewhere
-# The calibration's sums over rated reference answers: count, Σp, Σp², Σr, Σpr, Σr².
-CAL = ("c:n", "c:p", "c:pp", "c:r", "c:pr", "c:rr")
-# The prompts' easiness beside the reference's own prediction: ``u``, the best predicted quality
-# among the other models. Σu over the prompts sent elsewhere, and over the rated reference
-# answers that carry it: count, Σp, Σr, Σu, Σu², Σpu, Σur.
+# Σ of the best other model's predicted quality over the prompts sent elsewhere (the calibration's
+# easiness term, :mod:`conduit_workers.domain.floor_calibration`).
 ALT_BEST = "u:alt"
-CAL_U = ("c:un", "c:up", "c:ur0", "c:u", "c:uu", "c:pu", "c:ur")
-CAL_LEVEL_PRIOR = 1.0  # pseudo-ratings of quality 1 behind the calibration's level
-CAL_SLOPE_PRIOR = 0.05  # Σ(p − p̄)² worth of prior on a slope of 1
 
 # Field prefixes of the counters: prompts decided, ratings received, their sum and squares.
 DECIDED, RATED, SUM, SQUARES = "d:", "n:", "s:", "ss:"
@@ -105,9 +107,6 @@ OFFLINE_WEIGHT = "w:"
 TRUST_MIN_RATINGS = 10.0  # online ratings of a model before its offline evidence is trusted
 TRUST_T = 2.0  # residual mean within this many standard errors of 0: confirmed
 RESID_VAR_MIN = 0.01  # a floor on the residuals' variance (few ratings can look too tidy)
-
-PRIOR_RATINGS = 2.0  # pseudo-ratings behind every stratum's mean
-PRIOR_VARIANCE = 0.25  # of a quality in [0, 1]: the largest there is
 
 
 def alt(model: str) -> str:
@@ -277,82 +276,6 @@ def _alt_prior(counts: FloorCounts, own: str | None = None) -> Stratum:
     alt_s = sum(counts.get(SUM, s) for s in alts)
     mean = (alt_s + PRIOR_RATINGS * 0.5) / (alt_n + PRIOR_RATINGS)
     return Stratum(mean, PRIOR_VARIANCE / PRIOR_RATINGS / PRIOR_RATINGS)
-
-
-def calibration(counts: FloorCounts) -> Calibration:
-    """``q_ref ≈ a + b·(p − p̄)`` over the rated reference answers of the stream, centred on
-    their mean prediction ``p̄``: the level ``a`` is the mean of those ratings (shrunk towards
-    1, pessimistic, by one pseudo-rating), the slope ``b`` starts at 1 (the posterior's
-    *relative* predictions taken at their word) and follows the ratings as they spread."""
-    n, sp, spp, sr, spr, srr = (counts.fields.get(k, 0.0) for k in CAL)
-    p_bar = sp / n if n > 0 else 0.0
-    sxx = max(spp - n * p_bar * p_bar, 0.0)
-    sxr = spr - p_bar * sr
-    ka, kb = CAL_LEVEL_PRIOR, CAL_SLOPE_PRIOR
-    a = (sr + ka * 1.0) / (n + ka)
-    b = (sxr + kb * 1.0) / (sxx + kb)
-    # Residuals of the fit, the prior's pseudo-observations counted as residuals too.
-    rss = srr - 2 * (a * sr + b * (spr - p_bar * sr)) + n * a * a + b * b * sxx
-    rss += ka * (a - 1.0) ** 2 + kb * (b - 1.0) ** 2
-    var = (max(rss, 0.0) + PRIOR_RATINGS * PRIOR_VARIANCE) / (n + PRIOR_RATINGS)
-    var_a = var / (n + ka)
-    un, up, ur0, su, suu, spu, sur = (counts.fields.get(k, 0.0) for k in CAL_U)
-    u_bar = su / un if un > 0 else 0.0
-    p_bar_u = up / un if un > 0 else 0.0
-    return Calibration(
-        a,
-        b,
-        p_bar,
-        var_a,
-        var / (sxx + kb),
-        var=var,
-        u_bar=u_bar,
-        suu=max(suu - un * u_bar * u_bar, 0.0),
-        spu=spu - un * p_bar_u * u_bar,
-        sur=sur - u_bar * ur0,
-        has_u=un > 0,
-    )
-
-
-@dataclass(frozen=True)
-class Calibration:
-    a: float
-    b: float
-    p_bar: float
-    var_a: float
-    var_b: float
-    # The easiness term: the calibration's residuals regressed on ``u`` (centred sums over the
-    # rated reference answers that carry it) and the residuals' variance.
-    var: float = PRIOR_VARIANCE
-    u_bar: float = 0.0
-    suu: float = 0.0
-    spu: float = 0.0
-    sur: float = 0.0
-    has_u: bool = False
-
-    def total(
-        self, count: float, pred_sum: float, best_sum: float | None = None
-    ) -> tuple[float, float]:
-        """Σ q_ref over ``count`` prompts whose predictions sum to ``pred_sum`` (and the best
-        other model's predictions to ``best_sum``), and its variance."""
-        dev = pred_sum - count * self.p_bar
-        # The slope on the side that cannot flatter the floor: where those prompts are predicted
-        # easier for the reference than its rated ones, at least the posterior's own difference
-        # (a fitted slope below 1 would shrink it), and at most it where they are predicted harder.
-        b = max(self.b, 1.0) if dev > 0 else min(self.b, 1.0)
-        total = self.a * count + b * dev
-        var = count * count * self.var_a + dev * dev * self.var_b
-        if self.has_u and best_sum is not None:
-            # Prompts go elsewhere where another model looks good, i.e. mostly easy ones: where
-            # the reference's rated answers say its quality rises with that (beyond its own
-            # prediction), count it, on the side that cannot flatter the floor.
-            dev_u = best_sum - count * self.u_bar
-            k = CAL_SLOPE_PRIOR
-            c = (self.sur - b * self.spu) / (self.suu + k)
-            c = max(c, 0.0) if dev_u > 0 else min(c, 0.0)
-            total += c * dev_u
-            var += dev_u * dev_u * self.var / (self.suu + k)
-        return total, var
 
 
 def slack(
