@@ -49,9 +49,8 @@ _PERMANENT_HINT = {
 
 
 HTTP_CLIENTS = ("direct", "aiohttp", "httpx2")
-# The request parameters of every call (no tools, no output schema): one object, so that a
-# model can keep what it prepared for it (``OpenAIHttpModel._prepare``); pydantic-ai's
-# ``model_request`` makes an equal one per call when given none.
+# The request parameters of every call (no tools, no output schema): one object;
+# pydantic-ai's ``model_request`` makes an equal one per call when given none.
 NO_PARAMETERS = ModelRequestParameters()
 
 

@@ -54,20 +54,6 @@ _BODY_SETTINGS = (
     "logit_bias",
 )
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
-_PREPARED_MAX = 64  # distinct (settings, parameters) whose prepare_request answer is kept
-
-
-def _settings_key(settings: ModelSettings | None) -> tuple[tuple[str, Any], ...] | None:
-    """A hashable key of ``settings``; None when a value is not hashable (stop lists, extra
-    bodies): such calls are prepared every time."""
-    if not settings:
-        return ()
-    key = tuple(sorted(settings.items()))
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
 
 
 def http_error(status: int, model_name: str, body: object, headers: Mapping[str, str]) -> Exception:
@@ -187,10 +173,6 @@ class OpenAIHttpModel(Model):
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session = session
         self._timeout_s = timeout_s
-        self._prepared: dict[
-            tuple[tuple[str, Any], ...],
-            tuple[ModelRequestParameters, tuple[ModelSettings | None, ModelRequestParameters]],
-        ] = {}
 
     @property
     def model_name(self) -> str:
@@ -239,33 +221,6 @@ class OpenAIHttpModel(Model):
             body.update(extra)  # response_format, user, provider-specific fields
         return body
 
-    def _prepare(
-        self, model_settings: ModelSettings | None, params: ModelRequestParameters
-    ) -> tuple[ModelSettings | None, ModelRequestParameters]:
-        """``prepare_request``'s answer, remembered for the same settings and the same
-        parameters object, for calls through pydantic-ai's ``model_request`` (LLMClient's own
-        calls go through :meth:`chat`, which prepares nothing).
-
-        pydantic-ai's ``prepare_request`` merges and checks the settings and resolves the
-        parameters (~40 µs of CPU per call, the same answer every time for the executor's
-        calls); its answer depends on nothing else, and neither it nor ``request`` changes
-        what it returns. Settings with unhashable values, and other parameter objects (a new
-        one per call elsewhere), are prepared every time.
-        """
-        key = _settings_key(model_settings)
-        if key is None:
-            return self.prepare_request(model_settings, params)
-        hit = self._prepared.get(key)
-        if hit is not None and hit[0] is params:
-            return hit[1]
-        settings, prepared = self.prepare_request(model_settings, params)
-        if len(self._prepared) >= _PREPARED_MAX:
-            self._prepared.clear()
-        # A copy: the caller's dict (when merge_model_settings returns it) is not ours to keep.
-        kept = ModelSettings(**settings) if settings is not None else None
-        self._prepared[key] = (params, (kept, prepared))
-        return kept, prepared
-
     async def _post(self, body: dict[str, Any], settings: Mapping[str, Any]) -> Any:
         """POST the body; the decoded answer, or pydantic-ai's error for the failure."""
         timeout = settings.get("timeout", self._timeout_s)
@@ -305,7 +260,7 @@ class OpenAIHttpModel(Model):
         model_settings: ModelSettings | None,
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
-        settings, params = self._prepare(model_settings, model_request_parameters)
+        settings, params = self.prepare_request(model_settings, model_request_parameters)
         data = await self._post(self._body(messages, settings, params), settings or {})
         choice = data["choices"][0]
         content = choice["message"].get("content") or ""

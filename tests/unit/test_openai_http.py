@@ -280,63 +280,6 @@ def test_a_call_that_outlasts_its_timeout_ends_as_a_retryable_timeout(
         asyncio.run(call())
 
 
-def test_prepared_once_per_settings_and_every_body_still_its_own(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The executor's calls share their settings: pydantic-ai's prepare_request runs once per
-    distinct settings, and each call still sends its own prompt and cap; settings that cannot
-    be a key (a stop list) and other parameter objects are prepared every time."""
-    from conduit_workers.execution.llm import NO_PARAMETERS
-
-    bodies: list[dict[str, Any]] = []
-    prepared: list[Any] = []
-    real = OpenAIHttpModel.prepare_request
-
-    def counting(self: OpenAIHttpModel, settings: Any, params: Any) -> Any:
-        prepared.append(settings)
-        return real(self, settings, params)
-
-    monkeypatch.setattr(OpenAIHttpModel, "prepare_request", counting)
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        bodies.append(await request.json())
-        return web.json_response(OK)
-
-    calls = [
-        ("p1", {"max_tokens": 5, "timeout": 9.0}, NO_PARAMETERS),
-        ("p2", {"max_tokens": 5, "timeout": 9.0}, NO_PARAMETERS),
-        ("p3", {"max_tokens": 6, "timeout": 9.0}, NO_PARAMETERS),
-        ("p4", {"max_tokens": 5, "timeout": 9.0}, NO_PARAMETERS),
-        ("p5", {"max_tokens": 5, "stop_sequences": ["x"]}, NO_PARAMETERS),
-        ("p6", {"max_tokens": 5, "stop_sequences": ["x"]}, NO_PARAMETERS),
-        ("p7", {"max_tokens": 5, "timeout": 9.0}, ModelRequestParameters()),
-    ]
-
-    async def body(url: str) -> Any:
-        session = SharedSession()
-        model = OpenAIHttpModel("m", session=session, base_url=url)
-        try:
-            for prompt, settings, params in calls:
-                settings = dict(settings)
-                done = await model_request(
-                    model,
-                    [ModelRequest.user_text_prompt(prompt)],
-                    model_settings=settings,  # type: ignore[arg-type]
-                    model_request_parameters=params,
-                )
-                assert done.text == "4"
-                settings["max_tokens"] = 99  # the caller's dict is not kept
-        finally:
-            await session.close()
-
-    _serve(handler, body)
-    assert [b["messages"][0]["content"] for b in bodies] == [c[0] for c in calls]
-    assert [b["max_tokens"] for b in bodies] == [5, 5, 6, 5, 5, 5, 5]
-    assert [b.get("stop") for b in bodies] == [None] * 4 + [["x"], ["x"], None]
-    # p1 and p3 prepared (p2 and p4 reuse them), p5 and p6 each time, p7 (another object).
-    assert len(prepared) == 5
-
-
 CHAT = ChatRequest(
     messages=(
         ChatMessage("system", "Be brief."),
