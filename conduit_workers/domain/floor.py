@@ -232,7 +232,7 @@ def _confirmed(m: float, r1: float, r2: float, w: float) -> tuple[float, float] 
     return mean * m / (m + w), var / (m + w)
 
 
-def _alt_estimate(counts: FloorCounts, stratum: str, prior_mean: float) -> Stratum:
+def _alt_estimate(counts: FloorCounts, stratum: str, prior_mean: float, models: float) -> Stratum:
     d, m = counts.get(DECIDED, stratum), counts.get(RESID_N, stratum)
     pred = counts.get(PREDICTED, stratum)
     ok = _confirmed(
@@ -240,18 +240,19 @@ def _alt_estimate(counts: FloorCounts, stratum: str, prior_mean: float) -> Strat
     )
     if ok is None or d <= 0 or pred <= 0:
         est = stratum_estimate(counts, stratum, prior_mean)
-        return Stratum(est.mean, est.var_of_mean * selection_factor(counts, stratum))
+        return Stratum(est.mean, est.var_of_mean * selection_factor(counts, stratum, models))
     shift, var = ok
     return Stratum(min(1.0, max(0.0, pred / d + shift)), var)
 
 
-def selection_factor(counts: FloorCounts, stratum: str) -> float:
+def selection_factor(counts: FloorCounts, stratum: str, models: float | None = None) -> float:
     """The factor on the variance of a model's stratum mean that covers the winner's curse:
     the router keeps sending prompts to the model whose few ratings look best, and the best of
     ``K`` means of ``m`` ratings each is biased up by about ``σ·√(2 ln K / m)``; that bias is
     counted as variance, ``1 + 2 ln K / (m + 1)`` (``K``: the models this stream has sent
-    prompts to, the reference included). It fades as the model's ratings accumulate."""
-    k = max(2.0, 1.0 + sum(1 for s in counts.strata if s.startswith(ALT)))
+    prompts to, the reference included; ``models``, when the caller has counted them). It
+    fades as the model's ratings accumulate."""
+    k = models if models is not None else _models_tried(_alts(counts))
     return 1.0 + 2.0 * math.log(k) / (counts.get(RATED, stratum) + 1.0)
 
 
@@ -260,21 +261,39 @@ def _strata_estimates(counts: FloorCounts) -> dict[str, Stratum] | None:
         return None  # nothing known of the reference on this stream yet
     ref = stratum_estimate(counts, AUDIT, 0.5)
     out = {AUDIT: ref, POLICY: stratum_estimate(counts, POLICY, ref.mean)}
-    for s in counts.strata:
-        if s.startswith(ALT):
-            out[s] = _alt_estimate(counts, s, _alt_prior(counts, s).mean)
+    alts = _alts(counts)
+    models = _models_tried(alts)
+    alt_n = sum(counts.get(RATED, s) for s in alts)
+    alt_s = sum(counts.get(SUM, s) for s in alts)
+    for s in alts:
+        # A model's own ratings are left out of its prior: counted there too, its first lucky
+        # ratings would vouch for it twice.
+        prior = _pooled_mean(alt_n - counts.get(RATED, s), alt_s - counts.get(SUM, s))
+        out[s] = _alt_estimate(counts, s, prior, models)
     return out
 
 
-def _alt_prior(counts: FloorCounts, own: str | None = None) -> Stratum:
+def _alts(counts: FloorCounts) -> list[str]:
+    return [s for s in counts.strata if s.startswith(ALT)]
+
+
+def _models_tried(alts: list[str]) -> float:
+    """``K`` of :func:`selection_factor`: the models tried, the reference included (≥ 2)."""
+    return max(2.0, 1.0 + len(alts))
+
+
+def _pooled_mean(rated: float, total: float) -> float:
+    return (total + PRIOR_RATINGS * 0.5) / (rated + PRIOR_RATINGS)
+
+
+def _alt_prior(counts: FloorCounts) -> Stratum:
     """A model never rated is valued at the pooled mean of the other models' ratings, itself
-    shrunk towards 1/2: pessimistic while nothing is known, fair once something is. A rated
-    model's own ratings are left out of its prior (``own``): counted there too, a model's
-    first lucky ratings would vouch for it twice."""
-    alts = [s for s in counts.strata if s.startswith(ALT) and s != own]
-    alt_n = sum(counts.get(RATED, s) for s in alts)
-    alt_s = sum(counts.get(SUM, s) for s in alts)
-    mean = (alt_s + PRIOR_RATINGS * 0.5) / (alt_n + PRIOR_RATINGS)
+    shrunk towards 1/2: pessimistic while nothing is known, fair once something is (a rated
+    model's prior leaves its own ratings out: :func:`_strata_estimates`)."""
+    alts = _alts(counts)
+    mean = _pooled_mean(
+        sum(counts.get(RATED, s) for s in alts), sum(counts.get(SUM, s) for s in alts)
+    )
     return Stratum(mean, PRIOR_VARIANCE / PRIOR_RATINGS / PRIOR_RATINGS)
 
 
