@@ -201,6 +201,10 @@ class ExecutorSettings(BaseModel):
     # its execute tasks and redelivered) leaves them to the first. The claim ends with its task,
     # or after this long when its worker died and the task never came back.
     claim_ttl_s: int = Field(default=900, ge=1)
+    # Answers called while the history database is unreachable are kept in Redis until a retry
+    # stores them (``execution/answer_stash.py``), so the retry does not call them again; for
+    # at most this long.
+    stash_ttl_s: int = Field(default=86400, ge=1)
     # How OpenAI and OpenAI-compatible models are called, one HTTP client per process shared by
     # all models: "direct" (Conduit's pydantic-ai model posting chat completions with aiohttp,
     # no SDK: text prompts only, ~0.3 ms of CPU per call), "aiohttp" (pydantic-ai's OpenAI

@@ -37,8 +37,10 @@ from conduit_workers.errors import (
     ConfigError,
     PermanentProviderError,
     ProviderError,
+    StoreUnavailable,
 )
 from conduit_workers.execution import cooldowns
+from conduit_workers.execution.answer_stash import AnswerStash
 from conduit_workers.execution.budget_guard import CallBudget, call_budgets
 from conduit_workers.execution.call_metrics import CallMetrics, MeteredLLM
 from conduit_workers.execution.claims import ExecClaims
@@ -284,6 +286,7 @@ async def handle_execute_batch(
     callable_models: Collection[str] | None = None,
     ledger: BudgetLedger | None = None,
     budget_settings: BudgetSettings | None = None,
+    stash: AnswerStash | None = None,
 ) -> tuple[list[ResultRow], list[str]]:
     """Answer the chunk's decided, unanswered prompts; return the new results and the ids of
     the feedback events to apply.
@@ -298,12 +301,21 @@ async def handle_execute_batch(
 
     Per prompt, never per chunk: a prompt whose models cannot be called here is re-routed or
     ends as ``unavailable``, and should one prompt raise, the answers of the others are stored
-    before the error propagates, so that a redelivery never pays for them again.
+    before the error propagates, so that a redelivery never pays for them again. Answers that
+    cannot be stored (the history database unreachable) go to the ``stash`` before the error
+    propagates, and a prompt with a stashed answer is stored, not called
+    (:mod:`conduit_workers.execution.answer_stash`).
     """
     rows = await asyncio.to_thread(history.load_for_execution, query_ids)
     results: list[ResultRow] = []
     fresh: set[str] = set()
-    if rows:
+    stashed: dict[str, tuple[ResultRow, list[FeedbackEvent]]] = {}
+    if rows and stash is not None:
+        stashed = await asyncio.to_thread(stash.take, [r.query_id for r in rows])
+        if stashed:
+            log.info("%d answers of an earlier attempt stored, not called again", len(stashed))
+            rows = [r for r in rows if r.query_id not in stashed]
+    if rows or stashed:
         sem = slots if slots is not None else asyncio.Semaphore(ex.concurrency)
         budgets: dict[str, CallBudget] = {}
         if ledger is not None:
@@ -346,9 +358,18 @@ async def handle_execute_batch(
 
         done = await asyncio.gather(*(bounded(r) for r in rows), return_exceptions=True)
         outcomes = [o for o in done if isinstance(o, _Outcome)]
+        outcomes += [_Outcome(r, evs) for r, evs in stashed.values()]
         results = [o.result for o in outcomes]
         events = [e for o in outcomes for e in o.events]
-        fresh = set(await asyncio.to_thread(history.record_results, results, events))
+        try:
+            fresh = set(await asyncio.to_thread(history.record_results, results, events))
+        except StoreUnavailable:
+            if stash is not None:  # kept for the retry (the stashed ones are kept already)
+                new = [(o.result, o.events) for o in outcomes if o.result.query_id not in stashed]
+                await asyncio.to_thread(stash.put, new)
+            raise
+        if stash is not None and stashed:
+            await asyncio.to_thread(stash.drop, sorted(stashed))
         failed = [e for e in done if isinstance(e, BaseException)]
         if failed:
             raise failed[0]
@@ -437,6 +458,11 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
                 rt.callable_models,
                 rt.budget_ledger,
                 rt.settings.budget,
+                AnswerStash(
+                    rt.store.client,
+                    rt.settings.redis.key_prefix,
+                    rt.settings.executor.stash_ttl_s,
+                ),
             )
         )
     finally:

@@ -83,6 +83,11 @@ key                                          type    content, expiry
                                                      prompt's call; deleted when the task ends,
                                                      expires after ``executor.claim_ttl_s``
                                                      (``execution/claims.py``)
+``P:stash:<query id>``                       string  JSON of a prompt's result and its implicit
+                                                     events, called but not stored (history
+                                                     database unreachable); deleted once stored,
+                                                     expires after ``executor.stash_ttl_s``
+                                                     (``execution/answer_stash.py``)
 ``P:idem:<hash>``                            string  an HTTP call's ``Idempotency-Key``: JSON
                                                      ``{digest}`` of its body while it is
                                                      answered (expires after the call's longest
@@ -96,7 +101,8 @@ key                                          type    content, expiry
                                                      renewed (``beat_lock.py``)
 ===========================================  ======  ==========================================
 
-No key holds prompt text: prompt hashes, ids and vectors only (``P:idem`` holds answers).
+No key holds prompt text: prompt hashes, ids and vectors only (``P:idem`` and ``P:stash`` hold
+answers).
 """
 
 from __future__ import annotations
@@ -118,6 +124,9 @@ class RedisKeys:
 
     def exec_claim(self, query_id: str) -> str:
         return f"{self.prefix}:exec:{query_id}"
+
+    def answer_stash(self, query_id: str) -> str:
+        return f"{self.prefix}:stash:{query_id}"
 
     def idempotency(self, slot: str) -> str:
         return f"{self.prefix}:idem:{slot}"

@@ -1,0 +1,81 @@
+"""Answers called but not stored: kept in Redis until the history database takes them.
+
+An execute task stores its chunk's results and their implicit feedback in one transaction after
+the calls. When that transaction cannot be made (the history database unreachable past
+``database.retry_for_s``), the task is retried by Celery and, before this module, called the
+models again: the provider billed each prompt twice. Now the task first puts the answers it could
+not store here (one Redis string per prompt, ``P:stash:<query id>``, JSON of the result and its
+events), and every execute task takes the stashed answers of its prompts before calling: a
+stashed prompt is stored, not called. The entry is deleted once its result is stored; it
+expires after ``executor.stash_ttl_s`` (a longer outage calls again).
+
+The answer text is in the entry, as in the history database; no prompt text is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import redis
+
+from conduit_workers.domain.records import ResultRow
+from conduit_workers.domain.rewards import FeedbackEvent
+from conduit_workers.infra.keys import RedisKeys
+
+log = logging.getLogger(__name__)
+
+Stashed = tuple[ResultRow, list[FeedbackEvent]]
+
+
+class AnswerStash:
+    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int) -> None:
+        self.client = client
+        self.keys = RedisKeys(prefix)
+        self.ttl_s = ttl_s
+
+    def put(self, answers: Sequence[Stashed]) -> int:
+        """Keep ``answers`` (result, events) until stored; returns how many were kept (none
+        while Redis is unreachable: the retry then calls those prompts again, as before)."""
+        if not answers:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for result, events in answers:
+            body = {"result": asdict(result), "events": [asdict(e) for e in events]}
+            pipe.set(self.keys.answer_stash(result.query_id), json.dumps(body), ex=self.ttl_s)
+        try:
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("%d answers not stashed (%s): a retry calls them again", len(answers), exc)
+            return 0
+        return len(answers)
+
+    def take(self, query_ids: Sequence[str]) -> dict[str, Stashed]:
+        """The stashed answers of ``query_ids`` (one MGET; none while Redis is unreachable)."""
+        if not query_ids:
+            return {}
+        try:
+            raw = self.client.mget([self.keys.answer_stash(q) for q in query_ids])
+        except (redis.RedisError, OSError) as exc:
+            log.warning("answer stash unavailable (%s): no stashed answers used", exc)
+            return {}
+        out: dict[str, Stashed] = {}
+        for q, body in zip(query_ids, raw, strict=True):
+            if body is None:
+                continue
+            data = json.loads(body)
+            result = ResultRow(**data["result"])
+            if result.query_id == q:
+                out[q] = (result, [FeedbackEvent(**e) for e in data["events"]])
+        return out
+
+    def drop(self, query_ids: Sequence[str]) -> None:
+        """Forget stashed answers once stored (they expire anyway)."""
+        if not query_ids:
+            return
+        try:
+            self.client.delete(*(self.keys.answer_stash(q) for q in query_ids))
+        except (redis.RedisError, OSError) as exc:
+            log.warning("stashed answers not deleted (%s); they expire", exc)
