@@ -46,6 +46,7 @@ from conduit_workers.gateway.responses import (
 from conduit_workers.gateway.schemas import ROUTED, ChatCompletionRequest, FeedbackRequest
 from conduit_workers.gateway.service import Gateway
 from conduit_workers.history.history_gateway import ApiKey, GatewayHistory
+from conduit_workers.infra import gc_tuning
 from conduit_workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s = settings or get_settings()
         st = await asyncio.to_thread(_build, s)
         app.state.conduit = st
+        # Fewer garbage collections, as in the workers (infra/gc_tuning.py): a larger young
+        # generation, and what the process holds once built (modules, catalog, engine)
+        # frozen out of every later collection.
+        gc_tuning.tune()
+        gc_tuning.freeze_after_first_task()
         try:
             yield
         finally:
