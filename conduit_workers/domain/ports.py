@@ -56,14 +56,10 @@ class PosteriorStore(Protocol):
 
 
 class FloorStore(Protocol):
-    """Counters per quality-floor stream, changed atomically and at most once per update id;
-    and the mark of each prompt routed under a floor, until its answer is rated."""
+    """Counters per quality-floor stream, changed atomically and at most once per update id
+    (each prompt's mark, where its rating counts, is kept with its decision in the history)."""
 
     def read(self, stream: str) -> dict[str, float]: ...
-
-    def mark(self, marks: dict[str, str]) -> None: ...
-
-    def marks(self, query_ids: list[str]) -> dict[str, str]: ...
 
     def apply(
         self,
@@ -191,6 +187,11 @@ class History(Protocol):
     ) -> tuple[list[FeedbackEvent], dict[str, Array]]:
         """Claim the unclaimed events for ``update_id``; every unapplied event this id owns,
         with the decision contexts of their prompts."""
+        ...
+
+    def floor_marks(self, query_ids: Sequence[str]) -> dict[str, str]:
+        """The quality-floor mark (``DecisionRow.floor_mark``) of each of these prompts that was
+        routed under a floor."""
         ...
 
     def mark_applied(self, update_id: str) -> None: ...

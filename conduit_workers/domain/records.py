@@ -45,8 +45,15 @@ class DecisionRow:
     reason: str | None = None
     # Where the answer counts when the prompt was routed under a quality floor (a
     # quality_floor.FloorMark); a rating of the answer feeds that stream's estimate
-    # (RoutingEngine.rate_floors). Not stored.
+    # (RoutingEngine.rate_floors; the feedback worker reads it back from the history database).
     floor: Any = None
+
+    @property
+    def floor_mark(self) -> str | None:
+        """The floor mark as stored in the decision's row (None: not routed under a floor)."""
+        if self.floor is None or self.model is None:
+            return None
+        return str(self.floor.encode(self.model))
 
 
 @dataclass(frozen=True)

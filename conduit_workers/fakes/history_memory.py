@@ -191,6 +191,14 @@ class InMemoryHistory:
             if e.query_id in self.decisions and self.decisions[e.query_id].features
         }
 
+    def floor_marks(self, query_ids: Sequence[str]) -> dict[str, str]:
+        out = {}
+        for q in query_ids:
+            mark = self.decisions[q].floor_mark if q in self.decisions else None
+            if mark is not None:
+                out[q] = mark
+        return out
+
     def claim_feedback(
         self, event_ids: Sequence[str], update_id: str
     ) -> tuple[list[FeedbackEvent], dict[str, Array]]:

@@ -270,6 +270,7 @@ class SqlHistory(FeedbackHistory):
                 "posterior_versions": r.posterior_versions,
                 "reason": r.reason,
                 "created_at": ts,
+                "floor_mark": r.floor_mark,
             }
             for r in rows
         ]

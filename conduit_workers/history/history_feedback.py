@@ -67,6 +67,23 @@ class FeedbackHistory(SqlBase):
 
         return self._tx(run)
 
+    def floor_marks(self, query_ids: Sequence[str]) -> dict[str, str]:
+        """The quality-floor mark of each of these prompts routed under a floor."""
+        d = t.decisions
+
+        def run(conn: Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for part in chunks(list(query_ids), 1000):
+                rows = conn.execute(
+                    select(d.c.query_id, d.c.floor_mark).where(
+                        d.c.query_id.in_(part), d.c.floor_mark.is_not(None)
+                    )
+                )
+                out.update({q: m for q, m in rows})
+            return out
+
+        return self._tx(run) if query_ids else {}
+
     def mark_applied(self, update_id: str) -> None:
         f = t.feedback
         self._tx(

@@ -164,7 +164,14 @@ class GatewayHistory(SqlHistory, ApiBatchHistory):
             for r in records
         ]
         links = [{"batch_id": r.batch_id, "query_id": r.query_id, "line": None} for r in records]
-        decisions = [{**r.decision.__dict__, "created_at": ts} for r in records]
+        decisions = [
+            {
+                **{k: v for k, v in r.decision.__dict__.items() if k != "floor"},
+                "floor_mark": r.decision.floor_mark,
+                "created_at": ts,
+            }
+            for r in records
+        ]
         results = [{**r.result.__dict__, "created_at": ts} for r in records]
         events = [event_row(e, ts) for r in records for e in r.events]
 

@@ -79,6 +79,9 @@ decisions = Table(
     Column("posterior_versions", JSON, nullable=False),
     Column("reason", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    # Where the answer counts under a quality floor (quality_floor.FloorMark.encode): its
+    # rating feeds that stream's estimate. NULL: routed without a floor.
+    Column("floor_mark", Text, nullable=True),
 )
 
 results = Table(

@@ -29,13 +29,6 @@ key                                          type    content, expiry
                                                      ratings. No expiry (``floor_store.py``)
 ``P:floor-applied:<update id>``              string  marks an applied floor update; expires
                                                      after ``redis.applied_ttl_s``
-``P:floor-mark:<query id>``                  string  where a routed prompt's answer counts:
-                                                     ``stream|stratum|reference's predicted
-                                                     quality|answering model's,best other
-                                                     model's|model``, written by the router,
-                                                     read by the feedback worker when the
-                                                     answer is rated; expires after
-                                                     ``redis.applied_ttl_s``
 ``P:features:<signature>:<prompt hash>``     string  ``domain|complexity|chars|`` then the
                                                      context as little-endian float64s; expires
                                                      after ``router.feature_cache_ttl_s``
@@ -136,9 +129,6 @@ class RedisKeys:
 
     def floor_applied(self, update_id: str) -> str:
         return f"{self.prefix}:floor-applied:{update_id}"
-
-    def floor_mark(self, query_id: str) -> str:
-        return f"{self.prefix}:floor-mark:{query_id}"
 
     def features(self, signature: str, prompt_hash: str) -> str:
         return f"{self.prefix}:features:{signature}:{prompt_hash}"

@@ -35,7 +35,7 @@ def handle_apply_events(
     if not events:
         return 0, 0
     if floors is not None:
-        rate_events(floors, events, update_id)
+        rate_events(floors, events, update_id, history.floor_marks)
     applied = learn(store, events, contexts, dim, update_id, decay)
     history.mark_applied(update_id)
     return len(events), applied

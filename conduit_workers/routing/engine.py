@@ -329,13 +329,6 @@ class RoutingEngine:
                     self._floor_marks[i] = FloorMark(
                         g.stream, strata[k], float(ref_pred[i]), own, float(alt_best[i])
                     )
-            self.floors.mark(
-                {
-                    query_ids[i]: self._floor_marks[i].encode(str(out[i].model))
-                    for i in g.rows
-                    if i in self._floor_marks
-                }
-            )
             kept = [
                 (s, float(ref_pred[i]), self._floor_marks[i].own_pred, float(alt_best[i]))
                 for i, s in zip(g.rows, strata, strict=True)

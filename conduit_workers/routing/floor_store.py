@@ -1,7 +1,8 @@
 """The quality floor's shared state: counters per floor stream, in one Redis hash each.
 
-Keys ``P:floor:<stream>`` (hash), ``P:floor-applied:<update id>`` and
-``P:floor-mark:<query id>`` (strings), described in :mod:`conduit_workers.infra.keys`.
+Keys ``P:floor:<stream>`` (hash) and ``P:floor-applied:<update id>`` (string), described in
+:mod:`conduit_workers.infra.keys`. Where each prompt's rating counts (its floor mark) is kept
+with its decision in the history database (``decisions.floor_mark``).
 
 A stream is one floor held together: ``default:<floor>`` for prompts that take the floor of the
 settings, or a batch's own stream when the batch sets a floor. Every router and feedback
@@ -18,7 +19,6 @@ import redis
 from conduit_workers.domain.floor import LOG_LAMBDA
 from conduit_workers.errors import StoreUnavailable
 from conduit_workers.infra.keys import RedisKeys
-from conduit_workers.infra.redis_batch import set_many
 
 # KEYS[1] = P:floor:<stream> (hash, read and written); KEYS[2] = P:floor-applied:<id> (string)
 # ARGV[1] = ttl of the marker (s); ARGV[2], ARGV[3] = bounds of log_lambda; ARGV[4] = its
@@ -95,32 +95,6 @@ class RedisFloorStore:
     def reset(self, stream: str) -> None:
         self.client.delete(self.key(stream))
 
-    def mark(self, marks: dict[str, str]) -> None:
-        if not marks:
-            return
-        keys = RedisKeys(self.prefix)
-        try:
-            set_many(
-                self.client,
-                {keys.floor_mark(qid): value for qid, value in marks.items()},
-                self.applied_ttl_s,
-            )
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis floor mark failed: {type(exc).__name__}") from exc
-
-    def marks(self, query_ids: list[str]) -> dict[str, str]:
-        if not query_ids:
-            return {}
-        try:
-            raw = self.client.mget([RedisKeys(self.prefix).floor_mark(q) for q in query_ids])
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis floor marks read failed: {type(exc).__name__}") from exc
-        return {
-            q: (v.decode() if isinstance(v, bytes) else str(v))
-            for q, v in zip(query_ids, raw, strict=True)
-            if v is not None
-        }
-
 
 def _num(v: float) -> str:
     return repr(max(-1e300, min(1e300, v)))
@@ -133,13 +107,6 @@ class InMemoryFloorStore:
     def __init__(self) -> None:
         self._streams: dict[str, dict[str, float]] = {}
         self._applied: set[str] = set()
-        self._marks: dict[str, str] = {}
-
-    def mark(self, marks: dict[str, str]) -> None:
-        self._marks.update(marks)
-
-    def marks(self, query_ids: list[str]) -> dict[str, str]:
-        return {q: self._marks[q] for q in query_ids if q in self._marks}
 
     def read(self, stream: str) -> dict[str, float]:
         return dict(self._streams.get(stream, {}))

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,13 +96,19 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def rate_events(store: FloorStore, events: Sequence[FeedbackEvent], update_id: str) -> int:
+def rate_events(
+    store: FloorStore,
+    events: Sequence[FeedbackEvent],
+    update_id: str,
+    marks_of: Callable[[Sequence[str]], dict[str, str]],
+) -> int:
     """Feed the explicit ratings among ``events`` to the floors their prompts were routed
-    under (the marks the router left); once per ``update_id``. Returns the streams changed."""
+    under (the marks the router kept with their decisions, read by ``marks_of``: the history's
+    ``floor_marks``); once per ``update_id``. Returns the streams changed."""
     rated = [e for e in events if e.kind == EXPLICIT and e.weight > 0]
     if not rated:
         return 0
-    marks = store.marks(sorted({e.query_id for e in rated}))
+    marks = marks_of(sorted({e.query_id for e in rated}))
     ratings = []
     for e in rated:
         if e.query_id in marks:
@@ -229,13 +235,6 @@ class FloorKeeper:
             self.store.apply(group.stream, uid, inc, *self._bounds(group.params))
         except StoreUnavailable:
             log.warning("floor store unavailable: %d decisions of %s not counted", len(ids), uid)
-
-    def mark(self, marks: dict[str, str]) -> None:
-        """Leave each prompt's mark for the feedback worker (lost while the store is down)."""
-        try:
-            self.store.mark(marks)
-        except StoreUnavailable:
-            log.warning("floor store unavailable: %d prompts' floor marks not kept", len(marks))
 
     def rate(self, ratings: Sequence[tuple[FloorMark, float]], update_id: str) -> int:
         """Apply ratings of answers given under a floor, with their marks; once per

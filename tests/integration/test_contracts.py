@@ -21,6 +21,7 @@ from conduit_workers.domain.rewards import EXPLICIT, IMPLICIT, FeedbackEvent
 from conduit_workers.fakes.history_memory import InMemoryHistory
 from conduit_workers.learning.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.learning.recent_prompts import InMemoryRecentPrompts, RedisRecentPrompts
+from conduit_workers.routing.quality_floor import FloorMark
 from tests.conftest import TEST_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -168,6 +169,19 @@ def test_history_decides_answers_and_records_once(hist: History) -> None:
     assert hist.batch_spend(["b", "none"]) == {"b": 0.25, "none": 0.0}
     assert hist.unanswered_counts(["b"]) == {"b": 2}
     assert hist.answered_by([qa, "b-0", qb, "nothing"]) == {qa: (qa, "m"), "b-0": (qa, "m")}
+
+
+def test_history_keeps_each_decision_s_floor_mark(hist: History) -> None:
+    qa, qb, qc = _submit(hist, "f", "alpha", "beta", "gamma")
+    marked = DecisionRow(
+        **{**_decision(qa, "n").__dict__, "floor": FloorMark("s:0.9", "alt:n", 0.7)}
+    )
+    unroutable = DecisionRow(
+        **{**_decision(qc, None).__dict__, "floor": FloorMark("s:0.9", "x", 0.7)}
+    )
+    hist.insert_decisions([marked, _decision(qb), unroutable])
+    assert hist.floor_marks([qa, qb, qc, "nothing"]) == {qa: "s:0.9|alt:n|0.7|,|n"}
+    assert hist.floor_marks([]) == {}
 
 
 def test_history_events_are_claimed_by_one_update_and_applied_once(hist: History) -> None:

@@ -53,7 +53,7 @@ def test_downgrade_to_base_and_up_again(engine):
 
 
 # Columns that later migrations added to the first release's tables.
-ADDED_AFTER_0001 = [("batches", "budget_usd"), ("queries", "request")]
+ADDED_AFTER_0001 = [("batches", "budget_usd"), ("queries", "request"), ("decisions", "floor_mark")]
 INDEXES_ADDED_AFTER_0001 = ["ix_decisions_created_at", "ix_feedback_created_at"]
 
 
