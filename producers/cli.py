@@ -244,8 +244,8 @@ def feedback(query_id: str | None, rating: float | None, file: Path | None) -> N
 @click.option(
     "--rebuild",
     is_flag=True,
-    help="Rebuild the posteriors from the history database (after Redis lost them); "
-    "stop the feedback workers first.",
+    help="Rebuild the posteriors and the quality floors' counters from the history database "
+    "(after Redis lost them); stop the feedback workers first.",
 )
 def posteriors(reset: bool, rebuild: bool) -> None:
     """Show what the router has learned per model."""
@@ -268,6 +268,16 @@ def posteriors(reset: bool, rebuild: bool) -> None:
             f"feedback events ({out.updates} updates)",
             err=True,
         )
+        from conduit_workers.learning.recovery import rebuild_floors
+        from conduit_workers.routing.floor_store import RedisFloorStore
+
+        floors = RedisFloorStore(store.client, s.redis.key_prefix, s.redis.applied_ttl_s)
+        for stream, n in sorted(rebuild_floors(client.history, floors).items()):
+            click.echo(
+                f"quality floor {stream}: rebuilt from {n} decisions and their ratings "
+                "(λ starts again from its initial value)",
+                err=True,
+            )
     # The router's own view of each model's quality, computed as `conduit status` computes it.
     from producers.status import model_statuses
 

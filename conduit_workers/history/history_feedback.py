@@ -4,7 +4,7 @@ update id, marked applied; work left behind by lost tasks; the applied log to re
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from conduit_workers.domain.bandit import Array
-from conduit_workers.domain.rewards import FeedbackEvent
+from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
 from conduit_workers.domain.text import text_problem
 from conduit_workers.history import history_schema as t
 from conduit_workers.history.history_base import SqlBase, chunks, now
@@ -199,6 +199,28 @@ class FeedbackHistory(SqlBase):
             )
 
         return self._tx(run)
+
+    def floor_history(self) -> Iterator[tuple[str, str, float | None]]:
+        """Every decision made under a quality floor, in the order decided: (its floor mark,
+        query id, the rating of its answer if one was applied, else None) — what the floors'
+        counters were made of (``conduit posteriors --rebuild``)."""
+        d, f = t.decisions, t.feedback
+        rating = (
+            select(f.c.query_id, f.c.model, f.c.reward)
+            .where(f.c.kind == EXPLICIT, f.c.weight > 0, f.c.applied_at.is_not(None))
+            .subquery()
+        )
+        stmt = (
+            select(d.c.floor_mark, d.c.query_id, d.c.model, rating.c.model, rating.c.reward)
+            .select_from(d.outerjoin(rating, rating.c.query_id == d.c.query_id))
+            .where(d.c.floor_mark.is_not(None))
+            .order_by(d.c.created_at, d.c.query_id)
+        )
+        with self.engine.connect() as conn:
+            for mark, qid, model, rated_model, reward in conn.execution_options(
+                yield_per=5000
+            ).execute(stmt):
+                yield mark, qid, (float(reward) if rated_model == model else None)
 
     def answered_by(self, refs: Sequence[str]) -> dict[str, tuple[str, str]]:
         """For each reference (query id or input ``id``) of an answered prompt: (query id, the

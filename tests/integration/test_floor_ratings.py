@@ -16,6 +16,7 @@ from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_eve
 from conduit_workers.history.history import SqlHistory
 from conduit_workers.learning.feedback import handle_apply_events
 from conduit_workers.learning.posterior_store import RedisPosteriorStore
+from conduit_workers.learning.recovery import rebuild_floors
 from conduit_workers.routing.embedder import HashingEmbedder
 from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.routing.floor_store import RedisFloorStore
@@ -88,3 +89,51 @@ def test_a_rating_feeds_the_floor_its_prompt_was_routed_under(
     history.add_feedback([other])
     handle_apply_events([other.id], history, store, engine.dim, 1.0, floors)
     assert floors.read("default:0.9")[fl.RATED + fl.AUDIT] == 2.0
+
+
+def test_the_floors_counters_are_rebuilt_from_the_history(
+    history: SqlHistory, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    store = RedisPosteriorStore.from_url(redis_url, prefix=TEST_PREFIX)
+    floors = RedisFloorStore(client, TEST_PREFIX, 600)
+    settings = RouterSettings(quality_floor=0.9, seed=2, feature_cache_ttl_s=0)
+    engine = RoutingEngine(
+        CATALOG, store, HashingEmbedder(64), settings, np.random.default_rng(2), floors
+    )
+    rng = np.random.default_rng(5)
+    ids: list[str] = []
+    for k in range(8):  # chunks routed, answered and rated in turn, so the floor moves
+        items = [
+            parse_item(
+                {"id": f"c{k}-{i}", "prompt": f"Question {i} of round {k}?"},
+                line=i,
+                max_prompt_chars=999,
+            )
+            for i in range(16)
+        ]
+        history.submit(f"b{k}", items, tag=None, rejected=0, constraints={})
+        chunk = [i.key for i in items]
+        ids += chunk
+        handle_route_batch(chunk, history, engine)
+        decided = {r.query_id: r.model for r in history.load_for_execution(chunk)}
+        history.record_results([ResultRow(q, m, "ok", "an answer") for q, m in decided.items()], [])
+        ratings = [
+            FeedbackEvent(explicit_event_id(q), q, m, EXPLICIT, float(rng.random() < 0.8), 1.0)
+            for q, m in decided.items()
+            if rng.random() < 0.5
+        ]
+        history.add_feedback(ratings)
+        handle_apply_events([e.id for e in ratings], history, store, engine.dim, 1.0, floors)
+    before = floors.read("default:0.9")
+    assert before[fl.DECIDED + fl.AUDIT] > 0 and before[fl.RATED + fl.AUDIT] > 0
+    assert any(k.startswith(fl.DECIDED + fl.ALT) for k in before)  # the floor let some go
+
+    client.flushdb()  # Redis lost
+    assert floors.read("default:0.9") == {}
+    assert rebuild_floors(history, floors) == {"default:0.9": 128}
+    after = floors.read("default:0.9")
+    lost = {k: v for k, v in before.items() if k != fl.LOG_LAMBDA}
+    assert set(after) == set(lost)
+    for k, v in lost.items():
+        assert after[k] == pytest.approx(v, rel=1e-9, abs=1e-9), k
