@@ -360,6 +360,10 @@ class GatewaySettings(BaseModel):
     idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
     write_batch: int = 512
     write_interval_s: float = 0.05
+    # The posteriors' versions and the quality floors' counters are read from Redis at most
+    # this often per server process, and the floors' decision counts are written behind the
+    # answers, not inside the decision (gateway/routing_state.py); 0: every decision reads them.
+    routing_refresh_s: float = Field(default=0.1, ge=0)
     # FastAPI's native OpenTelemetry (a span, metrics and logs per request, once a provider is
     # configured). Off by default: looking for a provider costs ~3% of a request's CPU on
     # every request, configured or not.

@@ -58,6 +58,7 @@ def _build(settings: Settings) -> State:
     from conduit_workers.execution.llm import LLMClient
     from conduit_workers.gateway.decider import Decider
     from conduit_workers.gateway.recorder import HistoryRecorder
+    from conduit_workers.gateway.routing_state import RecentPosteriors, WriteBehindFloors
     from conduit_workers.learning.posterior_store import RedisPosteriorStore
     from conduit_workers.routing.embedder import make_embedder
     from conduit_workers.routing.engine import RoutingEngine
@@ -73,10 +74,16 @@ def _build(settings: Settings) -> State:
     store = RedisPosteriorStore.from_url(r.url, r.key_prefix, r.applied_ttl_s, r.socket_timeout_s)
     rs = s.router
     # The quality floors' counters on the posteriors' Redis, as the router workers keep them:
-    # one floor for the deployment, whoever routes.
-    floors = RedisFloorStore(store.client, r.key_prefix, r.applied_ttl_s)
+    # one floor for the deployment, whoever routes. Read at most every routing_refresh_s, and
+    # the decision counts written by the history writer's thread (gateway/routing_state.py).
+    refresh_s = s.gateway.routing_refresh_s
+    floors = WriteBehindFloors(
+        RedisFloorStore(store.client, r.key_prefix, r.applied_ttl_s), refresh_s
+    )
     embedder = make_embedder(rs.embedder, rs.static_model_dir)
-    engine = RoutingEngine(catalog, store, embedder, rs, floor_store=floors)
+    engine = RoutingEngine(
+        catalog, RecentPosteriors(store, refresh_s), embedder, rs, floor_store=floors
+    )
     ex = s.executor
     llm = LLMClient(
         catalog,
@@ -119,6 +126,7 @@ def _build(settings: Settings) -> State:
         interval_s=s.gateway.write_interval_s,
         events_batch=chunk,
         reasks=reasks,
+        before_write=floors.flush,
     )
     gateway = Gateway(s, catalog, Decider(engine), llm, health, ledger, recorder)
     keys = KeyChecker(history, s.gateway.require_key, s.gateway.key_cache_s)

@@ -13,6 +13,10 @@ written when it answers; a process killed in that window loses them (the answer 
 billed in Redis, but is not in the history). Events written but not sent when a process dies
 are in the history database, and the feedback sweep sends them.
 
+``before_write`` runs in the writer's thread each time it wakes, before it writes: the HTTP
+API's floor decision counts (``gateway/routing_state.py``) go to Redis there, off the requests'
+path, and what is left when the server stops.
+
 With a re-ask detector (``CONDUIT_RETRY__ENABLED``, on by default), the written calls of a
 ``user`` go through it as the router's prompts do (``learning/reask.py``): a user asking again
 what they asked within ``CONDUIT_RETRY__WINDOW_S`` (their last user turns alike) gives the
@@ -45,9 +49,11 @@ class HistoryRecorder:
         send_interval_s: float = 0.25,
         events_batch: int = 256,
         reasks: ReAskDetector | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         self.history = history
         self.reasks = reasks
+        self.before_write = before_write
         self.send_events = send_events
         self.batch = batch
         self.interval_s = interval_s
@@ -122,6 +128,8 @@ class HistoryRecorder:
                 hurry = self._urgent or self._closed
                 self._urgent = False
                 todo = self._queue[: self.batch]
+            if self.before_write is not None:
+                self._before_write()
             if todo:
                 last_write = time.monotonic()
                 if not self._write(todo):
@@ -134,6 +142,13 @@ class HistoryRecorder:
                 self._send()
             if closing:
                 return
+
+    def _before_write(self) -> None:
+        assert self.before_write is not None
+        try:
+            self.before_write()
+        except Exception as exc:  # noqa: BLE001 - the rows must still be written
+            log.warning("history: before writing, %s", type(exc).__name__)
 
     def _write(self, todo: list[CallRecord]) -> bool:
         """Write the calls; False when the database is unreachable (they wait for the next

@@ -22,7 +22,10 @@ from sqlalchemy import select
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.gateway import service
 from conduit_workers.history import history_schema as t
+from conduit_workers.infra.keys import RedisKeys
 from conduit_workers.reports.reporting import compute_daily_report
+from conduit_workers.routing.quality_floor import stream_key
+from tests.conftest import TEST_PREFIX
 from tests.gateway_harness import Api, queued_tasks, running_api
 from tests.replay_harness import PROMPT_1, RESPONSE_1
 
@@ -199,6 +202,25 @@ def test_routing_constraints_come_through_extra_body(api: Api) -> None:
     )
     (query,) = api.rows(t.queries, raw.headers["x-conduit-query-id"])
     assert query.constraints == {"quality_floor": 0.9, "max_cost_usd": 1.0}
+
+
+def test_a_routed_call_is_counted_in_its_floor_stream_and_its_row_keeps_its_mark(
+    api: Api,
+) -> None:
+    """The count is written behind the answer (gateway/routing_state.py)."""
+    stream = RedisKeys(TEST_PREFIX).floor(stream_key(None, 0.85))
+    assert not api.redis.hlen(stream)
+    raw = api.client().chat.completions.with_raw_response.create(
+        model="conduit",
+        messages=[{"role": "user", "content": "Keep most of the reference's quality."}],
+        extra_body={"quality_floor": 0.85},
+    )
+    (decision,) = api.rows(t.decisions, raw.headers["x-conduit-query-id"])
+    assert decision.floor_mark
+    deadline = time.monotonic() + 10
+    while not api.redis.hlen(stream) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert api.redis.hlen(stream) > 0
 
 
 def test_keys_are_stored_hashed(api: Api, tmp_path: Path) -> None:

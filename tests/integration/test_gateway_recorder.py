@@ -78,3 +78,30 @@ def test_calls_are_written_once_and_their_events_sent_once_in_batches(
     ids = [i for chunk in sent for i in chunk]
     assert sorted(ids) == sorted(e.id for r in records for e in r.events)  # each once
     assert len(sent) <= len(writes)
+
+
+def test_before_write_runs_ahead_of_every_write_and_at_close(
+    gateway_history: GatewayHistory,
+) -> None:
+    """The HTTP API's floor marks go to Redis there (gateway/routing_state.py): before the rows
+    and events of the calls, and what is left when the server stops."""
+    order: list[str] = []
+    record_calls = gateway_history.record_calls
+
+    def recording(records: list[CallRecord]) -> list[str]:
+        order.append(f"write {len(records)}")
+        return record_calls(records)
+
+    gateway_history.record_calls = recording  # type: ignore[method-assign]
+    recorder = HistoryRecorder(
+        gateway_history,
+        lambda ids: order.append("send"),
+        before_write=lambda: order.append("before"),
+    )
+    recorder.add(_record(0))
+    assert recorder.flush(10.0)
+    first_write = order.index("write 1")
+    assert "before" in order[:first_write]
+    order.clear()
+    recorder.close()
+    assert "before" in order  # at close too, with nothing left to write
