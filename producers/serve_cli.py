@@ -120,15 +120,20 @@ def list_keys() -> None:
 @keys.command("revoke")
 @click.argument("name")
 def revoke(name: str) -> None:
-    """Revoke a key: servers refuse it within CONDUIT_GATEWAY__KEY_CACHE_S (10 s)."""
+    """Revoke a key: servers refuse it within CONDUIT_GATEWAY__KEY_CACHE_S (10 s), and its
+    Batch API batches still running are cancelled (requests in flight finish)."""
     h = _history()
     try:
-        done = h.revoke_key(name)
+        ended = h.revoke_key(name)
     finally:
         h.dispose()
-    if not done:
+    if ended is None:
         raise click.ClickException(f"no live API key named {name!r} (conduit keys list)")
-    click.echo(f"API key {name!r} revoked")
+    click.echo(
+        f"API key {name!r} revoked; {ended} requests of its running batches cancelled"
+        if ended
+        else f"API key {name!r} revoked"
+    )
 
 
 COMMANDS = (serve, keys)

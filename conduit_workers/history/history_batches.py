@@ -137,35 +137,82 @@ class ApiBatchHistory(SqlBase):
     def cancel_api_batch(self, batch_id: str) -> int:
         """Mark the batch cancelled and end every prompt of it not answered yet with status
         ``cancelled`` (the executor skips prompts with a result); return how many."""
-        bi, r, ab = t.batch_items, t.results, t.api_batches
-        ts = now()
+        ab = t.api_batches
 
         def run(conn: Connection) -> int:
+            ts = now()
             conn.execute(
                 update(ab)
                 .where(ab.c.id == batch_id, ab.c.cancelled_at.is_(None))
                 .values(cancelled_at=ts)
             )
-            todo = list(
-                conn.scalars(
-                    select(bi.c.query_id)
-                    .select_from(bi.outerjoin(r, r.c.query_id == bi.c.query_id))
-                    .where(bi.c.batch_id == batch_id, r.c.query_id.is_(None))
-                )
+            return self._end_pending(
+                conn,
+                ab.c.id == batch_id,
+                ts,
+                "batch_cancelled",
+                "the batch was cancelled before this request started",
             )
-            rows = [
-                {
-                    "query_id": q,
-                    "model": None,
-                    "status": CANCELLED,
-                    "error_class": "batch_cancelled",
-                    "error_message": "the batch was cancelled before this request started",
-                    "created_at": ts,
-                }
-                for q in todo
-            ]
-            for part in chunks(rows, 1000):
-                conn.execute(self._insert_ignore(r), part)
-            return len(rows)
 
         return self._tx(run)
+
+    def _end_pending(
+        self, conn: Connection, which: Any, ts: Any, error_class: str, message: str
+    ) -> int:
+        """End the prompts not answered yet of the API batches ``which`` selects with status
+        ``cancelled`` (the executor skips prompts with a result); how many."""
+        ab, bi, r = t.api_batches, t.batch_items, t.results
+        todo = list(
+            conn.scalars(
+                select(bi.c.query_id)
+                .select_from(
+                    ab.join(bi, bi.c.batch_id == ab.c.id).outerjoin(
+                        r, r.c.query_id == bi.c.query_id
+                    )
+                )
+                .where(which, r.c.query_id.is_(None))
+            )
+        )
+        rows = [
+            {
+                "query_id": q,
+                "model": None,
+                "status": CANCELLED,
+                "error_class": error_class,
+                "error_message": message,
+                "created_at": ts,
+            }
+            for q in todo
+        ]
+        for part in chunks(rows, 1000):
+            conn.execute(self._insert_ignore(r), part)
+        return len(rows)
+
+    def cancel_key_batches(self, conn: Connection, key_name: str) -> int:
+        """A key revoked (in ``conn``'s transaction): its API batches still running are
+        cancelled, their requests not started ended as ``api_key_revoked``; how many."""
+        ab, bi, r = t.api_batches, t.batch_items, t.results
+        ts = now()
+        running = (
+            select(bi.c.batch_id)
+            .select_from(bi.outerjoin(r, r.c.query_id == bi.c.query_id))
+            .where(r.c.query_id.is_(None))
+        )
+        ids = list(
+            conn.scalars(
+                select(ab.c.id).where(
+                    ab.c.key_name == key_name, ab.c.cancelled_at.is_(None), ab.c.id.in_(running)
+                )
+            )
+        )
+        if not ids:
+            return 0
+        conn.execute(update(ab).where(ab.c.id.in_(ids)).values(cancelled_at=ts))
+        return self._end_pending(
+            conn,
+            ab.c.id.in_(ids),
+            ts,
+            "api_key_revoked",
+            f"the API key {key_name!r} that created this batch was revoked before this "
+            "request started",
+        )

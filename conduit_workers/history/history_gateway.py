@@ -118,11 +118,19 @@ class GatewayHistory(SqlHistory, ApiBatchHistory):
             lambda conn: [_api_key(r) for r in conn.execute(select(k).order_by(k.c.name))]
         )
 
-    def revoke_key(self, name: str) -> bool:
-        """Revoke the live key named ``name``; False if there is none."""
+    def revoke_key(self, name: str) -> int | None:
+        """Revoke the live key named ``name`` and cancel its API batches still running (their
+        requests not started end ``cancelled``, error ``api_key_revoked``), in one
+        transaction; how many requests were ended, or None if there is no such key."""
         k = t.api_keys
         stmt = update(k).where(k.c.name == name, k.c.revoked_at.is_(None)).values(revoked_at=now())
-        return bool(self._tx(lambda conn: conn.execute(stmt).rowcount))
+
+        def run(conn: Connection) -> int | None:
+            if not conn.execute(stmt).rowcount:
+                return None
+            return self.cancel_key_batches(conn, name)
+
+        return self._tx(run)
 
     def key_by_secret(self, key: str) -> ApiKey | None:
         """The live key whose hash matches ``key``, or None."""
