@@ -8,6 +8,7 @@ and return these, and every adapter or fake speaks them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from conduit_workers.domain.bandit import ArmStats
@@ -66,6 +67,9 @@ class ExecutionRow:
     ranked: list[str]
     reason: str | None
     request: ChatRequest | None = None  # messages and settings (the HTTP API); None: the prompt
+    # When the prompt was submitted (UTC), read with it for the end-to-end latency metric;
+    # None where the history does not say.
+    submitted_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import redis
 
@@ -48,9 +47,6 @@ from conduit_workers.execution.waiting import CallSlot, admit, backoff_s
 from conduit_workers.infra.runtime import chunks, runtime
 from conduit_workers.names import APPLY_EVENTS, EXECUTE_BATCH, FEEDBACK
 from conduit_workers.settings import BudgetSettings, ExecutorSettings, FeedbackSettings
-
-if TYPE_CHECKING:
-    from conduit_workers.history.history import SqlHistory
 
 log = logging.getLogger(__name__)
 
@@ -287,9 +283,11 @@ async def handle_execute_batch(
     ledger: BudgetLedger | None = None,
     budget_settings: BudgetSettings | None = None,
     stash: AnswerStash | None = None,
+    metrics: CallMetrics | None = None,
 ) -> tuple[list[ResultRow], list[str]]:
     """Answer the chunk's decided, unanswered prompts; return the new results and the ids of
-    the feedback events to apply.
+    the feedback events to apply. With ``metrics``, each new result's time since its prompt
+    was submitted is counted there (read with the prompts, no query of its own).
 
     ``ledger``: the batch budgets' ledger (prompts of budgeted batches are never called
     without it). ``slots`` bounds the calls in flight; the process's (shared by the chunks that
@@ -307,6 +305,7 @@ async def handle_execute_batch(
     (:mod:`conduit_workers.execution.answer_stash`).
     """
     rows = await asyncio.to_thread(history.load_for_execution, query_ids)
+    submitted = {r.query_id: r.submitted_at for r in rows if r.submitted_at is not None}
     results: list[ResultRow] = []
     fresh: set[str] = set()
     stashed: dict[str, tuple[ResultRow, list[FeedbackEvent]]] = {}
@@ -373,8 +372,11 @@ async def handle_execute_batch(
         failed = [e for e in done if isinstance(e, BaseException)]
         if failed:
             raise failed[0]
+    stored = [r for r in results if r.query_id in fresh]
+    if metrics is not None and stored:
+        _end_to_end(metrics, stored, submitted)
     pending = await asyncio.to_thread(history.unapplied_feedback_for, query_ids)
-    return [r for r in results if r.query_id in fresh], pending
+    return stored, pending
 
 
 async def _cooling(health: ModelHealth, names: Sequence[str]) -> dict[str, float]:
@@ -384,15 +386,10 @@ async def _cooling(health: ModelHealth, names: Sequence[str]) -> dict[str, float
     return {m: s for m in names if (s := health.cooling_for(m, now)) > 0}
 
 
-def _end_to_end(history: SqlHistory, metrics: CallMetrics, results: Sequence[ResultRow]) -> None:
-    """Count each new result's time since its prompt was submitted, per model."""
-    if not results:
-        return
-    try:
-        submitted = history.submitted_at([r.query_id for r in results])
-    except Exception as exc:  # the results are stored: a metric is not worth a retry
-        log.warning("end-to-end latency of %d results not counted: %s", len(results), exc)
-        return
+def _end_to_end(
+    metrics: CallMetrics, results: Sequence[ResultRow], submitted: Mapping[str, datetime]
+) -> None:
+    """Count each new result's time since its prompt was ``submitted``, per model."""
     done = datetime.now(UTC)
     for r in results:
         at = submitted.get(r.query_id)
@@ -463,13 +460,13 @@ def execute_batch(self, query_ids: list[str]) -> int:  # type: ignore[no-untyped
                     rt.settings.redis.key_prefix,
                     rt.settings.executor.stash_ttl_s,
                 ),
+                metrics,
             )
         )
     finally:
         _release(claims, mine, self.request.id)
         for r in results:
             metrics.fallbacks(r.model or "none", r.fallbacks)
-        _end_to_end(rt.history, metrics, results)
         metrics.flush(rt.store.client, rt.settings.redis.key_prefix)
     for chunk in chunks(event_ids, rt.settings.feedback.chunk_size):
         app.send_task(APPLY_EVENTS, args=[chunk], queue=FEEDBACK)

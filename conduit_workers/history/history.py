@@ -411,21 +411,34 @@ class SqlHistory(FeedbackHistory):
         return self._tx(run)
 
     def load_for_execution(self, query_ids: Sequence[str]) -> list[ExecutionRow]:
-        """Decided prompts with no result yet."""
+        """Decided prompts with no result yet, with when each was submitted (the executor's
+        end-to-end metric: read here, not by a second query per execute task)."""
         q, d, r = t.queries, t.decisions, t.results
 
         def run(conn: Connection) -> list[ExecutionRow]:
             out: list[ExecutionRow] = []
             for chunk in chunks(list(query_ids), 1000):
                 stmt = (
-                    select(q.c.id, q.c.prompt, d.c.model, d.c.ranked, d.c.reason, q.c.request)
+                    select(
+                        q.c.id,
+                        q.c.prompt,
+                        d.c.model,
+                        d.c.ranked,
+                        d.c.reason,
+                        q.c.request,
+                        q.c.created_at,
+                    )
                     .select_from(
                         q.join(d, d.c.query_id == q.c.id).outerjoin(r, r.c.query_id == q.c.id)
                     )
                     .where(q.c.id.in_(chunk), r.c.query_id.is_(None))
                 )
                 out.extend(
-                    ExecutionRow(*row[:5], ChatRequest.from_json(row[5]) if row[5] else None)
+                    ExecutionRow(
+                        *row[:5],
+                        ChatRequest.from_json(row[5]) if row[5] else None,
+                        _utc(row[6]),
+                    )
                     for row in conn.execute(stmt)
                 )
             return out
@@ -441,7 +454,7 @@ class SqlHistory(FeedbackHistory):
             for chunk in chunks(list(query_ids), 1000):
                 stmt = select(q.c.id, q.c.created_at).where(q.c.id.in_(chunk))
                 for qid, ts in conn.execute(stmt):
-                    out[qid] = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+                    out[qid] = _utc(ts)
             return out
 
         return self._tx(run)
@@ -478,6 +491,11 @@ class SqlHistory(FeedbackHistory):
             return sorted(fresh_ids)
 
         return self._tx(run)
+
+
+def _utc(ts: datetime) -> datetime:
+    """A stored time as UTC (SQLite returns it without a zone)."""
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
 __all__ = ["SqlHistory"]

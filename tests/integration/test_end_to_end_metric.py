@@ -42,7 +42,7 @@ def test_results_count_their_time_since_submission_per_model(history, redis_url,
         ResultRow(qids[2], "m-b", "error", None, 0, 0, 0.0, 1.0, 3, 0),
     ]
     metrics = CallMetrics()
-    _end_to_end(history, metrics, results)
+    _end_to_end(metrics, results, history.submitted_at(qids))
     metrics.flush(redis.Redis.from_url(redis_url), TEST_PREFIX)
 
     settings = Settings(
@@ -106,3 +106,55 @@ def test_call_counters_per_model_with_their_latency_buckets(redis_url):
     assert got[("errors", "m-b", permanent.error_class)] == 1
     assert got[("e2e_count", "m-a")] == 1 and got[("e2e_bucket", "m-a", "5")] == 1
     assert ("e2e_bucket", "m-a", "1") not in got
+
+
+def test_the_executor_counts_time_since_submission_from_the_rows_it_loads(history):
+    """The submission time comes with the prompt (``load_for_execution``), not from a query of
+    its own per execute task: a redelivered chunk counts nothing twice."""
+    import asyncio
+
+    from conduit_workers.domain.catalog import Catalog, ModelSpec
+    from conduit_workers.domain.records import DecisionRow
+    from conduit_workers.execution.executor import handle_execute_batch
+    from conduit_workers.fakes.llm_fake import FakeLLM
+    from conduit_workers.settings import ExecutorSettings, FeedbackSettings
+
+    items = [parse_item({"prompt": f"q{i}"}, line=i + 1, max_prompt_chars=100) for i in range(3)]
+    qids = history.submit("b", items, tag=None, rejected=0, constraints={}).new
+    with history.engine.begin() as conn:
+        created = dict(conn.execute(sa.select(t.queries.c.id, t.queries.c.created_at)).all())
+        conn.execute(
+            t.queries.update()
+            .where(t.queries.c.id == qids[0])
+            .values(created_at=created[qids[0]] - timedelta(seconds=100))
+        )
+    history.insert_decisions(
+        [DecisionRow(q, "m-a", ["m-a"], [1.0], {"m-a": 0.5}, "other", 0.1, 0.0, {}) for q in qids]
+    )
+    rows = {r.query_id: r for r in history.load_for_execution(qids)}
+    assert rows[qids[1]].submitted_at == created[qids[1]]
+    assert rows[qids[0]].submitted_at == created[qids[0]] - timedelta(seconds=100)
+    assert all(r.submitted_at.tzinfo is not None for r in rows.values())
+    url = "http://127.0.0.1:1/v1"
+    catalog = Catalog((ModelSpec("m-a", "openai-compatible", 1.0, 1.0, base_url=url),), "m-a")
+    metrics = CallMetrics()
+
+    def run() -> list[ResultRow]:
+        return asyncio.run(
+            handle_execute_batch(
+                qids,
+                history,
+                FakeLLM(),
+                catalog,
+                ExecutorSettings(),
+                FeedbackSettings(),
+                metrics=metrics,
+            )
+        )[0]
+
+    assert len(run()) == 3
+    assert run() == []  # answered already: nothing new, nothing counted
+    counts = metrics._counts
+    assert counts["e2e_count|m-a"] == 3
+    assert counts["e2e_bucket|m-a|60"] == 2 and counts["e2e_bucket|m-a|120"] == 3
+    assert 100 <= counts["e2e_sum|m-a"] < 100 + 3 * 60
