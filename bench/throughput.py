@@ -98,8 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--http-client",
         default=d.executor.http_client,
-        choices=["direct", "aiohttp", "httpx2"],
-        help="direct (no SDK), aiohttp or httpx2 (the OpenAI SDK over that transport)",
+        choices=["http1", "direct", "aiohttp", "httpx2"],
+        help="http1 or direct (no SDK: Conduit's own HTTP/1.1 client or aiohttp), aiohttp or "
+        "httpx2 (the OpenAI SDK over that transport)",
     )
     ap.add_argument("--redis", default=REDIS_URL)
     ap.add_argument("--database", default=None, help="history URL (default: a fresh SQLite file)")

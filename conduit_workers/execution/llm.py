@@ -48,20 +48,22 @@ _PERMANENT_HINT = {
 }
 
 
-HTTP_CLIENTS = ("direct", "aiohttp", "httpx2")
+HTTP_CLIENTS = ("http1", "direct", "aiohttp", "httpx2")
 # The request parameters of every call (no tools, no output schema): one object;
 # pydantic-ai's ``model_request`` makes an equal one per call when given none.
 NO_PARAMETERS = ModelRequestParameters()
 
 
 def shared_http_client(kind: str, max_connections: int, timeout_s: float) -> Any:
-    """The HTTP client that every OpenAI(-compatible) model of a process shares: a
-    :class:`SharedSession` for ``direct``, the SDK's aiohttp transport for ``aiohttp``, None
-    for the SDK's default (one httpx2 client per model).
+    """The HTTP client that every OpenAI(-compatible) model of a process shares: Conduit's own
+    HTTP/1.1 connections (:class:`~conduit_workers.execution.http1.Http1Connections`) for
+    ``http1``, an aiohttp :class:`SharedSession` for ``direct``, the SDK's aiohttp transport
+    for ``aiohttp``, None for the SDK's default (one httpx2 client per model).
 
-    ``direct`` (:class:`OpenAIHttpModel`, no SDK) costs ~0.3 ms of CPU per call; the SDK
-    ~1.3-3 ms over aiohttp and ~5 ms over httpx2, whose connection pool scans every connection
-    on each request (``has_expired``) under 32-64 concurrent calls (bench/README.md).
+    ``http1`` and ``direct`` (:class:`OpenAIHttpModel`, no SDK) cost ~0.1 and ~0.3 ms of CPU
+    per call; the SDK ~1.3-3 ms over aiohttp and ~5 ms over httpx2, whose connection pool
+    scans every connection on each request (``has_expired``) under 32-64 concurrent calls
+    (bench/README.md).
     """
     if kind not in HTTP_CLIENTS:
         raise ConfigError(
@@ -70,6 +72,10 @@ def shared_http_client(kind: str, max_connections: int, timeout_s: float) -> Any
         )
     if kind == "httpx2":
         return None
+    if kind == "http1":
+        from conduit_workers.execution.http1 import Http1Connections
+
+        return Http1Connections(max_connections)
     if kind == "direct":
         from conduit_workers.execution.openai_http import SharedSession
 
@@ -90,16 +96,18 @@ def build_model(
 ) -> Model:
     """A pydantic-ai model for a catalog entry; the API key is read from ``spec.api_key_env``.
 
-    OpenAI(-compatible) models get :class:`OpenAIHttpModel` when ``http_client`` is a
+    OpenAI(-compatible) models get :class:`OpenAIHttpModel` when ``http_client`` is
+    :class:`~conduit_workers.execution.http1.Http1Connections` (``http1``) or a
     :class:`SharedSession` (``direct``), else pydantic-ai's SDK-backed ``OpenAIChatModel``.
     """
     key = env.get(spec.api_key_env) if spec.api_key_env else None
     if spec.provider in ("openai", "openai-compatible"):
+        from conduit_workers.execution.http1 import Http1Connections
         from conduit_workers.execution.openai_http import OpenAIHttpModel, SharedSession
 
         if spec.provider == "openai" and not key:
             raise ConfigError(f"model {spec.name}: set {spec.api_key_env} to its OpenAI API key")
-        if isinstance(http_client, SharedSession):
+        if isinstance(http_client, (SharedSession, Http1Connections)):
             return OpenAIHttpModel(
                 spec.provider_model,
                 session=http_client,

@@ -1,4 +1,6 @@
-"""A pydantic-ai model for OpenAI(-compatible) chat completions, posted with aiohttp.
+"""A pydantic-ai model for OpenAI(-compatible) chat completions, posted over Conduit's own
+HTTP/1.1 connections (:mod:`conduit_workers.execution.http1`, ``executor.http_client`` ``http1``)
+or an aiohttp session (``direct``).
 
 ``OpenAIHttpModel`` is a real :class:`pydantic_ai.models.Model`
 (``pydantic_ai.direct.model_request`` calls it like every other provider's;
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from pydantic_ai import exceptions as pai_exc
@@ -96,6 +98,41 @@ def http_error(status: int, model_name: str, body: object, headers: Mapping[str,
     )
 
 
+class Transport(Protocol):
+    """How a model posts its JSON bodies: :class:`SharedSession` (aiohttp) or
+    :class:`~conduit_workers.execution.http1.Http1Connections` (Conduit's own HTTP/1.1)."""
+
+    def target(self, url: str, headers: Mapping[str, str]) -> Target: ...
+
+    async def close(self) -> None: ...
+
+
+class Target(Protocol):
+    async def post(self, body: bytes, timeout_s: float) -> tuple[int, Mapping[str, str], bytes]:
+        """(status, headers, body) of one POST; TimeoutError, or aiohttp's ClientError or an
+        OSError for a call the server did not answer."""
+        ...
+
+
+class _AiohttpTarget:
+    def __init__(self, session: SharedSession, url: str, headers: Mapping[str, str]) -> None:
+        self._session = session
+        self._url = url
+        self._headers = dict(headers)
+
+    async def post(self, body: bytes, timeout_s: float) -> tuple[int, Mapping[str, str], bytes]:
+        # Bytes (pydantic-core's encoder, UTF-8): a str body costs aiohttp a StringPayload
+        # with its content-type parsing on every call.
+        async with self._session.get().post(
+            self._url,
+            data=body,
+            headers=self._headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as resp:
+            raw = await resp.read()
+            return resp.status, resp.headers, raw
+
+
 class SharedSession:
     """One aiohttp session (keep-alive connection pool) for every model of a process; made on
     first use, inside the event loop that then owns it."""
@@ -115,6 +152,9 @@ class SharedSession:
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
+
+    def target(self, url: str, headers: Mapping[str, str]) -> Target:
+        return _AiohttpTarget(self, url, headers)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -153,7 +193,7 @@ class OpenAIHttpModel(Model):
         self,
         model_name: str,
         *,
-        session: SharedSession,
+        session: Transport,
         base_url: str | None = None,
         api_key: str | None = None,
         timeout_s: float = 60.0,
@@ -172,6 +212,7 @@ class OpenAIHttpModel(Model):
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session = session
+        self._target: Target | None = None  # made on first use, on the calling event loop
         self._timeout_s = timeout_s
 
     @property
@@ -225,20 +266,14 @@ class OpenAIHttpModel(Model):
         """POST the body; the decoded answer, or pydantic-ai's error for the failure."""
         timeout = settings.get("timeout", self._timeout_s)
         total = timeout if isinstance(timeout, int | float) else self._timeout_s
+        target = self._target
+        if target is None:
+            target = self._target = self._session.target(self._url, self._headers)
         try:
-            # Bytes (pydantic-core's encoder, UTF-8): a str body costs aiohttp a
-            # StringPayload with its content-type parsing on every call.
-            async with self._session.get().post(
-                self._url,
-                data=to_json(body),
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=total),
-            ) as resp:
-                raw = await resp.read()
-                status, headers = resp.status, resp.headers
-        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors
+            status, headers, raw = await target.post(to_json(body), total)
+        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors too
             raise pai_exc.ModelTimeoutError(self._model_name, "request timed out") from exc
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise pai_exc.ModelConnectionError(
                 self._model_name, f"connection error ({type(exc).__name__})"
             ) from exc

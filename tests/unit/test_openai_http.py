@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from pydantic_ai.tools import ToolDefinition
 from conduit_workers.domain.catalog import load_catalog
 from conduit_workers.domain.chat import ChatMessage, ChatRequest
 from conduit_workers.errors import PermanentProviderError, RetryableProviderError
+from conduit_workers.execution.http1 import Http1Connections
 from conduit_workers.execution.llm import LLMClient, classify
 from conduit_workers.execution.openai_http import OpenAIHttpModel, SharedSession
 from conduit_workers.settings import DEFAULT_CATALOG
@@ -65,8 +67,22 @@ def _answer(status: int, payload: Any, headers: dict[str, str] | None = None) ->
     return handler
 
 
+TRANSPORT = "http1"
+
+
+@pytest.fixture(params=["http1", "direct"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test using it runs over both transports of the direct model."""
+    monkeypatch.setattr(sys.modules[__name__], "TRANSPORT", request.param)
+    return str(request.param)
+
+
+def _transport() -> Any:
+    return Http1Connections() if TRANSPORT == "http1" else SharedSession()
+
+
 async def _call(base_url: str, **kw: Any) -> Any:
-    session = SharedSession()
+    session = _transport()
     model = OpenAIHttpModel("m", session=session, base_url=base_url, api_key="k", **kw)
     try:
         return await model_request(
@@ -76,7 +92,7 @@ async def _call(base_url: str, **kw: Any) -> Any:
         await session.close()
 
 
-def test_request_body_and_response_through_pydantic_ai() -> None:
+def test_request_body_and_response_through_pydantic_ai(transport: str) -> None:
     seen: dict[str, Any] = {}
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -109,6 +125,7 @@ def test_request_body_and_response_through_pydantic_ai() -> None:
     ],
 )
 def test_http_errors_are_pydantic_ai_categories_and_classify_as_before(
+    transport: str,
     status: int,
     headers: dict[str, str] | None,
     category: type[Exception],
@@ -128,13 +145,13 @@ def test_http_errors_are_pydantic_ai_categories_and_classify_as_before(
     assert "SECRET" not in str(err)  # a provider body may echo the prompt: never in the message
 
 
-def test_a_200_without_choices_is_retryable() -> None:
+def test_a_200_without_choices_is_retryable(transport: str) -> None:
     with pytest.raises(pai_exc.UnexpectedModelBehavior) as info:
         _serve(_answer(200, {"object": "error"}), _call)
     assert isinstance(classify(info.value, "m"), RetryableProviderError)
 
 
-def test_timeout_and_refused_connection_are_retryable() -> None:
+def test_timeout_and_refused_connection_are_retryable(transport: str) -> None:
     async def hang(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(5)
         return web.json_response(OK)
@@ -254,7 +271,7 @@ def test_a_chat_request_reaches_the_model_whole() -> None:
     assert ChatRequest.from_json(chat.to_json()) == chat
 
 
-@pytest.mark.parametrize("http_client", ["direct", "aiohttp"])
+@pytest.mark.parametrize("http_client", ["http1", "direct", "aiohttp"])
 def test_a_call_that_outlasts_its_timeout_ends_as_a_retryable_timeout(
     monkeypatch: pytest.MonkeyPatch, http_client: str
 ) -> None:
