@@ -201,3 +201,69 @@ def test_connections_per_origin_are_bounded() -> None:
 def test_only_http_urls() -> None:
     with pytest.raises(ValueError, match="not an http"):
         Http1Connections().target("ftp://example.com/x", {})
+
+
+def _tls_server_files(tmp_path: Any) -> tuple[str, str]:
+    import shutil
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("needs openssl")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def _serve_tls(cert: str, key: str, body: Callable[[str], Awaitable[Any]]) -> Any:
+    import ssl
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            writer.write(_ok(b'{"tls": true}')[0])
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> Any:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await body(f"https://127.0.0.1:{port}/v1/chat/completions")
+        finally:
+            server.close()
+
+    return asyncio.run(main())
+
+
+def test_https_checks_the_servers_certificate(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS with the system's trust store: a server it does not trust is refused (an
+    ``OSError``, which the model reports as a connection error); trusted, it answers."""
+    import ssl
+
+    cert, key = _tls_server_files(tmp_path)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _serve_tls(cert, key, lambda url: _posts(url, 1))
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # the trust store now holds the server's cert
+    answers = _serve_tls(cert, key, lambda url: _posts(url, 1))
+    assert answers[0][0] == 200 and answers[0][2] == b'{"tls": true}'
