@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi import APIRouter, Form, Path, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,17 +16,20 @@ from conduit_workers.gateway.deps import Key, state
 from conduit_workers.gateway.errors import ApiError
 from conduit_workers.gateway.producer import ROUTE
 from conduit_workers.gateway.responses import json_response
+from conduit_workers.gateway.schemas import NO_NUL, Plain
 
 router = APIRouter(prefix="/v1")
+# An id in a path, looked up in the history database (which refuses NUL characters): 422.
+PathId = Annotated[str, Path(pattern=NO_NUL)]
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
 
 class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    input_file_id: str = Field(min_length=1, max_length=64)
+    input_file_id: Plain = Field(min_length=1, max_length=64)
     endpoint: str
     completion_window: str = "24h"
-    metadata: dict[str, str] | None = None
+    metadata: dict[Plain, Plain] | None = None
 
 
 def _file_object(row: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +71,11 @@ async def upload_file(
         raise ApiError(422, "the file holds a NUL character; send JSONL text", param="file")
     st = state(request)
     row = await asyncio.to_thread(
-        st.history.add_file, key.name, purpose, file.filename or "batch.jsonl", text
+        st.history.add_file,
+        key.name,
+        purpose,
+        (file.filename or "").replace("\x00", "") or "batch.jsonl",
+        text,
     )
     return json_response(_file_object(row))
 
@@ -81,7 +88,7 @@ async def _owned_batch(request: Request, key_name: str, batch_id: str) -> dict[s
 
 
 @router.get("/files/{file_id}")
-async def get_file(file_id: str, request: Request, key: Key) -> Response:
+async def get_file(file_id: PathId, request: Request, key: Key) -> Response:
     row = await asyncio.to_thread(state(request).history.get_file, file_id)
     if row is None or row["key_name"] != key.name:
         raise ApiError(404, f"No file {file_id[:80]!r} for this API key.", code="not_found")
@@ -89,7 +96,7 @@ async def get_file(file_id: str, request: Request, key: Key) -> Response:
 
 
 @router.get("/files/{file_id}/content")
-async def file_content(file_id: str, request: Request, key: Key) -> Response:
+async def file_content(file_id: PathId, request: Request, key: Key) -> Response:
     """An uploaded file, or a batch's output or error file (built when asked)."""
     st = state(request)
     for suffix in ("-output", "-errors"):
@@ -143,13 +150,16 @@ async def create_batch(body: BatchCreate, request: Request, key: Key) -> Respons
 
 
 @router.get("/batches/{batch_id}")
-async def get_batch(batch_id: str, request: Request, key: Key) -> Response:
+async def get_batch(batch_id: PathId, request: Request, key: Key) -> Response:
     return json_response(b.batch_object(await _owned_batch(request, key.name, batch_id)))
 
 
 @router.get("/batches")
 async def list_batches(
-    request: Request, key: Key, limit: int = 20, after: str | None = None
+    request: Request,
+    key: Key,
+    limit: int = 20,
+    after: Annotated[str | None, Query(pattern=NO_NUL)] = None,
 ) -> Response:
     if not 1 <= limit <= 100:
         raise ApiError(422, "limit must be in [1, 100]", param="limit")
@@ -162,7 +172,7 @@ async def list_batches(
 
 
 @router.post("/batches/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, request: Request, key: Key) -> Response:
+async def cancel_batch(batch_id: PathId, request: Request, key: Key) -> Response:
     """Stop what has not started: every request of the batch without an answer ends
     ``cancelled`` (calls already in flight finish)."""
     await _owned_batch(request, key.name, batch_id)

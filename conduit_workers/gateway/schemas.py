@@ -4,13 +4,17 @@ silently dropped, so a request never runs without something its author asked for
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from conduit_workers.domain.chat import ChatMessage, ChatRequest
 
 ROUTED = "conduit"  # the model name that asks Conduit to choose
+
+# Text stored in the history database: PostgreSQL refuses NUL characters (checked in Rust).
+NO_NUL = r"^[^\x00]*$"
+Plain = Annotated[str, StringConstraints(pattern=NO_NUL)]
 
 
 class TextPart(BaseModel):
@@ -72,7 +76,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
     stop: str | list[str] | None = None
     response_format: ResponseFormat | None = None
-    user: str | None = Field(None, max_length=200)
+    user: Plain | None = Field(None, max_length=200)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, ge=1, le=1)
@@ -80,7 +84,7 @@ class ChatCompletionRequest(BaseModel):
     # quality floor of the routing issue (a share of the reference model's quality).
     constraints: dict[str, Any] | None = None
     quality_floor: float | None = Field(None, ge=0, le=1)
-    metadata: dict[str, str] | None = None
+    metadata: dict[Plain, Plain] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
@@ -119,9 +123,9 @@ class FeedbackRequest(BaseModel):
     use the same custom ids)."""
 
     model_config = ConfigDict(extra="forbid")
-    query_id: str | None = Field(None, min_length=1, max_length=200)
-    custom_id: str | None = Field(None, min_length=1, max_length=200)
-    batch_id: str | None = Field(None, min_length=1, max_length=64)  # whose custom_id it is
+    query_id: Plain | None = Field(None, min_length=1, max_length=200)
+    custom_id: Plain | None = Field(None, min_length=1, max_length=200)
+    batch_id: Plain | None = Field(None, min_length=1, max_length=64)  # whose custom_id it is
     rating: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")

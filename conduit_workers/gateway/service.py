@@ -251,6 +251,8 @@ class Gateway:
             )
         if not text.strip():
             raise ApiError(422, "the messages hold no text", param="messages")
+        if "\x00" in text:  # PostgreSQL refuses it: the history write of its batch would fail
+            raise ApiError(422, "the messages hold a NUL character", param="messages")
         cons = self.constraints_for(body, key)
         qid = uuid.uuid4().hex
         decision = await self.decider.decide(qid, text, cons)

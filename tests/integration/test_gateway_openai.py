@@ -223,6 +223,20 @@ def test_a_routed_call_is_counted_in_its_floor_stream_and_its_row_keeps_its_mark
     assert api.redis.hlen(stream) > 0
 
 
+def test_nul_characters_get_422_not_500(api: Api) -> None:
+    """PostgreSQL refuses NUL in text: a feedback id or a path id holding one was a 500, a prompt
+    holding one failed the history write of its whole batch of calls behind the answer."""
+    client = api.client()
+    with pytest.raises(openai.UnprocessableEntityError, match="query_id"):
+        client.post("/feedback", body={"query_id": "q\x00", "rating": 1}, cast_to=httpx2.Response)
+    with pytest.raises(openai.UnprocessableEntityError, match="NUL"):
+        client.chat.completions.create(
+            model="cheap", messages=[{"role": "user", "content": "two\x00words"}]
+        )
+    with pytest.raises(openai.UnprocessableEntityError, match="batch_id"):
+        client.batches.retrieve("batch_x\x00")
+
+
 def test_keys_are_stored_hashed(api: Api, tmp_path: Path) -> None:
     with api.history.engine.connect() as conn:
         stored = conn.execute(select(t.api_keys.c.key_hash, t.api_keys.c.key_hint)).all()
