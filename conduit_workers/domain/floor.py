@@ -69,6 +69,14 @@ only, so its first lucky ratings do not vouch for it twice. Without these, a 299
 sent 20+ prompts each to two models on one good rating (truly 0.23 and 0.45) and ended at 0.927
 of the reference.
 
+**Models known by their prior err together.** A model with few ratings is valued at the pooled
+prior: one guess, shared by every such model, of how good the other models are on this stream.
+Where that guess is wrong it is wrong for all of them at once (on routerbench's MBPP code
+prompts every other model was far below it, and a stream warm-started from MMLU sent two or
+three prompts to each of eight untried models and ended at 0.941 of the reference), so the
+parts of their estimates that rest on the prior add up in standard deviations, not in variances
+(:attr:`Stratum.prior_var`); their own ratings' sampling errors stay independent.
+
 This module is pure arithmetic over counters; the counters live in a
 :class:`~conduit_workers.routing.floor_store.FloorStore` shared by every router process.
 """
@@ -184,6 +192,7 @@ class FloorCounts:
 class Stratum:
     mean: float
     var_of_mean: float  # variance of the estimate of the stratum's mean
+    prior_var: float = 0.0  # the part of it that comes from the prior (shared across models)
 
 
 def stratum_estimate(counts: FloorCounts, stratum: str, prior_mean: float) -> Stratum:
@@ -194,7 +203,7 @@ def stratum_estimate(counts: FloorCounts, stratum: str, prior_mean: float) -> St
     mean = (s + k * prior_mean) / (m + k)
     spread = max(ss - s * s / m, 0.0) if m > 0 else 0.0
     var = (spread + k * PRIOR_VARIANCE) / (m + k)
-    return Stratum(mean, var / (m + k))
+    return Stratum(mean, var / (m + k), k * PRIOR_VARIANCE / (m + k) ** 2)
 
 
 @dataclass(frozen=True)
@@ -240,7 +249,8 @@ def _alt_estimate(counts: FloorCounts, stratum: str, prior_mean: float, models: 
     )
     if ok is None or d <= 0 or pred <= 0:
         est = stratum_estimate(counts, stratum, prior_mean)
-        return Stratum(est.mean, est.var_of_mean * selection_factor(counts, stratum, models))
+        f = selection_factor(counts, stratum, models)
+        return Stratum(est.mean, est.var_of_mean * f, est.prior_var * f)
     shift, var = ok
     return Stratum(min(1.0, max(0.0, pred / d + shift)), var)
 
@@ -294,7 +304,8 @@ def _alt_prior(counts: FloorCounts) -> Stratum:
     mean = _pooled_mean(
         sum(counts.get(RATED, s) for s in alts), sum(counts.get(SUM, s) for s in alts)
     )
-    return Stratum(mean, PRIOR_VARIANCE / PRIOR_RATINGS / PRIOR_RATINGS)
+    var = PRIOR_VARIANCE / PRIOR_RATINGS / PRIOR_RATINGS
+    return Stratum(mean, var, var)
 
 
 def slack(
@@ -325,10 +336,16 @@ def slack(
     ref_elsewhere, var_elsewhere = calibration(counts).total(n_alt, p_alt, u_alt)
     chosen = ref_given + sum(decided[s] * strata[s].mean for s in strata if s not in refs)
     total = chosen - floor * (ref_given + ref_elsewhere)
+    # The models' priors are one guess shared by all of them (how good the other models are on
+    # this stream): the parts of their estimates that rest on it err together, so they add up
+    # in standard deviations, not in variances.
     var = sum(
-        (1.0 - floor if s in refs else 1.0) ** 2 * decided[s] ** 2 * strata[s].var_of_mean
+        (1.0 - floor if s in refs else 1.0) ** 2
+        * decided[s] ** 2
+        * (strata[s].var_of_mean - (0.0 if s in refs else strata[s].prior_var))
         for s in strata
     )
+    var += sum(decided[s] * math.sqrt(strata[s].prior_var) for s in strata if s not in refs) ** 2
     var += floor**2 * var_elsewhere
     q_ref = (ref_given + ref_elsewhere) / max(n, 1e-9)
     return Slack(total, math.sqrt(var), q_ref, n)

@@ -252,6 +252,26 @@ def test_a_model_with_few_ratings_is_held_to_a_wider_estimate():
     assert n_lucky < n_known
 
 
+def test_models_known_only_by_their_prior_err_together():
+    # Four models tried on three prompts each, none rated yet: each is valued at one shared
+    # guess (the pooled prior). On MBPP's code prompts all of them were far below it and the
+    # floor ended at 0.941 after a warm start from MMLU. Their prior parts add up in standard
+    # deviations: a fifth unknown model is refused where independent errors let it in.
+    alts = {f"alt_m{k}": (3.0, 0.0, 0.0) for k in range(4)}
+    c = counts(0.7, audit=(300, 90, 0.7), **alts)
+    assert fl.gate(c, PARAMS, [fl.alt("new")], [False], [0.7])[0] in (fl.AUDIT, fl.POLICY)
+    est = fl._strata_estimates(c)
+    assert est is not None
+    one = est[fl.alt("m0")]
+    assert one.prior_var == pytest.approx(one.var_of_mean)  # no ratings: all prior
+    s = fl.slack(c, 0.95)
+    assert s is not None and s.sd >= 4 * 3 * math.sqrt(one.prior_var)
+    # Rated models' own sampling errors stay independent: with ratings the prior part fades.
+    rated = counts(0.7, audit=(300, 90, 0.7), **{k: (3.0, 30.0, 0.6) for k in alts})
+    est_r = fl._strata_estimates(rated)
+    assert est_r is not None and est_r[fl.alt("m0")].prior_var < one.prior_var / 100
+
+
 def test_pace_finds_the_least_lambda_that_fits():
     cost = {0.0: 10.0, 1.0: 6.0, 2.0: 3.0}
 
