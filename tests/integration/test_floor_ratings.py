@@ -49,16 +49,24 @@ CATALOG = parse_catalog(
 )
 
 
-def test_a_rating_feeds_the_floor_its_prompt_was_routed_under(
-    history: SqlHistory, redis_url: str
-) -> None:
+def _system(
+    redis_url: str, seed: int
+) -> tuple[redis.Redis, RedisPosteriorStore, RedisFloorStore, RoutingEngine]:
+    """Redis posteriors and floors, and an engine holding a floor of 0.9 over them."""
     client = redis.Redis.from_url(redis_url)
     store = RedisPosteriorStore.from_url(redis_url, prefix=TEST_PREFIX)
     floors = RedisFloorStore(client, TEST_PREFIX, 600)
-    settings = RouterSettings(quality_floor=0.9, seed=1, feature_cache_ttl_s=0)
+    settings = RouterSettings(quality_floor=0.9, seed=seed, feature_cache_ttl_s=0)
     engine = RoutingEngine(
-        CATALOG, store, HashingEmbedder(64), settings, np.random.default_rng(1), floors
+        CATALOG, store, HashingEmbedder(64), settings, np.random.default_rng(seed), floors
     )
+    return client, store, floors, engine
+
+
+def test_a_rating_feeds_the_floor_its_prompt_was_routed_under(
+    history: SqlHistory, redis_url: str
+) -> None:
+    client, store, floors, engine = _system(redis_url, 1)
     items = [
         parse_item({"id": f"p{i}", "prompt": f"Question {i}?"}, line=i, max_prompt_chars=999)
         for i in range(6)
@@ -94,13 +102,7 @@ def test_a_rating_feeds_the_floor_its_prompt_was_routed_under(
 def test_the_floors_counters_are_rebuilt_from_the_history(
     history: SqlHistory, redis_url: str
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
-    store = RedisPosteriorStore.from_url(redis_url, prefix=TEST_PREFIX)
-    floors = RedisFloorStore(client, TEST_PREFIX, 600)
-    settings = RouterSettings(quality_floor=0.9, seed=2, feature_cache_ttl_s=0)
-    engine = RoutingEngine(
-        CATALOG, store, HashingEmbedder(64), settings, np.random.default_rng(2), floors
-    )
+    client, store, floors, engine = _system(redis_url, 2)
     rng = np.random.default_rng(5)
     ids: list[str] = []
     for k in range(8):  # chunks routed, answered and rated in turn, so the floor moves
