@@ -75,7 +75,10 @@ Where that guess is wrong it is wrong for all of them at once (on routerbench's 
 prompts every other model was far below it, and a stream warm-started from MMLU sent two or
 three prompts to each of eight untried models and ended at 0.941 of the reference), so the
 parts of their estimates that rest on the prior add up in standard deviations, not in variances
-(:attr:`Stratum.prior_var`); their own ratings' sampling errors stay independent.
+(:attr:`Stratum.prior_var`); their own ratings' sampling errors stay independent. The prior's
+variance is the spread of the rated models' means once two have three ratings each (shrunk
+towards 1/4 by two pseudo-models, :func:`_between_models`): where the other models are alike, a
+new one is likely alike too; that keeps most of the savings the shared errors would cost.
 
 This module is pure arithmetic over counters; the counters live in a
 :class:`~conduit_workers.routing.floor_store.FloorStore` shared by every router process.
@@ -195,15 +198,17 @@ class Stratum:
     prior_var: float = 0.0  # the part of it that comes from the prior (shared across models)
 
 
-def stratum_estimate(counts: FloorCounts, stratum: str, prior_mean: float) -> Stratum:
+def stratum_estimate(
+    counts: FloorCounts, stratum: str, prior_mean: float, prior_variance: float = PRIOR_VARIANCE
+) -> Stratum:
     m = counts.get(RATED, stratum)
     s = counts.get(SUM, stratum)
     ss = counts.get(SQUARES, stratum)
     k = PRIOR_RATINGS
     mean = (s + k * prior_mean) / (m + k)
     spread = max(ss - s * s / m, 0.0) if m > 0 else 0.0
-    var = (spread + k * PRIOR_VARIANCE) / (m + k)
-    return Stratum(mean, var / (m + k), k * PRIOR_VARIANCE / (m + k) ** 2)
+    var = (spread + k * prior_variance) / (m + k)
+    return Stratum(mean, var / (m + k), k * prior_variance / (m + k) ** 2)
 
 
 @dataclass(frozen=True)
@@ -241,14 +246,20 @@ def _confirmed(m: float, r1: float, r2: float, w: float) -> tuple[float, float] 
     return mean * m / (m + w), var / (m + w)
 
 
-def _alt_estimate(counts: FloorCounts, stratum: str, prior_mean: float, models: float) -> Stratum:
+def _alt_estimate(
+    counts: FloorCounts,
+    stratum: str,
+    prior_mean: float,
+    models: float,
+    prior_variance: float = PRIOR_VARIANCE,
+) -> Stratum:
     d, m = counts.get(DECIDED, stratum), counts.get(RESID_N, stratum)
     pred = counts.get(PREDICTED, stratum)
     ok = _confirmed(
         m, counts.get(RESID, stratum), counts.get(RESID_SQ, stratum), counts.weight(stratum)
     )
     if ok is None or d <= 0 or pred <= 0:
-        est = stratum_estimate(counts, stratum, prior_mean)
+        est = stratum_estimate(counts, stratum, prior_mean, prior_variance)
         f = selection_factor(counts, stratum, models)
         return Stratum(est.mean, est.var_of_mean * f, est.prior_var * f)
     shift, var = ok
@@ -275,11 +286,12 @@ def _strata_estimates(counts: FloorCounts) -> dict[str, Stratum] | None:
     models = _models_tried(alts)
     alt_n = sum(counts.get(RATED, s) for s in alts)
     alt_s = sum(counts.get(SUM, s) for s in alts)
+    spread = _between_models(counts, alts)
     for s in alts:
         # A model's own ratings are left out of its prior: counted there too, its first lucky
         # ratings would vouch for it twice.
         prior = _pooled_mean(alt_n - counts.get(RATED, s), alt_s - counts.get(SUM, s))
-        out[s] = _alt_estimate(counts, s, prior, models)
+        out[s] = _alt_estimate(counts, s, prior, models, spread)
     return out
 
 
@@ -296,6 +308,19 @@ def _pooled_mean(rated: float, total: float) -> float:
     return (total + PRIOR_RATINGS * 0.5) / (rated + PRIOR_RATINGS)
 
 
+def _between_models(counts: FloorCounts, alts: list[str]) -> float:
+    """The prior variance of a model's quality, the pooled prior being its mean: how far the
+    rated models' means (3 ratings at least) lie from their own pooled mean, with two
+    pseudo-models at the largest variance there is (1/4), so that a few models do not vouch
+    for a tight prior; 1/4 until two models are rated."""
+    rated = [counts.get(SUM, s) / counts.get(RATED, s) for s in alts if counts.get(RATED, s) >= 3]
+    if len(rated) < 2:
+        return PRIOR_VARIANCE
+    pooled = sum(rated) / len(rated)
+    spread = sum((x - pooled) ** 2 for x in rated)
+    return (spread + PRIOR_RATINGS * PRIOR_VARIANCE) / (len(rated) + PRIOR_RATINGS)
+
+
 def _alt_prior(counts: FloorCounts) -> Stratum:
     """A model never rated is valued at the pooled mean of the other models' ratings, itself
     shrunk towards 1/2: pessimistic while nothing is known, fair once something is (a rated
@@ -304,7 +329,7 @@ def _alt_prior(counts: FloorCounts) -> Stratum:
     mean = _pooled_mean(
         sum(counts.get(RATED, s) for s in alts), sum(counts.get(SUM, s) for s in alts)
     )
-    var = PRIOR_VARIANCE / PRIOR_RATINGS / PRIOR_RATINGS
+    var = _between_models(counts, alts) / PRIOR_RATINGS / PRIOR_RATINGS
     return Stratum(mean, var, var)
 
 

@@ -272,6 +272,21 @@ def test_models_known_only_by_their_prior_err_together():
     assert est_r is not None and est_r[fl.alt("m0")].prior_var < one.prior_var / 100
 
 
+def test_the_prior_is_as_wide_as_the_rated_models_differ():
+    # Until two models have three ratings, a model's prior spans the widest variance (1/4);
+    # then the spread of their means, shrunk towards 1/4 by two pseudo-models.
+    alike = counts(0.8, audit=(300, 90, 0.8), alt_a=(40, 12, 0.7), alt_b=(40, 12, 0.7))
+    apart = counts(0.8, audit=(300, 90, 0.8), alt_a=(40, 12, 0.95), alt_b=(40, 12, 0.05))
+    lone = counts(0.8, audit=(300, 90, 0.8), alt_a=(40, 12, 0.7), alt_b=(40, 2, 0.7))
+    alts = [fl.alt("a"), fl.alt("b")]
+    assert fl._between_models(lone, alts) == pytest.approx(fl.PRIOR_VARIANCE)
+    assert fl._between_models(alike, alts) == pytest.approx(2 * 0.25 / 4)
+    assert fl._between_models(apart, alts) == pytest.approx((2 * 0.45**2 + 0.5) / 4)
+    new = {fl.alt("new"): 3.0}
+    sd_alike, sd_lone = (fl.slack(c, 0.95, new, 2.4) for c in (alike, lone))
+    assert sd_alike is not None and sd_lone is not None and sd_alike.sd < sd_lone.sd
+
+
 def test_pace_finds_the_least_lambda_that_fits():
     cost = {0.0: 10.0, 1.0: 6.0, 2.0: 3.0}
 
