@@ -205,6 +205,10 @@ class ExecutorSettings(BaseModel):
     # stores them (``execution/answer_stash.py``), so the retry does not call them again; for
     # at most this long.
     stash_ttl_s: int = Field(default=86400, ge=1)
+    # While a chunk's calls run, its answers so far are stashed this often, so that a task
+    # killed before it stores them leaves them to its redelivery rather than to a second call
+    # (a chunk done sooner stashes nothing); 0 turns it off.
+    stash_every_s: float = Field(default=0.5, ge=0.0)
     # How OpenAI and OpenAI-compatible models are called, one HTTP client per process shared by
     # all models: "http1" (Conduit's pydantic-ai model posting chat completions over its own
     # keep-alive HTTP/1.1 connections, no SDK: text prompts only, ~0.1 ms of CPU per call),

@@ -9,6 +9,10 @@ events), and every execute task takes the stashed answers of its prompts before 
 stashed prompt is stored, not called. The entry is deleted once its result is stored; it
 expires after ``executor.stash_ttl_s`` (a longer outage calls again).
 
+The same holds for a task killed mid-chunk: while a chunk's calls run, the answers already in
+are stashed every ``executor.stash_every_s`` (0.5 s), so a redelivered task stores them and
+calls only what was in flight. A chunk done within that time stashes nothing.
+
 The answer text is in the entry, as in the history database; no prompt text is.
 """
 

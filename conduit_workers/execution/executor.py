@@ -341,9 +341,11 @@ async def handle_execute_batch(
                 recorded,
             )
 
+        keeper = _Keeper(stash, ex.stash_every_s) if stash is not None else None
+
         async def bounded(row: ExecutionRow) -> _Outcome:
             async with CallSlot(sem) as slot:
-                return await _execute_one(
+                out = await _execute_one(
                     row,
                     llm,
                     catalog,
@@ -354,8 +356,16 @@ async def handle_execute_batch(
                     budgets.get(row.query_id),
                     slot,
                 )
+            if keeper is not None:
+                keeper.add(out)
+            return out
 
-        done = await asyncio.gather(*(bounded(r) for r in rows), return_exceptions=True)
+        try:
+            done = await asyncio.gather(*(bounded(r) for r in rows), return_exceptions=True)
+        finally:
+            if keeper is not None:
+                keeper.stop()  # also when the task is cancelled: no keeper outlives its chunk
+        kept = await keeper.close() if keeper is not None else []
         outcomes = [o for o in done if isinstance(o, _Outcome)]
         outcomes += [_Outcome(r, evs) for r, evs in stashed.values()]
         results = [o.result for o in outcomes]
@@ -367,8 +377,8 @@ async def handle_execute_batch(
                 new = [(o.result, o.events) for o in outcomes if o.result.query_id not in stashed]
                 await asyncio.to_thread(stash.put, new)
             raise
-        if stash is not None and stashed:
-            await asyncio.to_thread(stash.drop, sorted(stashed))
+        if stash is not None and (stashed or kept):
+            await asyncio.to_thread(stash.drop, sorted({*stashed, *kept}))
         failed = [e for e in done if isinstance(e, BaseException)]
         if failed:
             raise failed[0]
@@ -377,6 +387,46 @@ async def handle_execute_batch(
         _end_to_end(metrics, stored, submitted)
     pending = await asyncio.to_thread(history.unapplied_feedback_for, query_ids)
     return stored, pending
+
+
+class _Keeper:
+    """Keeps a chunk's answers in the stash as they come, every ``every_s`` while its other
+    calls run, so that a task killed before it stores them leaves them to its redelivery
+    instead of to a second call. A chunk whose calls all end within ``every_s`` stashes
+    nothing (its answers are stored at once)."""
+
+    def __init__(self, stash: AnswerStash, every_s: float) -> None:
+        self.stash = stash
+        self.every_s = every_s
+        self.waiting: list[_Outcome] = []
+        self.kept: list[str] = []
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run()) if every_s > 0 else None
+
+    def add(self, outcome: _Outcome) -> None:
+        self.waiting.append(outcome)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.every_s)
+            except TimeoutError:
+                pass
+            if self._stop.is_set() or not self.waiting:
+                continue
+            batch, self.waiting = self.waiting, []
+            if await asyncio.to_thread(self.stash.put, [(o.result, o.events) for o in batch]):
+                self.kept += [o.result.query_id for o in batch]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def close(self) -> list[str]:
+        """Stop (a put under way finishes first); the query ids kept in the stash."""
+        self.stop()
+        if self._task is not None:
+            await self._task
+        return self.kept
 
 
 async def _cooling(health: ModelHealth, names: Sequence[str]) -> dict[str, float]:

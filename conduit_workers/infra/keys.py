@@ -78,7 +78,9 @@ key                                          type    content, expiry
                                                      (``execution/claims.py``)
 ``P:stash:<query id>``                       string  JSON of a prompt's result and its implicit
                                                      events, called but not stored (history
-                                                     database unreachable); deleted once stored,
+                                                     database unreachable, or kept every
+                                                     ``executor.stash_every_s`` while the
+                                                     chunk's other calls run); deleted once stored,
                                                      expires after ``executor.stash_ttl_s``
                                                      (``execution/answer_stash.py``)
 ``P:idem:<hash>``                            string  an HTTP call's ``Idempotency-Key``: JSON

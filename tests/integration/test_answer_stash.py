@@ -187,3 +187,67 @@ def test_answers_called_during_a_database_outage_are_stored_not_called_again(
     assert _execute(history, catalog, ids, stash) == []
     assert server.stats()["calls"] == 3
     history.dispose()
+
+
+def test_a_task_killed_mid_chunk_leaves_its_answers_to_its_redelivery(
+    history: SqlHistory, redis_url: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"id": "p", "prompt": "x", "models": {}}) + "\n", encoding="utf-8")
+    server = start_replay(
+        ReplayConfig(
+            data_paths=[data],
+            profiles={"fast": ModelProfile(latency_ms=50), "slow": ModelProfile(latency_ms=3000)},
+            extra_models=("fast", "slow"),
+        )
+    )
+    try:
+        models = [
+            {
+                "name": name,
+                "provider": "openai-compatible",
+                "base_url": server.v1,
+                "input_price_per_mtok_usd": 1.0,
+                "output_price_per_mtok_usd": 1.0,
+            }
+            for name in ("fast", "slow")
+        ]
+        catalog = parse_catalog({"reference": "slow", "models": models}, {})
+        items = [
+            parse_item({"id": f"k{k}", "prompt": f"question {k}"}, max_prompt_chars=1000)
+            for k in range(8)
+        ]
+        history.submit("b2", items, tag=None, rejected=0, constraints={})
+        ids = [i.key for i in items]
+        decided = {q: ("fast" if k < 6 else "slow") for k, q in enumerate(ids)}
+        history.insert_decisions(
+            [
+                DecisionRow(q, m, [m], [0.0], {}, "general", 0.0, None, {})
+                for q, m in decided.items()
+            ]
+        )
+        stash = AnswerStash(redis.Redis.from_url(redis_url), "T", ttl_s=600)
+
+        async def killed() -> None:
+            llm = LLMClient(catalog, {}, timeout_s=10)
+            task = asyncio.create_task(
+                handle_execute_batch(
+                    ids, history, llm, catalog, ExecutorSettings(), FeedbackSettings(), stash=stash
+                )
+            )
+            await asyncio.sleep(1.5)  # the fast answers are in, the slow calls in flight
+            task.cancel()  # the worker dies: nothing after this line of the task runs
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await llm.aclose()
+
+        asyncio.run(killed())
+        assert server.stats()["by_model"] == {"fast": 6, "slow": 2}
+        assert history.batch_results("b2")[0]["status"] is None  # nothing stored
+
+        # The redelivery stores the six answers it finds and calls only the two in flight.
+        assert _execute(history, catalog, ids, stash) == sorted(ids)
+        assert server.stats()["by_model"] == {"fast": 6, "slow": 4}
+        assert [r["status"] for r in history.batch_results("b2")] == ["ok"] * 8
+    finally:
+        server.stop()
