@@ -120,15 +120,18 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
     running.stop()
 
 
-def _catalog(server: RunningServer) -> Catalog:
-    model = {
-        "name": "cheap",
-        "provider": "openai-compatible",
-        "base_url": server.v1,
-        "input_price_per_mtok_usd": 1.0,
-        "output_price_per_mtok_usd": 1.0,
-    }
-    return parse_catalog({"reference": "cheap", "models": [model]}, {})
+def _catalog(server: RunningServer, names: tuple[str, ...] = ("cheap",)) -> Catalog:
+    models = [
+        {
+            "name": name,
+            "provider": "openai-compatible",
+            "base_url": server.v1,
+            "input_price_per_mtok_usd": 1.0,
+            "output_price_per_mtok_usd": 1.0,
+        }
+        for name in names
+    ]
+    return parse_catalog({"reference": names[-1], "models": models}, {})
 
 
 def _execute(
@@ -202,17 +205,7 @@ def test_a_task_killed_mid_chunk_leaves_its_answers_to_its_redelivery(
         )
     )
     try:
-        models = [
-            {
-                "name": name,
-                "provider": "openai-compatible",
-                "base_url": server.v1,
-                "input_price_per_mtok_usd": 1.0,
-                "output_price_per_mtok_usd": 1.0,
-            }
-            for name in ("fast", "slow")
-        ]
-        catalog = parse_catalog({"reference": "slow", "models": models}, {})
+        catalog = _catalog(server, ("fast", "slow"))
         items = [
             parse_item({"id": f"k{k}", "prompt": f"question {k}"}, max_prompt_chars=1000)
             for k in range(8)
