@@ -18,6 +18,7 @@ The answer text is in the entry, as in the history database; no prompt text is.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
@@ -83,3 +84,43 @@ class AnswerStash:
             self.client.delete(*(self.keys.answer_stash(q) for q in query_ids))
         except (redis.RedisError, OSError) as exc:
             log.warning("stashed answers not deleted (%s); they expire", exc)
+
+
+class StashKeeper:
+    """Keeps a chunk's answers in the stash as they come, every ``every_s`` while its other
+    calls run, so that a task killed before it stores them leaves them to its redelivery
+    instead of to a second call. A chunk whose calls all end within ``every_s`` stashes
+    nothing (its answers are stored at once)."""
+
+    def __init__(self, stash: AnswerStash, every_s: float) -> None:
+        self.stash = stash
+        self.every_s = every_s
+        self.waiting: list[Stashed] = []
+        self.kept: list[str] = []
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run()) if every_s > 0 else None
+
+    def add(self, answer: Stashed) -> None:
+        self.waiting.append(answer)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.every_s)
+            except TimeoutError:
+                pass
+            if self._stop.is_set() or not self.waiting:
+                continue
+            batch, self.waiting = self.waiting, []
+            if await asyncio.to_thread(self.stash.put, batch):
+                self.kept += [result.query_id for result, _ in batch]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def close(self) -> list[str]:
+        """Stop (a put under way finishes first); the query ids kept in the stash."""
+        self.stop()
+        if self._task is not None:
+            await self._task
+        return self.kept

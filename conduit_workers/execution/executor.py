@@ -39,7 +39,7 @@ from conduit_workers.errors import (
     StoreUnavailable,
 )
 from conduit_workers.execution import cooldowns
-from conduit_workers.execution.answer_stash import AnswerStash
+from conduit_workers.execution.answer_stash import AnswerStash, StashKeeper
 from conduit_workers.execution.budget_guard import CallBudget, call_budgets
 from conduit_workers.execution.call_metrics import CallMetrics, MeteredLLM
 from conduit_workers.execution.claims import ExecClaims
@@ -341,7 +341,7 @@ async def handle_execute_batch(
                 recorded,
             )
 
-        keeper = _Keeper(stash, ex.stash_every_s) if stash is not None else None
+        keeper = StashKeeper(stash, ex.stash_every_s) if stash is not None else None
 
         async def bounded(row: ExecutionRow) -> _Outcome:
             async with CallSlot(sem) as slot:
@@ -357,7 +357,7 @@ async def handle_execute_batch(
                     slot,
                 )
             if keeper is not None:
-                keeper.add(out)
+                keeper.add((out.result, out.events))
             return out
 
         try:
@@ -387,46 +387,6 @@ async def handle_execute_batch(
         _end_to_end(metrics, stored, submitted)
     pending = await asyncio.to_thread(history.unapplied_feedback_for, query_ids)
     return stored, pending
-
-
-class _Keeper:
-    """Keeps a chunk's answers in the stash as they come, every ``every_s`` while its other
-    calls run, so that a task killed before it stores them leaves them to its redelivery
-    instead of to a second call. A chunk whose calls all end within ``every_s`` stashes
-    nothing (its answers are stored at once)."""
-
-    def __init__(self, stash: AnswerStash, every_s: float) -> None:
-        self.stash = stash
-        self.every_s = every_s
-        self.waiting: list[_Outcome] = []
-        self.kept: list[str] = []
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run()) if every_s > 0 else None
-
-    def add(self, outcome: _Outcome) -> None:
-        self.waiting.append(outcome)
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.every_s)
-            except TimeoutError:
-                pass
-            if self._stop.is_set() or not self.waiting:
-                continue
-            batch, self.waiting = self.waiting, []
-            if await asyncio.to_thread(self.stash.put, [(o.result, o.events) for o in batch]):
-                self.kept += [o.result.query_id for o in batch]
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def close(self) -> list[str]:
-        """Stop (a put under way finishes first); the query ids kept in the stash."""
-        self.stop()
-        if self._task is not None:
-            await self._task
-        return self.kept
 
 
 async def _cooling(health: ModelHealth, names: Sequence[str]) -> dict[str, float]:
