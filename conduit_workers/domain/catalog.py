@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from conduit_workers.errors import ConfigError
 
@@ -163,6 +164,15 @@ def parse_catalog(
         _default_prices(values, where)
         if values["provider"] == "openai-compatible" and not values.get("base_url"):
             raise ConfigError(f"{where}: an openai-compatible model needs base_url")
+        if values.get("base_url"):
+            # Checked here, not at the first call: a URL without its scheme would otherwise
+            # fail every call of that model as a permanent error, batch after batch.
+            u = urlsplit(values["base_url"])
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise ConfigError(
+                    f"{where}: base_url must be an http:// or https:// URL with a host, "
+                    f"got {values['base_url']!r}"
+                )
         for key in ("input_price_per_mtok_usd", "output_price_per_mtok_usd"):
             if values[key] < 0:
                 raise ConfigError(f"{where}: {key} must be >= 0")

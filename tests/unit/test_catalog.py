@@ -45,6 +45,8 @@ def test_real_provider_reads_its_key_variable_by_default():
     [
         ([_model(provider="acme")], "provider 'acme'"),
         ([_model(base_url=None)], "needs base_url"),
+        ([_model(base_url="127.0.0.1:8700/v1")], "base_url must be an http"),
+        ([_model(base_url="http:///v1")], "base_url must be an http"),
         ([_model(), _model()], "more than once"),
         ([_model(colour="red")], "unknown field"),
         ([_model(input_price_per_mtok_usd="cheap")], "input_price_per_mtok_usd must be float"),
