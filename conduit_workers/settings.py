@@ -125,14 +125,15 @@ class RouterSettings(BaseModel):
     # slack estimate kept in reserve, the least random share of prompts sent to the reference
     # (its calibration over every kind of prompt), the normalised pessimistic slack the dual
     # variable aims at, the dual's step (log λ per 32 prompts per unit of slack), its first
-    # and least λ.
+    # and least λ (the same: below 0.1 the policy offers the gate dearer near-reference models
+    # that save little per point of quality; the gate, not a falling λ, keeps the floor).
     floor_pessimism: float = 1.5
     floor_audit_min: float = 0.05
     floor_audit_scale: float = 1.0  # random share = scale / √(1 + reference ratings), at least min
     floor_target: float = 0.005
     floor_eta: float = 4.0
     floor_lambda_init: float = 0.1
-    floor_lambda_min: float = 0.02
+    floor_lambda_min: float = 0.1
     # Weight of cost (an expert setting, used when no floor is set): the quality one would give
     # up to save the catalog reference model's whole expected cost on a typical prompt (the
     # dearest model's when there is no reference).

@@ -40,7 +40,11 @@ pseudo-ratings of variance 1/4). Decisions (:func:`gate`):
   trying one costs several reference answers' worth of slack and a dozen are not all tried;
 * **a dual variable** on cost (primal–dual): the utility is ``q − λ·cost/reference cost``;
   ``log λ`` rises while the normalised pessimistic slack ``(S − z·sd)/(n·q_ref)`` is above
-  ``target`` and falls below it (:func:`dual_step`), so the router spends slack once it has it.
+  ``target`` and falls below it (:func:`dual_step`), so the router spends slack once it has it;
+  never below its start (``lambda_min`` = ``lambda_init`` = 0.1): where λ fell towards 0 the
+  policy offered the gate dearer near-reference models (frugalgpt: text-davinci-002 at two
+  thirds of GPT-4's price, an AI21 model at 0.69 tried on its price-blind samples) instead of
+  the ones that save most per point of quality; keeping the floor is the gate's job.
 
 **Offline evidence, once the stream confirms it.** A warm start (``conduit learn``) records per
 model the weight of its offline ratings (:data:`OFFLINE_STREAM`). The posterior's predictions
@@ -139,7 +143,7 @@ class FloorParams:
     audit_min: float = 0.05  # random share of prompts sent to the reference, at least
     audit_scale: float = 1.0  # share = clip(scale / √(1 + reference ratings), audit_min, 1)
     lambda_init: float = 0.1
-    lambda_min: float = 0.02
+    lambda_min: float = 0.1  # = lambda_init: the dual raises λ, never below its start
     lambda_max: float = 5.0
     eta: float = 4.0  # step of log λ per chunk of 32 prompts, per unit of normalised slack
     target: float = 0.005  # normalised pessimistic slack the dual aims at

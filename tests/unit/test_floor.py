@@ -107,6 +107,17 @@ def test_the_dual_variable_rises_with_slack_and_falls_without():
     assert fl.clamp_log_lambda(100.0, PARAMS) == pytest.approx(math.log(PARAMS.lambda_max))
 
 
+def test_the_dual_never_takes_lambda_below_its_start():
+    # Where λ fell towards 0 the policy offered the gate dear near-reference models that save
+    # little per point of quality (bench/README.md): the gate keeps the floor, λ only rises.
+    params = fl.FloorParams(floor=0.95)
+    poor = counts(audit=(100, 30, 0.9), alt_cheap=(1900, 570, 0.6))
+    assert fl.dual_step(poor, params, 32) < 0
+    lowest = fl.clamp_log_lambda(poor.log_lambda(params) - 10.0, params)
+    assert lowest == pytest.approx(math.log(params.lambda_init))
+    assert RouterSettings().floor_lambda_min == RouterSettings().floor_lambda_init
+
+
 def test_audit_share_decays_with_the_reference_ratings():
     shares = [fl.audit_share(counts(audit=(m * 3, m, 0.9)), PARAMS) for m in (0, 100, 10_000)]
     assert shares[0] == 1.0 and shares[0] > shares[1] > shares[2] == PARAMS.audit_min
