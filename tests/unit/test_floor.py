@@ -17,7 +17,7 @@ from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
 from conduit_workers.routing.embedder import HashingEmbedder
 from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.routing.floor_store import InMemoryFloorStore
-from conduit_workers.routing.quality_floor import FloorMark
+from conduit_workers.routing.quality_floor import FloorMark, floor_of
 from conduit_workers.settings import RouterSettings
 
 CHEAP = ModelSpec("cheap", "openai-compatible", 0.1, 0.1)
@@ -56,6 +56,14 @@ def test_constraints_take_a_quality_floor_in_0_1():
         Constraints(quality_floor=0.9).merged_over(Constraints(quality_floor=0.5)).quality_floor
         == 0.9
     )
+
+
+def test_a_prompt_is_under_the_default_floor_unless_it_says_otherwise():
+    settings = RouterSettings()
+    assert floor_of(Constraints(), settings) == settings.quality_floor == 0.95
+    assert floor_of(Constraints(quality_floor=0.9), settings) == 0.9
+    assert floor_of(Constraints(quality_floor=0.0), settings) is None  # --quality-floor 0
+    assert floor_of(Constraints(lambda_cost=0.3), settings) is None  # the expert setting
 
 
 def test_the_router_starts_at_the_reference_until_the_reference_is_rated():
