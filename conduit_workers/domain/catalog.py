@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from conduit_workers.errors import ConfigError
 
@@ -167,8 +167,7 @@ def parse_catalog(
         if values.get("base_url"):
             # Checked here, not at the first call: a URL without its scheme would otherwise
             # fail every call of that model as a permanent error, batch after batch.
-            u = urlsplit(values["base_url"])
-            if u.scheme not in ("http", "https") or not u.hostname:
+            if http_url(values["base_url"]) is None:
                 raise ConfigError(
                     f"{where}: base_url must be an http:// or https:// URL with a host, "
                     f"got {values['base_url']!r}"
@@ -188,6 +187,13 @@ def parse_catalog(
     return Catalog(
         models=tuple(specs), reference=str(reference), version=str(data.get("version", "1"))
     )
+
+
+def http_url(url: str) -> SplitResult | None:
+    """``url`` split, if it is an http:// or https:// URL with a host (the only ones a model
+    can be called at); None otherwise."""
+    u = urlsplit(url)
+    return u if u.scheme in ("http", "https") and u.hostname else None
 
 
 _PRICES = ("input_price_per_mtok_usd", "output_price_per_mtok_usd")

@@ -25,7 +25,8 @@ import asyncio
 import ssl
 from collections.abc import Mapping
 from typing import cast
-from urllib.parse import urlsplit
+
+from conduit_workers.domain.catalog import http_url
 
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers of one response, at most
 _NO_BODY = (204, 304)
@@ -279,8 +280,8 @@ class Http1Connections:
         self._origins: dict[tuple[str, str, int], _Origin] = {}
 
     def target(self, url: str, headers: Mapping[str, str]) -> Http1Target:
-        u = urlsplit(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
+        u = http_url(url)
+        if u is None or u.hostname is None:
             raise ValueError(f"not an http(s) URL: {url!r}")
         tls = u.scheme == "https"
         port = u.port or (443 if tls else 80)
