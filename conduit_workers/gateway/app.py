@@ -63,6 +63,7 @@ def _build(settings: Settings) -> State:
     from conduit_workers.routing.embedder import make_embedder
     from conduit_workers.routing.engine import RoutingEngine
     from conduit_workers.routing.floor_store import RedisFloorStore
+    from conduit_workers.routing.quality_floor import stream_key
     from conduit_workers.settings import environ
 
     s = settings
@@ -81,9 +82,18 @@ def _build(settings: Settings) -> State:
         RedisFloorStore(store.client, r.key_prefix, r.applied_ttl_s), refresh_s
     )
     embedder = make_embedder(rs.embedder, rs.static_model_dir)
-    engine = RoutingEngine(
-        catalog, RecentPosteriors(store, refresh_s), embedder, rs, floor_store=floors
-    )
+    posteriors = RecentPosteriors(store, refresh_s)
+    engine = RoutingEngine(catalog, posteriors, embedder, rs, floor_store=floors)
+    default_floor = stream_key(None, rs.quality_floor) if rs.quality_floor else None
+
+    def fresh() -> bool:
+        """A decision now needs nothing from Redis (the Decider may make it on the loop)."""
+        return (
+            posteriors.fresh()
+            and (default_floor is None or floors.fresh(default_floor))
+            and not engine.floors.offline_due()
+        )
+
     ex = s.executor
     llm = LLMClient(
         catalog,
@@ -128,7 +138,7 @@ def _build(settings: Settings) -> State:
         reasks=reasks,
         before_write=floors.flush,
     )
-    gateway = Gateway(s, catalog, Decider(engine), llm, health, ledger, recorder)
+    gateway = Gateway(s, catalog, Decider(engine, fresh=fresh), llm, health, ledger, recorder)
     keys = KeyChecker(history, s.gateway.require_key, s.gateway.key_cache_s)
     idempotency = Idempotency(ledger.client, r.key_prefix, s.gateway.idempotency_ttl_s)
     return State(gateway, keys, history, tasks, idempotency)

@@ -57,6 +57,11 @@ class RecentPosteriors:
         self._read = (now + self.max_age_s, list(models), dim, out)
         return out
 
+    def fresh(self) -> bool:
+        """Whether a read now would be answered from memory (no Redis round trip)."""
+        last = self._read
+        return last is not None and time.monotonic() < last[0]
+
     def apply(self, updates: list[Update], decay: float = 1.0) -> int:
         return self.inner.apply(updates, decay)
 
@@ -84,6 +89,11 @@ class WriteBehindFloors:
         counts = self.inner.read(stream)
         self._reads[stream] = (now + self.max_age_s, counts)
         return counts
+
+    def fresh(self, stream: str) -> bool:
+        """Whether a read of ``stream`` now would be answered from memory."""
+        cached = self._reads.get(stream)
+        return cached is not None and time.monotonic() < cached[0]
 
     def apply(
         self,

@@ -155,6 +155,10 @@ class FloorKeeper:
             return self._read(fl.OFFLINE_STREAM)
         return self._last.get(fl.OFFLINE_STREAM, {})
 
+    def offline_due(self) -> bool:
+        """Whether the next decision reads the offline weights from the store."""
+        return time.monotonic() - self._offline_read_at >= OFFLINE_READ_S
+
     def _read(self, key: str) -> dict[str, float]:
         try:
             self._last[key] = self.store.read(key)

@@ -3,18 +3,28 @@ every ``max_age_s``, floor decision counts written by ``flush``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
+import numpy as np
 import pytest
 
 from conduit_workers.domain.bandit import ArmStats
+from conduit_workers.domain.catalog import Catalog, ModelSpec
+from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.floor import LOG_LAMBDA
 from conduit_workers.domain.records import Update
 from conduit_workers.errors import StoreUnavailable
 from conduit_workers.gateway import routing_state
+from conduit_workers.gateway.decider import Decider
 from conduit_workers.gateway.routing_state import RecentPosteriors, WriteBehindFloors
 from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
+from conduit_workers.routing.embedder import HashingEmbedder
+from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.routing.floor_store import InMemoryFloorStore
+from conduit_workers.settings import RouterSettings
 
 
 class Clock:
@@ -116,3 +126,57 @@ def test_a_flush_while_redis_is_down_logs_and_drops(
         floors.flush()  # never raises
     assert not floors.pending()
     assert "decide:1 of s not counted" in caplog.text
+
+
+def test_freshness_says_whether_a_read_would_go_to_the_store(clock: Clock) -> None:
+    posteriors = RecentPosteriors(CountingPosteriors(), max_age_s=0.1)
+    floors = WriteBehindFloors(InMemoryFloorStore(), max_age_s=0.1)
+    assert not posteriors.fresh() and not floors.fresh("default:0.95")
+    posteriors.read(["a"], 2)
+    floors.read("default:0.95")
+    assert posteriors.fresh() and floors.fresh("default:0.95")
+    assert not floors.fresh("default:0.9")  # another floor's stream was never read
+    clock.now += 0.1
+    assert not posteriors.fresh() and not floors.fresh("default:0.95")
+
+
+def _lone_decider(fresh: bool, inline_max_s: float = 1.0) -> Decider:
+    catalog = Catalog(
+        models=(
+            ModelSpec("cheap", "openai-compatible", 0.1, 0.1),
+            ModelSpec("strong", "openai-compatible", 10.0, 30.0),
+        ),
+        reference="strong",
+    )
+    settings = RouterSettings(projection_dim=4, seed=0)
+    engine = RoutingEngine(
+        catalog, InMemoryPosteriorStore(), HashingEmbedder(64), settings, np.random.default_rng(0)
+    )
+    return Decider(engine, fresh=lambda: fresh, inline_max_s=inline_max_s)
+
+
+def _completes_without_waiting(coro: Coroutine[Any, Any, Any]) -> bool:
+    """Whether ``coro`` ran to its end on its first step (it never waited on the loop)."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return True
+    coro.close()
+    return False
+
+
+def test_a_lone_request_is_decided_on_the_loop_when_nothing_is_read_from_redis() -> None:
+    async def main() -> None:
+        inline = _lone_decider(fresh=True)
+        assert _completes_without_waiting(inline.decide("q1", "what is 2 + 2?", Constraints()))
+        # Routing state to read (a Redis round trip): the worker thread, the loop serving on.
+        stale = _lone_decider(fresh=False)
+        assert not _completes_without_waiting(stale.decide("q2", "2 + 2?", Constraints()))
+        row = await stale.decide("q3", "what is 2 + 2?", Constraints())
+        assert row.query_id == "q3" and row.model in ("cheap", "strong")
+        # Lone decisions slower than the allowance (e.g. the MiniLM embedder) go to the thread.
+        slow = _lone_decider(fresh=True, inline_max_s=0.0)
+        assert _completes_without_waiting(slow.decide("q4", "2 + 2?", Constraints()))
+        assert not _completes_without_waiting(slow.decide("q5", "2 + 2?", Constraints()))
+
+    asyncio.run(main())
