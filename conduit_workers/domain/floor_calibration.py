@@ -4,6 +4,7 @@ reference answers. :mod:`conduit_workers.domain.floor` says why and how it is us
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ CAL = ("c:n", "c:p", "c:pp", "c:r", "c:pr", "c:rr")
 CAL_U = ("c:un", "c:up", "c:ur0", "c:u", "c:uu", "c:pu", "c:ur")
 CAL_LEVEL_PRIOR = 1.0  # pseudo-ratings of quality 1 behind the calibration's level
 CAL_SLOPE_PRIOR = 0.05  # Σ(p − p̄)² worth of prior on a slope of 1
+SLOPE_Z = 2.0  # standard errors by which the ratings must show a slope short of 1 to use it
 PRIOR_RATINGS = 2.0  # pseudo-ratings behind every stratum's mean (and the fit's variance)
 PRIOR_VARIANCE = 0.25  # of a quality in [0, 1]: the largest there is
 
@@ -80,9 +82,16 @@ class Calibration:
         other model's predictions to ``best_sum``), and its variance."""
         dev = pred_sum - count * self.p_bar
         # The slope on the side that cannot flatter the floor: where those prompts are predicted
-        # easier for the reference than its rated ones, at least the posterior's own difference
-        # (a fitted slope below 1 would shrink it), and at most it where they are predicted harder.
-        b = max(self.b, 1.0) if dev > 0 else min(self.b, 1.0)
+        # easier for the reference than its rated ones, the posterior's own difference (slope 1)
+        # unless the ratings show a flatter slope beyond SLOPE_Z standard errors, and then the
+        # slope at that bound; the mirror image where they are predicted harder. (Held at ≥ 1
+        # whatever the ratings said, the estimate stayed 1–5% of those prompts' quality on the
+        # safe side: bench/README.md "Kept 3 December evening".)
+        se = math.sqrt(self.var_b)
+        if dev > 0:
+            b = max(self.b, min(1.0, self.b + SLOPE_Z * se))
+        else:
+            b = min(self.b, max(1.0, self.b - SLOPE_Z * se))
         total = self.a * count + b * dev
         var = count * count * self.var_a + dev * dev * self.var_b
         if self.has_u and best_sum is not None:

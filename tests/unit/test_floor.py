@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conduit_workers.domain import floor as fl
+from conduit_workers.domain import floor_calibration as fc
 from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.learning import update_id_for
@@ -143,18 +144,34 @@ def test_the_calibration_follows_the_ratings_not_the_posterior():
     assert s.total == pytest.approx(400 * 0.6 * 0.05 + 400 * (0.58 - 0.95 * 0.6), abs=1.0)
 
 
-def test_the_calibration_never_flatters_the_floor_where_it_extrapolates():
-    # Rated reference answers where the posterior predicted 0.6 and 0.8: ratings 0.6 and 0.7,
-    # a fitted slope of 1/2. Prompts sent elsewhere predicted at 0.9 (easier): the reference is
-    # taken to be at least as much better there as the posterior says (slope 1, not 1/2).
+def _fit(rows: tuple[tuple[float, float, int], ...]) -> fc.Calibration:
     fields = dict(zip(fl.CAL, (0.0,) * 6, strict=True))
-    for p, r, k in ((0.6, 0.6, 500), (0.8, 0.7, 500)):
+    for p, r, k in rows:
         for key, v in zip(fl.CAL, (k, k * p, k * p * p, k * r, k * p * r, k * r * r), strict=True):
             fields[key] += v
-    cal = fl.calibration(fl.FloorCounts.of(fields))
+    return fl.calibration(fl.FloorCounts.of(fields))
+
+
+def test_the_calibration_never_flatters_the_floor_where_it_extrapolates():
+    # Rated reference answers where the posterior predicted 0.6 and 0.8: ratings 0.6 and 0.7,
+    # a fitted slope of 1/2 on 1,000 ratings. Prompts sent elsewhere predicted at 0.9 (easier):
+    # the reference is taken to be better there by the slope's upper bound (1/2 + 2 standard
+    # errors), never by less; predicted at 0.5 (harder), worse by the fitted 1/2 or more.
+    cal = _fit(((0.6, 0.6, 500), (0.8, 0.7, 500)))
     assert cal.b == pytest.approx(0.5, abs=0.02)
-    assert cal.total(1, 0.9)[0] == pytest.approx(0.65 + 1.0 * (0.9 - 0.7), abs=0.01)
+    upper = cal.b + fc.SLOPE_Z * math.sqrt(cal.var_b)
+    assert 0.5 < upper < 0.6
+    assert cal.total(1, 0.9)[0] == pytest.approx(0.65 + upper * (0.9 - 0.7), abs=0.005)
     assert cal.total(1, 0.5)[0] == pytest.approx(0.65 + 0.5 * (0.5 - 0.7), abs=0.01)
+    # Twenty ratings do not show a flatter slope beyond their noise: the posterior's own
+    # difference (slope 1) stands on the side that cannot flatter the floor.
+    few = _fit(((0.6, 0.0, 4), (0.6, 1.0, 6), (0.8, 0.0, 3), (0.8, 1.0, 7)))
+    assert few.b < 1.0
+    assert few.total(1, 0.9)[0] == pytest.approx(few.a + 1.0 * (0.9 - few.p_bar), abs=1e-9)
+    # A fitted slope above 1 is used as it is where the prompts are predicted easier.
+    steep = _fit(((0.6, 0.4, 500), (0.8, 0.8, 500)))
+    assert steep.b > 1.5
+    assert steep.total(1, 0.9)[0] == pytest.approx(steep.a + steep.b * 0.2, abs=1e-9)
 
 
 def _ref_answers(rows: list[tuple[float, float, float, int]]) -> dict[str, float]:
