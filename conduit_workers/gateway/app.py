@@ -58,7 +58,11 @@ def _build(settings: Settings) -> State:
     from conduit_workers.execution.llm import LLMClient
     from conduit_workers.gateway.decider import Decider
     from conduit_workers.gateway.recorder import HistoryRecorder
-    from conduit_workers.gateway.routing_state import RecentPosteriors, WriteBehindFloors
+    from conduit_workers.gateway.routing_state import (
+        RecentPosteriors,
+        WriteBehindFloors,
+        decision_needs_no_redis,
+    )
     from conduit_workers.learning.posterior_store import RedisPosteriorStore
     from conduit_workers.routing.embedder import make_embedder
     from conduit_workers.routing.engine import RoutingEngine
@@ -84,16 +88,12 @@ def _build(settings: Settings) -> State:
     embedder = make_embedder(rs.embedder, rs.static_model_dir)
     posteriors = RecentPosteriors(store, refresh_s)
     engine = RoutingEngine(catalog, posteriors, embedder, rs, floor_store=floors)
-    default_floor = stream_key(None, rs.quality_floor) if rs.quality_floor else None
-
-    def fresh() -> bool:
-        """A decision now needs nothing from Redis (the Decider may make it on the loop)."""
-        return (
-            posteriors.fresh()
-            and (default_floor is None or floors.fresh(default_floor))
-            and not engine.floors.offline_due()
-        )
-
+    fresh = decision_needs_no_redis(
+        posteriors,
+        floors,
+        engine.floors,
+        stream_key(None, rs.quality_floor) if rs.quality_floor else None,
+    )
     ex = s.executor
     llm = LLMClient(
         catalog,

@@ -26,12 +26,17 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.floor import LOG_LAMBDA
 from conduit_workers.domain.ports import FloorStore, PosteriorStore
 from conduit_workers.domain.records import Update
 from conduit_workers.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from conduit_workers.routing.quality_floor import FloorKeeper
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +141,24 @@ class WriteBehindFloors:
                 self.inner.apply(stream, update_id, inc, bounds, start)
             except StoreUnavailable:
                 log.warning("floor store unavailable: %s of %s not counted", update_id, stream)
+
+
+def decision_needs_no_redis(
+    posteriors: RecentPosteriors,
+    floors: WriteBehindFloors,
+    keeper: FloorKeeper,
+    default_floor: str | None,
+) -> Callable[[], bool]:
+    """Whether a decision made now is answered from memory: the posteriors fresh, and under a
+    default floor its stream fresh and the warm starts' offline weights not due (a request with
+    a floor of its own may still read its stream once). The HTTP API then decides a lone
+    request on the event loop (``gateway/decider.py``)."""
+
+    def fresh() -> bool:
+        if not posteriors.fresh():
+            return False
+        if default_floor is None:
+            return True
+        return floors.fresh(default_floor) and not keeper.offline_due()
+
+    return fresh

@@ -19,11 +19,16 @@ from conduit_workers.domain.records import Update
 from conduit_workers.errors import StoreUnavailable
 from conduit_workers.gateway import routing_state
 from conduit_workers.gateway.decider import Decider
-from conduit_workers.gateway.routing_state import RecentPosteriors, WriteBehindFloors
+from conduit_workers.gateway.routing_state import (
+    RecentPosteriors,
+    WriteBehindFloors,
+    decision_needs_no_redis,
+)
 from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
 from conduit_workers.routing.embedder import HashingEmbedder
 from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.routing.floor_store import InMemoryFloorStore
+from conduit_workers.routing.quality_floor import FloorKeeper
 from conduit_workers.settings import RouterSettings
 
 
@@ -180,3 +185,21 @@ def test_a_lone_request_is_decided_on_the_loop_when_nothing_is_read_from_redis()
         assert not _completes_without_waiting(slow.decide("q5", "2 + 2?", Constraints()))
 
     asyncio.run(main())
+
+
+def test_a_decision_needs_no_redis_once_its_state_is_read(clock: Clock) -> None:
+    posteriors = RecentPosteriors(CountingPosteriors(), max_age_s=0.1)
+    floors = WriteBehindFloors(InMemoryFloorStore(), max_age_s=0.1)
+    keeper = FloorKeeper(floors, RouterSettings())
+    # Routing by λ alone: the posteriors are all a decision reads.
+    by_lambda = decision_needs_no_redis(posteriors, floors, keeper, None)
+    assert not by_lambda()
+    posteriors.read(["a"], 2)
+    assert by_lambda()
+    # Under a floor: its stream too, and the warm starts' weights (read every 30 s).
+    under_floor = decision_needs_no_redis(posteriors, floors, keeper, "default:0.95")
+    assert not under_floor()
+    keeper.groups([Constraints()], None)  # what a decision reads: the stream and the weights
+    assert under_floor()
+    clock.now += 0.1
+    assert not under_floor() and not by_lambda()
