@@ -43,6 +43,34 @@ WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")  # the traini
 _ASCII_CLEAN: dict[int, int | None] = {c: None for c in (*range(9), 11, 12, *range(14, 32), 127)}
 _ASCII_CLEAN.update({9: 32, 10: 32, 13: 32})
 _ASCII_WORDS = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def _words(text: str) -> list[str]:
+    """The words of ``text`` as MiniLM's tokenizer splits them, each to be cut into word pieces
+    on its own: ASCII runs are split here; a segment between spaces that holds a non-ASCII
+    character is kept whole, for the tokenizer (Unicode cleaning, accents, case and
+    punctuation are its to decide). Its normaliser maps each character on its own and its
+    pre-tokeniser splits on every space, tab and newline, so a text's pieces are its segments'.
+    """
+    if text.isascii():
+        return _ASCII_WORDS.findall(text.translate(_ASCII_CLEAN).lower())
+    # str.translate is fast on ASCII strings only: the ASCII runs are cleaned one by one.
+    spaced = text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    out: list[str] = []
+    pos = 0
+    for m in _NON_ASCII.finditer(spaced):
+        i = m.start()
+        if i < pos:
+            continue  # in the segment taken already
+        start = max(pos, spaced.rfind(" ", pos, i) + 1)
+        end = spaced.find(" ", m.end())
+        end = len(spaced) if end < 0 else end
+        out += _ASCII_WORDS.findall(spaced[pos:start].translate(_ASCII_CLEAN).lower())
+        out.append(spaced[start:end])
+        pos = end
+    out += _ASCII_WORDS.findall(spaced[pos:].translate(_ASCII_CLEAN).lower())
+    return out
 
 
 class StaticEmbedder:
@@ -95,43 +123,35 @@ class StaticEmbedder:
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Word-piece ids of each text, as the tokenizer gives them (first ``MAX_TOKENS``).
 
-        ASCII texts are split into words here and each word's pieces are remembered: a
-        prompt's words are mostly known, and a dict look-up per word costs a quarter of the
-        tokenizer's pass over the text (its Rust ``encode_batch_fast`` is 3x slower on whole
-        prompts than this split with the remembered words). Words not seen yet go through the
-        tokenizer's WordPiece model, other texts through the whole tokenizer (same ids:
-        tests/unit/test_fast_paths.py).
+        Texts are split into words here (:func:`_words`) and each word's pieces are
+        remembered: a prompt's words are mostly known, and a dict look-up per word costs a
+        quarter of the tokenizer's pass over the text (its Rust ``encode_batch_fast`` is 3x
+        slower on whole prompts than this split with the remembered words, and ~7x slower on
+        prompts with a non-ASCII character). ASCII words not seen yet go through the
+        tokenizer's WordPiece model, segments with a non-ASCII character through the whole
+        tokenizer (same ids: tests/unit/test_fast_paths.py). With a tokenizer other than
+        MiniLM's every text goes through the tokenizer.
         """
-        fast = self._bert_uncased
-        words: list[list[str] | None] = [
-            _ASCII_WORDS.findall(t.lower().translate(_ASCII_CLEAN))
-            if fast and t.isascii()
-            else None
-            for t in texts
-        ]
+        if not self._bert_uncased:
+            encs = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+            return [enc.ids for enc in encs]
+        words = [_words(t) for t in texts]
         known = self._word_ids
-        new = list({w for ws in words if ws for w in ws if w not in known})
+        new = list({w for ws in words for w in ws if w not in known})
         if len(known) + len(new) > WORD_CACHE_SIZE:
             known.clear()
-            new = list({w for ws in words if ws for w in ws})
+            new = list({w for ws in words for w in ws})
         if new:
-            # A word of the split above is already normalised and pre-tokenised (one run of
+            # An ASCII word of the split is already normalised and pre-tokenised (one run of
             # lowercase letters and digits, or one punctuation mark): the WordPiece model alone
             # gives its pieces, ~0.6 µs a word against ~10 µs through the whole pipeline.
             tokenize = self.tokenizer.model.tokenize
-            known.update((w, [t.id for t in tokenize(w)]) for w in new)
-        ids: list[list[int]] = [
-            list(chain.from_iterable([known[w] for w in ws]))[:MAX_TOKENS] if ws is not None else []
-            for ws in words
-        ]
-        other = [i for i, ws in enumerate(words) if ws is None]
-        if other:
-            encs = self.tokenizer.encode_batch_fast(
-                [texts[i] for i in other], add_special_tokens=False
-            )
-            for i, enc in zip(other, encs, strict=True):
-                ids[i] = enc.ids
-        return ids
+            known.update((w, [t.id for t in tokenize(w)]) for w in new if w.isascii())
+            other = [w for w in new if not w.isascii()]
+            if other:
+                encs = self.tokenizer.encode_batch_fast(other, add_special_tokens=False)
+                known.update((w, enc.ids) for w, enc in zip(other, encs, strict=True))
+        return [list(chain.from_iterable([known[w] for w in ws]))[:MAX_TOKENS] for ws in words]
 
     def embed(self, texts: list[str]) -> Array:
         if not texts:

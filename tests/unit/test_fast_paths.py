@@ -171,6 +171,23 @@ _TEXT_PIECES = [
     "caf\u00e9",
     "\u4e2d\u6587",
     " ",
+    # Non-ASCII: Unicode spaces, controls and marks, case the ASCII rules do not cover
+    "\u00a0",
+    "\u2028",
+    "\u3000",
+    "\u0085",
+    "\u200b",
+    "\ufffd",
+    "\u0301",
+    "cafe\u0301",
+    "\u201cquoted\u201d",
+    "\u2014",
+    "\u0130stanbul",
+    "\u03a3\u039f\u03a6\u039f\u03a3",
+    "Stra\u00dfe",
+    "\u00bd",
+    "\U0001f600",
+    "\u00c9T\u00c9",
 ]
 
 
@@ -258,7 +275,8 @@ def test_static_embedder_gives_the_tokenizers_ids_on_the_real_prompts(
 ) -> None:
     """Every prompt of ../shared/data (whole, and the tail the router embeds), in chunks as a
     router sees them: the word split, the remembered words and the WordPiece model of new
-    words give MiniLM's tokenizer's ids; non-ASCII prompts go through the tokenizer."""
+    words give MiniLM's tokenizer's ids; the segments of non-ASCII prompts that hold a
+    non-ASCII character go through the tokenizer."""
     from conduit_workers.domain.features import embedding_text
     from conduit_workers.routing.static_embedder import StaticEmbedder
 
