@@ -115,7 +115,9 @@ def _analyse_by_patterns_alone(text: str) -> tuple[str, float]:
 _PIECES = (
     "def f(|class A:|import os|#include|function|=>|return|{|}|;|```|\\frac|\\sqrt|Solve|"
     "CALCULATE|equation|sum of|3 + 4|WRITE|rewrite|summarise|Summarize|Which of the following|"
-    "TRUE OR FALSE|infer|ınfer|İnfer|ſolve|eſsay|\u212aey|Why|why?|reasoning|x| |\n|é|_|7"
+    "TRUE OR FALSE|infer|ınfer|İnfer|ſolve|eſsay|\u212aey|Why|why?|reasoning|x| |\n|é|_|7|"
+    "\\FRAC|sum  of|ReWrite|summarizes|draft|Story|def |class A(|import|function_|return_|"
+    "e=>f|``|#include|;\t|{ |}\r\n|Because"
 ).split("|")
 
 
