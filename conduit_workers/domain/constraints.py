@@ -30,6 +30,17 @@ class Constraints:
     allowed_models: tuple[str, ...] | None = None
     allowed_providers: tuple[str, ...] | None = None
 
+    @property
+    def restricts(self) -> bool:
+        """Whether a hard limit is set: models, providers, cost, latency or quality."""
+        return not (
+            self.allowed_models is None
+            and self.allowed_providers is None
+            and self.max_cost_usd is None
+            and self.max_latency_ms is None
+            and self.min_quality is None
+        )
+
     def merged_over(self, base: Constraints) -> Constraints:
         """These constraints, with unset fields taken from ``base`` (query over batch)."""
         # Most prompts set none, per query or per batch: the router merges two per prompt.

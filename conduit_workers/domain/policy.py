@@ -124,12 +124,31 @@ def choose(
     else:
         scale = np.full((costs.shape[0], 1), max(cost_scale, 1e-12))
     lat_scale = max(float(latencies.max()), 1e-9)
+    n = samples.shape[0]
+    # The utilities of the whole chunk at once (the same operations, in the same order, as
+    # one prompt at a time: the same floats), and each row's ranking by one stable argsort.
+    lcs = np.array(
+        [default_lambda_cost if c.lambda_cost is None else c.lambda_cost for c in constraints],
+        dtype=float,
+    )[:, None]
+    lls = np.array(
+        [
+            default_lambda_latency if c.lambda_latency is None else c.lambda_latency
+            for c in constraints
+        ],
+        dtype=float,
+    )[:, None]
+    utils = samples - lcs * costs / scale - lls * latencies[None, :] / lat_scale
+    orders = np.argsort(-utils, axis=1, kind="stable").tolist()
+    util_rows = utils.tolist()
     out: list[Choice] = []
-    for i in range(samples.shape[0]):
+    for i in range(n):
         c = constraints[i]
-        lc = default_lambda_cost if c.lambda_cost is None else c.lambda_cost
-        ll = default_lambda_latency if c.lambda_latency is None else c.lambda_latency
-        util = samples[i] - lc * costs[i] / scale[i] - ll * latencies / lat_scale
+        utilities = dict(zip(names, util_rows[i], strict=True))
+        if not c.restricts and names:
+            order = orders[i]
+            out.append(Choice(names[order[0]], tuple(names[j] for j in order), utilities))
+            continue
         feasible = np.ones(len(names), dtype=bool)
         reasons = []
         if c.allowed_models is not None:
@@ -151,10 +170,9 @@ def choose(
         if c.min_quality is not None:
             feasible &= means[i] >= c.min_quality
             reasons.append(f"min_quality={c.min_quality:g} (best expected {means[i].max():.2f})")
-        utilities = {names[j]: float(util[j]) for j in range(len(names))}
         if not feasible.any():
             out.append(Choice(None, (), utilities, "no model satisfies " + ", ".join(reasons)))
             continue
-        order = [j for j in np.argsort(-util, kind="stable") if feasible[j]]
+        order = [j for j in orders[i] if feasible[j]]
         out.append(Choice(names[order[0]], tuple(names[j] for j in order), utilities))
     return out

@@ -205,3 +205,82 @@ def test_failing_model_loses_traffic_through_its_success_rate():
     after = share_cheap()
     assert before > 0.5  # cheap wins while nothing is known
     assert after < 0.2
+
+
+def _choose_one_at_a_time(samples, means, costs, latencies, specs, constraints, lc0, ll0, scale):
+    """choose() as it was written before it was vectorised: one prompt at a time."""
+    names = [s.name for s in specs]
+    lat_scale = max(float(latencies.max()), 1e-9)
+    out = []
+    for i in range(samples.shape[0]):
+        c = constraints[i]
+        lc = lc0 if c.lambda_cost is None else c.lambda_cost
+        ll = ll0 if c.lambda_latency is None else c.lambda_latency
+        util = samples[i] - lc * costs[i] / scale - ll * latencies / lat_scale
+        feasible = np.ones(len(names), dtype=bool)
+        if c.allowed_models is not None:
+            feasible &= np.array([n in c.allowed_models for n in names])
+        if c.allowed_providers is not None:
+            feasible &= np.array([s.provider in c.allowed_providers for s in specs])
+        if c.max_cost_usd is not None:
+            feasible &= costs[i] <= c.max_cost_usd
+        if c.max_latency_ms is not None:
+            feasible &= latencies <= c.max_latency_ms
+        if c.min_quality is not None:
+            feasible &= means[i] >= c.min_quality
+        utilities = {names[j]: float(util[j]) for j in range(len(names))}
+        if not feasible.any():
+            out.append((None, (), utilities))
+            continue
+        order = [j for j in np.argsort(-util, kind="stable") if feasible[j]]
+        out.append((names[order[0]], tuple(names[j] for j in order), utilities))
+    return out
+
+
+def test_choose_for_the_whole_chunk_gives_the_same_choices_as_one_prompt_at_a_time():
+    rng = np.random.default_rng(7)
+    specs = [
+        ModelSpec(f"m{j}", ("openai", "anthropic", "openai-compatible")[j % 3], 0.1 * j, 0.3 * j)
+        for j in range(7)
+    ]
+    exps = [Expectations(50 + 30 * j, 300 + 400 * j) for j in range(7)]
+    n = 400
+    samples = rng.normal(0.6, 0.2, (n, 7))
+    samples[:, 3] = samples[:, 4]  # ties: the stable order decides
+    means = rng.normal(0.6, 0.1, (n, 7))
+    costs = expected_costs(rng.uniform(50, 5000, n), specs, exps)
+    lat = np.array([e.latency_ms for e in exps])
+    options = [
+        Constraints(),
+        Constraints(lambda_cost=0.0),
+        Constraints(lambda_cost=3, lambda_latency=0.5),
+        Constraints(allowed_models=("m2", "m5")),
+        Constraints(allowed_providers=("anthropic",)),
+        Constraints(max_cost_usd=float(np.median(costs))),
+        Constraints(max_latency_ms=1000.0),
+        Constraints(min_quality=0.7),
+        Constraints(allowed_models=("nope",)),
+    ]
+    cons = [options[int(k)] for k in rng.integers(0, len(options), n)]
+    for scale in (None, 0.004):
+        got = choose(samples, means, costs, lat, specs, cons, 0.2, 0.1, scale)
+        per_row = (
+            np.maximum(costs.max(axis=1, keepdims=True), 1e-12)
+            if scale is None
+            else np.full((n, 1), scale)
+        )
+        want = [
+            _choose_one_at_a_time(
+                samples[i : i + 1],
+                means[i : i + 1],
+                costs[i : i + 1],
+                lat,
+                specs,
+                [cons[i]],
+                0.2,
+                0.1,
+                per_row[i],
+            )[0]
+            for i in range(n)
+        ]
+        assert [(c.model, c.ranked, c.utility) for c in got] == want
