@@ -202,10 +202,17 @@ class RoutingEngine:
             typical = float(expected_input_tokens(chars).mean())
         scale = reference_cost(typical, specs, exps, self.catalog.reference)
         groups, floor_lams = self.floors.groups(constraints, floor_stream)
-        base = [
-            c if lam is None else replace(c, lambda_cost=lam)
-            for c, lam in zip(constraints, floor_lams, strict=True)
-        ]
+        # Prompts share their constraints (one object for those that set none) and a floor
+        # stream's λ: one copy per pair, not one dataclasses.replace per prompt (~4 µs).
+        at_lam: dict[tuple[int, float], Constraints] = {}
+        base: list[Constraints] = []
+        for c, lam in zip(constraints, floor_lams, strict=True):
+            if lam is not None:
+                key = (id(c), lam)
+                if key not in at_lam:
+                    at_lam[key] = replace(c, lambda_cost=lam)
+                c = at_lam[key]
+            base.append(c)
 
         # Under an allowance, a prompt with no λ of its own (none given, no floor) is routed
         # for quality alone until the allowance binds: the budget, not λ_cost, prices a dollar.
