@@ -39,25 +39,30 @@ WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")  # the traini
 # MiniLM's tokenizer (BertNormalizer: clean text, lowercase, strip accents; BertPreTokenizer:
 # split on whitespace and isolate each punctuation mark) on an ASCII text is: drop control
 # characters but tab and newlines, which become spaces, lowercase, then runs of letters and
-# digits and single punctuation marks, each cut into word pieces on its own.
-_ASCII_CLEAN: dict[int, int | None] = {c: None for c in (*range(9), 11, 12, *range(14, 32), 127)}
-_ASCII_CLEAN.update({9: 32, 10: 32, 13: 32})
-_ASCII_WORDS = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~]")
+# digits and single punctuation marks, each cut into word pieces on its own. Done on bytes: one
+# bytes.translate cleans and lowercases (~0.3 µs a prompt; str.translate and lower, ~3 µs).
+_ASCII_DROP = bytes((*range(9), 11, 12, *range(14, 32), 127))
+_ASCII_MAP = bytes(c + 32 if 65 <= c <= 90 else 32 if c in (9, 10, 13) else c for c in range(256))
+_ASCII_WORDS = re.compile(rb"[a-z0-9]+|[!-/:-@\[-`{-~]")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 
 
-def _words(text: str) -> list[str]:
+def _ascii_words(text: str) -> list[bytes]:
+    return _ASCII_WORDS.findall(text.encode("ascii").translate(_ASCII_MAP, _ASCII_DROP))
+
+
+def _words(text: str) -> list[bytes | str]:
     """The words of ``text`` as MiniLM's tokenizer splits them, each to be cut into word pieces
-    on its own: ASCII runs are split here; a segment between spaces that holds a non-ASCII
-    character is kept whole, for the tokenizer (Unicode cleaning, accents, case and
-    punctuation are its to decide). Its normaliser maps each character on its own and its
-    pre-tokeniser splits on every space, tab and newline, so a text's pieces are its segments'.
+    on its own: ASCII runs are split here (as bytes); a segment between spaces that holds a
+    non-ASCII character is kept whole (as str), for the tokenizer (Unicode cleaning, accents,
+    case and punctuation are its to decide). Its normaliser maps each character on its own
+    and its pre-tokeniser splits on every space, tab and newline, so a text's pieces are its
+    segments'.
     """
     if text.isascii():
-        return _ASCII_WORDS.findall(text.translate(_ASCII_CLEAN).lower())
-    # str.translate is fast on ASCII strings only: the ASCII runs are cleaned one by one.
+        return list(_ascii_words(text))
     spaced = text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
-    out: list[str] = []
+    out: list[bytes | str] = []
     pos = 0
     for m in _NON_ASCII.finditer(spaced):
         i = m.start()
@@ -66,10 +71,10 @@ def _words(text: str) -> list[str]:
         start = max(pos, spaced.rfind(" ", pos, i) + 1)
         end = spaced.find(" ", m.end())
         end = len(spaced) if end < 0 else end
-        out += _ASCII_WORDS.findall(spaced[pos:start].translate(_ASCII_CLEAN).lower())
+        out += _ascii_words(spaced[pos:start])
         out.append(spaced[start:end])
         pos = end
-    out += _ASCII_WORDS.findall(spaced[pos:].translate(_ASCII_CLEAN).lower())
+    out += _ascii_words(spaced[pos:])
     return out
 
 
@@ -106,7 +111,7 @@ class StaticEmbedder:
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_TOKENS)
-        self._word_ids: dict[str, list[int]] = {}
+        self._word_ids: dict[bytes | str, list[int]] = {}
         # The word split above is MiniLM's tokenizer's (uncased BERT); any other tokenizer in
         # the folder goes through the tokenizer for every text.
         config = json.loads(self.tokenizer.to_str())
@@ -137,17 +142,21 @@ class StaticEmbedder:
             return [enc.ids for enc in encs]
         words = [_words(t) for t in texts]
         known = self._word_ids
-        new = list({w for ws in words for w in ws if w not in known})
+        new = list(set(chain.from_iterable(words)).difference(known))
         if len(known) + len(new) > WORD_CACHE_SIZE:
             known.clear()
-            new = list({w for ws in words for w in ws})
+            new = list(set(chain.from_iterable(words)))
         if new:
             # An ASCII word of the split is already normalised and pre-tokenised (one run of
             # lowercase letters and digits, or one punctuation mark): the WordPiece model alone
             # gives its pieces, ~0.6 µs a word against ~10 µs through the whole pipeline.
             tokenize = self.tokenizer.model.tokenize
-            known.update((w, [t.id for t in tokenize(w)]) for w in new if w.isascii())
-            other = [w for w in new if not w.isascii()]
+            known.update(
+                (w, [t.id for t in tokenize(w.decode("ascii"))])
+                for w in new
+                if isinstance(w, bytes)
+            )
+            other = [w for w in new if isinstance(w, str)]
             if other:
                 encs = self.tokenizer.encode_batch_fast(other, add_special_tokens=False)
                 known.update((w, enc.ids) for w, enc in zip(other, encs, strict=True))
