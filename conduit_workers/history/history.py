@@ -341,20 +341,16 @@ class SqlHistory(FeedbackHistory, BudgetHistory):
         ts = now()
 
         def run(conn: Connection) -> list[str]:
-            ids = [r.query_id for r in results]
-            known = set(
-                conn.scalars(select(t.results.c.query_id).where(t.results.c.query_id.in_(ids)))
-            )
-            fresh = [r for r in results if r.query_id not in known]
             fresh_ids: set[str] = set()
-            if fresh:
-                # What this transaction inserted, not what it did not see: two deliveries of a
-                # chunk racing past the select both insert, and only one of them wins a row. The
-                # loser must not store its call events for a result that is not its own.
+            if results:
+                # What this transaction inserted (a row already there is skipped and not
+                # returned), not what a select saw first: two deliveries of a chunk racing both
+                # insert, and only one of them wins a row. The loser must not store its call
+                # events for a result that is not its own.
                 fresh_ids = set(
                     conn.scalars(
                         self._insert_ignore(t.results).returning(t.results.c.query_id),
-                        [{**r.__dict__, "created_at": ts} for r in fresh],
+                        [{**r.__dict__, "created_at": ts} for r in results],
                     )
                 )
             evs = [e for e in events if e.query_id in fresh_ids]
