@@ -84,9 +84,9 @@ async def _execute_one(
     if health is not None:
         # Models cooling down go last: traffic falls back to the next-best, they stay a last resort.
         now = time.monotonic()
-        models = [m for m in models if not health.cooling(m, now)] + [
-            m for m in models if health.cooling(m, now)
-        ]
+        cooling = [m for m in models if health.cooling(m, now)]
+        if cooling:
+            models = [m for m in models if m not in cooling] + cooling
     events: list[FeedbackEvent] = []
     attempts = 0
     tried = 0
