@@ -296,3 +296,27 @@ def test_static_embedder_gives_the_tokenizers_ids_on_the_real_prompts(
         chunk = part + [embedding_text(t, 1000) for t in part]
         want = [e.ids for e in emb.tokenizer.encode_batch(chunk, add_special_tokens=False)]
         assert emb.token_ids(chunk) == want
+
+
+def test_json_columns_read_the_values_json_loads_reads():
+    """history_base.json_value: pydantic-core's parser, json.loads where it refuses a text."""
+    import random
+    import struct
+
+    from conduit_workers.history.history_base import json_text, json_value
+
+    texts = [
+        '"\\ud800"',  # a lone surrogate escape (json.dumps wrote them): pydantic-core refuses it
+        "[1e400, NaN, -Infinity, -0.0, 1E5, 1e-07]",
+        "123456789012345678901234567890",
+        '{"a": 1, "a": 2, "b": null}',
+        '{"modèle-ü": [3, "x"]}',
+    ]
+    for text in texts:
+        assert repr(json_value(text)) == repr(json.loads(text))
+    rng = random.Random(3)
+    floats = [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0] for _ in range(20_000)]
+    floats = [x for x in floats if x == x] + [rng.uniform(-1, 1) for _ in range(20_000)]
+    for text in (json.dumps(floats), json_text(floats)):
+        got = json_value(text)
+        assert got == json.loads(text) and all(type(x) is float for x in got)
