@@ -26,7 +26,7 @@ from conduit_workers.domain.catalog import Catalog
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.features import ContextBuilder, SharedPrefixes, embedding_text
 from conduit_workers.domain.learning import learn
-from conduit_workers.domain.pacing import pace
+from conduit_workers.domain.pacing import fill_allowance, pace
 from conduit_workers.domain.policy import (
     Choice,
     Expectations,
@@ -184,7 +184,9 @@ class RoutingEngine:
         chunk's decisions are counted in that stream (``floor_stream``: a batch's own stream, else
         the default one). With ``allowance_usd``, the chunk's total expected cost stays within it:
         λ is raised for the whole chunk until it fits (:func:`~conduit_workers.domain.pacing.pace`),
-        the cheapest feasible models when nothing else does. ``hold_floor=False`` routes at the
+        the cheapest feasible models when nothing else does; what it leaves buys upgrades to
+        the reference or a model believed better (:func:`~conduit_workers.domain.pacing.
+        fill_allowance`). ``hold_floor=False`` routes at the
         floors' λ without their audits and gate and counts nothing (draws for a confidence).
         """
         if contexts is None or analyses is None:
@@ -251,6 +253,8 @@ class RoutingEngine:
         choices = choose_at(0.0)
         if allowance_usd is not None and total(choices) > allowance_usd:
             choices = choose_at(pace(lambda lam: total(choose_at(lam)), allowance_usd))
+        if allowance_usd is not None:
+            choices = self._fill(choices, contexts, posts, success, means, costs, allowance_usd)
         self._floor_marks = {}
         if hold_floor:
             # How much better than the reference the policy finds its choice, cost included.
@@ -288,6 +292,38 @@ class RoutingEngine:
                 )
             )
         return rows
+
+    def _fill(
+        self,
+        choices: list[Choice],
+        contexts: Array,
+        posts: list[Posterior],
+        success: Array,
+        means: Array,
+        costs: Array,
+        allowance_usd: float,
+    ) -> list[Choice]:
+        """Spend what the chunk's choices leave of its allowance (:func:`fill_allowance`)."""
+        ref = self.catalog.reference
+        upper = None
+        if ref is not None:
+            r = self.catalog.index(ref)
+            upper = means[:, r] + posts[r].predict(contexts)[1] * success[0, r]
+        up = fill_allowance(
+            [ch.model for ch in choices],
+            [ch.ranked for ch in choices],
+            means,
+            costs,
+            list(self.catalog.names),
+            ref,
+            upper,
+            allowance_usd,
+        )
+        out = list(choices)
+        for i, m in up.items():
+            ch = out[i]
+            out[i] = Choice(m, (m, *(x for x in ch.ranked if x != m)), ch.utility, ch.reason)
+        return out
 
     def _hold_floors(
         self,

@@ -12,7 +12,7 @@ from conduit_workers.domain import floor_calibration as fc
 from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.learning import update_id_for
-from conduit_workers.domain.pacing import pace
+from conduit_workers.domain.pacing import fill_allowance, pace
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
 from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
 from conduit_workers.routing.embedder import HashingEmbedder
@@ -336,6 +336,42 @@ def test_pace_finds_the_least_lambda_that_fits():
     assert cost  # the table above is what total() encodes
 
 
+NAMES = ["cheap", "mid", "ref"]
+ALL = tuple(NAMES)
+
+
+def test_what_a_chunk_leaves_buys_the_reference_while_it_is_not_known_worse():
+    costs = np.array([[1.0, 2.0, 10.0]] * 3)
+    cold = np.full((3, 3), 0.5)  # nothing known: every model at the prior
+    # 9 left over: one prompt's upgrade to the reference fits, a second does not.
+    up = fill_allowance(["cheap"] * 3, [ALL] * 3, cold, costs, NAMES, "ref", None, 12.0)
+    assert up == {0: "ref"}
+    # Nothing left: nothing changes.
+    assert fill_allowance(["cheap"] * 3, [ALL] * 3, cold, costs, NAMES, "ref", None, 3.0) == {}
+    # A dearer model believed better than the choice and the reference is preferred to it.
+    means = np.array([[0.5, 0.8, 0.6]] * 3)
+    up = fill_allowance(["cheap"] * 3, [ALL] * 3, means, costs, NAMES, "ref", None, 5.0)
+    assert up == {0: "mid", 1: "mid"}
+    # A prompt that may not go to the reference is not upgraded to it.
+    up = fill_allowance(
+        ["cheap"], [("cheap", "mid")], cold[:1], costs[:1], NAMES, "ref", None, 100.0
+    )
+    assert up == {}
+
+
+def test_the_reference_is_given_up_only_when_known_worse_by_more_than_its_spread():
+    costs = np.array([[1.0, 2.0, 10.0]] * 2)
+    means = np.array([[0.8, 0.5, 0.6]] * 2)  # the reference rated below the cheap choice
+    wide, narrow = np.array([0.85, 0.85]), np.array([0.7, 0.7])
+    up = fill_allowance(["cheap"] * 2, [ALL] * 2, means, costs, NAMES, "ref", wide, 100.0)
+    assert up == {0: "ref", 1: "ref"}
+    assert fill_allowance(["cheap"] * 2, [ALL] * 2, means, costs, NAMES, "ref", narrow, 100.0) == {}
+    # Upgrades go first where they gain most per extra dollar.
+    means = np.array([[0.5, 0.5, 0.6], [0.3, 0.3, 0.9]])
+    up = fill_allowance(["cheap"] * 2, [ALL] * 2, means, costs, NAMES, "ref", None, 11.0)
+    assert up == {1: "ref"}
+
+
 def _engine(floor: float | None, seed: int = 0) -> RoutingEngine:
     settings = RouterSettings(projection_dim=4, seed=seed, quality_floor=floor)
     cat = Catalog(models=(CHEAP, STRONG), reference="strong")
@@ -362,6 +398,15 @@ def test_a_chunk_stays_within_its_allowance():
         spent = sum(r.expected_cost_usd or 0.0 for r in rows)
         assert spent <= share * full + 1e-12
         assert any(r.model == "strong" for r in rows)  # the allowance is used, not wasted
+    # A cold start under an allowance its draws do not bind: what they leave buys reference
+    # answers, and the chunk spends close to its allowance rather than a fraction of it.
+    only_strong = Constraints(allowed_models=("strong",))
+    dearest = sum(r.expected_cost_usd or 0.0 for r in eng.decide(ids, texts, [only_strong] * 32))
+    allowance = 0.8 * dearest  # the draws alone spend about half (two models, nothing known)
+    rows = eng.decide(ids, texts, [Constraints()] * 32, allowance_usd=allowance)
+    spent = sum(r.expected_cost_usd or 0.0 for r in rows)
+    strong = max(r.expected_cost_usd or 0.0 for r in rows)
+    assert allowance - strong <= spent <= allowance + 1e-12
     # Below the cheapest models' cost: every prompt gets its cheapest model.
     rows = eng.decide(ids, texts, [Constraints()] * 32, allowance_usd=0.0)
     assert {r.model for r in rows} == {"cheap"}
