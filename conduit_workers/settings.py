@@ -370,6 +370,14 @@ class GatewaySettings(BaseModel):
     # this often per server process, and the floors' decision counts are written behind the
     # answers, not inside the decision (gateway/routing_state.py); 0: every decision reads them.
     routing_refresh_s: float = Field(default=0.1, ge=0)
+    # A key's daily budget is held through one lease per key and server process
+    # (gateway/budget_lease.py): a call whose worst case fits in the lease is held without a
+    # Redis round trip, the lease grows by the calls' worst cases plus at most this much
+    # headroom (and at most a quarter of what the key has left), and settled costs reach the
+    # ledger every 0.25 s. A process killed without its shutdown is charged, after the lease's
+    # TTL, at what it held: its calls in flight at worst case, plus at most this headroom.
+    # 0: one hold per call, one Redis round trip each.
+    budget_lease_usd: float = Field(default=1.0, ge=0)
     # FastAPI's native OpenTelemetry (a span, metrics and logs per request, once a provider is
     # configured). Off by default: looking for a provider costs ~3% of a request's CPU on
     # every request, configured or not.

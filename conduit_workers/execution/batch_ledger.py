@@ -7,8 +7,10 @@ Keys (``P`` = ``settings.redis.key_prefix``, ``B`` = the batch id), amounts in n
 - ``P:batch-budget:B:exp``      sorted set: reservation id → when it expires (ms, Redis clock)
 - ``P:batch-budget:B:settled``  set: reservation ids settled (a settle repeated counts once)
 - ``P:batch-budget:B:charged``  hash: expired reservation id → amount charged as spent
+- ``P:batch-budget:B:leases``   hash: a server process's lease id → the costs it has moved to
+  ``spent`` so far, ``<id>:calls`` → its calls (only :data:`LEASE_LUA` reads and writes it)
 
-Every key expires ``ledger_ttl_s`` after the batch's last reservation or settle.
+Every key expires ``ledger_ttl_s`` after the batch's last reservation, settle or lease script.
 
 A call reserves its worst-case cost before it starts: one script checks ``limit − spent −
 reserved ≥ amount`` and holds the amount, atomically, so processes racing for the last
@@ -19,12 +21,17 @@ its expiry: by default **charged** as spent at its worst case (the call may have
 provider and been billed, and nothing else will ever record it; so the batch stays within its
 budget on the provider's bill too), or, with ``charge_expired=False``, released. A settle that
 comes after all (a slow call, not a dead one) replaces the charge with the real cost.
+
+The HTTP API's server processes hold a key's daily budget through one **lease** each
+(:data:`LEASE_LUA`, ``gateway/budget_lease.py``): a reservation whose amount its process sets
+under the same check, so that most calls are held without a round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -119,6 +126,93 @@ if cost > 0 then
 end
 for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return 1
+"""
+)
+
+# One server process's lease on a budget (gateway/budget_lease.py): a reservation whose amount
+# the process sets, checked as RESERVE_LUA checks a new hold. In one script: the costs of the
+# calls the process settled since its last lease script move to ``spent`` (ARGV 8-11 are
+# cumulative per lease, so a script repeated after a lost answer adds nothing twice); the hold
+# becomes ``floor`` (the calls in flight, held unchecked: they were granted already), then each
+# waiting call's worst case if it fits in ``limit − spent − what the others hold``, then a
+# headroom of at most ``keep`` and at most ``share`` of what is left after that, none if that is
+# less than ``least`` (one call's worth); the hold's expiry is renewed. A lease hold that is gone
+# although the process counted on one (Redis lost it, or it expired and was charged while the
+# process lived: the charge is taken back, the real costs follow) is reported in ``lost`` (1
+# gone, 2 expired and charged), and the calls in flight are held again.
+# KEYS: ledger hash, reservations hash, expiries zset, settled set, charged hash, leases hash.
+# ARGV: 1 limit, 2 lease id, 3 the hold the process counts on, 4 floor, 5 keep, 6 share (0-1),
+# 7 least, 8 costs settled through the lease so far, 9 of them acknowledged by an earlier
+# script, 10 calls settled so far, 11 of them acknowledged, 12 ttl ms, 13 ledger ttl s, 14 spend
+# already recorded (a ledger made anew starts from it), 15 charge flag, 16… the waiting calls'
+# worst cases. Returns {hold, limit, spent, reserved, lost, then 1 or 0 per waiting call}.
+LEASE_LUA = (
+    "local charge = ARGV[15] == '1'\n"
+    + _NOW
+    + _RESOLVE_EXPIRED
+    + """
+if redis.call('HSETNX', KEYS[1], 'limit', ARGV[1]) == 1 and tonumber(ARGV[14]) > 0 then
+  redis.call('HSET', KEYS[1], 'spent', ARGV[14])
+end
+local id = ARGV[2]
+local done = tonumber(redis.call('HGET', KEYS[6], id) or ARGV[9])
+if tonumber(ARGV[8]) > done then
+  redis.call('HINCRBY', KEYS[1], 'spent', string.format('%.0f', tonumber(ARGV[8]) - done))
+  redis.call('HSET', KEYS[6], id, ARGV[8])
+end
+local calls_id = id .. ':calls'
+local calls_done = tonumber(redis.call('HGET', KEYS[6], calls_id) or ARGV[11])
+if tonumber(ARGV[10]) > calls_done then
+  redis.call('HINCRBY', KEYS[1], 'calls', string.format('%.0f', tonumber(ARGV[10]) - calls_done))
+  redis.call('HSET', KEYS[6], calls_id, ARGV[10])
+end
+local lost = 0
+local cur = redis.call('HGET', KEYS[2], id)
+if cur then
+  cur = tonumber(cur)
+else
+  cur = 0
+  local charged = redis.call('HGET', KEYS[5], id)
+  if charged then
+    redis.call('HINCRBY', KEYS[1], 'spent', '-' .. charged)
+    redis.call('HDEL', KEYS[5], id)
+    lost = 2
+  elseif tonumber(ARGV[3]) > 0 then
+    lost = 1
+  end
+end
+local f = redis.call('HMGET', KEYS[1], 'limit', 'spent', 'reserved')
+local limit, spent, reserved = tonumber(f[1]), tonumber(f[2] or 0), tonumber(f[3] or 0)
+local avail = limit - spent - (reserved - cur)
+local hold = tonumber(ARGV[4])
+local out = {'', '', '', '', lost}
+for i = 16, #ARGV do
+  local w = tonumber(ARGV[i])
+  if hold + w <= avail then
+    hold = hold + w
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+local extra = math.min(tonumber(ARGV[5]), math.floor((avail - hold) * tonumber(ARGV[6])))
+if extra > 0 and extra >= tonumber(ARGV[7]) then hold = hold + extra end
+if hold > 0 then
+  redis.call('HSET', KEYS[2], id, string.format('%.0f', hold))
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[12]), id)
+else
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+end
+if hold ~= cur then
+  redis.call('HINCRBY', KEYS[1], 'reserved', string.format('%.0f', hold - cur))
+end
+for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ARGV[13]) end
+out[1] = string.format('%.0f', hold)
+out[2] = string.format('%.0f', limit)
+out[3] = string.format('%.0f', spent)
+out[4] = string.format('%.0f', reserved - cur + hold)
+return out
 """
 )
 
@@ -231,6 +325,18 @@ class RedisBatchLedger:
         return out
 
 
+@dataclass(frozen=True)
+class LeaseAnswer:
+    """What :data:`LEASE_LUA` did: the lease's hold now (nano-USD), the ledger after it, whether
+    the hold had been lost (0 no, 1 gone, 2 expired and charged), and which waiting calls it
+    holds."""
+
+    hold: int
+    state: BudgetState
+    lost: int
+    granted: list[bool]
+
+
 # A script's call waiting for the next pipeline: the script, how many keys, keys then args,
 # and the future its caller awaits.
 _Call = tuple[AsyncScript, int, list[Any], "asyncio.Future[Any]"]
@@ -260,6 +366,7 @@ class AsyncRedisBatchLedger:
         self._charge = "1" if charge_expired else "0"
         self._reserve = client.register_script(RESERVE_LUA)
         self._settle = client.register_script(SETTLE_LUA)
+        self._lease = client.register_script(LEASE_LUA)
         self._pending: list[_Call] = []
         self._draining = False
 
@@ -396,6 +503,57 @@ class AsyncRedisBatchLedger:
             self.keys(batch_id),
             [reservation_id, to_nano(max(0.0, cost_usd)), self.ledger_ttl_s, self._charge],
         )
+
+    async def lease(
+        self,
+        batch_id: str,
+        limit_usd: float,
+        lease_id: str,
+        *,
+        held: int,
+        floor: int,
+        keep: int,
+        share: float,
+        least: int,
+        settled: tuple[int, int],
+        calls: tuple[int, int],
+        ttl_s: float,
+        recorded_spend_usd: float,
+        waiting: Sequence[int] = (),
+    ) -> LeaseAnswer:
+        """Run :data:`LEASE_LUA` on one lease (amounts in nano-USD): ``held`` the hold the
+        process counts on, ``floor`` what it must hold at least (unchecked), ``keep`` the
+        headroom it asks for, ``share`` the most of what is left the headroom may take,
+        ``settled`` and ``calls`` (so far, acknowledged), ``waiting`` the worst cases of calls
+        to hold, each if it fits."""
+        try:
+            out = await self._run(
+                self._lease,
+                [*self.keys(batch_id), RedisKeys(self.prefix).batch_budget_leases(batch_id)],
+                [
+                    to_nano(limit_usd),
+                    lease_id,
+                    held,
+                    floor,
+                    keep,
+                    repr(share),
+                    least,
+                    settled[0],
+                    settled[1],
+                    calls[0],
+                    calls[1],
+                    max(1, int(ttl_s * 1000)),
+                    self.ledger_ttl_s,
+                    to_nano(max(0.0, recorded_spend_usd)),
+                    self._charge,
+                    *waiting,
+                ],
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"budget ledger unreachable: {exc}") from None
+        hold, limit, spent, reserved, lost = out[:5]
+        state = BudgetState(from_nano(int(limit)), from_nano(int(spent)), from_nano(int(reserved)))
+        return LeaseAnswer(int(hold), state, int(lost), [bool(g) for g in out[5:]])
 
     async def aclose(self) -> None:
         await self.client.aclose()

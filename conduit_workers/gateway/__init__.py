@@ -10,5 +10,6 @@
     decider.py    in-process routing, micro-batched over concurrent requests
     recorder.py   the history rows of answered calls, written behind the response in batches
     service.py    one chat call: route, reserve budget, call, settle, record
+    budget_lease.py  per-process leases on the keys' daily budgets (holds without a round trip)
     server.py     uvicorn's entry point
 """

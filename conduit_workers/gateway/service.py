@@ -32,6 +32,7 @@ from conduit_workers.domain.rewards import FeedbackEvent
 from conduit_workers.execution.batch_ledger import AsyncRedisBatchLedger
 from conduit_workers.execution.executor import MAX_MODELS_TRIED, _execute_one
 from conduit_workers.execution.llm import LLMClient
+from conduit_workers.gateway.budget_lease import BudgetLeases, Lease
 from conduit_workers.gateway.decider import Decider
 from conduit_workers.gateway.errors import ApiError
 from conduit_workers.gateway.recorder import HistoryRecorder
@@ -46,11 +47,13 @@ RECORDED_SPEND_CACHE_S = 30.0
 
 @dataclass(frozen=True)
 class Reservation:
-    """A hold on a key's daily budget (the batch ledger's, by a scope of the key and day)."""
+    """A hold on a key's daily budget (the batch ledger's, by a scope of the key and day): one
+    of its own, or part of the process's lease on it (``gateway/budget_lease.py``)."""
 
     scope: str  # apikey:<name>:<day>
     id: str
     worst_usd: float
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,11 @@ class Gateway:
         self._recorded: dict[str, tuple[float, float]] = {}
         self._caps: dict[str, int] = {}  # model: the executor's or the catalog's cap, 0: none
         self._settling: set[asyncio.Future[Any]] = set()
+        cap = settings.gateway.budget_lease_usd
+        # One lease per key and day in this process (0: a hold per call, a round trip each).
+        self.leases = (
+            BudgetLeases(ledger, cap, self.hold_ttl_s(), self._recorded_spend) if cap > 0 else None
+        )
 
     def visible_models(self, key: ApiKey) -> list[str]:
         allowed = key.allowed_models
@@ -161,7 +169,9 @@ class Gateway:
     ) -> tuple[Reservation | None, ChatRequest]:
         """Hold the call's worst case on the key's budget of the day (capping its output when
         nothing else does, so that the worst case is one); 429 when it does not fit. The hold
-        is the batch ledger's (``execution/batch_ledger.py``), scoped ``apikey:<name>:<day>``."""
+        is the batch ledger's (``execution/batch_ledger.py``), scoped ``apikey:<name>:<day>``:
+        part of the process's lease on it (``budget_lease.py``), or, with
+        ``gateway.budget_lease_usd`` 0, a hold of its own."""
         budget = key.budget_usd_per_day
         if budget is None:
             return None, request
@@ -175,14 +185,19 @@ class Gateway:
             worst_case_cost_usd(self.catalog.get(m), n_in, cap or 0)
             for m, cap in zip(models, caps, strict=True)
         )
-        day = utc_day()
-        # The hold's id is the call's query id: unique, and one uuid fewer per request.
-        res = Reservation(key_ledger(key.name, day), query_id, worst)
-        ex = self.settings.executor
-        # Held for the longest the call can take: every model tried, every attempt timing out.
-        ttl_s = max(bs.reservation_ttl_s, ex.timeout_s * ex.max_attempts * len(models) + 60.0)
-        recorded = await self._recorded_spend(res.scope)
-        hold = await self.ledger.reserve(res.scope, budget, res.id, worst, ttl_s, recorded)
+        scope = key_ledger(key.name, utc_day())
+        if self.leases is not None:
+            hold, lease = await self.leases.reserve(scope, budget, worst)
+            res = Reservation(scope, lease.id, worst, lease)
+        else:
+            # The hold's id is the call's query id: unique, and one uuid fewer per request.
+            res = Reservation(scope, query_id, worst)
+            ex = self.settings.executor
+            # Held for the longest the call can take: every model tried, every attempt timing
+            # out.
+            ttl_s = max(bs.reservation_ttl_s, ex.timeout_s * ex.max_attempts * len(models) + 60.0)
+            recorded = await self._recorded_spend(res.scope)
+            hold = await self.ledger.reserve(res.scope, budget, res.id, worst, ttl_s, recorded)
         if not hold.held:
             st = hold.state
             raise ApiError(
@@ -196,11 +211,15 @@ class Gateway:
         return res, request
 
     def _settle_later(self, p: Prepared, cost_usd: float | None) -> None:
-        """Settle behind the answer: the script joins the ledger's next pipeline, no task."""
+        """Settle behind the answer: counted in the lease (sent with its next flush), or the
+        script joins the ledger's next pipeline; no task either way."""
         r = p.reservation
         if r is None:
             return
         spent = cost_usd if cost_usd is not None else r.worst_usd
+        if r.lease is not None and self.leases is not None:
+            self.leases.settle(r.lease, r.worst_usd, spent)
+            return
         future = self.ledger.settle_soon(r.scope, r.id, spent)
         self._settling.add(future)
         future.add_done_callback(self._settled)
@@ -215,9 +234,12 @@ class Gateway:
             )
 
     async def drain(self) -> None:
-        """Wait for the settlements still running (at shutdown)."""
+        """Wait for the settlements still running, then flush and release the budget leases
+        (at shutdown)."""
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+        if self.leases is not None:
+            await self.leases.aclose()
 
     async def _recorded_spend(self, scope: str) -> float:
         """What the history database recorded of the key's calls today, chat and Batch API
@@ -235,6 +257,11 @@ class Gateway:
         """The longest a call can take: every model tried, every attempt timing out."""
         ex = self.settings.executor
         return ex.timeout_s * ex.max_attempts * MAX_MODELS_TRIED + 60.0
+
+    def hold_ttl_s(self) -> float:
+        """How long a budget lease outlives its last script: the longest call (a lease is
+        renewed every flush while the process lives, so only a dead process's expires)."""
+        return max(self.settings.budget.reservation_ttl_s, self.call_ttl_s())
 
     async def prepare(self, body: ChatCompletionRequest, key: ApiKey) -> Prepared:
         """Everything before the call: validation, constraints, decision, budget reservation
@@ -275,7 +302,10 @@ class Gateway:
         if p.reservation is not None:
             r = p.reservation
             spent = cost_usd if cost_usd is not None else r.worst_usd
-            await self.ledger.settle(r.scope, r.id, spent)
+            if r.lease is not None and self.leases is not None:
+                self.leases.settle(r.lease, r.worst_usd, spent)
+            else:
+                await self.ledger.settle(r.scope, r.id, spent)
 
     def finish_reason(self, p: Prepared, result: ResultRow) -> str:
         cap = self._output_cap(result.model, p.request) if result.model else None

@@ -57,10 +57,14 @@ key                                          type    content, expiry
 ``P:batch-budget:<B>:exp``                   zset    reservation id → when it expires (ms)
 ``P:batch-budget:<B>:settled``               set     reservation ids settled
 ``P:batch-budget:<B>:charged``               hash    expired reservation id → amount charged
-                                                     as spent; the five
-                                                     ``batch-budget`` keys expire
+                                                     as spent
+``P:batch-budget:<B>:leases``                hash    a server process's lease id → what the
+                                                     costs settled through it added to
+                                                     ``spent`` so far, ``<id>:calls`` → its
+                                                     calls (``gateway/budget_lease.py``); the
+                                                     six ``batch-budget`` keys expire
                                                      ``budget.ledger_ttl_s`` after the last
-                                                     reservation or settle
+                                                     reservation, settle or lease script
 ``P:metrics:llm``                            hash    LLM request counters ``kind|model[|label]``
                                                      → number (attempts, failures, retries,
                                                      fallbacks, latency buckets). No expiry
@@ -168,6 +172,10 @@ class RedisKeys:
         """The ledger hash, reservations, expiries and settled ids of one budget."""
         base = f"{self.prefix}:batch-budget:{batch_id}"
         return [base, f"{base}:res", f"{base}:exp", f"{base}:settled", f"{base}:charged"]
+
+    def batch_budget_leases(self, batch_id: str) -> str:
+        """The cumulative costs each server process's lease has settled in the budget."""
+        return f"{self.prefix}:batch-budget:{batch_id}:leases"
 
     @property
     def llm_metrics(self) -> str:
