@@ -6,9 +6,14 @@ The replay server (fixed latency), a router and a feedback worker start; the pro
 submitted and routed with no executor running; then one executor worker starts as
 ``ops/worker executor`` does (threads pool, no ``-c``: ``executor.pool_tasks`` tasks at once;
 ``--tasks`` sets ``CONDUIT_EXECUTOR__TASKS``). Printed: its pool size, its rate, and the mean
-calls in flight from its first answer until 90% of the prompts are answered (all the while
-prompts wait for it), against ``--concurrency``. Uses Redis db 12 (own key prefix) and an
-SQLite file of its own; cleans up after itself.
+calls in flight against ``--concurrency`` while prompts wait for it: the calls the replay server
+holds (its counters read every 20 ms), from one latency after the first call started (the pool's
+start-up left out) until the last prompt's call started (from then on no prompt waits and the
+slots empty as the last calls end). The window must span several latencies: ``--prompts`` at
+least ~6 × ``--concurrency``. Also printed, as before: the results' call time over [first
+answer, 90% answered], which places each call at its chunk's store time (a chunk's results are
+stored together) and, where 10% of the prompts are fewer than the slots, counts the drain.
+Uses Redis db 12 (own key prefix) and an SQLite file of its own; cleans up after itself.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from datetime import UTC
@@ -32,6 +39,48 @@ from bench.pipeline_run import SAMPLE, prompts
 from conduit_workers.domain.items import PromptItem
 from conduit_workers.history import history_schema as t
 from producers.local import Proc, start_replay_server, start_worker, wait_worker_ready
+
+
+class _ReplaySampler:
+    """Reads the replay server's counters every ``every_s`` seconds in a thread: (monotonic
+    time, calls started, calls in flight)."""
+
+    def __init__(self, base: str, every_s: float = 0.02) -> None:
+        self._url = base.removesuffix("/v1") + "/_replay/stats"
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self.samples: list[tuple[float, int, int]] = []
+        self._thread = threading.Thread(target=self._run, name="replay-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            try:
+                with urllib.request.urlopen(self._url, timeout=5) as r:
+                    s = json.load(r)
+            except OSError:  # a sample missed: the time-weighted mean spans the gap
+                continue
+            ended = sum(s["statuses"].values()) + s["abandoned"]
+            self.samples.append((time.monotonic(), s["calls"], s["calls"] - ended))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def held_while_waiting(
+    samples: Sequence[tuple[float, int, int]], prompts: int, latency_s: float
+) -> tuple[float, float]:
+    """Mean calls in flight, time-weighted, from one latency after the first call started until
+    the last prompt's call started; and that window's length in seconds."""
+    first = next(t for t, started, _ in samples if started > 0)
+    last = next(t for t, started, _ in samples if started >= prompts)
+    lo, area = first + latency_s, 0.0
+    for (t0, _, n0), (t1, _, _) in zip(samples, samples[1:], strict=False):
+        a, b = max(t0, lo), min(t1, last)
+        if b > a:
+            area += n0 * (b - a)
+    return (area / (last - lo) if last > lo else float("nan")), last - lo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,9 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             pool="threads",
         )
         procs.append(ex)
-        wait_worker_ready(ex, 120)
-        while count(t.results) < a.prompts:
-            time.sleep(0.05)
+        sampler = _ReplaySampler(base)
+        try:
+            wait_worker_ready(ex, 120)
+            while count(t.results) < a.prompts:
+                time.sleep(0.05)
+        finally:
+            sampler.stop()
+        held, window_s = held_while_waiting(sampler.samples, a.prompts, a.latency_ms / 1000)
         with engine.connect() as conn:
             rows = conn.execute(
                 sa.select(t.results.c.created_at, t.results.c.latency_ms).where(
@@ -119,7 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "concurrency": a.concurrency,
             "pool_tasks": int(m.group(1)) if m else None,
             "rate_per_s": round(0.9 * len(calls) / (cut - start), 1),
-            "calls_in_flight": round(busy / (cut - start), 1),
+            "calls_in_flight": round(held, 1),
+            "window_s": round(window_s, 1),
+            "calls_in_flight_results": round(busy / (cut - start), 1),
             "call_p50_ms": round(sorted(lat for _, lat in calls)[len(calls) // 2] * 1000, 1),
             "load_avg_1m": round(os.getloadavg()[0], 2),
         }
@@ -127,8 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"executor alone: {a.prompts} routed prompts, replay latency {a.latency_ms:.0f} ms, "
             f"concurrency {a.concurrency}, {out['pool_tasks']} tasks at once: "
             f"{out['calls_in_flight']} calls in flight "
-            f"({out['calls_in_flight'] / a.concurrency:.0%} of the slots), "
-            f"{out['rate_per_s']} prompts/s, call p50 {out['call_p50_ms']} ms, "
+            f"({held / a.concurrency:.1%} of the slots) over {window_s:.1f} s while prompts "
+            f"waited; {out['rate_per_s']} prompts/s, call p50 {out['call_p50_ms']} ms, "
+            f"as the results place them {out['calls_in_flight_results']}, "
             f"load {out['load_avg_1m']}"
         )
         print(json.dumps(out))
