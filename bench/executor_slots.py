@@ -1,19 +1,21 @@
 """The executor alone on prompts already routed: does it keep its call slots full?
 
     python -m bench.executor_slots --prompts 4000 --latency-ms 200 --concurrency 512 [--tasks N]
+        [--jitter-ms J]
 
-The replay server (fixed latency), a router and a feedback worker start; the prompts are
-submitted and routed with no executor running; then one executor worker starts as
-``ops/worker executor`` does (threads pool, no ``-c``: ``executor.pool_tasks`` tasks at once;
-``--tasks`` sets ``CONDUIT_EXECUTOR__TASKS``). Printed: its pool size, its rate, and the mean
-calls in flight against ``--concurrency`` while prompts wait for it: the calls the replay server
-holds (its counters read every 20 ms), from one latency after the first call started (the pool's
-start-up left out) until the last prompt's call started (from then on no prompt waits and the
-slots empty as the last calls end). The window must span several latencies: ``--prompts`` at
-least ~6 × ``--concurrency``. Also printed, as before: the results' call time over [first
-answer, 90% answered], which places each call at its chunk's store time (a chunk's results are
-stored together) and, where 10% of the prompts are fewer than the slots, counts the drain.
-Uses Redis db 12 (own key prefix) and an SQLite file of its own; cleans up after itself.
+The replay server (fixed latency, or uniform ± ``--jitter-ms``), a router and a feedback worker
+start; the prompts are submitted and routed with no executor running; then one executor worker
+starts as ``ops/worker executor`` does (threads pool, no ``-c``: ``executor.pool_tasks`` tasks
+at once; ``--tasks`` sets ``CONDUIT_EXECUTOR__TASKS``). Printed: its pool size, its rate, and
+the mean calls in flight against ``--concurrency`` while prompts wait for it: the calls the
+replay server holds (its counters read every 20 ms), from one latency after the first call
+started (the pool's start-up left out) until the last prompt's call started (from then on no
+prompt waits and the slots empty as the last calls end). The window must span several
+latencies: ``--prompts`` at least ~6 × ``--concurrency``. Also printed, as before: the results'
+call time over [first answer, 90% answered], which places each call at its chunk's store time
+(a chunk's results are stored together) and, where 10% of the prompts are fewer than the slots,
+counts the drain. Uses Redis db 12 (own key prefix) and an SQLite file of its own; cleans up
+after itself.
 """
 
 from __future__ import annotations
@@ -87,13 +89,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.executor_slots", description=__doc__)
     ap.add_argument("--prompts", type=int, default=4000)
     ap.add_argument("--latency-ms", type=float, default=200.0)
+    ap.add_argument(
+        "--jitter-ms", type=float, default=0.0, help="replay latency ± this, uniform (default 0)"
+    )
     ap.add_argument("--concurrency", type=int, default=512)
     ap.add_argument("--tasks", type=int, default=0, help="CONDUIT_EXECUTOR__TASKS (0: derived)")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/12")
     a = ap.parse_args(argv)
     run = uuid.uuid4().hex[:8]
     work = Path(tempfile.mkdtemp(prefix=f"executor-slots-{run}-"))
-    replay, base = start_replay_server([SAMPLE], work / "replay.log", latency_ms=a.latency_ms)
+    replay, base = start_replay_server(
+        [SAMPLE],
+        work / "replay.log",
+        latency_ms=a.latency_ms,
+        extra_args=["--jitter-ms", str(a.jitter_ms)] if a.jitter_ms else (),
+    )
     db = f"sqlite:///{work / 'history.db'}"
     prefix = f"bench-slots-{run}"
     env = dict(
@@ -170,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "benchmark": "executor_slots",
             "prompts": a.prompts,
             "latency_ms": a.latency_ms,
+            "jitter_ms": a.jitter_ms,
             "concurrency": a.concurrency,
             "pool_tasks": int(m.group(1)) if m else None,
             "rate_per_s": round(0.9 * len(calls) / (cut - start), 1),
@@ -180,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_avg_1m": round(os.getloadavg()[0], 2),
         }
         print(
-            f"executor alone: {a.prompts} routed prompts, replay latency {a.latency_ms:.0f} ms, "
+            f"executor alone: {a.prompts} routed prompts, "
+            f"replay latency {a.latency_ms:.0f} ± {a.jitter_ms:.0f} ms, "
             f"concurrency {a.concurrency}, {out['pool_tasks']} tasks at once: "
             f"{out['calls_in_flight']} calls in flight "
             f"({held / a.concurrency:.1%} of the slots) over {window_s:.1f} s while prompts "
