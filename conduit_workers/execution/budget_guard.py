@@ -118,14 +118,16 @@ class CallBudget:
     def reason(self) -> str:
         """Why no model was called, for the result's error message."""
         s = self.last_state
+        key = parse_key_ledger(self.batch_id)
+        # A key's day is also held by `conduit serve` processes' leases (gateway/budget_lease.py).
+        holders = "calls in flight and the servers' leases" if key else "calls in flight"
         left = (
-            f"${s.spent_usd:.6f} spent and ${s.reserved_usd:.6f} held by calls in flight, "
+            f"${s.spent_usd:.6f} spent and ${s.reserved_usd:.6f} held by {holders}, "
             f"${s.remaining_usd:.6f} left"
             if s is not None
             else "nothing left"
         )
         needs = ", ".join(f"{m} up to ${usd:.6f}" for m, usd in self.refused)
-        key = parse_key_ledger(self.batch_id)
         whose = (
             f"API key {key[0]!r}'s daily budget of ${self.limit_usd:.2f} ({key[1]}, UTC)"
             if key is not None
