@@ -3,7 +3,9 @@
 A chunk of a budgeted batch may spend, in expectation, its share of what the batch has left:
 ``remaining × chunk prompts / unanswered prompts``, with ``remaining = limit − spent − held``
 read from the ledger (the whole limit before the first call). The engine chooses within it;
-the executor's reservations are what guarantee the limit.
+the executor's reservations are what guarantee the limit. A batch's budget is spent for quality
+(what a chunk's choices leave buys upgrades, ``RoutingEngine.decide``); an API key's daily
+budget, which also paces the lines of its Batch API batches, is a cap and only paces.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from conduit_workers.domain.budget import allowance_usd
+from conduit_workers.domain.budget import allowance_usd, parse_key_ledger
 from conduit_workers.domain.ports import BudgetLedger, History
 
 
@@ -22,6 +24,12 @@ class Share:
     positions: list[int]
     allowance_usd: float | None
     batch_id: str | None = None
+
+    @property
+    def buys_quality(self) -> bool:
+        """A batch's budget is spent for quality (what the choices leave buys upgrades); an
+        API key's daily budget is a cap on the key's spend, and only paces."""
+        return self.batch_id is not None and parse_key_ledger(self.batch_id) is None
 
 
 def chunk_shares(

@@ -176,6 +176,7 @@ class RoutingEngine:
         allowance_usd: float | None = None,
         floor_stream: str | None = None,
         hold_floor: bool = True,
+        spend_allowance: bool = True,
     ) -> list[DecisionRow]:
         """Route a chunk of prompts; one decision row per prompt (model None if unroutable).
 
@@ -186,7 +187,8 @@ class RoutingEngine:
         λ is raised for the whole chunk until it fits (:func:`~conduit_workers.domain.pacing.pace`),
         the cheapest feasible models when nothing else does; what it leaves buys upgrades to
         the reference or a model believed better (:func:`~conduit_workers.domain.pacing.
-        fill_allowance`). ``hold_floor=False`` routes at the
+        fill_allowance`) unless ``spend_allowance`` is False (an allowance that is a cap, such
+        as an API key's daily budget, only paces). ``hold_floor=False`` routes at the
         floors' λ without their audits and gate and counts nothing (draws for a confidence).
         """
         if contexts is None or analyses is None:
@@ -253,7 +255,7 @@ class RoutingEngine:
         choices = choose_at(0.0)
         if allowance_usd is not None and total(choices) > allowance_usd:
             choices = choose_at(pace(lambda lam: total(choose_at(lam)), allowance_usd))
-        if allowance_usd is not None:
+        if allowance_usd is not None and spend_allowance:
             choices = self._fill(choices, contexts, posts, success, means, costs, allowance_usd)
         self._floor_marks = {}
         if hold_floor:

@@ -64,6 +64,7 @@ def handle_route_batch(
                 contexts[pos] if contexts is not None else None,
                 [analyses[i] for i in pos] if analyses is not None else None,
                 allowance_usd=share.allowance_usd,
+                spend_allowance=share.buys_quality,
             )
     history.insert_decisions(decisions)
     return len(decisions)

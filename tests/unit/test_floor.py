@@ -9,11 +9,13 @@ import pytest
 
 from conduit_workers.domain import floor as fl
 from conduit_workers.domain import floor_calibration as fc
+from conduit_workers.domain.budget import key_ledger
 from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.learning import update_id_for
 from conduit_workers.domain.pacing import fill_allowance, pace
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
+from conduit_workers.execution.budget_pacing import Share
 from conduit_workers.learning.posterior_store import InMemoryPosteriorStore
 from conduit_workers.routing.embedder import HashingEmbedder
 from conduit_workers.routing.engine import RoutingEngine
@@ -407,6 +409,13 @@ def test_a_chunk_stays_within_its_allowance():
     spent = sum(r.expected_cost_usd or 0.0 for r in rows)
     strong = max(r.expected_cost_usd or 0.0 for r in rows)
     assert allowance - strong <= spent <= allowance + 1e-12
+    # An allowance that is a cap (an API key's daily budget) only paces: the draws decide.
+    rows = eng.decide(
+        ids, texts, [Constraints()] * 32, allowance_usd=allowance, spend_allowance=False
+    )
+    assert sum(r.expected_cost_usd or 0.0 for r in rows) < allowance - strong
+    assert Share([0], 1.0, "batch-1").buys_quality
+    assert not Share([0], 1.0, key_ledger("team-a", "2026-12-04")).buys_quality
     # Below the cheapest models' cost: every prompt gets its cheapest model.
     rows = eng.decide(ids, texts, [Constraints()] * 32, allowance_usd=0.0)
     assert {r.model for r in rows} == {"cheap"}
