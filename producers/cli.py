@@ -76,7 +76,10 @@ def cli() -> None:
     "--budget-usd",
     type=float,
     default=None,
-    help="Spend at most this many USD on the batch; prompts it cannot pay for end over_budget.",
+    help=(
+        "Spend at most this many USD on the batch, for the most quality it buys; prompts it "
+        "cannot pay for end over_budget."
+    ),
 )
 @click.option(
     "--timeout",
