@@ -2,7 +2,7 @@
 
 Each server process holds one reservation per key and day in the batch ledger
 (``execution/batch_ledger.py``), its **lease**, whose amount it sets with one atomic script
-(:data:`~conduit_workers.execution.batch_ledger.LEASE_LUA`) checked as any other hold is:
+(:data:`~conduit_workers.execution.ledger_scripts.LEASE_LUA`) checked as any other hold is:
 ``limit − spent − what the others hold``. Locally the process counts what the lease must cover,
 ``used`` = the worst cases of its calls in flight + the costs of calls settled since its last
 script. A call whose worst case fits (``used + worst ≤ hold``) is granted at once, with no Redis

@@ -42,7 +42,7 @@ def test_async_holds_and_settles_share_the_sync_ledger(redis_url: str) -> None:
 
 
 def test_a_script_redis_does_not_hold_is_loaded_and_its_calls_run_once(redis_url: str) -> None:
-    from conduit_workers.execution.batch_ledger import RESERVE_LUA
+    from conduit_workers.execution.ledger_scripts import RESERVE_LUA
 
     async def run() -> list[bool]:
         ledger = AsyncRedisBatchLedger.from_url(redis_url, TEST_PREFIX, 3600)
