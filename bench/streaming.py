@@ -19,6 +19,7 @@ from bench.baselines import LinUCB, Run
 from bench.datasets import Dataset, cached_embedder, catalog_for
 from conduit_workers.domain import floor as fl
 from conduit_workers.domain.bandit import Array
+from conduit_workers.domain.budget import allowance_usd
 from conduit_workers.domain.constraints import Constraints
 from conduit_workers.domain.learning import learn, update_id_for
 from conduit_workers.domain.policy import Expectations, expected_costs, reference_cost
@@ -182,7 +183,7 @@ def run_engine(
             texts = [ds.prompts[i] for i in rows]
             allowance = None
             if budget_usd is not None:
-                allowance = max(budget_usd - spent, 0.0) * len(pos) / (stream.n - k)
+                allowance = allowance_usd(budget_usd - spent, len(pos), stream.n - k)
             cons = [Constraints()] * len(rows)
             if ds.sparse:  # a prompt cannot go to a model the file has no answer of
                 cons = [

@@ -1,5 +1,5 @@
 """A chunk's allowance: its share of what its batch has left (ledger) over its unanswered
-prompts (history database)."""
+prompts (history database), half a chunk more counted as still to come."""
 
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ def test_allowance_is_the_chunks_share_of_what_is_left(history: SqlHistory, redi
     paid = _batch(history, "paid", 10, 2.0)
     free = _batch(history, "free", 3, None)
 
-    # Before any call: the whole limit over the 10 unanswered prompts.
+    # Before any call: the whole limit over the 10 unanswered prompts (and 2 kept back).
     (share,) = chunk_shares(paid[:4], history, ledger)
     assert (share.positions, share.batch_id) == ([0, 1, 2, 3], "paid")
-    assert share.allowance_usd == pytest.approx(2.0 * 4 / 10)
+    assert share.allowance_usd == pytest.approx(2.0 * 4 / (10 + 2))
 
-    # Two answered ($0.5 spent), one call in flight ($0.3 held): 1.2 left over 8 prompts.
+    # Two answered ($0.5 spent), one call in flight ($0.3 held): 1.2 left over 8 prompts (+1).
     history.record_results([ResultRow(q, "m", "ok", "a", 1, 1, 0.25) for q in paid[:2]], [])
     for q in paid[:2]:
         ledger.reserve("paid", 2.0, q, 0.4, ttl_s=60)
@@ -45,7 +45,7 @@ def test_allowance_is_the_chunks_share_of_what_is_left(history: SqlHistory, redi
     shares = {s.batch_id: s for s in chunk_shares(chunk, history, ledger)}
     assert shares[None].positions == [0, 2] and shares[None].allowance_usd is None
     assert shares["paid"].positions == [1, 3]
-    assert shares["paid"].allowance_usd == pytest.approx(1.2 * 2 / 8)
+    assert shares["paid"].allowance_usd == pytest.approx(1.2 * 2 / (8 + 1))
 
 
 def test_without_ledger_or_budget_one_share_without_allowance(

@@ -9,7 +9,7 @@ import pytest
 
 from conduit_workers.domain import floor as fl
 from conduit_workers.domain import floor_calibration as fc
-from conduit_workers.domain.budget import key_ledger
+from conduit_workers.domain.budget import allowance_usd, key_ledger
 from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.constraints import Constraints, parse_constraints
 from conduit_workers.domain.learning import update_id_for
@@ -385,6 +385,23 @@ def _engine(floor: float | None, seed: int = 0) -> RoutingEngine:
         np.random.default_rng(seed),
         InMemoryFloorStore(),
     )
+
+
+def test_allowances_leave_room_for_calls_dearer_than_expected():
+    # A batch of ten chunks whose calls each cost more than the allowance they were chosen
+    # within: every chunk can still pay for its calls, the last one included.
+    for overrun in (1.0, 1.15, 1.4):
+        left = 10.0
+        for k in range(0, 320, 32):
+            cost = overrun * allowance_usd(left, 32, 320 - k)
+            assert cost <= left
+            left -= cost
+        # ... and what is kept back is small when the calls cost what was expected:
+        # 1 / (2·chunks + 1) of the budget.
+        assert left <= 10.0 / 21 + 1e-9
+    assert allowance_usd(10.0, 32, 320) == pytest.approx(10.0 * 32 / 336)
+    assert allowance_usd(3.0, 10, 10) == pytest.approx(2.0)  # a batch of one chunk
+    assert allowance_usd(3.0, 0, 10) == 0.0
 
 
 def test_a_chunk_stays_within_its_allowance():
