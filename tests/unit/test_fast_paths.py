@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from hypothesis import strategies as st
 from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.features import Analysis
 from conduit_workers.domain.learning import aggregate
+from conduit_workers.domain.records import ResultRow
 from conduit_workers.domain.rewards import IMPLICIT, FeedbackEvent
+from conduit_workers.execution.answer_stash import entry
 from conduit_workers.learning.posterior_store import pack, unpack
 from conduit_workers.routing.feature_cache import CircuitBreaker, decode, encode
 
@@ -320,3 +323,52 @@ def test_json_columns_read_the_values_json_loads_reads():
     for text in (json.dumps(floats), json_text(floats)):
         got = json_value(text)
         assert got == json.loads(text) and all(type(x) is float for x in got)
+
+
+_TEXT = st.one_of(st.none(), st.text())
+_FLOAT = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    result=st.builds(
+        ResultRow,
+        st.text(),
+        _TEXT,
+        st.sampled_from(["ok", "error", "unroutable", "over_budget"]),
+        _TEXT,
+        st.integers(0, 10**9),
+        st.integers(0, 10**9),
+        _FLOAT,
+        _FLOAT,
+        st.integers(0, 9),
+        st.integers(0, 9),
+        _TEXT,
+        _TEXT,
+    ),
+    events=st.lists(
+        st.builds(
+            FeedbackEvent,
+            st.text(),
+            st.text(),
+            st.text(),
+            st.sampled_from([IMPLICIT, "explicit"]),
+            _FLOAT,
+            _FLOAT,
+            st.booleans(),
+            st.booleans(),
+            _FLOAT,
+            st.integers(0, 10**9),
+            st.integers(0, 10**9),
+            _FLOAT,
+        ),
+        max_size=3,
+    ),
+)
+def test_the_answer_stash_entry_is_the_asdict_text(
+    result: ResultRow, events: list[FeedbackEvent]
+) -> None:
+    """The stash's entry (each record's ``__dict__``) is the text ``dataclasses.asdict`` gave
+    before, lone surrogates, NaN and infinities included."""
+    old = json.dumps({"result": asdict(result), "events": [asdict(e) for e in events]})
+    assert entry(result, events) == old
