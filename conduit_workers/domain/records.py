@@ -28,6 +28,9 @@ class QueryRow:
     # What the user asks now, for re-ask detection: the last user turn of the prompt's OpenAI
     # messages (None: the prompt itself). Read for prompts with a user only.
     asked: str | None = None
+    # False only when none of the prompt's batches has a budget or is a Batch API batch (whose
+    # API key may have a daily budget): the router then skips the budgets query of its chunk.
+    budgeted: bool = True
 
 
 @dataclass(frozen=True)

@@ -200,11 +200,14 @@ class SqlHistory(FeedbackHistory, BudgetHistory):
     # -- router ---------------------------------------------------------------------------
 
     def load_queries(self, query_ids: Sequence[str]) -> list[QueryRow]:
-        """The prompts with no decision yet (a redelivered route task skips the rest)."""
-        q, d, bi, b = t.queries, t.decisions, t.batch_items, t.batches
+        """The prompts with no decision yet (a redelivered route task skips the rest), each
+        with whether a budget may pay for it (``QueryRow.budgeted``, read in the same
+        statement: a chunk of unbudgeted prompts needs no budgets query)."""
+        q, d, bi, b, ab = t.queries, t.decisions, t.batch_items, t.batches, t.api_batches
 
         def run(conn: Connection) -> list[QueryRow]:
-            out: dict[str, QueryRow] = {}
+            first: dict[str, Any] = {}  # a prompt's first row (one per batch it is in)
+            budgeted: set[str] = set()
             for chunk in chunks(list(query_ids), 1000):
                 # A prompt of a user brings its OpenAI request (re-ask detection compares the
                 # last user turns); the others do not pay for decoding it.
@@ -217,18 +220,30 @@ class SqlHistory(FeedbackHistory, BudgetHistory):
                         b.c.constraints,
                         q.c.user_name,
                         type_coerce(request, q.c.request.type),
+                        b.c.budget_usd,
+                        ab.c.id,
                     )
                     .select_from(
                         q.outerjoin(d, d.c.query_id == q.c.id)
                         .join(bi, bi.c.query_id == q.c.id)
                         .join(b, b.c.id == bi.c.batch_id)
+                        .outerjoin(ab, ab.c.id == bi.c.batch_id)
                     )
                     .where(q.c.id.in_(chunk), d.c.query_id.is_(None))
                 )
-                for qid, prompt, qc, bc, user, req in conn.execute(stmt):
-                    asked = ChatRequest.from_json(req).last_user_turn if req else None
-                    out.setdefault(qid, QueryRow(qid, prompt, qc or {}, bc or {}, user, asked))
-            return [out[i] for i in query_ids if i in out]
+                for row in conn.execute(stmt):
+                    if row[6] is not None or row[7] is not None:
+                        budgeted.add(row[0])
+                    first.setdefault(row[0], row)
+            out = []
+            for i in query_ids:
+                found = first.get(i)
+                if found is None:
+                    continue
+                qid, prompt, qc, bc, user, req = found[:6]
+                asked = ChatRequest.from_json(req).last_user_turn if req else None
+                out.append(QueryRow(qid, prompt, qc or {}, bc or {}, user, asked, qid in budgeted))
+            return out
 
         return self._tx(run)
 

@@ -50,7 +50,9 @@ def handle_route_batch(
         else (None, None)
     )
     ids = [r.id for r in rows]
-    shares = chunk_shares(ids, history, ledger)
+    # No budgets query for a chunk none of whose prompts a budget may pay for (the usual one).
+    budgeted = any(r.budgeted for r in rows)
+    shares = chunk_shares(ids, history, ledger if budgeted else None)
     if len(shares) == 1 and shares[0].allowance_usd is None:
         decisions = engine.decide(ids, texts, constraints, contexts, analyses)
     else:

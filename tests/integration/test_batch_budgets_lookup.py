@@ -95,3 +95,31 @@ def test_a_batchs_own_budget_comes_first(history: GatewayHistory) -> None:
         items[0].key: ("first", 1.0),
         items[1].key: ("second", 3.0),
     }
+
+
+def test_load_queries_says_which_prompts_a_budget_may_pay_for(history: GatewayHistory) -> None:
+    """``QueryRow.budgeted`` is False only where ``batch_budgets`` finds no budget and no API
+    key could have one: the router skips that query for such a chunk."""
+    plain = _items("plain", 2)
+    history.submit("plain", plain, tag=None, rejected=0, constraints={}, budget_usd=2.0)
+    free = _items("free", 2)
+    history.submit("free", free, tag=None, rejected=0, constraints={})
+    both = _items("both", 1)  # in an unbudgeted batch, then in a budgeted one too
+    history.submit("both1", both, tag=None, rejected=0, constraints={})
+    history.submit("both2", both, tag=None, rejected=0, constraints={}, budget_usd=1.0)
+    history.create_key("team", budget_usd_per_day=5.0)
+    history.create_key("open")  # no budget: the flag says "may", batch_budgets says no
+    team = _api_batch(history, "batch_team", "team", 2)
+    open_ = _api_batch(history, "batch_open", "open", 1)
+    qids = [it.key for it in plain + free + both] + team + open_
+
+    got = {r.id: r.budgeted for r in history.load_queries(qids)}
+    assert [r.id for r in history.load_queries(qids)] == qids  # order and rows as before
+    assert got == {
+        **{it.key: True for it in plain + both},
+        **{it.key: False for it in free},
+        **{q: True for q in team + open_},
+    }
+    paid = set(history.batch_budgets(qids))
+    assert paid <= {q for q, b in got.items() if b}  # never False for a prompt a budget pays
+    assert not history.batch_budgets([q for q, b in got.items() if not b])
