@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import case, func, select, type_coerce
@@ -249,6 +251,19 @@ class SqlHistory(FeedbackHistory, BudgetHistory):
 
     def insert_decisions(self, rows: Sequence[DecisionRow]) -> None:
         ts = now()
+        bulk = self._bulk(t.decisions, DECISION_COLUMNS)
+        if bulk is not None:
+            if rows:
+                tuples = [
+                    (
+                        *(r.query_id, r.model, r.ranked, r.features, r.utilities, r.domain),
+                        *(r.complexity, r.expected_cost_usd, r.posterior_versions, r.reason),
+                        *(ts, r.floor_mark),
+                    )
+                    for r in rows
+                ]
+                self._tx(lambda conn: bulk(conn, tuples))
+            return
         values = [
             {
                 "query_id": r.query_id,
@@ -362,18 +377,41 @@ class SqlHistory(FeedbackHistory, BudgetHistory):
                 # returned), not what a select saw first: two deliveries of a chunk racing both
                 # insert, and only one of them wins a row. The loser must not store its call
                 # events for a result that is not its own.
-                fresh_ids = set(
-                    conn.scalars(
-                        self._insert_ignore(t.results).returning(t.results.c.query_id),
-                        [{**r.__dict__, "created_at": ts} for r in results],
+                bulk = self._bulk(t.results, RESULT_COLUMNS, "query_id")
+                if bulk is not None:
+                    values = _RESULT_VALUES
+                    fresh_ids = set(bulk(conn, [(*values(r), ts) for r in results]))
+                else:
+                    fresh_ids = set(
+                        conn.scalars(
+                            self._insert_ignore(t.results).returning(t.results.c.query_id),
+                            [{**r.__dict__, "created_at": ts} for r in results],
+                        )
                     )
-                )
             evs = [e for e in events if e.query_id in fresh_ids]
             if evs:
-                conn.execute(self._insert_ignore(t.feedback), [event_row(e, ts) for e in evs])
+                events_bulk = self._bulk(t.feedback, EVENT_COLUMNS)
+                if events_bulk is not None:
+                    events_bulk(conn, [(*_EVENT_VALUES(e), ts) for e in evs])
+                else:
+                    conn.execute(self._insert_ignore(t.feedback), [event_row(e, ts) for e in evs])
             return sorted(fresh_ids)
 
         return self._tx(run)
+
+
+# The columns of each bulk insert (:mod:`.bulk_insert`), in the order of the rows' tuples: a
+# result's and an event's fields and the time.
+_RESULT_FIELDS = tuple(f.name for f in fields(ResultRow))
+_EVENT_FIELDS = tuple(f.name for f in fields(FeedbackEvent))
+_RESULT_VALUES = attrgetter(*_RESULT_FIELDS)
+_EVENT_VALUES = attrgetter(*_EVENT_FIELDS)
+RESULT_COLUMNS = (*_RESULT_FIELDS, "created_at")
+EVENT_COLUMNS = (*_EVENT_FIELDS, "created_at")
+DECISION_COLUMNS = (
+    *("query_id", "model", "ranked", "features", "utilities", "domain", "complexity"),
+    *("expected_cost_usd", "posterior_versions", "reason", "created_at", "floor_mark"),
+)
 
 
 def _utc(ts: datetime) -> datetime:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from conduit_workers.errors import StoreUnavailable
+from conduit_workers.history.bulk_insert import BulkInsert, supported
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,6 +72,7 @@ class SqlBase:
         else:
             kwargs.update(pool_size=pool_size, pool_pre_ping=True)
         self.engine: Engine = create_engine(url, **kwargs)
+        self._bulks: dict[tuple[str, tuple[str, ...], str | None], BulkInsert] = {}
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
@@ -112,6 +114,17 @@ class SqlBase:
                 return fn(conn)
 
         return self._retry(run)
+
+    def _bulk(
+        self, table: Any, columns: tuple[str, ...], returning: str | None = None
+    ) -> BulkInsert | None:
+        """The DB-API bulk insert of these columns (:mod:`.bulk_insert`), or None where the
+        driver has none (then ``_insert_ignore`` through SQLAlchemy Core)."""
+        key = (table.name, columns, returning)
+        bulk = self._bulks.get(key)
+        if bulk is None and supported(self.engine.dialect):
+            bulk = self._bulks[key] = BulkInsert(self.engine.dialect, table, columns, returning)
+        return bulk
 
     def _insert_ignore(self, table: Any) -> Any:
         dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
