@@ -22,6 +22,7 @@ never reused: its answer may still be on the way.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 from collections.abc import Mapping
 from typing import cast
@@ -264,9 +265,12 @@ class Http1Target:
 
     async def post(self, body: bytes, timeout_s: float) -> tuple[int, Mapping[str, str], bytes]:
         """(status, headers with lowercase names, body) of one POST of ``body``; raises
-        :class:`TimeoutError` after ``timeout_s`` and :class:`ConnectionError` (an
-        :class:`OSError`, as are refused and reset connections) when no answer came."""
+        :class:`TimeoutError` after ``timeout_s`` (``math.inf``: no timer, the caller's bounds
+        the call) and :class:`ConnectionError` (an :class:`OSError`, as are refused and reset
+        connections) when no answer came."""
         data = b"%sContent-Length: %d\r\n\r\n%s" % (self._head, len(body), body)
+        if math.isinf(timeout_s):  # the caller's timeout bounds it: no second timer
+            return await self._origin.call(data)
         async with asyncio.timeout(timeout_s):
             return await self._origin.call(data)
 

@@ -23,6 +23,7 @@ headers, so ``retry_after`` comes from ``Retry-After``), a transport failure a
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -110,7 +111,8 @@ class Transport(Protocol):
 class Target(Protocol):
     async def post(self, body: bytes, timeout_s: float) -> tuple[int, Mapping[str, str], bytes]:
         """(status, headers, body) of one POST; TimeoutError, or aiohttp's ClientError or an
-        OSError for a call the server did not answer."""
+        OSError for a call the server did not answer. ``timeout_s`` ``math.inf``: no timer
+        (the caller bounds the call)."""
         ...
 
 
@@ -127,7 +129,7 @@ class _AiohttpTarget:
             self._url,
             data=body,
             headers=self._headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            timeout=aiohttp.ClientTimeout(total=None if math.isinf(timeout_s) else timeout_s),
         ) as resp:
             raw = await resp.read()
             return resp.status, resp.headers, raw
@@ -262,10 +264,15 @@ class OpenAIHttpModel(Model):
             body.update(extra)  # response_format, user, provider-specific fields
         return body
 
-    async def _post(self, body: dict[str, Any], settings: Mapping[str, Any]) -> Any:
-        """POST the body; the decoded answer, or pydantic-ai's error for the failure."""
+    async def _post(
+        self, body: dict[str, Any], settings: Mapping[str, Any], bounded: bool = False
+    ) -> Any:
+        """POST the body; the decoded answer, or pydantic-ai's error for the failure.
+        ``bounded``: the caller bounds the call's time, the transport sets no timer."""
         timeout = settings.get("timeout", self._timeout_s)
         total = timeout if isinstance(timeout, int | float) else self._timeout_s
+        if bounded:
+            total = math.inf
         target = self._target
         if target is None:
             target = self._target = self._session.target(self._url, self._headers)
@@ -314,16 +321,17 @@ class OpenAIHttpModel(Model):
         )
 
     async def chat(
-        self, messages: list[dict[str, str]], settings: Mapping[str, Any]
+        self, messages: list[dict[str, str]], settings: Mapping[str, Any], bounded: bool = False
     ) -> tuple[str, int, int]:
         """(text, input tokens, output tokens) of one call: OpenAI's messages as they are and
         the call's ``ModelSettings``. The executor's and the HTTP API's calls come here
         rather than through ``pydantic_ai.direct.model_request`` and :meth:`request`: the
         same body and the same errors, without converting the messages to pydantic-ai's and
         back, merging settings and building a ``ModelResponse`` on every call (~10% of a
-        ``conduit serve`` request's CPU, bench/README.md)."""
+        ``conduit serve`` request's CPU, bench/README.md). ``bounded``: the caller bounds the
+        call's time (a timeout around it), so the transport sets no timer of its own."""
         body = self._fields({"model": self._model_name, "messages": messages}, settings)
-        data = await self._post(body, settings)
+        data = await self._post(body, settings, bounded)
         usage = data.get("usage") or {}
         return (
             data["choices"][0]["message"].get("content") or "",

@@ -297,6 +297,37 @@ def test_a_call_that_outlasts_its_timeout_ends_as_a_retryable_timeout(
         asyncio.run(call())
 
 
+@pytest.mark.parametrize("http_client", ["http1", "direct"])
+def test_the_direct_calls_one_timer_ends_a_hung_call_and_its_connection(http_client: str) -> None:
+    """LLMClient's timeout alone bounds a direct call (its transport sets no timer of its
+    own): a call the server never answers ends as the retryable timeout, its connection is
+    not reused, and the next call on the same client is answered."""
+    calls = 0
+
+    async def hang_once(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(3)
+        return web.json_response(OK)
+
+    async def body(url: str) -> Any:
+        env = {"CONDUIT_REPLAY_URL": url}
+        catalog = load_catalog(DEFAULT_CATALOG, env)
+        llm = LLMClient(catalog, env, timeout_s=0.3, http_client=http_client)
+        name = catalog.names[0]
+        assert isinstance(llm.model(name), OpenAIHttpModel)
+        try:
+            with pytest.raises(RetryableProviderError, match="timeout"):
+                await llm.complete(name, PROMPT)
+            return await llm.complete(name, PROMPT)
+        finally:
+            await llm.aclose()
+
+    done = _serve(hang_once, body)
+    assert (done.text, done.input_tokens, done.output_tokens, calls) == ("4", 7, 1, 2)
+
+
 CHAT = ChatRequest(
     messages=(
         ChatMessage("system", "Be brief."),
