@@ -40,8 +40,7 @@ def fixed_runs(ds: Dataset, rng: np.random.Generator) -> list[Run]:
 def mixture_frontier(ds: Dataset) -> list[tuple[float, float, str]]:
     """(quality retained, cost saved, label) along the best random mix of two models, with each
     model's mean quality and cost known in hindsight (the upper hull of the models' points)."""
-    q = ds.quality.mean(axis=0)
-    c = ds.cost.mean(axis=0)
+    q, c = ds.model_means()  # over the prompts each model answered (a sparse file lacks some)
     qs, cs = q[ds.strongest], c[ds.strongest]
     pts = []
     for a in range(len(q)):

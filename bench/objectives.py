@@ -38,6 +38,7 @@ class Outcomes:
     quarters: list[float]
     spend_usd: float
     reference_usd: float
+    without_reference: int = 0  # prompts the file holds no reference answer for (sparse)
 
 
 def outcomes(run: RouterRun, ds: Dataset, stream: Stream) -> Outcomes:
@@ -46,17 +47,32 @@ def outcomes(run: RouterRun, ds: Dataset, stream: Stream) -> Outcomes:
     q = np.where(answered, ds.quality[rows, run.choice], 0.0)
     c = np.where(answered, ds.cost[rows, run.choice], 0.0)
     s = ds.strongest
-    qr, cr = ds.quality[rows, s], ds.cost[rows, s]
+    # Against the reference on the same prompts: where a sparse file lacks the reference's
+    # answer there is nothing to compare with, and those prompts are left out of the ratios.
+    known = ds.mask[rows, s]
+    qr = np.where(known, ds.quality[rows, s], 0.0)
+    cr = np.where(known, ds.cost[rows, s], 0.0)
+    qk, ck = np.where(known, q, 0.0), np.where(known, c, 0.0)
     quarters = []
     for part in np.array_split(np.arange(stream.n), 4):
-        quarters.append(float(q[part].sum() / max(qr[part].sum(), 1e-12)))
+        quarters.append(float(qk[part].sum() / max(qr[part].sum(), 1e-12)))
     return Outcomes(
-        float(q.sum() / max(qr.sum(), 1e-12)),
-        float(1 - c.sum() / max(cr.sum(), 1e-12)),
+        float(qk.sum() / max(qr.sum(), 1e-12)),
+        float(1 - ck.sum() / max(cr.sum(), 1e-12)),
         quarters,
         float(c.sum()),
-        float(cr.sum()),
+        reference_usd(ds, rows),
+        int(stream.n - known.sum()),
     )
+
+
+def reference_usd(ds: Dataset, rows: np.ndarray) -> float:
+    """What the reference would have cost on ``rows``: where a sparse file lacks its answer, at
+    its mean cost on the prompts it answered."""
+    s = ds.strongest
+    known = ds.mask[rows, s]
+    mean = float(ds.cost[ds.mask[:, s], s].mean()) if ds.mask[:, s].any() else 0.0
+    return float(np.where(known, ds.cost[rows, s], mean).sum())
 
 
 def records_of(ds: Dataset) -> list[Record]:
@@ -120,7 +136,7 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
         if share == "mixture95":
             best = max((t for t in front if t[0] >= 0.95 - 1e-12), key=lambda t: t[1])
             share = 1 - best[1]
-        budget = float(share) * float(ds.cost[stream.order, ds.strongest].sum())
+        budget = float(share) * reference_usd(ds, stream.order)
         settings = settings.model_copy(update={"quality_floor": args.quality_floor})
     else:
         settings = settings.model_copy(update={"quality_floor": args.quality_floor or 0.95})
@@ -172,6 +188,12 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
         ),
     }
     print(f"quality retained {o.quality_retained:.4f}, cost saved {o.cost_saved:.1%}")
+    if o.without_reference:
+        print(
+            f"# {o.without_reference} prompts have no answer of the reference in the file: "
+            "left out of quality retained and cost saved (their answers still count in spend)"
+        )
+        out["without_reference"] = o.without_reference
     if floor:
         held = o.quality_retained >= floor - TOLERANCE
         qheld = [q >= floor - TOLERANCE for q in o.quarters]
@@ -216,8 +238,9 @@ def plot_ratio(run: RouterRun, ds: Dataset, stream: Stream, floor: float, tag: s
     import matplotlib.pyplot as plt
 
     rows = stream.order
-    q = np.cumsum(np.where(run.choice >= 0, ds.quality[rows, run.choice], 0.0))
-    ref = np.cumsum(ds.quality[rows, ds.strongest])
+    known = ds.mask[rows, ds.strongest]
+    q = np.cumsum(np.where((run.choice >= 0) & known, ds.quality[rows, run.choice], 0.0))
+    ref = np.cumsum(np.where(known, ds.quality[rows, ds.strongest], 0.0))
     x = np.arange(1, stream.n + 1)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, q / np.maximum(ref, 1e-12), label="quality / reference's (truth)")

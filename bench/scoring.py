@@ -30,12 +30,13 @@ def figures(run: Run, ds: Dataset, stream: Stream, scen: Scenario) -> Figures:
     q = scen.quality[pos, run.choice]
     c = ds.cost[rows, run.choice]
     s = ds.strongest
-    q_ref = scen.quality[:, s].mean()
-    c_ref = ds.cost[rows, s].sum()
+    known = ds.mask[rows, s]  # a sparse file's prompts without the reference: left out
+    q_ref = scen.quality[known, s].sum()
+    c_ref = ds.cost[rows[known], s].sum()
     shares = np.bincount(run.choice, minlength=len(ds.models)) / stream.n
     return Figures(
-        float(q.mean() / q_ref),
-        float(1 - c.sum() / c_ref),
+        float(q[known].sum() / max(q_ref, 1e-12)),
+        float(1 - c[known].sum() / max(c_ref, 1e-12)),
         float(q.mean()),
         float(c.sum()),
         shares.tolist(),

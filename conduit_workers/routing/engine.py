@@ -350,37 +350,41 @@ class RoutingEngine:
             if ch.model
         )
         out = list(choices)
-        for g in groups:
+        for whole in groups:
+            # A floor is relative to the reference: a prompt whose constraints rule it out
+            # (allowed models or providers, a cost or latency cap) is routed at the floor's λ
+            # but not counted, else the other prompts would have to make up for a reference
+            # answer it could never have.
+            rows = [i for i in whole.rows if choices[i].model and ref in choices[i].ranked]
+            if not rows:
+                continue
+            g = replace(whole, rows=rows)
             chosen = [ch.model for ch in choices]
             strata = self.floors.assign(
                 g, chosen, ref, ref_pred.tolist(), advantage.tolist(), self.rng, alt_best.tolist()
             )
             for k, (i, stratum) in enumerate(zip(g.rows, strata, strict=True)):
                 ch = out[i]
-                if stratum.startswith("ref:") and ch.model != ref:
-                    if ch.model is None or ref not in ch.ranked:
-                        strata[k] = "alt:" + str(ch.model)  # the reference is not allowed here
+                model = str(ch.model)
+                if stratum.startswith("ref:") and model != ref:
+                    extra = float(costs[i, r] - costs[i, self.catalog.index(model)])
+                    if allowance_usd is not None and spent + extra > allowance_usd:
+                        strata[k] = "alt:" + model  # the budget comes first
                     else:
-                        extra = float(costs[i, r] - costs[i, self.catalog.index(ch.model)])
-                        if allowance_usd is not None and spent + extra > allowance_usd:
-                            strata[k] = "alt:" + ch.model  # the budget comes first
-                        else:
-                            spent += extra
-                            rest = tuple(m for m in ch.ranked if m != ref)
-                            out[i] = Choice(ref, (ref, *rest), ch.utility, ch.reason)
-                model = out[i].model
-                if model is not None:
-                    own = float(means[i, self.catalog.index(model)])
-                    self._floor_marks[i] = FloorMark(
-                        g.stream, strata[k], float(ref_pred[i]), own, float(alt_best[i])
-                    )
+                        spent += extra
+                        rest = tuple(m for m in ch.ranked if m != ref)
+                        out[i] = Choice(ref, (ref, *rest), ch.utility, ch.reason)
+                        model = ref
+                own = float(means[i, self.catalog.index(model)])
+                self._floor_marks[i] = FloorMark(
+                    g.stream, strata[k], float(ref_pred[i]), own, float(alt_best[i])
+                )
             kept = [
                 (s, float(ref_pred[i]), self._floor_marks[i].own_pred, float(alt_best[i]))
                 for i, s in zip(g.rows, strata, strict=True)
-                if i in self._floor_marks and not s.endswith(":None")
             ]
             self.floors.record(
-                g,
+                whole,  # its id: the chunk's prompts under this floor, whatever is counted
                 query_ids,
                 [s for s, _, _, _ in kept],
                 [p for _, p, _, _ in kept],

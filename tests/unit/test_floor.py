@@ -477,6 +477,25 @@ def test_the_engine_holds_the_floor_and_saves_where_it_can(seed):
     assert ratio >= 0.94 and share < 0.1
 
 
+def test_a_prompt_that_may_not_go_to_the_reference_is_not_counted_in_its_floor():
+    eng = _engine(0.95)
+    ids = [str(i) for i in range(32)]
+    texts = [f"question {i}" for i in range(32)]
+    only_cheap = Constraints(allowed_models=("cheap",))
+    cons = [only_cheap if i % 2 else Constraints() for i in range(32)]
+    rows = eng.decide(ids, texts, cons)
+    for i, r in enumerate(rows):
+        if i % 2:  # routed, but a floor relative to the reference says nothing of it
+            assert (r.model, r.floor) == ("cheap", None)
+        else:  # nothing known yet: the reference, counted
+            assert r.model == "strong" and r.floor is not None
+    counters = fl.FloorCounts.of(eng.floors.store.read("default:0.95"))
+    assert counters.decided == 16
+    # A chunk of such prompts alone counts nothing and moves nothing.
+    eng.decide([f"x{i}" for i in range(32)], texts, [only_cheap] * 32)
+    assert fl.FloorCounts.of(eng.floors.store.read("default:0.95")).decided == 16
+
+
 def test_a_floor_mark_keeps_the_predictions_and_reads_older_marks():
     mark = FloorMark("default:0.95", "alt:cheap", 0.9, 0.85, 0.87)
     assert FloorMark.decode(mark.encode("cheap")) == (mark, "cheap")
