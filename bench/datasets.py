@@ -20,6 +20,7 @@ from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.ports import Embedder
 from conduit_workers.routing.embedder import make_embedder
 from conduit_workers.routing.static_embedder import model_id
+from conduit_workers.routing.warm_start import parse_record
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -94,29 +95,41 @@ class Dataset:
 
 
 def load(path: Path) -> Dataset:
+    """A file in the shared schema, each line checked as `conduit learn` checks it
+    (``parse_record``: a bad line is an error naming its line, not a wrong figure)."""
+    rows, sources = [], []
     with open(path, encoding="utf-8") as fh:  # not splitlines(): prompts hold U+2028
-        rows = [json.loads(line) for line in fh if line.strip()]
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: not JSON ({exc.msg})") from None
+            rows.append(parse_record(obj, where))
+            sources.append(str(obj.get("source", "")))
     if not rows:
         raise ValueError(f"{path} holds no prompt")
-    models = list(dict.fromkeys(name for r in rows for name in r["models"]))
+    models = list(dict.fromkeys(name for r in rows for name in r.models))
     n, m = len(rows), len(models)
     q, c, ti, to = (np.zeros((n, m)) for _ in range(4))
     present = np.zeros((n, m), dtype=bool)
     for i, r in enumerate(rows):
         for j, name in enumerate(models):
-            rec = r["models"].get(name)
+            rec = r.models.get(name)
             if rec is None:
                 continue  # a sparse file: this prompt cannot go to that model
             present[i, j] = True
-            q[i, j] = float(rec["quality"])
-            c[i, j] = float(rec["cost_usd"])
-            ti[i, j] = float(rec.get("input_tokens", 0))
-            to[i, j] = float(rec.get("output_tokens", 0))
+            q[i, j] = rec.quality
+            c[i, j] = rec.cost_usd
+            ti[i, j] = rec.input_tokens
+            to[i, j] = rec.output_tokens
     return Dataset(
         Path(path).stem,
-        [str(r.get("id", i)) for i, r in enumerate(rows)],
-        [r["prompt"] for r in rows],
-        [r.get("source", "") for r in rows],
+        [r.id for r in rows],
+        [r.prompt for r in rows],
+        sources,
         models,
         q,
         c,
