@@ -7,7 +7,6 @@ embedded, so one data file is embedded once however many runs and settings follo
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.ports import Embedder
 from conduit_workers.routing.embedder import make_embedder
 from conduit_workers.routing.static_embedder import model_id
-from conduit_workers.routing.warm_start import parse_record
+from conduit_workers.routing.warm_start import read_records
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -95,20 +94,9 @@ class Dataset:
 
 
 def load(path: Path) -> Dataset:
-    """A file in the shared schema, each line checked as `conduit learn` checks it
-    (``parse_record``: a bad line is an error naming its line, not a wrong figure)."""
-    rows, sources = [], []
-    with open(path, encoding="utf-8") as fh:  # not splitlines(): prompts hold U+2028
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not JSON ({exc.msg})") from None
-            rows.append(parse_record(obj, where))
-            sources.append(str(obj.get("source", "")))
+    """A file in the shared schema, read with `conduit learn`'s ``read_records`` (a bad line is
+    an error naming it, not a wrong figure)."""
+    rows = list(read_records(Path(path)))
     if not rows:
         raise ValueError(f"{path} holds no prompt")
     models = list(dict.fromkeys(name for r in rows for name in r.models))
@@ -129,7 +117,7 @@ def load(path: Path) -> Dataset:
         Path(path).stem,
         [r.id for r in rows],
         [r.prompt for r in rows],
-        sources,
+        [r.source for r in rows],
         models,
         q,
         c,

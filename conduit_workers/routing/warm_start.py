@@ -58,6 +58,7 @@ class Record:
     id: str
     prompt: str
     models: dict[str, Outcome]
+    source: str = ""  # the file's ``source`` (a task or subject), when it names one
 
 
 @dataclass
@@ -107,7 +108,13 @@ def parse_record(obj: Any, where: str) -> Record:
             raise ValueError(f"{where}: models[{name!r}] token counts must be integers >= 0")
         out[name] = Outcome(float(q), tin, tout, float(cost))
     rid = obj.get("id")
-    return Record(str(rid) if rid is not None else where, prompt, out)
+    source = obj.get("source")
+    return Record(
+        str(rid) if rid is not None else where,
+        prompt,
+        out,
+        source if isinstance(source, str) else "",
+    )
 
 
 def read_records(path: Path) -> Iterator[Record]:
