@@ -19,7 +19,7 @@ from conduit_workers.domain.catalog import Catalog, ModelSpec
 from conduit_workers.domain.ports import Embedder
 from conduit_workers.routing.embedder import make_embedder
 from conduit_workers.routing.static_embedder import model_id
-from conduit_workers.routing.warm_start import read_records
+from conduit_workers.routing.warm_start import DataFileError, read_records
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def load(path: Path) -> Dataset:
     an error naming it, not a wrong figure)."""
     rows = list(read_records(Path(path)))
     if not rows:
-        raise ValueError(f"{path} holds no prompt")
+        raise DataFileError(f"{path} holds no prompt")
     models = list(dict.fromkeys(name for r in rows for name in r.models))
     n, m = len(rows), len(models)
     q, c, ti, to = (np.zeros((n, m)) for _ in range(4))

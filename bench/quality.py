@@ -26,6 +26,7 @@ from bench.datasets import catalog_for, load
 from bench.plots import plot
 from bench.scoring import Figures, cs_at, figures, scenario_report
 from bench.streaming import Scenario, Stream, featurize, run_engine, run_linucb
+from conduit_workers.routing.warm_start import DataFileError
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger("bench.quality")
@@ -42,6 +43,14 @@ def _short(name: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except DataFileError as exc:  # a bad line of --data or --warm-start: say which, no traceback
+        print(f"python -m bench.quality: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.quality", description=__doc__.split("\n\n")[0]
     )

@@ -83,29 +83,34 @@ class Summary:
         }
 
 
+class DataFileError(ValueError):
+    """A line of a data file that is not a record of the shared schema (its place and what is
+    wrong): what a caller shows its user, rather than a traceback."""
+
+
 def parse_record(obj: Any, where: str) -> Record:
-    """One record, validated; ``ValueError`` naming ``where`` and what is wrong."""
+    """One record, validated; :class:`DataFileError` naming ``where`` and what is wrong."""
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        raise DataFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt:
-        raise ValueError(f"{where}: 'prompt' must be a non-empty string")
+        raise DataFileError(f"{where}: 'prompt' must be a non-empty string")
     models = obj.get("models")
     if not isinstance(models, dict) or not models:
-        raise ValueError(f"{where}: 'models' must be an object of model -> outcome")
+        raise DataFileError(f"{where}: 'models' must be an object of model -> outcome")
     out: dict[str, Outcome] = {}
     for name, rec in models.items():
         if not isinstance(rec, dict):
-            raise ValueError(f"{where}: models[{name!r}] must be an object")
+            raise DataFileError(f"{where}: models[{name!r}] must be an object")
         q = rec.get("quality")
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= q <= 1.0:
-            raise ValueError(f"{where}: models[{name!r}].quality must be in [0, 1], got {q!r}")
+            raise DataFileError(f"{where}: models[{name!r}].quality must be in [0, 1], got {q!r}")
         cost = rec.get("cost_usd", 0.0)
         if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost):
-            raise ValueError(f"{where}: models[{name!r}].cost_usd must be a number")
+            raise DataFileError(f"{where}: models[{name!r}].cost_usd must be a number")
         tin, tout = rec.get("input_tokens", 0), rec.get("output_tokens", 0)
         if not all(isinstance(t, int) and t >= 0 for t in (tin, tout)):
-            raise ValueError(f"{where}: models[{name!r}] token counts must be integers >= 0")
+            raise DataFileError(f"{where}: models[{name!r}] token counts must be integers >= 0")
         out[name] = Outcome(float(q), tin, tout, float(cost))
     rid = obj.get("id")
     source = obj.get("source")
@@ -118,7 +123,8 @@ def parse_record(obj: Any, where: str) -> Record:
 
 
 def read_records(path: Path) -> Iterator[Record]:
-    """The records of a JSONL file; a bad line raises ``ValueError`` with its line number."""
+    """The records of a JSONL file; a bad line raises :class:`DataFileError` with its line
+    number."""
     with open(path, encoding="utf-8") as fh:  # not splitlines(): prompts may hold U+2028
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -127,7 +133,7 @@ def read_records(path: Path) -> Iterator[Record]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not JSON ({exc.msg})") from None
+                raise DataFileError(f"{where}: not JSON ({exc.msg})") from None
             yield parse_record(obj, where)
 
 
