@@ -31,18 +31,28 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+
+def _opening(charge_arg: int, recorded_arg: int | None = None) -> str:
+    """What every ledger script starts with: the charge flag (ARGV ``charge_arg``), Redis's
+    clock, the expired reservations resolved; with ``recorded_arg``, a ledger made anew (Redis
+    lost it) takes its limit (ARGV 1) and the spend already recorded (ARGV ``recorded_arg``)."""
+    text = f"local charge = ARGV[{charge_arg}] == '1'\n" + _NOW + _RESOLVE_EXPIRED
+    if recorded_arg is not None:
+        text += (
+            "\nif redis.call('HSETNX', KEYS[1], 'limit', ARGV[1]) == 1 and "
+            f"tonumber(ARGV[{recorded_arg}]) > 0 then\n"
+            f"  redis.call('HSET', KEYS[1], 'spent', ARGV[{recorded_arg}])\nend"
+        )
+    return text
+
+
 # KEYS: ledger hash, reservations hash, expiries zset, settled set, charged hash.
 # ARGV: limit, reservation id, amount, ttl ms, ledger ttl s, spend already recorded (a ledger
 # made anew, e.g. after Redis lost it, starts from it), '1' to charge expired reservations.
 # Returns {1 if held, limit, spent, reserved}; a reservation id already held returns 1 again.
 RESERVE_LUA = (
-    "local charge = ARGV[7] == '1'\n"
-    + _NOW
-    + _RESOLVE_EXPIRED
+    _opening(7, 6)
     + """
-if redis.call('HSETNX', KEYS[1], 'limit', ARGV[1]) == 1 and tonumber(ARGV[6]) > 0 then
-  redis.call('HSET', KEYS[1], 'spent', ARGV[6])
-end
 local f = redis.call('HMGET', KEYS[1], 'limit', 'spent', 'reserved')
 local limit, spent, reserved = tonumber(f[1]), tonumber(f[2] or 0), tonumber(f[3] or 0)
 local amount = tonumber(ARGV[3])
@@ -65,9 +75,7 @@ return {ok, string.format('%.0f', limit), string.format('%.0f', spent),
 # KEYS: as RESERVE_LUA. ARGV: reservation id, real cost, ledger ttl s, charge flag.
 # Returns 1 when settled now, 0 when it had been settled before (nothing changes).
 SETTLE_LUA = (
-    "local charge = ARGV[4] == '1'\n"
-    + _NOW
-    + _RESOLVE_EXPIRED
+    _opening(4)
     + """
 if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
 local held = redis.call('HGET', KEYS[2], ARGV[1])
@@ -109,13 +117,8 @@ return 1
 # already recorded (a ledger made anew starts from it), 15 charge flag, 16… the waiting calls'
 # worst cases. Returns {hold, limit, spent, reserved, lost, then 1 or 0 per waiting call}.
 LEASE_LUA = (
-    "local charge = ARGV[15] == '1'\n"
-    + _NOW
-    + _RESOLVE_EXPIRED
+    _opening(15, 14)
     + """
-if redis.call('HSETNX', KEYS[1], 'limit', ARGV[1]) == 1 and tonumber(ARGV[14]) > 0 then
-  redis.call('HSET', KEYS[1], 'spent', ARGV[14])
-end
 local id = ARGV[2]
 local done = tonumber(redis.call('HGET', KEYS[6], id) or ARGV[9])
 if tonumber(ARGV[8]) > done then
@@ -180,9 +183,7 @@ return out
 
 # KEYS: as RESERVE_LUA. ARGV: charge flag. Resolves expired reservations; returns the fields.
 STATE_LUA = (
-    "local charge = ARGV[1] == '1'\n"
-    + _NOW
-    + _RESOLVE_EXPIRED
+    _opening(1)
     + """
 return redis.call('HMGET', KEYS[1], 'limit', 'spent', 'reserved', 'calls', 'expired')
 """
