@@ -3,10 +3,10 @@
 A chunk of a budgeted batch may spend, in expectation, its share of what the batch has left:
 ``remaining × chunk prompts / (unanswered prompts + half a chunk)`` (``allowance_usd``), with
 ``remaining = limit − spent − held`` read from the ledger (the whole limit before the first
-call). The engine chooses within it;
-the executor's reservations are what guarantee the limit. A batch's budget is spent for quality
-(what a chunk's choices leave buys upgrades, ``RoutingEngine.decide``); an API key's daily
-budget, which also paces the lines of its Batch API batches, is a cap and only paces.
+call). The engine chooses within it; the executor's reservations are what guarantee the
+limit. A batch's budget is spent for quality (what a chunk's choices leave buys upgrades,
+``RoutingEngine.decide``); an API key's daily budget, which also paces the lines of its Batch
+API batches, is a cap and only paces.
 """
 
 from __future__ import annotations
