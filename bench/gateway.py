@@ -68,6 +68,9 @@ from conduit_workers.settings import RouterSettings
 from producers.local import free_port, start_replay_server
 
 PREFIX = "conduit-bench-gw"
+# Headers every request carries besides its key (``--sdk-header``: the OpenAI SDK's attempt
+# number, with which Conduit keeps each call for the SDK's retries).
+EXTRA_HEADERS: dict[str, str] = {}
 
 
 async def _run(
@@ -78,6 +81,7 @@ async def _run(
         for t in texts
     ]
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    headers.update(EXTRA_HEADERS)
     call_ms: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
@@ -118,6 +122,7 @@ async def _open_loop(
         for t in texts
     ]
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    headers.update(EXTRA_HEADERS)
     call_ms: list[float] = []
     lag_ms: list[float] = []
     errors = 0
@@ -233,9 +238,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--database", default=None, help="history URL (default: a fresh SQLite file)")
     ap.add_argument("--embedder", default=RouterSettings().embedder)
     ap.add_argument("--no-budget", action="store_true", help="an API key without a daily budget")
+    ap.add_argument(
+        "--sdk-header",
+        action="store_true",
+        help="send x-stainless-retry-count: 0 as the OpenAI SDK does (each call is then kept "
+        "for the SDK's retries, gateway/idempotency.py)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, database)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.sdk_header:
+        EXTRA_HEADERS["x-stainless-retry-count"] = "0"
 
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     db = a.database or f"sqlite:///{work / 'history.db'}"
@@ -267,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         "requests": n,
         "embedder": a.embedder,
         "budget": not a.no_budget,
+        "sdk_header": a.sdk_header,
         "load_average_1m": os.getloadavg()[0],
         "provisional": True,
     }

@@ -358,12 +358,17 @@ class GatewaySettings(BaseModel):
     # A verified key is trusted for this long in each server process: a revoked key stops
     # working within it. 0 checks the history database on every request.
     key_cache_s: float = 10.0
-    # History rows of answered calls are written behind the response in batches: at most this
-    # many per transaction, one transaction per ``write_interval_s`` at most (sooner when a
-    # batch is full), so a call's rows appear within about that of its answer.
     # How long the answer of a call sent with an ``Idempotency-Key`` header answers the
     # retries of that call (gateway/idempotency.py).
     idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
+    # How long the answer of a call from an SDK that numbers its attempts
+    # (``x-stainless-retry-count``: the OpenAI and Anthropic SDKs) answers that SDK's own
+    # retries of it, sent with no ``Idempotency-Key`` (gateway/idempotency.py, ``SdkRetries``);
+    # a retry of a call still running waits for it. 0: such retries call again.
+    sdk_retry_window_s: float = Field(default=60.0, ge=0)
+    # History rows of answered calls are written behind the response in batches: at most this
+    # many per transaction, one transaction per ``write_interval_s`` at most (sooner when a
+    # batch is full), so a call's rows appear within about that of its answer.
     write_batch: int = 512
     write_interval_s: float = 0.05
     # The posteriors' versions and the quality floors' counters are read from Redis at most

@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from conduit_workers.gateway.app import create_app
 from conduit_workers.history.history_gateway import GatewayHistory
-from conduit_workers.replay import ReplayConfig
+from conduit_workers.replay import ModelProfile, ReplayConfig
 from conduit_workers.settings import (
     CatalogSettings,
     DatabaseSettings,
@@ -181,15 +181,24 @@ class Api:
 
 
 @contextmanager
-def running_api(redis_client: redis.Redis, pg_engine: sa.Engine, tmp: Path) -> Iterator[Api]:
+def running_api(
+    redis_client: redis.Redis,
+    pg_engine: sa.Engine,
+    tmp: Path,
+    profiles: Mapping[str, ModelProfile] | None = None,
+) -> Iterator[Api]:
     """The gateway in a thread over the replay server, a fresh PostgreSQL schema and the test
-    Redis db; keys 'main', 'broke' (budget 0) and 'cheap-only' (allowed models: cheap)."""
+    Redis db; keys 'main', 'broke' (budget 0) and 'cheap-only' (allowed models: cheap).
+    ``profiles``: the replay server's latency and faults per model (none by default)."""
     schema = f"gw_{uuid.uuid4().hex[:10]}"
     with pg_engine.begin() as conn:
         conn.execute(sa.text(f'create schema "{schema}"'))
     db_url = f"{PG_URL}?options={quote(f'-csearch_path={schema}')}"
     redis_client.flushdb()
-    replay = start_replay(ReplayConfig(data_paths=[write_replay_data(tmp / "data.jsonl")]))
+    data = [write_replay_data(tmp / "data.jsonl")]
+    replay = start_replay(
+        ReplayConfig(data_paths=data, profiles=profiles) if profiles else ReplayConfig(data)
+    )
     settings = Settings(
         redis=RedisSettings(url=REDIS_URL, key_prefix=TEST_PREFIX),
         database=DatabaseSettings(url=db_url),

@@ -35,7 +35,14 @@ from conduit_workers.gateway.auth import KeyChecker
 from conduit_workers.gateway.deps import Key, State, state
 from conduit_workers.gateway.errors import ApiError
 from conduit_workers.gateway.idempotency import HEADER as IDEMPOTENCY_HEADER
-from conduit_workers.gateway.idempotency import MAX_KEY_CHARS, REPLAYED, Idempotency
+from conduit_workers.gateway.idempotency import (
+    MAX_KEY_CHARS,
+    REPLAYED,
+    RETRY_HEADER,
+    Idempotency,
+    Replay,
+    SdkRetries,
+)
 from conduit_workers.gateway.producer import FEEDBACK, TaskSender
 from conduit_workers.gateway.responses import (
     chat_completion,
@@ -141,7 +148,9 @@ def _build(settings: Settings) -> State:
     gateway = Gateway(s, catalog, Decider(engine, fresh=fresh), llm, health, ledger, recorder)
     keys = KeyChecker(history, s.gateway.require_key, s.gateway.key_cache_s)
     idempotency = Idempotency(ledger.client, r.key_prefix, s.gateway.idempotency_ttl_s)
-    return State(gateway, keys, history, tasks, idempotency)
+    window = s.gateway.sdk_retry_window_s
+    sdk = SdkRetries(ledger.client, r.key_prefix, window) if window > 0 else None
+    return State(gateway, keys, history, tasks, idempotency, sdk)
 
 
 async def _idempotent_chat(
@@ -160,11 +169,7 @@ async def _idempotent_chat(
     digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     replay = await st.idempotency.claim(slot, digest, st.gateway.call_ttl_s())
     if replay is not None:
-        return Response(
-            replay.body,
-            media_type="application/json",
-            headers={"x-conduit-query-id": replay.query_id, REPLAYED: "true"},
-        )
+        return _replayed(replay)
     try:
         answer = await st.gateway.chat(body, key)
     except Exception:
@@ -187,15 +192,56 @@ _IDEMPOTENCY_PARAMETER = {
 }
 
 
-async def _chat(body: ChatCompletionRequest, request: Request, key: ApiKey) -> Response:
+def _replayed(replay: Replay) -> Response:
+    return Response(
+        replay.body,
+        media_type="application/json",
+        headers={"x-conduit-query-id": replay.query_id, REPLAYED: "true"},
+    )
+
+
+async def _sdk_chat(
+    body: ChatCompletionRequest, st: State, key: ApiKey, raw: bytes, attempt: str
+) -> Response:
+    """A call from an SDK that numbers its attempts: its retries get its answer, waiting for
+    it while it runs, rather than a second call (``SdkRetries`` in gateway/idempotency.py)."""
+    sdk = st.sdk_retries
+    assert sdk is not None
+    slot = SdkRetries.slot(key.name, raw)
+    ttl = st.gateway.call_ttl_s()
+    if SdkRetries.is_retry(attempt):
+        replay = await sdk.wait(slot, ttl)
+        if replay is not None:
+            return _replayed(replay)
+    # Marked pending while the call runs (a retry arrives a backoff later, after the mark).
+    claim = asyncio.ensure_future(sdk.claim(slot, ttl))
+    try:
+        answer = await st.gateway.chat(body, key)
+    except BaseException:
+        if await claim:
+            await sdk.release(slot)  # nothing answered: a retry calls again
+        raise
+    response = chat_completion(answer)
+    if await claim:
+        await sdk.done(slot, answer.query_id, bytes(response.body))
+    return response
+
+
+async def _chat(
+    body: ChatCompletionRequest, request: Request, key: ApiKey, raw: bytes | None = None
+) -> Response:
     idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
     if idempotency_key is not None:
         return await _idempotent_chat(body, request, key, idempotency_key)
-    gw = state(request).gateway
+    st = state(request)
+    gw = st.gateway
     if body.stream:
         from conduit_workers.gateway.streaming import stream_response
 
         return await stream_response(gw, await gw.prepare(body, key))
+    attempt = request.headers.get(RETRY_HEADER)
+    if attempt is not None and raw is not None and st.sdk_retries is not None:
+        return await _sdk_chat(body, st, key, raw, attempt)
     answer = await gw.chat(body, key)
     return chat_completion(answer)
 
@@ -223,7 +269,7 @@ async def _fast_chat(request: Request) -> Response:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from None
-    return await _chat(body, request, key)
+    return await _chat(body, request, key, raw)
 
 
 _HOT_PATH = "/v1/chat/completions"

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from conduit_workers.gateway.auth import KeyChecker
-from conduit_workers.gateway.idempotency import Idempotency
+from conduit_workers.gateway.idempotency import Idempotency, SdkRetries
 from conduit_workers.gateway.producer import TaskSender
 from conduit_workers.gateway.service import Gateway
 from conduit_workers.history.history_gateway import ApiKey, GatewayHistory
@@ -23,6 +23,7 @@ class State:
     history: GatewayHistory
     tasks: TaskSender
     idempotency: Idempotency
+    sdk_retries: SdkRetries | None = None  # None: the SDKs' retries call again
 
 
 def state(request: Request) -> State:

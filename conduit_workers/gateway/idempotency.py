@@ -22,12 +22,28 @@ holds the answer (never the prompt). A server killed mid-call leaves the claim t
 a retry after that calls again; so does a retry after Redis lost the entry: the call may have
 been billed, the only cases of a second call. Streamed calls do not take the header (a replay
 would need the stream kept).
+
+**The SDK's own retries, without the header** (:class:`SdkRetries`). The OpenAI SDK sends no
+``Idempotency-Key`` of its own, but it numbers its attempts: ``x-stainless-retry-count`` is 0 on
+a request and 1, 2, … on its retries (the Anthropic SDK does the same). A first attempt (0)
+marks its call pending under the API key's name and the hash of the request's bytes (the
+retries send the same bytes), concurrently with the call, and leaves the answer there for
+``CONDUIT_GATEWAY__SDK_RETRY_WINDOW_S`` (60 s). A retry (≥ 1) of a body whose call is still
+running waits for its answer (the client dropped the connection or timed out while Conduit was
+still calling: the call is paid for once, and the retry gets it); of a body answered within the
+window, gets that answer (``idempotent-replayed: true``); otherwise it calls. A request without
+the header, or numbered 0, is always a new call: asking twice is asking twice. The one cost of
+the rule: a retry of a request whose body is byte for byte that of another request answered
+within the window, the retried one having never reached Conduit, gets that other answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
+import time
 from dataclasses import dataclass
 
 import redis.asyncio
@@ -35,7 +51,13 @@ import redis.asyncio
 from conduit_workers.gateway.errors import ApiError
 from conduit_workers.infra.keys import RedisKeys
 
+log = logging.getLogger(__name__)
+
 HEADER = "idempotency-key"
+# The attempt number the OpenAI and Anthropic SDKs send with every request (0, then 1, 2, … on
+# their retries).
+RETRY_HEADER = "x-stainless-retry-count"
+PENDING = b"pending"
 REPLAYED = "idempotent-replayed"
 MAX_KEY_CHARS = 255
 
@@ -112,3 +134,73 @@ class Idempotency:
     async def release(self, slot: str) -> None:
         """The call failed (nothing answered): a retry may call again."""
         await self.client.delete(self.keys.idempotency(slot))
+
+
+class SdkRetries:
+    """The calls of SDK clients that sent no ``Idempotency-Key``, kept for the SDK's retries
+    (module docstring). Every Redis error here is logged and passed over: the bookkeeping never
+    fails a call (a retry then calls again, as without it)."""
+
+    POLL_S = (0.02, 0.25)  # a waiting retry reads the entry this often, first to last
+
+    def __init__(self, client: redis.asyncio.Redis, prefix: str, window_s: float) -> None:
+        self.client = client
+        self.keys = RedisKeys(prefix)
+        self.window_ms = max(1, int(window_s * 1000))
+
+    @staticmethod
+    def slot(key_name: str, raw_body: bytes) -> str:
+        h = hashlib.sha256(b"sdk-retry\0" + key_name.encode() + b"\0" + raw_body)
+        return h.hexdigest()[:32]
+
+    @staticmethod
+    def is_retry(attempt: str) -> bool:
+        return attempt.strip() not in ("", "0")
+
+    async def claim(self, slot: str, call_ttl_s: float) -> bool:
+        """Mark the call pending; False when another request of the same bytes holds the entry
+        (this call is then not kept for retries) or Redis did not answer."""
+        try:
+            ok = await self.client.set(
+                self.keys.idempotency(slot), PENDING, nx=True, px=max(1000, int(call_ttl_s * 1000))
+            )
+        except (redis.RedisError, OSError) as exc:
+            log.warning("SDK retry entry not kept (%s): a retry of this call calls again", exc)
+            return False
+        return bool(ok)
+
+    async def done(self, slot: str, query_id: str, body: bytes) -> None:
+        entry = json.dumps({"query_id": query_id, "answer": body.decode()})
+        try:
+            await self.client.set(self.keys.idempotency(slot), entry, px=self.window_ms)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("SDK retry answer not kept (%s): a retry of this call calls again", exc)
+
+    async def release(self, slot: str) -> None:
+        """The call failed or was abandoned: nothing answered, a retry calls again."""
+        try:
+            await self.client.delete(self.keys.idempotency(slot))
+        except (redis.RedisError, OSError) as exc:
+            log.warning("SDK retry entry not released (%s): it expires by itself", exc)
+
+    async def wait(self, slot: str, call_ttl_s: float) -> Replay | None:
+        """The answer a retry gets: the call's, once it is in (waiting while it runs, at most
+        ``call_ttl_s``); None when there is none to wait for (the retry calls)."""
+        key = self.keys.idempotency(slot)
+        deadline = time.monotonic() + call_ttl_s
+        pause = self.POLL_S[0]
+        while True:
+            try:
+                raw = await self.client.get(key)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("SDK retry entry unreadable (%s): the retry calls", exc)
+                return None
+            if raw is None:
+                return None
+            if raw not in (PENDING, PENDING.decode()):
+                entry = json.loads(raw)
+                return Replay(entry["answer"].encode(), entry["query_id"])
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(pause)
+            pause = min(self.POLL_S[1], pause * 2)

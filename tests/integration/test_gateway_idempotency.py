@@ -1,6 +1,8 @@
 """``Idempotency-Key`` on chat completions, with the real openai SDK against `conduit serve` over
 the replay server: a retried call is answered once and paid once; the same body without the
-header is a new call; the key names one body; a failed call leaves the key free."""
+header is a new call; the key names one body; a failed call leaves the key free. And the SDK's
+own retries, sent without the header: a retry of a call still running waits for its answer, a
+retry of an answered call gets it; a new request of the same body is a new call."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import redis
 import sqlalchemy as sa
 
 from conduit_workers.history import history_schema as t
+from conduit_workers.replay import ModelProfile
 from tests.gateway_harness import Api, running_api
 
 pytestmark = pytest.mark.integration
@@ -134,3 +137,53 @@ def test_the_openapi_document_declares_the_header(api: Api) -> None:
     params = spec["paths"]["/v1/chat/completions"]["post"].get("parameters", [])
     header = [p for p in params if p["in"] == "header" and p["name"].lower() == "idempotency-key"]
     assert header and header[0]["schema"]["maxLength"] == 255 and not header[0]["required"]
+
+
+def test_the_sdks_retry_of_a_call_still_running_gets_its_answer(
+    redis_client: redis.Redis, pg_engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The client gives up on a call Conduit is still making (its timeout, or a connection a
+    proxy dropped) and the SDK retries it: the provider is called once, and the retry waits
+    for that call's answer instead of paying for a second one."""
+    slow = {"strong": ModelProfile(latency_ms=1500)}
+    with running_api(redis_client, pg_engine, tmp_path, profiles=slow) as api:
+        calls = _replay_calls(api)
+        client = api.client(max_retries=1)
+        reply = client.with_options(timeout=1.0).chat.completions.with_raw_response.create(**ASK)
+        assert reply.headers["idempotent-replayed"] == "true"  # the second attempt's answer
+        assert reply.parse().model == "strong"
+        assert _replay_calls(api) == calls + 1
+        assert len(api.rows(t.results, reply.headers["x-conduit-query-id"])) == 1
+        # Without retries the same client times out: the first call was what took 1.5 s.
+        with pytest.raises(openai.APITimeoutError):
+            api.client(max_retries=0).with_options(timeout=1.0).chat.completions.create(**ASK)
+
+
+def test_the_sdks_retry_of_an_answered_call_gets_its_answer(api: Api) -> None:
+    """An answer lost on its way back (the connection dropped as it was sent): the SDK's
+    retry, numbered 1 in ``x-stainless-retry-count``, gets it with no second call. A request
+    numbered 0 is a new call, even of the same bytes; another key's retry is its own call."""
+    client = api.client()
+    first = client.chat.completions.with_raw_response.create(**ASK)
+    assert "idempotent-replayed" not in first.headers
+    calls = _replay_calls(api)
+    retry = client.chat.completions.with_raw_response.create(
+        **ASK, extra_headers={"x-stainless-retry-count": "1"}
+    )
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.headers["x-conduit-query-id"] == first.headers["x-conduit-query-id"]
+    assert retry.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert _replay_calls(api) == calls
+    again = client.chat.completions.with_raw_response.create(**ASK)
+    assert again.headers["x-conduit-query-id"] != first.headers["x-conduit-query-id"]
+    assert _replay_calls(api) == calls + 1
+    other = {**ASK, "model": "cheap"}
+    api.client("cheap-only").chat.completions.create(
+        **other, extra_headers={"x-stainless-retry-count": "2"}
+    )
+    assert _replay_calls(api) == calls + 2
+    # A refused call (over budget, 429) leaves nothing behind: its retries are refused afresh.
+    with pytest.raises(openai.RateLimitError, match="daily budget"):
+        api.client("broke", max_retries=1).chat.completions.create(**ASK)
+    slots = [k for k in api.redis.keys("*:idem:*") if api.redis.get(k) == b"pending"]
+    assert not slots
