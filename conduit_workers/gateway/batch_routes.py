@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from conduit_workers.gateway import batches as b
 from conduit_workers.gateway.deps import Key, state
 from conduit_workers.gateway.errors import ApiError
+from conduit_workers.gateway.idempotency import REPLAYED, RETRY_HEADER, SdkRetries
 from conduit_workers.gateway.producer import ROUTE
 from conduit_workers.gateway.responses import json_response
 from conduit_workers.gateway.schemas import NO_NUL, Plain
@@ -118,13 +119,46 @@ async def file_content(file_id: PathId, request: Request, key: Key) -> Response:
     return Response(found["content"], media_type="application/jsonl")
 
 
+BATCH_CREATE_TTL_S = 600.0  # the longest a batch's creation (its file parsed and stored) takes
+
+
 @router.post("/batches")
 async def create_batch(body: BatchCreate, request: Request, key: Key) -> Response:
     """Run every line of an uploaded file through Conduit's pipeline (route → execute →
-    feedback); a line that is not a valid chat completion request is refused alone."""
+    feedback); a line that is not a valid chat completion request is refused alone.
+
+    The SDK's retry of this request (``x-stainless-retry-count`` ≥ 1: the first attempt's
+    answer lost, or its connection dropped while the file was parsed) gets the batch the first
+    attempt created, not a second run of the whole file (``SdkRetries``,
+    gateway/idempotency.py); a request numbered 0 always creates a batch."""
     if body.endpoint != b.ENDPOINT:
         raise ApiError(422, f"endpoint {body.endpoint[:60]!r} is not supported; use {b.ENDPOINT}",
                        param="endpoint")  # fmt: skip
+    st = state(request)
+    attempt = request.headers.get(RETRY_HEADER)
+    sdk = st.sdk_retries
+    if attempt is None or sdk is None:
+        batch_id = await _create_batch(body, request, key)
+        return json_response(b.batch_object(await _owned_batch(request, key.name, batch_id)))
+    slot = SdkRetries.slot(key.name, b"batch\0" + body.model_dump_json().encode())
+    if SdkRetries.is_retry(attempt):
+        replay = await sdk.wait(slot, BATCH_CREATE_TTL_S)
+        if replay is not None:
+            row = await _owned_batch(request, key.name, replay.query_id)
+            return json_response(b.batch_object(row), headers={REPLAYED: "true"})
+    claim = asyncio.ensure_future(sdk.claim(slot, BATCH_CREATE_TTL_S))
+    try:
+        batch_id = await _create_batch(body, request, key)
+    except BaseException:
+        if await claim:
+            await sdk.release(slot)  # no batch: a retry creates it
+        raise
+    if await claim:
+        await sdk.done(slot, batch_id, b"")
+    return json_response(b.batch_object(await _owned_batch(request, key.name, batch_id)))
+
+
+async def _create_batch(body: BatchCreate, request: Request, key: Key) -> str:
     st = state(request)
     found = await asyncio.to_thread(st.history.get_file, body.input_file_id)
     if found is None or found["key_name"] != key.name:
@@ -146,7 +180,7 @@ async def create_batch(body: BatchCreate, request: Request, key: Key) -> Respons
     new = await asyncio.to_thread(st.history.submit_api_batch, row, f"api:{key.name}", parsed.items)
     chunk = st.gateway.settings.router.chunk_size
     await asyncio.to_thread(st.tasks.send, ROUTE, new, chunk)
-    return json_response(b.batch_object(await _owned_batch(request, key.name, batch_id)))
+    return batch_id
 
 
 @router.get("/batches/{batch_id}")

@@ -7,6 +7,7 @@ retry of an answered call gets it; a new request of the same body is a new call.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import urllib.request
@@ -187,3 +188,31 @@ def test_the_sdks_retry_of_an_answered_call_gets_its_answer(api: Api) -> None:
         api.client("broke", max_retries=1).chat.completions.create(**ASK)
     slots = [k for k in api.redis.keys("*:idem:*") if api.redis.get(k) == b"pending"]
     assert not slots
+
+
+def test_the_sdks_retry_of_a_batch_creation_gets_the_same_batch(api: Api) -> None:
+    """A retried ``batches.create`` (its answer lost) would run the whole file again: the retry
+    gets the batch the first attempt created. A request numbered 0 creates a batch, as at
+    OpenAI."""
+    client = api.client()
+    lines = "".join(
+        json.dumps({"custom_id": f"l{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": ASK}) + "\n"
+        for i in range(3)
+    )  # fmt: skip
+    upload = client.files.create(file=("b.jsonl", io.BytesIO(lines.encode())), purpose="batch")
+    args: Any = {
+        "input_file_id": upload.id,
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
+    first = client.batches.create(**args)
+    retry = client.batches.with_raw_response.create(
+        **args, extra_headers={"x-stainless-retry-count": "1"}
+    )
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.parse().id == first.id
+    assert [b.id for b in client.batches.list().data] == [first.id]
+    second = client.batches.create(**args)
+    assert second.id != first.id
+    assert len(client.batches.list().data) == 2
