@@ -214,7 +214,7 @@ async def _sdk_chat(
         if replay is not None:
             return _replayed(replay)
     # Marked pending while the call runs (a retry arrives a backoff later, after the mark).
-    claim = asyncio.ensure_future(sdk.claim(slot, ttl))
+    claim = asyncio.ensure_future(sdk.claim(slot))
     try:
         answer = await st.gateway.chat(body, key)
     except BaseException:
@@ -327,6 +327,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(gw.recorder.close)
             await gw.llm.aclose()
             await gw.ledger.aclose()
+            if st.sdk_retries is not None:
+                await st.sdk_retries.aclose()
             st.tasks.close()
             st.history.dispose()
 

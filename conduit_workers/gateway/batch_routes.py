@@ -119,7 +119,7 @@ async def file_content(file_id: PathId, request: Request, key: Key) -> Response:
     return Response(found["content"], media_type="application/jsonl")
 
 
-BATCH_CREATE_TTL_S = 600.0  # the longest a batch's creation (its file parsed and stored) takes
+BATCH_CREATE_TTL_S = 600.0  # the longest a retry waits for its batch's creation
 
 
 @router.post("/batches")
@@ -146,7 +146,7 @@ async def create_batch(body: BatchCreate, request: Request, key: Key) -> Respons
         if replay is not None:
             row = await _owned_batch(request, key.name, replay.query_id)
             return json_response(b.batch_object(row), headers={REPLAYED: "true"})
-    claim = asyncio.ensure_future(sdk.claim(slot, BATCH_CREATE_TTL_S))
+    claim = asyncio.ensure_future(sdk.claim(slot))
     try:
         batch_id = await _create_batch(body, request, key)
     except BaseException:

@@ -31,7 +31,9 @@ retries send the same bytes), concurrently with the call, and leaves the answer 
 ``CONDUIT_GATEWAY__SDK_RETRY_WINDOW_S`` (60 s). A retry (≥ 1) of a body whose call is still
 running waits for its answer (the client dropped the connection or timed out while Conduit was
 still calling: the call is paid for once, and the retry gets it); of a body answered within the
-window, gets that answer (``idempotent-replayed: true``); otherwise it calls. A request without
+window, gets that answer (``idempotent-replayed: true``); otherwise it calls (also when the
+server making the call was killed: its pending mark, renewed while the call runs, lapses within
+15 s). A request without
 the header, or numbered 0, is always a new call: asking twice is asking twice. The one cost of
 the rule: a retry of a request whose body is byte for byte that of another request answered
 within the window, the retried one having never reached Conduit, gets that other answer.
@@ -139,14 +141,29 @@ class Idempotency:
 class SdkRetries:
     """The calls of SDK clients that sent no ``Idempotency-Key``, kept for the SDK's retries
     (module docstring). Every Redis error here is logged and passed over: the bookkeeping never
-    fails a call (a retry then calls again, as without it)."""
+    fails a call (a retry then calls again, as without it).
+
+    A pending mark lives :data:`PENDING_TTL_S` and is renewed every :data:`RENEW_S` while its
+    call runs (one script per server process for all its calls), so a server killed mid-call
+    holds its retries back for seconds, not for the call's longest duration."""
 
     POLL_S = (0.02, 0.25)  # a waiting retry reads the entry this often, first to last
+    PENDING_TTL_S = 15.0
+    RENEW_S = 5.0
+    # Renew the marks that are still pending (an answer written meanwhile keeps its own TTL).
+    _RENEW = """
+    for _, key in ipairs(KEYS) do
+      if redis.call('GET', key) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) end
+    end
+    return 0
+    """
 
     def __init__(self, client: redis.asyncio.Redis, prefix: str, window_s: float) -> None:
         self.client = client
         self.keys = RedisKeys(prefix)
         self.window_ms = max(1, int(window_s * 1000))
+        self._pending: set[str] = set()
+        self._renewer: asyncio.Task[None] | None = None
 
     @staticmethod
     def slot(key_name: str, raw_body: bytes) -> str:
@@ -157,37 +174,60 @@ class SdkRetries:
     def is_retry(attempt: str) -> bool:
         return attempt.strip() not in ("", "0")
 
-    async def claim(self, slot: str, call_ttl_s: float) -> bool:
+    async def claim(self, slot: str) -> bool:
         """Mark the call pending; False when another request of the same bytes holds the entry
         (this call is then not kept for retries) or Redis did not answer."""
+        key = self.keys.idempotency(slot)
         try:
-            ok = await self.client.set(
-                self.keys.idempotency(slot), PENDING, nx=True, px=max(1000, int(call_ttl_s * 1000))
-            )
+            ok = await self.client.set(key, PENDING, nx=True, px=int(self.PENDING_TTL_S * 1000))
         except (redis.RedisError, OSError) as exc:
             log.warning("SDK retry entry not kept (%s): a retry of this call calls again", exc)
             return False
+        if ok:
+            self._pending.add(key)
+            if self._renewer is None or self._renewer.done():
+                self._renewer = asyncio.get_running_loop().create_task(self._renew())
         return bool(ok)
 
     async def done(self, slot: str, query_id: str, body: bytes) -> None:
+        key = self.keys.idempotency(slot)
+        self._pending.discard(key)
         entry = json.dumps({"query_id": query_id, "answer": body.decode()})
         try:
-            await self.client.set(self.keys.idempotency(slot), entry, px=self.window_ms)
+            await self.client.set(key, entry, px=self.window_ms)
         except (redis.RedisError, OSError) as exc:
             log.warning("SDK retry answer not kept (%s): a retry of this call calls again", exc)
 
     async def release(self, slot: str) -> None:
         """The call failed or was abandoned: nothing answered, a retry calls again."""
+        key = self.keys.idempotency(slot)
+        self._pending.discard(key)
         try:
-            await self.client.delete(self.keys.idempotency(slot))
+            await self.client.delete(key)
         except (redis.RedisError, OSError) as exc:
             log.warning("SDK retry entry not released (%s): it expires by itself", exc)
 
-    async def wait(self, slot: str, call_ttl_s: float) -> Replay | None:
+    async def _renew(self) -> None:
+        ttl_ms = str(int(self.PENDING_TTL_S * 1000))
+        while self._pending:
+            await asyncio.sleep(self.RENEW_S)
+            keys = list(self._pending)
+            if not keys:
+                break
+            try:
+                await self.client.eval(self._RENEW, len(keys), *keys, PENDING, ttl_ms)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("SDK retry marks not renewed (%s): they may lapse", exc)
+
+    async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+
+    async def wait(self, slot: str, max_wait_s: float) -> Replay | None:
         """The answer a retry gets: the call's, once it is in (waiting while it runs, at most
-        ``call_ttl_s``); None when there is none to wait for (the retry calls)."""
+        ``max_wait_s``); None when there is none to wait for (the retry calls)."""
         key = self.keys.idempotency(slot)
-        deadline = time.monotonic() + call_ttl_s
+        deadline = time.monotonic() + max_wait_s
         pause = self.POLL_S[0]
         while True:
             try:

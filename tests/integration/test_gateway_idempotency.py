@@ -20,6 +20,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from conduit_workers.gateway.idempotency import SdkRetries
 from conduit_workers.history import history_schema as t
 from conduit_workers.replay import ModelProfile
 from tests.gateway_harness import Api, running_api
@@ -141,11 +142,14 @@ def test_the_openapi_document_declares_the_header(api: Api) -> None:
 
 
 def test_the_sdks_retry_of_a_call_still_running_gets_its_answer(
-    redis_client: redis.Redis, pg_engine: sa.Engine, tmp_path: Path
+    redis_client: redis.Redis, pg_engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The client gives up on a call Conduit is still making (its timeout, or a connection a
     proxy dropped) and the SDK retries it: the provider is called once, and the retry waits
-    for that call's answer instead of paying for a second one."""
+    for that call's answer instead of paying for a second one. The call outlasts its pending
+    mark's TTL (shortened here), which is renewed while it runs."""
+    monkeypatch.setattr(SdkRetries, "PENDING_TTL_S", 0.5)
+    monkeypatch.setattr(SdkRetries, "RENEW_S", 0.15)
     slow = {"strong": ModelProfile(latency_ms=1500)}
     with running_api(redis_client, pg_engine, tmp_path, profiles=slow) as api:
         calls = _replay_calls(api)
