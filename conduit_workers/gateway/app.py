@@ -213,17 +213,14 @@ async def _sdk_chat(
         replay = await sdk.wait(slot, ttl)
         if replay is not None:
             return _replayed(replay)
-    # Marked pending while the call runs (a retry arrives a backoff later, after the mark).
-    claim = asyncio.ensure_future(sdk.claim(slot))
+    sdk.claim(slot)  # pending while the call runs
     try:
         answer = await st.gateway.chat(body, key)
     except BaseException:
-        if await claim:
-            await sdk.release(slot)  # nothing answered: a retry calls again
+        sdk.release(slot)  # nothing answered: a retry calls again
         raise
     response = chat_completion(answer)
-    if await claim:
-        await sdk.done(slot, answer.query_id, bytes(response.body))
+    sdk.done(slot, answer.query_id, bytes(response.body))
     return response
 
 

@@ -146,15 +146,13 @@ async def create_batch(body: BatchCreate, request: Request, key: Key) -> Respons
         if replay is not None:
             row = await _owned_batch(request, key.name, replay.query_id)
             return json_response(b.batch_object(row), headers={REPLAYED: "true"})
-    claim = asyncio.ensure_future(sdk.claim(slot))
+    sdk.claim(slot)
     try:
         batch_id = await _create_batch(body, request, key)
     except BaseException:
-        if await claim:
-            await sdk.release(slot)  # no batch: a retry creates it
+        sdk.release(slot)  # no batch: a retry creates it
         raise
-    if await claim:
-        await sdk.done(slot, batch_id, b"")
+    sdk.done(slot, batch_id, b"")
     return json_response(b.batch_object(await _owned_batch(request, key.name, batch_id)))
 
 

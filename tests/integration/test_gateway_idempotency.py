@@ -159,9 +159,17 @@ def test_the_sdks_retry_of_a_call_still_running_gets_its_answer(
         assert reply.parse().model == "strong"
         assert _replay_calls(api) == calls + 1
         assert len(api.rows(t.results, reply.headers["x-conduit-query-id"])) == 1
-        # Without retries the same client times out: the first call was what took 1.5 s.
+        # A first attempt given up on, its retry sent by hand: past its mark's first TTL the
+        # call still runs, and its mark, renewed, still says so to every server process.
+        other: Any = {**ASK, "messages": [{"role": "user", "content": "Name a tree."}]}
         with pytest.raises(openai.APITimeoutError):
-            api.client(max_retries=0).with_options(timeout=1.0).chat.completions.create(**ASK)
+            api.client().with_options(timeout=1.0).chat.completions.create(**other)
+        assert [api.redis.get(k) for k in api.redis.keys("*:idem:*")].count(b"pending") == 1
+        retry = api.client().chat.completions.with_raw_response.create(
+            **other, extra_headers={"x-stainless-retry-count": "1"}
+        )
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert _replay_calls(api) == calls + 2
 
 
 def test_the_sdks_retry_of_an_answered_call_gets_its_answer(api: Api) -> None:
