@@ -27,16 +27,16 @@ would need the stream kept).
 ``Idempotency-Key`` of its own, but it numbers its attempts: ``x-stainless-retry-count`` is 0 on
 a request and 1, 2, … on its retries (the Anthropic SDK does the same). A first attempt (0)
 marks its call pending under the API key's name and the hash of the request's bytes (the
-retries send the same bytes), concurrently with the call, and leaves the answer there for
+retries send the same bytes) while the call runs, and leaves the answer there for
 ``CONDUIT_GATEWAY__SDK_RETRY_WINDOW_S`` (60 s). A retry (≥ 1) of a body whose call is still
 running waits for its answer (the client dropped the connection or timed out while Conduit was
 still calling: the call is paid for once, and the retry gets it); of a body answered within the
 window, gets that answer (``idempotent-replayed: true``); otherwise it calls (also when the
 server making the call was killed: its pending mark, renewed while the call runs, lapses within
-15 s). A request without
-the header, or numbered 0, is always a new call: asking twice is asking twice. The one cost of
-the rule: a retry of a request whose body is byte for byte that of another request answered
-within the window, the retried one having never reached Conduit, gets that other answer.
+15 s). A request without the header, or numbered 0, is always a new call: asking twice is asking
+twice. The one cost of the rule: a retry of a request whose body is byte for byte that of
+another request answered within the window, the retried one having never reached Conduit, gets
+that other answer. ``batches.create`` is kept the same way (``gateway/batch_routes.py``).
 """
 
 from __future__ import annotations
