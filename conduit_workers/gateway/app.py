@@ -345,7 +345,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/chat/completions", openapi_extra={"parameters": [_IDEMPOTENCY_PARAMETER]})
     async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key) -> Response:
         """OpenAI's chat completion. ``model``: ``conduit`` (routed) or a catalog model."""
-        return await _chat(body, request, key)
+        return await _chat(body, request, key, await request.body())  # the bytes parsed above
 
     @app.get("/v1/models")
     async def list_models(request: Request, key: Key) -> Response:
