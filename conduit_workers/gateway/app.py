@@ -208,19 +208,13 @@ async def _sdk_chat(
     sdk = st.sdk_retries
     assert sdk is not None
     slot = SdkRetries.slot(key.name, raw)
-    ttl = st.gateway.call_ttl_s()
-    if SdkRetries.is_retry(attempt):
-        replay = await sdk.wait(slot, ttl)
-        if replay is not None:
-            return _replayed(replay)
-    sdk.claim(slot)  # pending while the call runs
-    try:
+    replay = await sdk.previous(slot, attempt, st.gateway.call_ttl_s())
+    if replay is not None:
+        return _replayed(replay)
+    with sdk.keeping(slot) as keep:
         answer = await st.gateway.chat(body, key)
-    except BaseException:
-        sdk.release(slot)  # nothing answered: a retry calls again
-        raise
-    response = chat_completion(answer)
-    sdk.done(slot, answer.query_id, bytes(response.body))
+        response = chat_completion(answer)
+        keep(answer.query_id, bytes(response.body))
     return response
 
 

@@ -141,18 +141,13 @@ async def create_batch(body: BatchCreate, request: Request, key: Key) -> Respons
         batch_id = await _create_batch(body, request, key)
         return json_response(b.batch_object(await _owned_batch(request, key.name, batch_id)))
     slot = SdkRetries.slot(key.name, b"batch\0" + body.model_dump_json().encode())
-    if SdkRetries.is_retry(attempt):
-        replay = await sdk.wait(slot, BATCH_CREATE_TTL_S)
-        if replay is not None:
-            row = await _owned_batch(request, key.name, replay.query_id)
-            return json_response(b.batch_object(row), headers={REPLAYED: "true"})
-    sdk.claim(slot)
-    try:
+    replay = await sdk.previous(slot, attempt, BATCH_CREATE_TTL_S)
+    if replay is not None:
+        row = await _owned_batch(request, key.name, replay.query_id)
+        return json_response(b.batch_object(row), headers={REPLAYED: "true"})
+    with sdk.keeping(slot) as keep:
         batch_id = await _create_batch(body, request, key)
-    except BaseException:
-        sdk.release(slot)  # no batch: a retry creates it
-        raise
-    sdk.done(slot, batch_id, b"")
+        keep(batch_id, b"")
     return json_response(b.batch_object(await _owned_batch(request, key.name, batch_id)))
 
 

@@ -46,6 +46,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis.asyncio
@@ -183,6 +185,30 @@ class SdkRetries:
     @staticmethod
     def is_retry(attempt: str) -> bool:
         return attempt.strip() not in ("", "0")
+
+    async def previous(self, slot: str, attempt: str, max_wait_s: float) -> Replay | None:
+        """What a request gets instead of a call: for a retry, its first attempt's answer
+        (waited for while that call runs); None for a first attempt, or when there is none."""
+        return await self.wait(slot, max_wait_s) if self.is_retry(attempt) else None
+
+    @contextmanager
+    def keeping(self, slot: str) -> Iterator[Callable[[str, bytes], None]]:
+        """The slot pending while the work inside runs; the work gives its answer (query id,
+        body) to the function this yields. Left without one (it raised), the slot is released:
+        nothing was answered, a retry calls again."""
+        self.claim(slot)
+        answered = False
+
+        def keep(query_id: str, body: bytes) -> None:
+            nonlocal answered
+            answered = True
+            self.done(slot, query_id, body)
+
+        try:
+            yield keep
+        finally:
+            if not answered:
+                self.release(slot)
 
     def claim(self, slot: str) -> None:
         """Mark the call pending (written unless another request of the same bytes holds the
