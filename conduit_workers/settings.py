@@ -366,6 +366,9 @@ class GatewaySettings(BaseModel):
     # retries of it, sent with no ``Idempotency-Key`` (gateway/idempotency.py, ``SdkRetries``);
     # a retry of a call still running waits for it. 0: such retries call again.
     sdk_retry_window_s: float = Field(default=60.0, ge=0)
+    # A streamed call's response starts at once; until the model's first piece, an SSE comment
+    # this often keeps the client's read timeout from firing (gateway/streaming.py).
+    stream_keepalive_s: float = Field(default=0.5, gt=0)
     # History rows of answered calls are written behind the response in batches: at most this
     # many per transaction, one transaction per ``write_interval_s`` at most (sooner when a
     # batch is full), so a call's rows appear within about that of its answer.

@@ -1,11 +1,20 @@
 """``stream: true``: the answer as server-sent events in OpenAI's chunk format.
 
+The response starts at once, before the model has answered anything: an SDK retries a request
+whose response has not started within its timeout (and one answered 5xx), and the call it
+gave up on would still run and be billed, so a slow first piece cost a second paid call. While
+the model has not answered its first piece, an SSE comment every
+``CONDUIT_GATEWAY__STREAM_KEEPALIVE_S`` keeps the connection and the client's read timeout
+alive (SSE readers, the OpenAI SDK's included, skip comments).
+
 The chosen model is tried first, then its fallbacks, until one starts answering (a model that
 fails before its first piece is recorded as a failed call, as the executor records it); once a
-piece has gone out, the stream belongs to that model. A failure after that ends the stream with
-an ``error`` event. The budget is settled and the call recorded when the stream ends, however it
-ends: a client that goes away mid-stream leaves its call counted at its worst case (it may still
-be billed) and recorded as an error ``client_gone``.
+piece has gone out, the stream belongs to that model. If every model fails before its first
+piece, or one fails after it, the stream ends with an ``error`` event (the OpenAI SDK raises
+it as ``APIError``). The budget is settled and the call recorded when the stream ends, however
+it ends: a client that goes away mid-stream, or while the model has not answered yet, leaves
+its call counted at its worst case (it may still be billed) and recorded as an error
+``client_gone``.
 """
 
 from __future__ import annotations
@@ -45,6 +54,22 @@ async def _start(
             ms = (time.perf_counter() - started) * 1000
             events.append(call_event(p.query_id, model, weights, error=True, latency_ms=ms))
             continue
+        except asyncio.CancelledError:  # the client went away before the first piece
+            with contextlib.suppress(Exception):
+                await pieces.aclose()  # type: ignore[attr-defined]
+            events.append(call_event(p.query_id, model, weights, error=True, latency_ms=0.0))
+            gone = ResultRow(
+                p.query_id,
+                model,
+                "error",
+                attempts=len(events),
+                fallbacks=len(events) - 1,
+                error_class="client_gone",
+                error_message="the client closed the stream",
+            )
+            gw.record(p, gone, events)
+            await asyncio.shield(gw.settle(p, None))
+            raise
         return model, pieces, first, events
     assert last is not None
     await gw.settle(p, 0.0)
@@ -68,12 +93,36 @@ async def _start(
 
 
 async def stream_response(gw: Gateway, p: Prepared) -> StreamingResponse:
-    model, pieces, first, events = await _start(gw, p)
     return StreamingResponse(
-        _events(gw, p, model, pieces, first, events),
+        _stream(gw, p),
         media_type="text/event-stream",
         headers={"x-conduit-query-id": p.query_id, "Cache-Control": "no-cache"},
     )
+
+
+async def _stream(gw: Gateway, p: Prepared) -> AsyncIterator[bytes]:
+    """The response's body: a comment at once (the response has started), a comment every
+    ``stream_keepalive_s`` until the model's first piece, then the answer's chunks."""
+    yield b": conduit\n\n"
+    start = asyncio.ensure_future(_start(gw, p))
+    try:
+        while not (await asyncio.wait({start}, timeout=gw.settings.gateway.stream_keepalive_s))[0]:
+            yield b": waiting for the model\n\n"
+    finally:
+        if not start.done():  # the client went away: _start records and settles the call
+            start.cancel()
+    try:
+        model, pieces, first, events = start.result()
+    except ApiError as err:  # every model failed before its first piece (recorded, settled)
+        yield _error_event(err.message, err.code)
+        return
+    async for event in _events(gw, p, model, pieces, first, events):
+        yield event
+
+
+def _error_event(message: str, code: str | None) -> bytes:
+    error = {"message": message, "type": "api_error", "param": None, "code": code}
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
 
 
 async def _events(
@@ -168,13 +217,7 @@ async def _events(
             error_message=str(err),
         )
         events.append(call_event(p.query_id, model, weights, error=True, latency_ms=0.0))
-        error = {
-            "message": f"the model call failed mid-stream: {err}",
-            "type": "api_error",
-            "param": None,
-            "code": err.error_class,
-        }
-        yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+        yield _error_event(f"the model call failed mid-stream: {err}", err.error_class)
     finally:
         with contextlib.suppress(Exception):
             await pieces.aclose()  # type: ignore[attr-defined]

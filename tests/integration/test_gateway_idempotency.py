@@ -172,6 +172,51 @@ def test_the_sdks_retry_of_a_call_still_running_gets_its_answer(
         assert _replay_calls(api) == calls + 2
 
 
+def test_a_streamed_call_slower_than_the_clients_timeout_is_called_once(
+    redis_client: redis.Redis, pg_engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The SDK retries a request whose response has not started within its timeout. A streamed
+    call's response starts at once, and comments keep it alive while the model has not yet
+    answered its first piece: the client gets the answer, the provider is called once. A
+    model that fails before its first piece ends the stream with an error event, which the
+    SDK raises, and is not called again by a retry either."""
+    profiles = {
+        "strong": ModelProfile(latency_ms=3000),  # its first piece comes after 1.5 s
+        "cheap": ModelProfile(rate_500=1.0),
+    }
+    with running_api(redis_client, pg_engine, tmp_path, profiles=profiles) as api:
+        calls = _replay_calls(api)
+        client = api.client(max_retries=2).with_options(timeout=1.0)
+        chunks = list(client.chat.completions.create(**ASK, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text and {c.model for c in chunks} == {"strong"}
+        assert _replay_calls(api) == calls + 1
+        qid = chunks[0].id.removeprefix("chatcmpl-")
+        (result,) = api.rows(t.results, qid)
+        assert result.status == "ok" and result.response == text
+
+        # Every model the key may use fails ("cheap-only"): the SDK raises the error event,
+        # and with retries allowed it makes no more calls than without.
+        def failed_calls(max_retries: int) -> int:
+            before = _replay_calls(api)
+            failing = api.client("cheap-only", max_retries=max_retries)
+            with pytest.raises(openai.APIError, match="the model call failed"):
+                list(failing.chat.completions.create(**{**ASK, "model": "cheap"}, stream=True))
+            return _replay_calls(api) - before
+
+        once = failed_calls(0)
+        assert once >= 1 and failed_calls(2) == once
+
+        # A client that goes away before the first piece: its call is recorded as such.
+        gone = {**ASK, "messages": [{"role": "user", "content": "Name a tree."}]}
+        with api.client().chat.completions.with_streaming_response.create(
+            **gone, stream=True
+        ) as raw:
+            qid = raw.headers["x-conduit-query-id"]  # the response started before the model
+        (result,) = api.rows(t.results, qid)
+        assert (result.status, result.error_class) == ("error", "client_gone")
+
+
 def test_the_sdks_retry_of_an_answered_call_gets_its_answer(api: Api) -> None:
     """An answer lost on its way back (the connection dropped as it was sent): the SDK's
     retry, numbered 1 in ``x-stainless-retry-count``, gets it with no second call. A request
