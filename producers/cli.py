@@ -268,7 +268,8 @@ def posteriors(reset: bool, rebuild: bool) -> None:
         out = rebuild_posteriors(client.history, store, names, s.context_dim, s.router.decay)
         click.echo(
             f"posteriors of {len(names)} models rebuilt from {out.events} applied "
-            f"feedback events ({out.updates} updates)",
+            f"feedback events and {out.warm_updates} warm-start updates ({out.updates} "
+            "updates)",
             err=True,
         )
         from conduit_workers.learning.recovery import rebuild_floors
@@ -350,7 +351,11 @@ def learn(file: Path | None, from_history: bool, since: datetime | None, as_json
     bar = _progress_bar(len(records), "learn")
     try:
         summary = learn_into(
-            client.settings, client.catalog, records, lambda done: bar.update(done - bar.n)
+            client.settings,
+            client.catalog,
+            records,
+            lambda done: bar.update(done - bar.n),
+            log=client.history,
         )
     except ConduitError as exc:
         raise click.ClickException(str(exc)) from None

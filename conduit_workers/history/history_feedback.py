@@ -172,23 +172,54 @@ class FeedbackHistory(SqlBase):
 
     def applied_feedback_with_updates(
         self,
-    ) -> tuple[list[tuple[str, FeedbackEvent]], dict[str, Array]]:
-        """Every applied event with the update id that applied it, in order of application
-        (update by update), and the decision contexts (to rebuild the posteriors)."""
+    ) -> tuple[list[tuple[datetime, str, FeedbackEvent]], dict[str, Array]]:
+        """Every applied event with when and by which update id it was applied, in order of
+        application (update by update), and the decision contexts (to rebuild the
+        posteriors)."""
         f, d = t.feedback, t.decisions
         stmt = (
-            select(*_event_columns(), d.c.features, f.c.update_id)
+            select(*_event_columns(), d.c.features, f.c.applied_at, f.c.update_id)
             .select_from(f.outerjoin(d, d.c.query_id == f.c.query_id))
             .where(f.c.applied_at.is_not(None))
             .order_by(f.c.applied_at, f.c.update_id, f.c.id)
         )
 
-        def run(conn: Connection) -> tuple[list[tuple[str, FeedbackEvent]], dict[str, Array]]:
+        def run(
+            conn: Connection,
+        ) -> tuple[list[tuple[datetime, str, FeedbackEvent]], dict[str, Array]]:
             rows = conn.execute(stmt).all()
             events, contexts = _events_and_contexts(rows)
-            return [(r[-1], e) for r, e in zip(rows, events, strict=True)], contexts
+            return [(r[-2], r[-1], e) for r, e in zip(rows, events, strict=True)], contexts
 
         return self._tx(run)
+
+    def add_warm_start(self, updates: Sequence[tuple[str, str, dict[str, float], float]]) -> None:
+        """Keep what a warm start applies: (posterior update id, model, its statistics'
+        fields, the offline weight the floors were told). An update kept before is left as
+        it was (a file loaded twice counts once here too)."""
+        at = now()
+        rows = [
+            {
+                "id": uid,
+                "update_id": uid.removesuffix(f":{model}"),
+                "model": model,
+                "stats": fields,
+                "offline_weight": weight,
+                "applied_at": at,
+            }
+            for uid, model, fields, weight in updates
+        ]
+        if rows:
+            self._tx(lambda conn: conn.execute(self._insert_ignore(t.warm_start_updates), rows))
+
+    def warm_start_updates(self) -> list[tuple[datetime, str, str, dict[str, float], float]]:
+        """Every update a warm start applied, in order: (when, update id, model, statistics'
+        fields, offline weight)."""
+        w = t.warm_start_updates
+        stmt = select(w.c.applied_at, w.c.id, w.c.model, w.c.stats, w.c.offline_weight).order_by(
+            w.c.applied_at, w.c.id
+        )
+        return self._tx(lambda conn: [tuple(r) for r in conn.execute(stmt)])
 
     def floor_history(self) -> Iterator[tuple[str, str, float | None]]:
         """Every decision made under a quality floor, in the order decided: (its floor mark,

@@ -191,3 +191,19 @@ api_batches = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("cancelled_at", DateTime(timezone=True), nullable=True),
 )
+
+# Evidence a warm start (`conduit learn`) applied to the posteriors, one row per update and
+# model: the update's statistics as the posterior store took them (``ArmStats.to_fields``) and
+# the offline weight the quality floors were told. Not feedback of any prompt of the history,
+# so kept apart; ``conduit posteriors --rebuild`` replays it with the feedback, in the order
+# applied.
+warm_start_updates = Table(
+    "warm_start_updates",
+    metadata,
+    Column("id", String(300), primary_key=True),  # the posterior update id: <update>:<model>
+    Column("update_id", String(80), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("stats", JSON, nullable=False),
+    Column("offline_weight", Float, nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False, index=True),
+)

@@ -18,10 +18,14 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from conduit_workers.domain import floor as fl
+from conduit_workers.domain.bandit import ArmStats
 from conduit_workers.domain.learning import learn
+from conduit_workers.domain.records import Update
 from conduit_workers.domain.rewards import FeedbackEvent
+from conduit_workers.errors import ConfigError
 from conduit_workers.history.history import SqlHistory
 from conduit_workers.learning.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.routing.floor_store import RedisFloorStore
@@ -35,26 +39,44 @@ class RebuildOutcome:
     events: int
     updates: int
     models: dict[str, int]  # model -> version after the rebuild
+    warm_updates: int = 0  # of them, the warm starts' (``conduit learn``)
 
 
 def replay_history(
     history: SqlHistory, dim: int, decay: float = 1.0
-) -> tuple[InMemoryPosteriorStore, dict[str, list[str]], int]:
-    """The posteriors implied by the applied feedback: (store, model -> update ids, events)."""
+) -> tuple[InMemoryPosteriorStore, dict[str, list[str]], int, int]:
+    """The posteriors implied by the applied feedback and the warm starts' evidence, each
+    update in the order applied: (store, model -> update ids, feedback events, warm starts'
+    updates)."""
     events, contexts = history.applied_feedback_with_updates()
     groups: dict[str, list[FeedbackEvent]] = defaultdict(list)
-    order: list[str] = []
-    for update_id, ev in events:
+    order: list[tuple[datetime, int, str]] = []  # (applied at, 0: feedback / 1: warm, id)
+    for at, update_id, ev in events:
         if update_id not in groups:
-            order.append(update_id)
+            order.append((at, 0, update_id))
         groups[update_id].append(ev)
+    warm: dict[str, Update] = {}
+    for at, uid, model, fields, _weight in history.warm_start_updates():
+        if len(fields) != len(ArmStats.zeros(dim).to_fields()):
+            raise ConfigError(
+                f"the warm start's update {uid} was made with another context dimension than "
+                f"{dim}: load its file again with `conduit learn` instead"
+            )
+        warm[uid] = Update(uid, model, ArmStats.from_fields(fields, dim))
+        order.append((at, 1, uid))
+    order.sort(key=lambda o: (o[0], o[1]))  # stable: each kind keeps its own order
     store = InMemoryPosteriorStore()
     update_ids: dict[str, list[str]] = defaultdict(list)
-    for uid in order:
+    for _at, kind, uid in order:
+        if kind == 1:
+            up = warm[uid]
+            store.apply([up], decay)
+            update_ids[up.model].append(uid)
+            continue
         learn(store, groups[uid], contexts, dim, uid, decay)
         for model in sorted({e.model for e in groups[uid]}):
             update_ids[model].append(f"{uid}:{model}")
-    return store, dict(update_ids), len(events)
+    return store, dict(update_ids), len(events), len(warm)
 
 
 def rebuild_posteriors(
@@ -65,7 +87,7 @@ def rebuild_posteriors(
     decay: float = 1.0,
 ) -> RebuildOutcome:
     """Overwrite the Redis posteriors of ``models`` with those replayed from the history."""
-    replayed, update_ids, n_events = replay_history(history, dim, decay)
+    replayed, update_ids, n_events, n_warm = replay_history(history, dim, decay)
     read = replayed.read(list(models), dim)
     versions = {}
     for m in models:
@@ -74,8 +96,12 @@ def rebuild_posteriors(
         # the in-memory store counts the same updates, so versions match the lost ones.
         store.replace(m, version, stats, update_ids.get(m, []))
         versions[m] = version
-    log.info("posteriors rebuilt from %d applied feedback events", n_events)
-    return RebuildOutcome(n_events, sum(versions.values()), versions)
+    log.info(
+        "posteriors rebuilt from %d applied feedback events and %d warm-start updates",
+        n_events,
+        n_warm,
+    )
+    return RebuildOutcome(n_events, sum(versions.values()), versions, n_warm)
 
 
 def rebuild_floors(history: SqlHistory, floors: RedisFloorStore) -> dict[str, int]:
@@ -86,8 +112,8 @@ def rebuild_floors(history: SqlHistory, floors: RedisFloorStore) -> dict[str, in
     history, and each applied rating of its answer is there too: the counters are their sums,
     as the routers and feedback workers added them. The dual variable (λ) is path-dependent and
     not rebuilt: each stream starts again from ``floor_lambda_init``, and the router moves it
-    from there. A warm start's offline weights are not in the history: run ``conduit learn``
-    again to restore them.
+    from there. The warm starts' offline weights are summed again from the evidence they kept
+    (``warm_start_updates``).
     """
     per_stream: dict[str, dict[str, float]] = defaultdict(dict)
     decided: dict[str, int] = defaultdict(int)
@@ -109,6 +135,12 @@ def rebuild_floors(history: SqlHistory, floors: RedisFloorStore) -> dict[str, in
             for k, v in inc.items():
                 counters[k] = counters.get(k, 0.0) + v
         decided[mark.stream] += 1
+    offline: dict[str, float] = defaultdict(float)
+    for _at, _uid, model, _fields, weight in history.warm_start_updates():
+        if weight > 0:
+            offline[fl.OFFLINE_WEIGHT + model] += weight
+    if offline:
+        per_stream[fl.OFFLINE_STREAM] = dict(offline)
     for stream, counters in per_stream.items():
         floors.reset(stream)
         floors.apply(stream, f"rebuild:{uuid.uuid4().hex}", counters)

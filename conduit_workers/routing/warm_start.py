@@ -30,8 +30,9 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from conduit_workers.domain.learning import updates_for
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
 
 if TYPE_CHECKING:
@@ -81,6 +82,14 @@ class Summary:
             "updates_applied": self.updates_applied,
             "updates_already_applied": self.updates_already_applied,
         }
+
+
+class WarmStartLog(Protocol):
+    """Where a warm start's updates are kept (the history database's ``add_warm_start``)."""
+
+    def add_warm_start(
+        self, updates: Sequence[tuple[str, str, dict[str, float], float]]
+    ) -> None: ...
 
 
 class DataFileError(ValueError):
@@ -154,10 +163,13 @@ def learn_records(
     records: Iterable[Record],
     max_weight: float = DEFAULT_MAX_WEIGHT,
     progress: Callable[[int], None] | None = None,
+    log: WarmStartLog | None = None,
 ) -> Summary:
     """Apply labelled records as evidence to ``engine``'s posteriors (see the module docstring).
 
     Records in, summary out; ``progress`` is called with the records done after each chunk.
+    ``log`` (the history database) keeps each update, so that ``conduit posteriors --rebuild``
+    restores it after Redis lost the posteriors.
     """
     recs = list(records)
     known = set(engine.catalog.names)
@@ -195,14 +207,18 @@ def learn_records(
                     )
                 )
         if events:
-            models = {e.model for e in events}
             offline: dict[str, float] = {}
             for e in events:
                 offline[e.model] = offline.get(e.model, 0.0) + e.weight
+            updates = updates_for(events, contexts, engine.dim, uid)
+            if log is not None:  # kept first: what the posteriors hold, the history holds
+                log.add_warm_start(
+                    [(u.update_id, u.model, u.delta.to_fields(), offline[u.model]) for u in updates]
+                )
             engine.floors.add_offline(offline, "floor:" + uid)
-            applied = engine.learn(events, contexts, uid)
+            applied = engine.store.apply(updates, engine.settings.decay)
             summary.updates_applied += applied
-            summary.updates_already_applied += len(models) - applied
+            summary.updates_already_applied += len(updates) - applied
         if progress is not None:
             progress(min(start + CHUNK, len(recs)))
     return summary
@@ -213,6 +229,7 @@ def learn_into(
     catalog: Catalog,
     records: Sequence[Record],
     progress: Callable[[int], None] | None = None,
+    log: WarmStartLog | None = None,
 ) -> Summary:
     """Warm-start the deployment ``settings`` name: its Redis posteriors, its embedder (what
     ``conduit learn`` and ``conduit learn --from-history`` call)."""
@@ -226,4 +243,4 @@ def learn_into(
     floors = RedisFloorStore(store.client, r.key_prefix, r.applied_ttl_s)
     embedder = make_embedder(rs.embedder, rs.static_model_dir)
     engine = RoutingEngine(catalog, store, embedder, rs, floor_store=floors)
-    return learn_records(engine, records, progress=progress)
+    return learn_records(engine, records, progress=progress, log=log)
