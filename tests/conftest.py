@@ -18,12 +18,31 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from conduit_workers.domain.catalog import Catalog, parse_catalog
 from conduit_workers.history.history import SqlHistory
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "conduit_workers" / "data" / "mmlu_sample.jsonl"
 TEST_PREFIX = "conduit-test"
+
+
+def strong_and_cheap(
+    strong_prior: float | None = None, cheap_prior: float | None = None
+) -> Catalog:
+    """The two-model catalog of the routing tests: ``strong`` (the reference, 10/30 USD per
+    million tokens) and ``cheap`` (0.5/0.5), optionally with quality priors."""
+    models: list[dict[str, object]] = [
+        {"name": "strong", "input_price_per_mtok_usd": 10.0, "output_price_per_mtok_usd": 30.0},
+        {"name": "cheap", "input_price_per_mtok_usd": 0.5, "output_price_per_mtok_usd": 0.5},
+    ]
+    for m, prior in zip(models, (strong_prior, cheap_prior), strict=True):
+        m["provider"] = "openai"
+        if prior is not None:
+            m["quality_prior"] = prior
+    return parse_catalog({"reference": "strong", "models": models}, {})
+
+
 REDIS_URL = os.environ.get("CONDUIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PG_URL = os.environ.get(
     "CONDUIT_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import redis
 
-from conduit_workers.domain.catalog import parse_catalog
 from conduit_workers.domain.items import parse_item
 from conduit_workers.execution.batch_ledger import RedisBatchLedger
 from conduit_workers.history.history import SqlHistory
@@ -19,32 +18,11 @@ from conduit_workers.routing.embedder import HashingEmbedder
 from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.routing.router import handle_route_batch
 from conduit_workers.settings import RouterSettings
-from tests.conftest import TEST_PREFIX
+from tests.conftest import TEST_PREFIX, strong_and_cheap
 
 pytestmark = pytest.mark.integration
 
-CATALOG = parse_catalog(
-    {
-        "reference": "strong",
-        "models": [
-            {
-                "name": "strong",
-                "provider": "openai",
-                "input_price_per_mtok_usd": 10.0,
-                "output_price_per_mtok_usd": 30.0,
-                "quality_prior": 0.95,
-            },
-            {
-                "name": "cheap",
-                "provider": "openai",
-                "input_price_per_mtok_usd": 0.5,
-                "output_price_per_mtok_usd": 0.5,
-                "quality_prior": 0.2,
-            },
-        ],
-    },
-    {},
-)
+CATALOG = strong_and_cheap(strong_prior=0.95, cheap_prior=0.2)
 
 
 def _engine() -> RoutingEngine:

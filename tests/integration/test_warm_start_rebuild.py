@@ -10,7 +10,6 @@ import pytest
 import redis
 
 from conduit_workers.domain import floor as fl
-from conduit_workers.domain.catalog import parse_catalog
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import ResultRow
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent, explicit_event_id
@@ -24,30 +23,11 @@ from conduit_workers.routing.floor_store import RedisFloorStore
 from conduit_workers.routing.router import handle_route_batch
 from conduit_workers.routing.warm_start import Outcome, Record, learn_records
 from conduit_workers.settings import RouterSettings
-from tests.conftest import TEST_PREFIX
+from tests.conftest import TEST_PREFIX, strong_and_cheap
 
 pytestmark = pytest.mark.integration
 
-CATALOG = parse_catalog(
-    {
-        "reference": "strong",
-        "models": [
-            {
-                "name": "strong",
-                "provider": "openai",
-                "input_price_per_mtok_usd": 10.0,
-                "output_price_per_mtok_usd": 30.0,
-            },
-            {
-                "name": "cheap",
-                "provider": "openai",
-                "input_price_per_mtok_usd": 0.5,
-                "output_price_per_mtok_usd": 0.5,
-            },
-        ],
-    },
-    {},
-)
+CATALOG = strong_and_cheap()
 
 
 def test_a_warm_start_is_rebuilt_with_the_feedback(history: SqlHistory, redis_url: str) -> None:
