@@ -38,9 +38,22 @@ from conduit_workers.gateway.service import Gateway, Prepared
 _Pieces = AsyncIterator[str | Completion]
 
 
+_cleanups: set[asyncio.Task[None]] = set()  # settles of calls cancelled before they began
+
+
+def _release_if_never_begun(gw: Gateway, p: Prepared, begun: list[bool]) -> None:
+    """After a cancelled ``_start`` task: if it was cancelled before it ran, no model was
+    called and nothing settled its budget hold: release it."""
+    if not begun[0]:
+        task = asyncio.get_running_loop().create_task(gw.settle(p, 0.0))
+        _cleanups.add(task)
+        task.add_done_callback(_cleanups.discard)
+
+
 async def _start(
-    gw: Gateway, p: Prepared
+    gw: Gateway, p: Prepared, begun: list[bool]
 ) -> tuple[str, _Pieces, str | Completion, list[FeedbackEvent]]:
+    begun[0] = True
     weights = gw.settings.feedback.call_weights
     events: list[FeedbackEvent] = []
     last: ProviderError | None = None
@@ -92,25 +105,53 @@ async def _start(
     )
 
 
+class _Stream(StreamingResponse):
+    """A streamed answer whose body may never start: a client gone before the response's
+    first bytes went out cancels it before its body is read (Starlette, ASGI spec < 2.4,
+    which uvicorn speaks). Then no model was called, and ``unstarted`` releases the budget
+    hold the call took, which would otherwise be charged at its worst case when it expires."""
+
+    def __init__(
+        self, body: AsyncIterator[bytes], started: list[bool], unstarted: Any, **kw: Any
+    ) -> None:
+        super().__init__(body, **kw)
+        self.started = started
+        self.unstarted = unstarted
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self.started[0]:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.unstarted())
+
+
 async def stream_response(gw: Gateway, p: Prepared) -> StreamingResponse:
-    return StreamingResponse(
-        _stream(gw, p),
+    started = [False]
+    return _Stream(
+        _stream(gw, p, started),
+        started,
+        lambda: gw.settle(p, 0.0),
         media_type="text/event-stream",
         headers={"x-conduit-query-id": p.query_id, "Cache-Control": "no-cache"},
     )
 
 
-async def _stream(gw: Gateway, p: Prepared) -> AsyncIterator[bytes]:
+async def _stream(gw: Gateway, p: Prepared, started: list[bool]) -> AsyncIterator[bytes]:
     """The response's body: a comment at once (the response has started), a comment every
     ``stream_keepalive_s`` until the model's first piece, then the answer's chunks."""
-    yield b": conduit\n\n"
-    start = asyncio.ensure_future(_start(gw, p))
+    started[0] = True
+    begun = [False]
+    start = asyncio.ensure_future(_start(gw, p, begun))
     try:
+        yield b": conduit\n\n"
         while not (await asyncio.wait({start}, timeout=gw.settings.gateway.stream_keepalive_s))[0]:
             yield b": waiting for the model\n\n"
     finally:
         if not start.done():  # the client went away: _start records and settles the call
             start.cancel()
+            start.add_done_callback(lambda _: _release_if_never_begun(gw, p, begun))
     try:
         model, pieces, first, events = start.result()
     except ApiError as err:  # every model failed before its first piece (recorded, settled)
