@@ -2,7 +2,7 @@
 against a bare client, in the same run on the same replay server.
 
     python -m bench.gateway [--latency-ms 20] [--requests 2000] [--rates 100 200]
-                            [--slow-latency-ms 500] [--json]
+                            [--slow-latency-ms 500] [--sdk-header] [--stream] [--json]
 
 1. The replay server starts with a fixed latency per call; `conduit serve` starts as a
    subprocess (one uvicorn process) over it, with a fresh history database (SQLite file, or
@@ -71,13 +71,17 @@ PREFIX = "conduit-bench-gw"
 # Headers every request carries besides its key (``--sdk-header``: the OpenAI SDK's attempt
 # number, with which Conduit keeps each call for the SDK's retries).
 EXTRA_HEADERS: dict[str, str] = {}
+# Fields every request body carries besides model and messages (``--stream``: stream: true).
+EXTRA_BODY: dict[str, Any] = {}
 
 
 async def _run(
     url: str, key: str, model: str, texts: list[str], concurrency: int, stagger_s: float = 0.0
 ) -> dict[str, Any]:
     bodies = [
-        json.dumps({"model": model, "messages": [{"role": "user", "content": t}]}).encode()
+        json.dumps(
+            {"model": model, "messages": [{"role": "user", "content": t}], **EXTRA_BODY}
+        ).encode()
         for t in texts
     ]
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
@@ -118,7 +122,9 @@ async def _open_loop(
 ) -> dict[str, Any]:
     """Request i sent at ``i / rate`` s whatever the answers (no request waits for another)."""
     bodies = [
-        json.dumps({"model": model, "messages": [{"role": "user", "content": t}]}).encode()
+        json.dumps(
+            {"model": model, "messages": [{"role": "user", "content": t}], **EXTRA_BODY}
+        ).encode()
         for t in texts
     ]
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
@@ -244,11 +250,19 @@ def main(argv: list[str] | None = None) -> None:
         help="send x-stainless-retry-count: 0 as the OpenAI SDK does (each call is then kept "
         "for the SDK's retries, gateway/idempotency.py)",
     )
+    ap.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream: true on every request, to the replay server and through Conduit (a "
+        "call's latency is then until its last event)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, database)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if a.sdk_header:
         EXTRA_HEADERS["x-stainless-retry-count"] = "0"
+    if a.stream:
+        EXTRA_BODY["stream"] = True
 
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     db = a.database or f"sqlite:///{work / 'history.db'}"
@@ -281,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         "embedder": a.embedder,
         "budget": not a.no_budget,
         "sdk_header": a.sdk_header,
+        "stream": a.stream,
         "load_average_1m": os.getloadavg()[0],
         "provisional": True,
     }

@@ -34,7 +34,7 @@ from conduit_workers.errors import (
     ProviderError,
     RetryableProviderError,
 )
-from conduit_workers.execution.openai_http import OpenAIHttpModel
+from conduit_workers.execution.openai_http import OpenAIHttpModel, SharedSession
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,7 @@ class LLMClient:
         self._http: Any = None
         self._models: dict[str, Model] = {}
         self._stream_models: dict[str, Model] = {}
+        self._stream_http: SharedSession | None = None
 
     def model(self, name: str) -> Model:
         if name not in self._models:
@@ -248,6 +249,9 @@ class LLMClient:
         close = getattr(http, "close", None) or getattr(http, "aclose", None)
         if close is not None:
             await close()
+        stream_http, self._stream_http = self._stream_http, None
+        if stream_http is not None:
+            await stream_http.close()
 
     def settings_for(
         self, spec: ModelSpec, request: ChatRequest | None, max_output_tokens: int | None = None
@@ -266,13 +270,24 @@ class LLMClient:
         return settings
 
     def stream_model(self, name: str) -> Model:
-        """The model for streamed calls: pydantic-ai's own (SDK-backed for OpenAI), since the
-        ``direct`` model answers whole responses only."""
+        """The model for streamed calls: for OpenAI(-compatible) endpoints an
+        :class:`OpenAIHttpModel` over an aiohttp session of its own (streamed by
+        :func:`~conduit_workers.execution.openai_http.chat_stream`; Conduit's HTTP/1.1 client
+        reads whole responses only), else pydantic-ai's model for the provider."""
         if name not in self._stream_models:
-            self._stream_models[name] = build_model(
-                self.catalog.get(name), self.env, self.timeout_s, None
-            )
+            spec = self.catalog.get(name)
+            http = None
+            if spec.provider in ("openai", "openai-compatible"):
+                if self._stream_http is None:
+                    self._stream_http = SharedSession(self.max_connections)
+                http = self._stream_http
+            self._stream_models[name] = build_model(spec, self.env, self.timeout_s, http)
         return self._stream_models[name]
+
+    @property
+    def stream_session(self) -> SharedSession | None:
+        """The aiohttp session of the streamed OpenAI(-compatible) calls, once one was made."""
+        return self._stream_http
 
     async def complete(
         self,

@@ -1,5 +1,7 @@
-"""Streamed LLM calls through pydantic-ai (``stream: true`` on the HTTP API): the text as it
-comes, then the whole call's :class:`Completion` (tokens, latency)."""
+"""Streamed LLM calls (``stream: true`` on the HTTP API): the text as it comes, then the whole
+call's :class:`Completion` (tokens, latency). OpenAI(-compatible) endpoints are streamed by
+:func:`~conduit_workers.execution.openai_http.chat_stream` (no SDK), other providers through
+pydantic-ai."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextP
 from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.domain.records import Completion
 from conduit_workers.errors import ConfigError, ProviderError, RetryableProviderError
-from conduit_workers.execution.llm import LLMClient, chat_messages, classify
+from conduit_workers.execution.llm import LLMClient, chat_messages, classify, openai_messages
+from conduit_workers.execution.openai_http import OpenAIHttpModel, chat_stream
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +30,35 @@ async def stream_chat(
     settings = llm.settings_for(spec, request)
     started = time.perf_counter()
     text: list[str] = []
+    tokens = (0, 0)
     try:
         model = llm.stream_model(model_name)
-        async with model_request_stream(
-            model, chat_messages(request), model_settings=settings
-        ) as stream:
-            async for event in stream:
-                piece = ""
-                if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
-                    piece = event.part.content
-                elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
-                    piece = event.delta.content_delta
-                if piece:
-                    text.append(piece)
-                    yield piece
-            response = stream.get()
+        session = llm.stream_session
+        if isinstance(model, OpenAIHttpModel) and session is not None:
+            messages = openai_messages(request, request.prompt)
+            async for item in chat_stream(model, session, messages, settings):
+                if isinstance(item, str):
+                    text.append(item)
+                    yield item
+                else:
+                    tokens = item
+        else:
+            async with model_request_stream(
+                model, chat_messages(request), model_settings=settings
+            ) as stream:
+                async for event in stream:
+                    piece = ""
+                    if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+                        piece = event.part.content
+                    elif isinstance(event, PartDeltaEvent) and isinstance(
+                        event.delta, TextPartDelta
+                    ):
+                        piece = event.delta.content_delta
+                    if piece:
+                        text.append(piece)
+                        yield piece
+                usage = stream.get().usage
+                tokens = (int(usage.input_tokens or 0), int(usage.output_tokens or 0))
     except (ConfigError, ProviderError):
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a classified error
@@ -49,10 +66,4 @@ async def stream_chat(
         raise classify(exc, model_name) from None
     if not "".join(text).strip():
         raise RetryableProviderError("empty response", model_name)
-    usage = response.usage
-    yield Completion(
-        "".join(text),
-        int(usage.input_tokens or 0),
-        int(usage.output_tokens or 0),
-        (time.perf_counter() - started) * 1000,
-    )
+    yield Completion("".join(text), *tokens, (time.perf_counter() - started) * 1000)
