@@ -381,7 +381,7 @@ async def chat_stream(
                 except ValueError:
                     data = None
                 raise http_error(resp.status, model.model_name, data, resp.headers)
-            async for line in resp.content:
+            async for line in resp.content:  # its lines, however long
                 if not line.startswith(b"data:"):
                     continue  # blank lines between events, comments, event names
                 payload = line[5:].strip()
