@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -38,22 +38,24 @@ from conduit_workers.gateway.service import Gateway, Prepared
 _Pieces = AsyncIterator[str | Completion]
 
 
-_cleanups: set[asyncio.Task[None]] = set()  # settles of calls cancelled before they began
+_Started = tuple[str, _Pieces, str | Completion, list[FeedbackEvent]]
+_cleanups: set[asyncio.Task[None]] = set()  # releases of holds whose call never began
 
 
-def _release_if_never_begun(gw: Gateway, p: Prepared, begun: list[bool]) -> None:
-    """After a cancelled ``_start`` task: if it was cancelled before it ran, no model was
-    called and nothing settled its budget hold: release it."""
-    if not begun[0]:
-        task = asyncio.get_running_loop().create_task(gw.settle(p, 0.0))
-        _cleanups.add(task)
-        task.add_done_callback(_cleanups.discard)
+class _Call:
+    """What a streamed response did about its model call: the task starting it (None while
+    the body has not started) and whether that task began (one cancelled before it ran never
+    did: no model was called)."""
+
+    __slots__ = ("start", "begun")
+
+    def __init__(self) -> None:
+        self.start: asyncio.Future[_Started] | None = None
+        self.begun = False
 
 
-async def _start(
-    gw: Gateway, p: Prepared, begun: list[bool]
-) -> tuple[str, _Pieces, str | Completion, list[FeedbackEvent]]:
-    begun[0] = True
+async def _start(gw: Gateway, p: Prepared, call: _Call) -> _Started:
+    call.begun = True
     weights = gw.settings.feedback.call_weights
     events: list[FeedbackEvent] = []
     last: ProviderError | None = None
@@ -106,52 +108,62 @@ async def _start(
 
 
 class _Stream(StreamingResponse):
-    """A streamed answer whose body may never start: a client gone before the response's
-    first bytes went out cancels it before its body is read (Starlette, ASGI spec < 2.4,
-    which uvicorn speaks). Then no model was called, and ``unstarted`` releases the budget
-    hold the call took, which would otherwise be charged at its worst case when it expires."""
+    """A streamed answer, and what becomes of its call when the response ends, however it
+    ends (the client gone cancels the response, Starlette's ASGI < 2.4, which uvicorn speaks):
+    a call still waiting for its first piece is cancelled (``_start`` records it and settles
+    its hold at the worst case: the model may bill it), and a call that never began (the body
+    never started, or its task was cancelled before it ran) has its hold released by
+    ``release``: no model was called, and the hold would otherwise be charged at its worst
+    case when it expired."""
 
     def __init__(
-        self, body: AsyncIterator[bytes], started: list[bool], unstarted: Any, **kw: Any
+        self,
+        body: AsyncIterator[bytes],
+        call: _Call,
+        release: Callable[[], Coroutine[Any, Any, None]],
+        **kw: Any,
     ) -> None:
         super().__init__(body, **kw)
-        self.started = started
-        self.unstarted = unstarted
+        self.call = call
+        self.release = release
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            if not self.started[0]:
+            start = self.call.start
+            if start is None:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self.unstarted())
+                    await asyncio.shield(self.release())
+            elif not start.done():
+                start.cancel()
+                start.add_done_callback(self._release_if_never_begun)
+
+    def _release_if_never_begun(self, _: object) -> None:
+        if not self.call.begun:
+            task = asyncio.get_running_loop().create_task(self.release())
+            _cleanups.add(task)
+            task.add_done_callback(_cleanups.discard)
 
 
 async def stream_response(gw: Gateway, p: Prepared) -> StreamingResponse:
-    started = [False]
+    call = _Call()
     return _Stream(
-        _stream(gw, p, started),
-        started,
+        _stream(gw, p, call),
+        call,
         lambda: gw.settle(p, 0.0),
         media_type="text/event-stream",
         headers={"x-conduit-query-id": p.query_id, "Cache-Control": "no-cache"},
     )
 
 
-async def _stream(gw: Gateway, p: Prepared, started: list[bool]) -> AsyncIterator[bytes]:
+async def _stream(gw: Gateway, p: Prepared, call: _Call) -> AsyncIterator[bytes]:
     """The response's body: a comment at once (the response has started), a comment every
     ``stream_keepalive_s`` until the model's first piece, then the answer's chunks."""
-    started[0] = True
-    begun = [False]
-    start = asyncio.ensure_future(_start(gw, p, begun))
-    try:
-        yield b": conduit\n\n"
-        while not (await asyncio.wait({start}, timeout=gw.settings.gateway.stream_keepalive_s))[0]:
-            yield b": waiting for the model\n\n"
-    finally:
-        if not start.done():  # the client went away: _start records and settles the call
-            start.cancel()
-            start.add_done_callback(lambda _: _release_if_never_begun(gw, p, begun))
+    start = call.start = asyncio.ensure_future(_start(gw, p, call))
+    yield b": conduit\n\n"
+    while not (await asyncio.wait({start}, timeout=gw.settings.gateway.stream_keepalive_s))[0]:
+        yield b": waiting for the model\n\n"
     try:
         model, pieces, first, events = start.result()
     except ApiError as err:  # every model failed before its first piece (recorded, settled)

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from conduit_workers.gateway.streaming import _Stream
+from conduit_workers.gateway.streaming import _Call, _Stream
 
 SCOPE: Any = {"type": "http", "asgi": {"spec_version": "2.3"}}
 
@@ -18,9 +18,13 @@ async def _serve(receive_disconnect_at_once: bool) -> tuple[list[str], list[bool
     released: list[str] = []
     started = [False]
     gone = asyncio.Event()
+    call = _Call()
 
     async def body() -> AsyncIterator[bytes]:
         started[0] = True
+        call.start = asyncio.get_running_loop().create_future()
+        call.start.set_result(None)  # a call that began and started answering
+        call.begun = True
         yield b": conduit\n\n"
         gone.set()  # the client leaves once the first bytes are out
         await asyncio.sleep(10)
@@ -37,7 +41,7 @@ async def _serve(receive_disconnect_at_once: bool) -> tuple[list[str], list[bool
     async def send(message: dict[str, Any]) -> None:
         await asyncio.sleep(0)
 
-    response = _Stream(body(), started, release, media_type="text/event-stream")
+    response = _Stream(body(), call, release, media_type="text/event-stream")
     await asyncio.wait_for(response(SCOPE, receive, send), 5)
     return released, started
 
