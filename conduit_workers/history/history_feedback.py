@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
 from conduit_workers.domain.bandit import Array
@@ -201,7 +201,6 @@ class FeedbackHistory(SqlBase):
         rows = [
             {
                 "id": uid,
-                "update_id": uid.removesuffix(f":{model}"),
                 "model": model,
                 "stats": fields,
                 "offline_weight": weight,
@@ -212,14 +211,19 @@ class FeedbackHistory(SqlBase):
         if rows:
             self._tx(lambda conn: conn.execute(self._insert_ignore(t.warm_start_updates), rows))
 
-    def warm_start_updates(self) -> list[tuple[datetime, str, str, dict[str, float], float]]:
+    def warm_start_updates(self) -> list[tuple[datetime, str, str, dict[str, float]]]:
         """Every update a warm start applied, in order: (when, update id, model, statistics'
-        fields, offline weight)."""
+        fields)."""
         w = t.warm_start_updates
-        stmt = select(w.c.applied_at, w.c.id, w.c.model, w.c.stats, w.c.offline_weight).order_by(
-            w.c.applied_at, w.c.id
-        )
+        stmt = select(w.c.applied_at, w.c.id, w.c.model, w.c.stats).order_by(w.c.applied_at, w.c.id)
         return self._tx(lambda conn: [tuple(r) for r in conn.execute(stmt)])
+
+    def offline_weights(self) -> dict[str, float]:
+        """Per model, the offline weight the warm starts told the quality floors (the sum
+        over their kept updates)."""
+        w = t.warm_start_updates
+        stmt = select(w.c.model, func.sum(w.c.offline_weight)).group_by(w.c.model)
+        return self._tx(lambda conn: {m: float(v) for m, v in conn.execute(stmt)})
 
     def floor_history(self) -> Iterator[tuple[str, str, float | None]]:
         """Every decision made under a quality floor, in the order decided: (its floor mark,

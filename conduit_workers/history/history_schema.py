@@ -201,7 +201,6 @@ warm_start_updates = Table(
     "warm_start_updates",
     metadata,
     Column("id", String(300), primary_key=True),  # the posterior update id: <update>:<model>
-    Column("update_id", String(80), nullable=False),
     Column("model", String(200), nullable=False),
     Column("stats", JSON, nullable=False),
     Column("offline_weight", Float, nullable=False),

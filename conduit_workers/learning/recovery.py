@@ -56,8 +56,9 @@ def replay_history(
             order.append((at, 0, update_id))
         groups[update_id].append(ev)
     warm: dict[str, Update] = {}
-    for at, uid, model, fields, _weight in history.warm_start_updates():
-        if len(fields) != len(ArmStats.zeros(dim).to_fields()):
+    n_fields = len(ArmStats.zeros(dim).to_fields())
+    for at, uid, model, fields in history.warm_start_updates():
+        if len(fields) != n_fields:
             raise ConfigError(
                 f"the warm start's update {uid} was made with another context dimension than "
                 f"{dim}: load its file again with `conduit learn` instead"
@@ -135,12 +136,9 @@ def rebuild_floors(history: SqlHistory, floors: RedisFloorStore) -> dict[str, in
             for k, v in inc.items():
                 counters[k] = counters.get(k, 0.0) + v
         decided[mark.stream] += 1
-    offline: dict[str, float] = defaultdict(float)
-    for _at, _uid, model, _fields, weight in history.warm_start_updates():
-        if weight > 0:
-            offline[fl.OFFLINE_WEIGHT + model] += weight
+    offline = {fl.OFFLINE_WEIGHT + m: w for m, w in history.offline_weights().items() if w > 0}
     if offline:
-        per_stream[fl.OFFLINE_STREAM] = dict(offline)
+        per_stream[fl.OFFLINE_STREAM] = offline
     for stream, counters in per_stream.items():
         floors.reset(stream)
         floors.apply(stream, f"rebuild:{uuid.uuid4().hex}", counters)

@@ -22,7 +22,6 @@ def upgrade() -> None:
     op.create_table(
         "warm_start_updates",
         sa.Column("id", sa.String(300), primary_key=True),
-        sa.Column("update_id", sa.String(80), nullable=False),
         sa.Column("model", sa.String(200), nullable=False),
         sa.Column("stats", sa.JSON(), nullable=False),
         sa.Column("offline_weight", sa.Float(), nullable=False),
