@@ -77,8 +77,6 @@ def shared_http_client(kind: str, max_connections: int, timeout_s: float) -> Any
 
         return Http1Connections(max_connections)
     if kind == "direct":
-        from conduit_workers.execution.openai_http import SharedSession
-
         return SharedSession(max_connections)
     import httpx2
     from openai import DefaultAioHttpClient
@@ -103,7 +101,6 @@ def build_model(
     key = env.get(spec.api_key_env) if spec.api_key_env else None
     if spec.provider in ("openai", "openai-compatible"):
         from conduit_workers.execution.http1 import Http1Connections
-        from conduit_workers.execution.openai_http import OpenAIHttpModel, SharedSession
 
         if spec.provider == "openai" and not key:
             raise ConfigError(f"model {spec.name}: set {spec.api_key_env} to its OpenAI API key")
@@ -271,9 +268,9 @@ class LLMClient:
 
     def stream_model(self, name: str) -> Model:
         """The model for streamed calls: for OpenAI(-compatible) endpoints an
-        :class:`OpenAIHttpModel` over an aiohttp session of its own (streamed by
-        :func:`~conduit_workers.execution.openai_http.chat_stream`; Conduit's HTTP/1.1 client
-        reads whole responses only), else pydantic-ai's model for the provider."""
+        :class:`OpenAIHttpModel` over an aiohttp session of its own (streamed by its
+        ``chat_stream``; Conduit's HTTP/1.1 client reads whole responses only), else
+        pydantic-ai's model for the provider."""
         if name not in self._stream_models:
             spec = self.catalog.get(name)
             http = None
@@ -283,11 +280,6 @@ class LLMClient:
                 http = self._stream_http
             self._stream_models[name] = build_model(spec, self.env, self.timeout_s, http)
         return self._stream_models[name]
-
-    @property
-    def stream_session(self) -> SharedSession | None:
-        """The aiohttp session of the streamed OpenAI(-compatible) calls, once one was made."""
-        return self._stream_http
 
     async def complete(
         self,

@@ -1,7 +1,6 @@
 """Streamed LLM calls (``stream: true`` on the HTTP API): the text as it comes, then the whole
 call's :class:`Completion` (tokens, latency). OpenAI(-compatible) endpoints are streamed by
-:func:`~conduit_workers.execution.openai_http.chat_stream` (no SDK), other providers through
-pydantic-ai."""
+``OpenAIHttpModel.chat_stream`` (no SDK), other providers through pydantic-ai."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from conduit_workers.domain.chat import ChatRequest
 from conduit_workers.domain.records import Completion
 from conduit_workers.errors import ConfigError, ProviderError, RetryableProviderError
 from conduit_workers.execution.llm import LLMClient, chat_messages, classify, openai_messages
-from conduit_workers.execution.openai_http import OpenAIHttpModel, chat_stream
+from conduit_workers.execution.openai_http import OpenAIHttpModel
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +32,9 @@ async def stream_chat(
     tokens = (0, 0)
     try:
         model = llm.stream_model(model_name)
-        session = llm.stream_session
-        if isinstance(model, OpenAIHttpModel) and session is not None:
+        if isinstance(model, OpenAIHttpModel):
             messages = openai_messages(request, request.prompt)
-            async for item in chat_stream(model, session, messages, settings):
+            async for item in model.chat_stream(messages, settings):
                 if isinstance(item, str):
                     text.append(item)
                     yield item

@@ -339,79 +339,81 @@ class OpenAIHttpModel(Model):
             int(usage.get("completion_tokens") or 0),
         )
 
+    async def chat_stream(
+        self, messages: list[dict[str, str]], settings: Mapping[str, Any]
+    ) -> AsyncIterator[str | tuple[int, int]]:
+        """A streamed call (``stream: true``) over the model's aiohttp session (a model made with
+        a :class:`SharedSession`; Conduit's HTTP/1.1 client reads whole responses only): the
+        answer's text pieces as the server sends them, then (input tokens, output tokens) from the
+        usage chunk (``stream_options.include_usage``, as pydantic-ai's OpenAI model asks).
 
-async def chat_stream(
-    model: OpenAIHttpModel,
-    session: SharedSession,
-    messages: list[dict[str, str]],
-    settings: Mapping[str, Any],
-) -> AsyncIterator[str | tuple[int, int]]:
-    """A streamed call (``stream: true``) of ``model``'s endpoint over an aiohttp session: the
-    answer's text pieces as the server sends them, then (input tokens, output tokens) from the
-    usage chunk (``stream_options.include_usage``, as pydantic-ai's OpenAI model asks).
-
-    Without the SDK: it parsed each chunk into its pydantic models, ~0.5 ms of CPU a chunk, 16
-    ms for an answer of 30 pieces in `conduit serve` (bench/README.md); here a chunk is one
-    ``from_json``. The same body as :meth:`OpenAIHttpModel.chat` with ``stream`` set, the same
-    errors as :meth:`OpenAIHttpModel._post`. ``settings["timeout"]``: the longest wait for the
-    response or between two of its lines."""
-    body = model._fields(
-        {
-            "model": model.model_name,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        },
-        settings,
-    )
-    timeout = settings.get("timeout", model._timeout_s)
-    wait = float(timeout) if isinstance(timeout, int | float) else model._timeout_s
-    usage: Mapping[str, Any] = {}
-    try:
-        async with session.get().post(
-            model._url,
-            data=to_json(body),
-            headers=model._headers,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=wait, sock_read=wait),
-        ) as resp:
-            if resp.status >= 400:
-                raw = await resp.read()
-                try:
-                    data: Any = from_json(raw) if raw else None
-                except ValueError:
-                    data = None
-                raise http_error(resp.status, model.model_name, data, resp.headers)
-            async for line in resp.content:  # its lines, however long
-                if not line.startswith(b"data:"):
-                    continue  # blank lines between events, comments, event names
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    break
-                try:
-                    chunk = from_json(payload)
-                except ValueError:
-                    raise pai_exc.UnexpectedModelBehavior(
-                        f"{model.model_name}: a streamed chunk is not JSON"
-                    ) from None
-                if not isinstance(chunk, dict):
-                    continue
-                if chunk.get("error"):
-                    raise pai_exc.UnexpectedModelBehavior(
-                        f"{model.model_name}: the stream ended with an error"
-                    )
-                for choice in chunk.get("choices") or ():
-                    piece = ((choice or {}).get("delta") or {}).get("content")
-                    if piece:
-                        yield piece
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-    except TimeoutError as exc:
-        raise pai_exc.ModelTimeoutError(model.model_name, "request timed out") from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise pai_exc.ModelConnectionError(
-            model.model_name, f"connection error ({type(exc).__name__})"
-        ) from exc
-    yield int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        Without the SDK: it parsed each chunk into its pydantic models, ~0.5 ms of CPU a chunk, 16
+        ms for an answer of 30 pieces in `conduit serve` (bench/README.md); here a chunk is one
+        ``from_json``. The same body as :meth:`chat` with ``stream`` set, the same
+        errors as :meth:`_post`. ``settings["timeout"]``: the longest wait for the
+        response or between two of its lines."""
+        body = self._fields(
+            {
+                "model": self._model_name,
+                "messages": messages,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            settings,
+        )
+        session = self._session
+        if not isinstance(session, SharedSession):
+            raise TypeError(
+                f"{self._model_name}: chat_stream needs a model made with a SharedSession"
+            )
+        timeout = settings.get("timeout", self._timeout_s)
+        wait = float(timeout) if isinstance(timeout, int | float) else self._timeout_s
+        usage: Mapping[str, Any] = {}
+        try:
+            async with session.get().post(
+                self._url,
+                data=to_json(body),
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=wait, sock_read=wait),
+            ) as resp:
+                if resp.status >= 400:
+                    raw = await resp.read()
+                    try:
+                        data: Any = from_json(raw) if raw else None
+                    except ValueError:
+                        data = None
+                    raise http_error(resp.status, self._model_name, data, resp.headers)
+                async for line in resp.content:  # its lines, however long
+                    if not line.startswith(b"data:"):
+                        continue  # blank lines between events, comments, event names
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        break
+                    try:
+                        chunk = from_json(payload)
+                    except ValueError:
+                        raise pai_exc.UnexpectedModelBehavior(
+                            f"{self._model_name}: a streamed chunk is not JSON"
+                        ) from None
+                    if not isinstance(chunk, dict):
+                        continue
+                    if chunk.get("error"):
+                        raise pai_exc.UnexpectedModelBehavior(
+                            f"{self._model_name}: the stream ended with an error"
+                        )
+                    for choice in chunk.get("choices") or ():
+                        piece = ((choice or {}).get("delta") or {}).get("content")
+                        if piece:
+                            yield piece
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+        except TimeoutError as exc:
+            raise pai_exc.ModelTimeoutError(self._model_name, "request timed out") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise pai_exc.ModelConnectionError(
+                self._model_name, f"connection error ({type(exc).__name__})"
+            ) from exc
+        yield int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
 def _has_choice(data: dict[str, Any]) -> bool:

@@ -1,4 +1,4 @@
-"""Streamed calls without the SDK (``execution/openai_http.chat_stream``) against a provider
+"""Streamed calls without the SDK (``OpenAIHttpModel.chat_stream``) against a provider
 stood in for by a small aiohttp server: OpenAI's event stream as servers send it (CRLF or LF
 line ends, comments, a usage chunk, a long answer in one chunk), and its errors."""
 
@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic_ai import exceptions as pai_exc
 
-from conduit_workers.execution.openai_http import OpenAIHttpModel, SharedSession, chat_stream
+from conduit_workers.execution.openai_http import OpenAIHttpModel, SharedSession
 
 
 def _chunk(delta: dict[str, Any] | None = None, usage: dict[str, int] | None = None) -> bytes:
@@ -46,9 +46,7 @@ def _run(
             try:
                 return [
                     item
-                    async for item in chat_stream(
-                        model,
-                        session,
+                    async for item in model.chat_stream(
                         [{"role": "user", "content": "hi"}],
                         {"timeout": 5.0, "max_tokens": 7},
                     )
