@@ -28,7 +28,7 @@ from conduit_workers.domain.rewards import EXPLICIT, IMPLICIT, FeedbackEvent
 from conduit_workers.learning.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.routing.floor_store import InMemoryFloorStore, RedisFloorStore
-from conduit_workers.routing.quality_floor import FloorMark, stream_key
+from conduit_workers.routing.quality_floor import FloorMark, params_for, stream_key
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -299,10 +299,9 @@ def _floor_estimate(engine: RoutingEngine, settings: RouterSettings) -> float | 
     if not settings.quality_floor:
         return None
     key = stream_key(None, settings.quality_floor)
-    est = fl.slack(fl.FloorCounts.of(engine.floors.store.read(key)), settings.quality_floor)
-    if est is None or est.n == 0:
-        return None
-    return settings.quality_floor + est.total / (est.n * est.q_ref)
+    counts = fl.FloorCounts.of(engine.floors.store.read(key))
+    now = fl.ratio(counts, params_for(settings.quality_floor, settings))
+    return None if now is None else now[0]
 
 
 class _NoEmbed:

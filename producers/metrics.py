@@ -27,6 +27,12 @@ name                                        type     labels / meaning
 ``conduit_fallbacks_total``                 counter  ``model``: models given up before it
 ``conduit_llm_call_seconds``                histo.   ``model``: latency of every request
 ``conduit_end_to_end_seconds``              histo.   ``model``: submitted to result recorded
+``conduit_floor_quality_ratio``             gauge    ``floor``, ``bound`` (estimate, lower): the
+                                                     default floor stream's quality against
+                                                     the reference's, as its routers estimate it
+``conduit_floor_reference_share``           gauge    ``floor``: share of its prompts sent to
+                                                     the reference
+``conduit_floor_lambda_cost``               gauge    ``floor``: its dual variable
 ==========================================  =======  ==========================================
 
 The last six are counted by the executors as requests happen and read from one Redis hash
@@ -36,8 +42,8 @@ Mean latency is ``rate(conduit_llm_latency_seconds_total)`` divided by
 ``rate(conduit_answers_total{status="ok"})``; savings are the reference cost minus the spend.
 The history's counters are kept incrementally (``producers/metrics_history.py``): after the
 first scrape, a scrape reads only the rows created since a watermark ``metrics.settle_s``
-behind the clock, by the indexed ``created_at``; queue depths, dead letters and posteriors
-come from the broker and Redis.
+behind the clock, by the indexed ``created_at``; queue depths, dead letters, posteriors and
+the floor come from the broker and Redis.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from conduit_workers import names
 from conduit_workers.learning.posterior_store import RedisPosteriorStore
+from conduit_workers.routing.floor_store import RedisFloorStore
+from conduit_workers.routing.quality_floor import DEFAULT_STREAM, FloorState, floor_states
 from producers.api import ConduitClient
 from producers.metrics_history import HistoryCounters
 
@@ -160,10 +168,14 @@ class ConduitCollector(Collector):
         )
         dead: int | None = None
         models: list[Any] = []
+        floors: list[Any] = []
         try:  # Redis away: the history's and the broker's figures still count
             dead = dead_letter_count(conn, r.key_prefix)
             store = RedisPosteriorStore(conn, r.key_prefix, r.applied_ttl_s)
             models = model_statuses(settings, self.client.catalog, store)
+            # The default floor streams only: a batch's own stream would be a label per batch.
+            floor_store = RedisFloorStore(conn, r.key_prefix, r.applied_ttl_s)
+            floors = floor_states(floor_store, settings.router, only=DEFAULT_STREAM)
         except Exception:  # noqa: BLE001
             pass
         finally:
@@ -178,7 +190,29 @@ class ConduitCollector(Collector):
             quality.add_metric([ms_.model], ms_.quality)
             evidence.add_metric([ms_.model], ms_.evidence)
         out += [quality, evidence]
-        return out
+        return out + _floor_metrics(floors)
+
+
+def _floor_metrics(floors: list[FloorState]) -> list[Metric]:
+    ratio = GaugeMetricFamily(
+        "conduit_floor_quality_ratio",
+        "The default floor stream's quality as a share of the reference's (estimate, lower)",
+        labels=["floor", "bound"],
+    )
+    to_ref = GaugeMetricFamily(
+        "conduit_floor_reference_share",
+        "Share of its prompts sent to the reference",
+        labels=["floor"],
+    )
+    lam = GaugeMetricFamily("conduit_floor_lambda_cost", "Its dual variable", labels=["floor"])
+    for f in floors:
+        label = f"{f.floor:g}"
+        if f.estimate is not None and f.lower_bound is not None:
+            ratio.add_metric([label, "estimate"], f.estimate)
+            ratio.add_metric([label, "lower"], f.lower_bound)
+        to_ref.add_metric([label], f.reference_share)
+        lam.add_metric([label], f.lambda_cost)
+    return [ratio, to_ref, lam]
 
 
 def _by_key(item: tuple[tuple[Any, ...], list[float]]) -> tuple[str, ...]:

@@ -84,7 +84,8 @@ def _dead_letter_ids(client: ConduitClient) -> set[str]:
     "--timeout", "timeout_s", type=float, default=1.0, help="Seconds to wait for workers."
 )
 def status(as_json: bool, timeout_s: float) -> None:
-    """Workers up, queue depths, what the router has learned per model, spend today."""
+    """Workers up, queue depths, what the router has learned per model, spend today, budgets
+    against spend, and where each quality floor stands."""
     from conduit_workers.reports.report_sql import SqlReports
     from producers.status import collect, render
 

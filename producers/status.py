@@ -2,7 +2,8 @@
 
 Reads only: worker replies to a broadcast ping (their queues), the broker's queue depths, the
 posteriors in Redis, today's spend in the history database, the dead-letter count, and the
-newest budgeted batches (budget, recorded spend, and the ledger's live spend and holds).
+newest budgeted batches (budget, recorded spend, and the ledger's live spend and holds), and
+each quality floor's stream (its estimated quality against the reference, and its lower bound).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from conduit_workers.execution import cooldowns
 from conduit_workers.execution.batch_ledger import RedisBatchLedger
 from conduit_workers.learning.posterior_store import RedisPosteriorStore
 from conduit_workers.reports.report_sql import SqlReports
+from conduit_workers.routing.floor_store import RedisFloorStore
+from conduit_workers.routing.quality_floor import FloorState, floor_states
 from conduit_workers.settings import Settings
 
 
@@ -66,6 +69,8 @@ class Status:
     cooling: dict[str, float] = field(default_factory=dict)
     # The newest batches with a budget.
     budgets: list[BudgetStatus] = field(default_factory=list)
+    # The quality floors' streams: the default ones first, then by prompts decided.
+    floors: list[FloorState] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +192,13 @@ def collect(
             ),
             [],
         ),
+        floors=attempt(
+            "quality floors",
+            lambda: floor_states(
+                RedisFloorStore(client, r.key_prefix, r.applied_ttl_s), settings.router
+            ),
+            [],
+        ),
     )
 
 
@@ -265,7 +277,30 @@ def render(s: Status) -> list[str]:
             f"{name[:34]:34} {b.budget_usd:>10.4f} {spent:>10.6f} {held:>9} "
             f"{spent / b.budget_usd:>6.1%} {b.answered:>4}/{b.prompts:<4} {b.over_budget:>11}"
         )
+    lines += render_floors(s.floors)
     lines += [f"could not read {e}" for e in s.errors]
+    return lines
+
+
+FLOORS_SHOWN = 10  # streams listed by `conduit status`; the rest are counted
+
+
+def render_floors(floors: list[FloorState]) -> list[str]:
+    if not floors:
+        return []
+    lines = [
+        f"{'quality floor stream':34} {'floor':>5} {'prompts':>8} {'to ref.':>7} "
+        f"{'ratings':>7} {'estimate':>8} {'lower':>6} {'λ_cost':>7} state"
+    ]
+    for f in floors[:FLOORS_SHOWN]:
+        est = "-" if f.estimate is None else f"{f.estimate:.3f}"
+        low = "-" if f.lower_bound is None else f"{f.lower_bound:.3f}"
+        lines.append(
+            f"{f.stream[:34]:34} {f.floor:>5.3g} {f.prompts:>8} {f.reference_share:>7.1%} "
+            f"{f.ratings:>7} {est:>8} {low:>6} {f.lambda_cost:>7.3f} {f.state}"
+        )
+    if len(floors) > FLOORS_SHOWN:
+        lines.append(f"… and {len(floors) - FLOORS_SHOWN} more floor streams (--json lists all)")
     return lines
 
 

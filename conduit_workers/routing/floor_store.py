@@ -16,7 +16,7 @@ import math
 
 import redis
 
-from conduit_workers.domain.floor import LOG_LAMBDA
+from conduit_workers.domain.floor import LOG_LAMBDA, OFFLINE_STREAM
 from conduit_workers.errors import StoreUnavailable
 from conduit_workers.infra.keys import RedisKeys
 
@@ -95,6 +95,16 @@ class RedisFloorStore:
     def reset(self, stream: str) -> None:
         self.client.delete(self.key(stream))
 
+    def streams(self) -> list[str]:
+        """Every floor stream with counters (the warm starts' offline weights left out)."""
+        head = self.key("")
+        try:
+            keys = self.client.scan_iter(match=head + "*", count=1000)
+            found = {(k.decode() if isinstance(k, bytes) else k)[len(head) :] for k in keys}
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis floor scan failed: {type(exc).__name__}") from exc
+        return sorted(found - {OFFLINE_STREAM})
+
 
 def _num(v: float) -> str:
     return repr(max(-1e300, min(1e300, v)))
@@ -110,6 +120,9 @@ class InMemoryFloorStore:
 
     def read(self, stream: str) -> dict[str, float]:
         return dict(self._streams.get(stream, {}))
+
+    def streams(self) -> list[str]:
+        return sorted(set(self._streams) - {OFFLINE_STREAM})
 
     def apply(
         self,

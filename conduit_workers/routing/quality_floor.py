@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from conduit_workers.domain.ports import FloorStore
 from conduit_workers.domain.rewards import EXPLICIT, FeedbackEvent
 from conduit_workers.errors import StoreUnavailable
 from conduit_workers.settings import RouterSettings
+
+if TYPE_CHECKING:
+    from conduit_workers.routing.floor_store import InMemoryFloorStore, RedisFloorStore
 
 log = logging.getLogger(__name__)
 
@@ -267,3 +271,53 @@ class FloorKeeper:
             (math.log(params.lambda_min), math.log(params.lambda_max)),
             math.log(params.lambda_init),
         )
+
+
+@dataclass(frozen=True)
+class FloorState:
+    """Where one floor stream stands, as its routers see it (``conduit status``, metrics)."""
+
+    stream: str  # a batch's id, or "default" for the prompts that take the settings' floor
+    floor: float
+    prompts: int  # decided under it
+    reference_share: float  # of those, sent to the reference (audits, policy, gate)
+    ratings: int  # ratings received of its answers
+    estimate: float | None  # its quality as a share of the reference's (None: none rated yet)
+    lower_bound: float | None  # the estimate less the reserve; the gate keeps it ≥ the floor
+    lambda_cost: float  # the dual variable it routes at
+    state: str  # "learning" (nothing rated yet), "held", or "rebuilding" (all to the reference)
+
+
+def floor_state(
+    key: str, fields: dict[str, float], offline: dict[str, float], settings: RouterSettings
+) -> FloorState:
+    """One stream's :class:`FloorState` from its counters (``key``: ``<stream>:<floor>``)."""
+    name, _, value = key.rpartition(":")
+    params = params_for(float(value), settings)
+    counts = fl.FloorCounts.of(fields, offline)
+    decided = counts.decided
+    to_ref = counts.get(fl.DECIDED, fl.AUDIT) + counts.get(fl.DECIDED, fl.POLICY)
+    now = fl.ratio(counts, params)
+    state = "learning" if now is None else "held" if now[1] >= params.floor else "rebuilding"
+    return FloorState(
+        stream=name,
+        floor=params.floor,
+        prompts=int(decided),
+        reference_share=to_ref / decided if decided else 1.0,
+        ratings=int(sum(v for k, v in fields.items() if k.startswith(fl.RATED))),
+        estimate=None if now is None else now[0],
+        lower_bound=None if now is None else now[1],
+        lambda_cost=math.exp(counts.log_lambda(params)),
+        state=state,
+    )
+
+
+def floor_states(
+    store: RedisFloorStore | InMemoryFloorStore, settings: RouterSettings, only: str | None = None
+) -> list[FloorState]:
+    """Every floor stream with counters (``only``: those of one stream name, e.g. the default
+    one), the default ones first, then by prompts decided."""
+    offline = store.read(fl.OFFLINE_STREAM)
+    keys = [k for k in store.streams() if only is None or k.rpartition(":")[0] == only]
+    out = [floor_state(k, store.read(k), offline, settings) for k in keys]
+    return sorted(out, key=lambda f: (f.stream != DEFAULT_STREAM, -f.prompts, f.stream))
