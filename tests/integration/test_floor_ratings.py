@@ -19,7 +19,7 @@ from conduit_workers.learning.recovery import rebuild_floors
 from conduit_workers.routing.embedder import HashingEmbedder
 from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.routing.floor_store import RedisFloorStore
-from conduit_workers.routing.quality_floor import FloorMark
+from conduit_workers.routing.quality_floor import FloorMark, floor_states
 from conduit_workers.routing.router import handle_route_batch
 from conduit_workers.settings import RouterSettings
 from tests.conftest import TEST_PREFIX, strong_and_cheap
@@ -110,6 +110,9 @@ def test_the_floors_counters_are_rebuilt_from_the_history(
     before = floors.read("default:0.9")
     assert before[fl.DECIDED + fl.AUDIT] > 0 and before[fl.RATED + fl.AUDIT] > 0
     assert any(k.startswith(fl.DECIDED + fl.ALT) for k in before)  # the floor let some go
+    (shown,) = floor_states(floors, engine.settings)  # what `conduit status` shows
+    assert (shown.stream, shown.floor, shown.prompts) == ("default", 0.9, 128)
+    assert 0 < shown.reference_share < 1 and shown.estimate is not None
 
     client.flushdb()  # Redis lost
     assert floors.read("default:0.9") == {}
@@ -119,3 +122,11 @@ def test_the_floors_counters_are_rebuilt_from_the_history(
     assert set(after) == set(lost)
     for k, v in lost.items():
         assert after[k] == pytest.approx(v, rel=1e-9, abs=1e-9), k
+    (again,) = floor_states(floors, engine.settings)
+    assert (again.prompts, again.ratings, again.reference_share, again.state) == (
+        shown.prompts,
+        shown.ratings,
+        shown.reference_share,
+        shown.state,
+    )
+    assert again.estimate == pytest.approx(shown.estimate, rel=1e-9)
