@@ -27,9 +27,9 @@ name                                        type     labels / meaning
 ``conduit_fallbacks_total``                 counter  ``model``: models given up before it
 ``conduit_llm_call_seconds``                histo.   ``model``: latency of every request
 ``conduit_end_to_end_seconds``              histo.   ``model``: submitted to result recorded
-``conduit_floor_quality_ratio``             gauge    ``floor``, ``bound`` (estimate, lower): the
-                                                     default floor stream's quality against
-                                                     the reference's, as its routers estimate it
+``conduit_floor_quality_ratio``             gauge    ``floor``, ``bound`` (estimate, lower): a
+                                                     floor's quality against the reference's,
+                                                     as its routers estimate it
 ``conduit_floor_reference_share``           gauge    ``floor``: share of its prompts sent to
                                                      the reference
 ``conduit_floor_lambda_cost``               gauge    ``floor``: its dual variable
@@ -173,7 +173,8 @@ class ConduitCollector(Collector):
             dead = dead_letter_count(conn, r.key_prefix)
             store = RedisPosteriorStore(conn, r.key_prefix, r.applied_ttl_s)
             models = model_statuses(settings, self.client.catalog, store)
-            # The default floor streams only: a batch's own stream would be a label per batch.
+            # The default streams (one per floor value); the engine's own streams, which no
+            # task uses today, would be a label each.
             floor_store = RedisFloorStore(conn, r.key_prefix, r.applied_ttl_s)
             floors = floor_states(floor_store, settings.router, only=DEFAULT_STREAM)
         except Exception:  # noqa: BLE001
@@ -196,7 +197,7 @@ class ConduitCollector(Collector):
 def _floor_metrics(floors: list[FloorState]) -> list[Metric]:
     ratio = GaugeMetricFamily(
         "conduit_floor_quality_ratio",
-        "The default floor stream's quality as a share of the reference's (estimate, lower)",
+        "A floor's quality as a share of the reference's (estimate, lower)",
         labels=["floor", "bound"],
     )
     to_ref = GaugeMetricFamily(

@@ -300,7 +300,7 @@ def render_floors(floors: list[FloorState]) -> list[str]:
             f"{f.ratings:>7} {est:>8} {low:>6} {f.lambda_cost:>7.3f} {f.state}"
         )
     if len(floors) > FLOORS_SHOWN:
-        lines.append(f"… and {len(floors) - FLOORS_SHOWN} more floor streams (--json lists all)")
+        lines.append(f"… and {len(floors) - FLOORS_SHOWN} more floors (--json lists all)")
     return lines
 
 

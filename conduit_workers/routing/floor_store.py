@@ -4,10 +4,11 @@ Keys ``P:floor:<stream>`` (hash) and ``P:floor-applied:<update id>`` (string), d
 :mod:`conduit_workers.infra.keys`. Where each prompt's rating counts (its floor mark) is kept
 with its decision in the history database (``decisions.floor_mark``).
 
-A stream is one floor held together: ``default:<floor>`` for prompts that take the floor of the
-settings, or a batch's own stream when the batch sets a floor. Every router and feedback
-process changes it through one Lua script (atomic), which applies an update id at most once,
-so a redelivered task counts once.
+A stream is one floor held together, one per floor value: ``default:<floor>``, for the prompts
+that take the settings' floor and for those whose batch or constraints set that value (the
+engine can count a chunk in a stream of its own, ``floor_stream``, which no task uses today).
+Every router and feedback process changes it through one Lua script (atomic), which applies an
+update id at most once, so a redelivered task counts once.
 """
 
 from __future__ import annotations

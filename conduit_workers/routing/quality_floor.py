@@ -277,7 +277,7 @@ class FloorKeeper:
 class FloorState:
     """Where one floor stream stands, as its routers see it (``conduit status``, metrics)."""
 
-    stream: str  # a batch's id, or "default" for the prompts that take the settings' floor
+    stream: str  # "default" (one stream per floor value), or the engine's ``floor_stream``
     floor: float
     prompts: int  # decided under it
     reference_share: float  # of those, sent to the reference (audits, policy, gate)
