@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -47,6 +48,31 @@ REDIS_URL = os.environ.get("CONDUIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
 PG_URL = os.environ.get(
     "CONDUIT_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 )
+
+
+def scrape(collector: str, redis_url: str, pg_url: str) -> list[Any]:
+    """The samples one scrape of a ``producers.metrics`` collector (its class name) gives, on
+    the test Redis and database."""
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings
+    from producers import metrics
+    from producers.api import ConduitClient
+
+    settings = Settings(
+        redis=RedisSettings(url=redis_url, key_prefix=TEST_PREFIX),
+        database=DatabaseSettings(url=pg_url),
+    )
+    client = ConduitClient(settings)
+    try:
+        reg = CollectorRegistry()
+        reg.register(getattr(metrics, collector)(client))
+        text = generate_latest(reg).decode()
+    finally:
+        client.close()
+    return [x for fam in text_string_to_metric_families(text) for x in fam.samples]
 
 
 def _unavailable(what: str, exc: BaseException) -> None:

@@ -9,19 +9,13 @@ from datetime import timedelta
 import pytest
 import redis
 import sqlalchemy as sa
-from prometheus_client.core import CollectorRegistry
-from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import ResultRow
 from conduit_workers.execution.call_metrics import CallMetrics
 from conduit_workers.execution.executor import _end_to_end
 from conduit_workers.history import history_schema as t
-from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings
-from producers.api import ConduitClient
-from producers.metrics import CallCollector
-from tests.conftest import TEST_PREFIX
+from tests.conftest import TEST_PREFIX, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -45,22 +39,10 @@ def test_results_count_their_time_since_submission_per_model(history, redis_url,
     _end_to_end(metrics, results, history.submitted_at(qids))
     metrics.flush(redis.Redis.from_url(redis_url), TEST_PREFIX)
 
-    settings = Settings(
-        redis=RedisSettings(url=redis_url, key_prefix=TEST_PREFIX),
-        database=DatabaseSettings(url=pg_url),
-    )
-    client = ConduitClient(settings)
-    try:
-        reg = CollectorRegistry()
-        reg.register(CallCollector(client))
-        text = generate_latest(reg).decode()
-    finally:
-        client.close()
     s = {}
-    for fam in text_string_to_metric_families(text):
-        for x in fam.samples:
-            if x.name.startswith("conduit_end_to_end_seconds"):
-                s[(x.name, x.labels.get("model"), x.labels.get("le"))] = x.value
+    for x in scrape("CallCollector", redis_url, pg_url):
+        if x.name.startswith("conduit_end_to_end_seconds"):
+            s[(x.name, x.labels.get("model"), x.labels.get("le"))] = x.value
     assert s[("conduit_end_to_end_seconds_count", "m-a", None)] == 2
     assert s[("conduit_end_to_end_seconds_count", "m-b", None)] == 1
     assert s[("conduit_end_to_end_seconds_bucket", "m-a", "+Inf")] == 2

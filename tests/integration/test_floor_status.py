@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import pytest
 import redis
-from prometheus_client.core import CollectorRegistry
-from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conduit_workers.domain import floor as fl
 from conduit_workers.routing.floor_store import RedisFloorStore
@@ -21,11 +18,9 @@ from conduit_workers.routing.quality_floor import (
     params_for,
     stream_key,
 )
-from conduit_workers.settings import DatabaseSettings, RedisSettings, RouterSettings, Settings
-from producers.api import ConduitClient
-from producers.metrics import ConduitCollector
+from conduit_workers.settings import RouterSettings
 from producers.status import Status, render
-from tests.conftest import TEST_PREFIX
+from tests.conftest import TEST_PREFIX, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -115,22 +110,11 @@ def test_metrics_export_the_default_floor_only(
     _stream(keeper, "default", 0.95, (96, 0.8), (224, 0.8))
     _stream(keeper, "batch-1", 0.95, (96, 0.9), (320, 0.2))
     (want,) = floor_states(floors, ROUTER, only="default")
-    settings = Settings(
-        redis=RedisSettings(url=redis_url, key_prefix=TEST_PREFIX),
-        database=DatabaseSettings(url=pg_url),
-    )
-    client = ConduitClient(settings)
-    try:
-        reg = CollectorRegistry()
-        reg.register(ConduitCollector(client, cache_s=0))
-        got = {
-            (x.name, tuple(sorted(x.labels.items()))): x.value
-            for fam in text_string_to_metric_families(generate_latest(reg).decode())
-            for x in fam.samples
-            if x.name.startswith("conduit_floor_")
-        }
-    finally:
-        client.close()
+    got = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value
+        for x in scrape("ConduitCollector", redis_url, pg_url)
+        if x.name.startswith("conduit_floor_")
+    }
     assert got == {
         ("conduit_floor_quality_ratio", (("bound", "estimate"), ("floor", "0.95"))): pytest.approx(
             want.estimate
