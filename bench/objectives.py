@@ -137,9 +137,10 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
             best = max((t for t in front if t[0] >= 0.95 - 1e-12), key=lambda t: t[1])
             share = 1 - best[1]
         budget = float(share) * reference_usd(ds, stream.order)
-        settings = settings.model_copy(update={"quality_floor": args.quality_floor})
-    else:
-        settings = settings.model_copy(update={"quality_floor": args.quality_floor or 0.95})
+    # The settings' floor unless --quality-floor says otherwise (0: none), as a batch gets it;
+    # a budgeted batch too is held to the default floor (README, "A quality floor and a budget").
+    floor_ = base.quality_floor if args.quality_floor is None else args.quality_floor
+    settings = settings.model_copy(update={"quality_floor": floor_})
     contexts, analyses = featurize(ds, stream, settings, args.embedder)
     summaries: list[Summary] = []
     warm = None
@@ -207,7 +208,8 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
         out.update(floor=floor, floor_held=held, quarters_held=qheld, estimate=est)
         out["estimates"] = r.estimates
         tag = f"{ds.name}-floor{floor:g}" + ("-split" if args.split_half else "")
-        tag += ("-warm" if args.warm_start else "") + (f"-seed{args.seed}" if args.seed else "")
+        tag += ("-warm" if args.warm_start else "") + ("-budget" if budget is not None else "")
+        tag += f"-seed{args.seed}" if args.seed else ""
         print(f"plot: {plot_ratio(r, ds, stream, floor, tag)}")
     if budget is not None:
         m_at = _mixture_quality_at(front, o.cost_saved)

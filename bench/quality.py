@@ -108,15 +108,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar="S",
         help="one run under a budget of S × the reference's cost on the stream ('mixture95': "
-        "the hindsight mixture's spend at 95%% quality); no floor unless --quality-floor",
+        "the hindsight mixture's spend at 95%% quality); held to the settings' floor too, as a "
+        "budgeted batch is, unless --quality-floor (0: none)",
     )
     ap.add_argument(
         "--warm-start",
         type=Path,
         default=None,
         metavar="FILE",
-        help="load FILE with `conduit learn`'s code first (implies --quality-floor 0.95 "
-        "unless a budget or floor is given)",
+        help="load FILE with `conduit learn`'s code first, then one run at the settings' "
+        "floor (or --quality-floor, or under --budget-share)",
     )
     ap.add_argument(
         "--split-half",

@@ -376,6 +376,39 @@ def test_a_prompt_that_may_not_go_to_the_reference_is_not_counted_in_its_floor()
     assert fl.FloorCounts.of(eng.floors.store.read("default:0.95")).decided == 16
 
 
+def test_a_chunk_whose_choices_money_shaped_is_routed_under_the_floor_but_not_counted():
+    eng = floor_engine(0.95)
+    texts = [f"a question {i} " + "word " * (5 + 3 * i) for i in range(32)]
+
+    def decided() -> float:
+        return fl.FloorCounts.of(eng.floors.store.read("default:0.95")).decided
+
+    def chunk(tag: str, **allowance: object) -> list:  # type: ignore[type-arg]
+        ids = [f"{tag}{i}" for i in range(32)]
+        return eng.decide(ids, texts, [Constraints()] * 32, **allowance)  # type: ignore[arg-type]
+
+    # A batch's budget: what the chunk's choices leave buys upgrades, so money chose among
+    # its prompts. Nothing is rated yet, so the floor's gate still wants the reference for
+    # every prompt, and a budget that pays for it all gets it; but nothing is counted.
+    rows = chunk("budget", allowance_usd=1e6)
+    assert {r.model for r in rows} == {"strong"}
+    assert all(r.floor is None for r in rows) and decided() == 0
+    # A budget too small for the reference everywhere: the budget comes first, nothing counted.
+    strong = sum(r.expected_cost_usd or 0.0 for r in rows)
+    rows = chunk("tight", allowance_usd=strong / 4)
+    assert {r.model for r in rows} == {"strong", "cheap"}
+    assert all(r.floor is None for r in rows) and decided() == 0
+    # A cap (an API key's daily budget) that the choices stay well within: counted as usual.
+    rows = chunk("cap", allowance_usd=1e6, spend_allowance=False)
+    assert all(r.floor is not None for r in rows) and decided() == 32
+    # A cap that paces the chunk: not counted.
+    rows = chunk("paced", allowance_usd=strong / 4, spend_allowance=False)
+    assert all(r.floor is None for r in rows) and decided() == 32
+    # No money involved: counted.
+    chunk("free")
+    assert decided() == 64
+
+
 def test_a_floor_mark_keeps_the_predictions_and_reads_older_marks():
     mark = FloorMark("default:0.95", "alt:cheap", 0.9, 0.85, 0.87)
     assert FloorMark.decode(mark.encode("cheap")) == (mark, "cheap")
