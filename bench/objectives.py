@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.baselines import mixture_frontier
 from bench.datasets import OUT, Dataset, cached_embedder, load
-from bench.streaming import RouterRun, Scenario, Stream, featurize, run_engine
+from bench.streaming import RouterRun, Scenario, Stream, budgeted, featurize, run_engine
 from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.routing.warm_start import Outcome, Record, Summary, learn_records, read_records
 from conduit_workers.settings import RouterSettings
@@ -41,11 +41,16 @@ class Outcomes:
     without_reference: int = 0  # prompts the file holds no reference answer for (sparse)
 
 
-def outcomes(run: RouterRun, ds: Dataset, stream: Stream) -> Outcomes:
-    rows = stream.order
-    answered = run.choice >= 0  # -1: left over_budget by the ledger (no answer, no cost)
-    q = np.where(answered, ds.quality[rows, run.choice], 0.0)
-    c = np.where(answered, ds.cost[rows, run.choice], 0.0)
+def outcomes(
+    run: RouterRun, ds: Dataset, stream: Stream, part: np.ndarray | None = None
+) -> Outcomes:
+    """The figures of the stream, or of the positions ``part`` of it (quarters: of those)."""
+    pos = np.arange(stream.n) if part is None else part
+    rows = stream.order[pos]
+    choice = run.choice[pos]
+    answered = choice >= 0  # -1: left over_budget by the ledger (no answer, no cost)
+    q = np.where(answered, ds.quality[rows, choice], 0.0)
+    c = np.where(answered, ds.cost[rows, choice], 0.0)
     s = ds.strongest
     # Against the reference on the same prompts: where a sparse file lacks the reference's
     # answer there is nothing to compare with, and those prompts are left out of the ratios.
@@ -54,15 +59,15 @@ def outcomes(run: RouterRun, ds: Dataset, stream: Stream) -> Outcomes:
     cr = np.where(known, ds.cost[rows, s], 0.0)
     qk, ck = np.where(known, q, 0.0), np.where(known, c, 0.0)
     quarters = []
-    for part in np.array_split(np.arange(stream.n), 4):
-        quarters.append(float(qk[part].sum() / max(qr[part].sum(), 1e-12)))
+    for quarter in np.array_split(np.arange(len(pos)), 4):
+        quarters.append(float(qk[quarter].sum() / max(qr[quarter].sum(), 1e-12)))
     return Outcomes(
         float(qk.sum() / max(qr.sum(), 1e-12)),
         float(1 - ck.sum() / max(cr.sum(), 1e-12)),
         quarters,
         float(c.sum()),
         reference_usd(ds, rows),
-        int(stream.n - known.sum()),
+        int(len(pos) - known.sum()),
     )
 
 
@@ -136,7 +141,12 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
         if share == "mixture95":
             best = max((t for t in front if t[0] >= 0.95 - 1e-12), key=lambda t: t[1])
             share = 1 - best[1]
-        budget = float(share) * reference_usd(ds, stream.order)
+        rows = stream.order
+        if args.mixed_budget:  # the budget is the budgeted batch's: the even chunks'
+            rows = stream.order[_halves(stream)[0]]
+        budget = float(share) * reference_usd(ds, rows)
+    elif args.mixed_budget:
+        raise SystemExit("--mixed-budget needs --budget-share")
     # The settings' floor unless --quality-floor says otherwise (0: none), as a batch gets it;
     # a budgeted batch too is held to the default floor (README, "A quality floor and a budget").
     floor_ = base.quality_floor if args.quality_floor is None else args.quality_floor
@@ -158,6 +168,7 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
         budget_usd=budget,
         warm=warm,
         redis=not args.in_memory,
+        mixed=args.mixed_budget,
     )
     o = outcomes(r, ds, stream)
     floor = settings.quality_floor
@@ -211,7 +222,9 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
         tag += ("-warm" if args.warm_start else "") + ("-budget" if budget is not None else "")
         tag += f"-seed{args.seed}" if args.seed else ""
         print(f"plot: {plot_ratio(r, ds, stream, floor, tag)}")
-    if budget is not None:
+    if budget is not None and args.mixed_budget:
+        out["mixed"] = _print_mixed(r, ds, stream, budget, floor)
+    elif budget is not None:
         m_at = _mixture_quality_at(front, o.cost_saved)
         print(
             f"budget {budget:.4f} USD ({float(budget) / o.reference_usd:.1%} of the reference's "
@@ -228,6 +241,39 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
             over_budget=r.over_budget,
         )
     return out
+
+
+def _halves(stream: Stream) -> tuple[np.ndarray, np.ndarray]:
+    """Under mixed traffic, the budgeted batch's stream positions and the other batch's."""
+    pos = np.arange(stream.n)
+    paying = np.array([budgeted(int(p), stream.chunk) for p in pos], dtype=bool)
+    return pos[paying], pos[~paying]
+
+
+def _print_mixed(
+    run: RouterRun, ds: Dataset, stream: Stream, budget: float, floor: float | None
+) -> dict[str, Any]:
+    """Each batch's figures under mixed traffic: the budgeted one against its budget, the other
+    against the floor they share."""
+    paying, free = (outcomes(run, ds, stream, part) for part in _halves(stream))
+    held = None if not floor else free.quality_retained >= floor - TOLERANCE
+    print(
+        f"mixed traffic, chunk by chunk: the budgeted batch retains {paying.quality_retained:.4f},"
+        f" spent {paying.spend_usd / budget:.1%} of its {budget:.4f} USD; the other retains "
+        f"{free.quality_retained:.4f} and saves {free.cost_saved:.1%}"
+        + (f", floor {floor} {'held' if held else 'NOT held'}" if floor else "")
+    )
+    return {
+        "budgeted": {
+            "quality_retained": paying.quality_retained,
+            "spend_over_budget": paying.spend_usd / budget,
+        },
+        "unbudgeted": {
+            "quality_retained": free.quality_retained,
+            "cost_saved": free.cost_saved,
+            "floor_held": held,
+        },
+    }
 
 
 def plot_ratio(run: RouterRun, ds: Dataset, stream: Stream, floor: float, tag: str) -> Path:

@@ -112,6 +112,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
         "budgeted batch is, unless --quality-floor (0: none)",
     )
     ap.add_argument(
+        "--mixed-budget",
+        action="store_true",
+        help="with --budget-share: two batches share the router chunk by chunk, one with the "
+        "budget (S × the reference's cost on its prompts), one without; each one's figures",
+    )
+    ap.add_argument(
         "--warm-start",
         type=Path,
         default=None,

@@ -136,6 +136,7 @@ def run_engine(
     budget_usd: float | None = None,
     warm: Callable[[RoutingEngine], object] | None = None,
     redis: bool = True,
+    mixed: bool = False,
 ) -> RouterRun:
     """Stream the prompts through RoutingEngine.decide + RedisPosteriorStore + learn.
 
@@ -145,6 +146,8 @@ def run_engine(
     worker passes: what remains of the budget (spent = the recorded costs so far) × the chunk's
     share of the prompts still to route. ``warm`` is applied to the engine before the stream
     (a warm start). ``redis=False`` keeps both stores in memory (same code paths, faster).
+    ``mixed``: two batches share the router, chunk by chunk; the even chunks (:func:`budgeted`)
+    are a batch with the budget, the odd ones a batch without one.
     """
     t0 = time.perf_counter()
     prefix = f"bench13:{uuid.uuid4().hex[:10]}"
@@ -182,8 +185,12 @@ def run_engine(
             qids = [_qid(ds, i) for i in rows]
             texts = [ds.prompts[i] for i in rows]
             allowance = None
-            if budget_usd is not None:
-                allowance = allowance_usd(budget_usd - spent, len(pos), stream.n - k)
+            paying = budget_usd is not None and (not mixed or budgeted(k, stream.chunk))
+            if paying and budget_usd is not None:
+                left = stream.n - k
+                if mixed:  # the budgeted batch's prompts still to route
+                    left = sum(budgeted(q, stream.chunk) for q in range(k, stream.n))
+                allowance = allowance_usd(budget_usd - spent, len(pos), left)
             cons = [Constraints()] * len(rows)
             if ds.sparse:  # a prompt cannot go to a model the file has no answer of
                 cons = [
@@ -208,7 +215,7 @@ def run_engine(
                 if d.model is None:
                     raise RuntimeError(f"unroutable without constraints: {d.reason}")
                 j = model_index[d.model]
-                if budget_usd is not None and spent + ds.cost[i, j] > budget_usd:
+                if paying and budget_usd is not None and spent + ds.cost[i, j] > budget_usd:
                     # The executor's ledger: the best model of the ranking that still fits,
                     # else the prompt ends over_budget (no call, no answer).
                     fits = [
@@ -221,7 +228,8 @@ def run_engine(
                         continue
                     j = fits[0]
                 choice[p] = j
-                spent += float(ds.cost[i, j])
+                if paying or not mixed:  # under mixed traffic, what the budget paid
+                    spent += float(ds.cost[i, j])
                 if d.floor is not None and stream.rated[p] and ds.models[j] == d.model:
                     floor_due.append((p + stream.delay, (d.floor, float(scen.quality[p, j]))))
                 ctx_by_qid[qid] = contexts[p]
@@ -292,6 +300,11 @@ def run_engine(
         spent_usd=spent,
         over_budget=over_budget,
     )
+
+
+def budgeted(position: int, chunk: int) -> bool:
+    """Under ``mixed`` traffic, whether a stream position belongs to the budgeted batch."""
+    return (position // chunk) % 2 == 0
 
 
 def _floor_estimate(engine: RoutingEngine, settings: RouterSettings) -> float | None:
