@@ -50,6 +50,19 @@ PG_URL = os.environ.get(
 )
 
 
+def client_on(redis_url: str, pg_url: str) -> Any:
+    """A ``ConduitClient`` on the test Redis (the tests' key prefix) and database."""
+    from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings
+    from producers.api import ConduitClient
+
+    return ConduitClient(
+        Settings(
+            redis=RedisSettings(url=redis_url, key_prefix=TEST_PREFIX),
+            database=DatabaseSettings(url=pg_url),
+        )
+    )
+
+
 def scrape(collector: str, redis_url: str, pg_url: str) -> list[Any]:
     """The samples one scrape of a ``producers.metrics`` collector (its class name) gives, on
     the test Redis and database."""
@@ -57,15 +70,9 @@ def scrape(collector: str, redis_url: str, pg_url: str) -> list[Any]:
     from prometheus_client.exposition import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings
     from producers import metrics
-    from producers.api import ConduitClient
 
-    settings = Settings(
-        redis=RedisSettings(url=redis_url, key_prefix=TEST_PREFIX),
-        database=DatabaseSettings(url=pg_url),
-    )
-    client = ConduitClient(settings)
+    client = client_on(redis_url, pg_url)
     try:
         reg = CollectorRegistry()
         reg.register(getattr(metrics, collector)(client))

@@ -15,10 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from conduit_workers.domain.items import parse_item
 from conduit_workers.domain.records import ResultRow
 from conduit_workers.history import history_schema as t
-from conduit_workers.settings import DatabaseSettings, RedisSettings, Settings
-from producers.api import ConduitClient
 from producers.metrics import ConduitCollector
-from tests.conftest import TEST_PREFIX
+from tests.conftest import client_on
 
 pytestmark = pytest.mark.integration
 
@@ -55,11 +53,7 @@ def test_a_scrape_reads_only_the_rows_created_since_the_last(history, redis_url,
             .where(t.results.c.query_id == qids[0])
             .values(created_at=t.results.c.created_at - timedelta(hours=1))
         )
-    settings = Settings(
-        redis=RedisSettings(url=redis_url, key_prefix=TEST_PREFIX),
-        database=DatabaseSettings(url=pg_url),
-    )
-    client = ConduitClient(settings)
+    client = client_on(redis_url, pg_url)
     try:
         reg = CollectorRegistry()
         reg.register(ConduitCollector(client, cache_s=0))
