@@ -351,10 +351,11 @@ class RoutingEngine:
         upgrades where they cost least): a selection the floor's estimate of the reference's
         quality on the prompts sent elsewhere cannot see, since it reads that from the
         reference's rated answers and its predictions. Counted, budgeted chunks put the
-        stream's estimate 2.1 points above the truth on average, 13.5 on one set, up to 39
-        (bench/README.md), and the stream is shared: other batches would then be let below
-        the floor. Its prompts still pass the floor's gate, so the reference is preferred
-        while the stream's slack is short, as far as the money goes."""
+        stream's estimate 2.1 points above the truth on average, 13.5 on one set, up to 39;
+        and the stream is shared: a batch without a budget routed beside one ended below the
+        floor on 2 runs of 39 and went wholly to the reference on 24 (bench/README.md). Its
+        prompts still pass the floor's gate, so the reference is preferred while the stream's
+        slack is short, as far as the money goes."""
         ref = self.catalog.reference
         r = self.catalog.index(ref)
         ref_pred = means[:, r]
