@@ -245,8 +245,7 @@ def run(args: argparse.Namespace, base: RouterSettings) -> dict[str, Any]:
 
 def _halves(stream: Stream) -> tuple[np.ndarray, np.ndarray]:
     """Under mixed traffic, the budgeted batch's stream positions and the other batch's."""
-    pos = np.arange(stream.n)
-    paying = np.array([budgeted(int(p), stream.chunk) for p in pos], dtype=bool)
+    pos, paying = np.arange(stream.n), budgeted(stream.n, stream.chunk)
     return pos[paying], pos[~paying]
 
 

@@ -28,7 +28,12 @@ from conduit_workers.domain.rewards import EXPLICIT, IMPLICIT, FeedbackEvent
 from conduit_workers.learning.posterior_store import InMemoryPosteriorStore, RedisPosteriorStore
 from conduit_workers.routing.engine import RoutingEngine
 from conduit_workers.routing.floor_store import InMemoryFloorStore, RedisFloorStore
-from conduit_workers.routing.quality_floor import FloorMark, params_for, stream_key
+from conduit_workers.routing.quality_floor import (
+    FloorMark,
+    params_for,
+    quality_ratio,
+    stream_key,
+)
 from conduit_workers.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -172,6 +177,7 @@ def run_engine(
     estimates: list[tuple[int, float]] = []  # (prompts decided, the floor's estimated ratio)
     model_index = {m: j for j, m in enumerate(ds.models)}
     choice = np.full(stream.n, -1)
+    pays = budgeted(stream.n, stream.chunk) if mixed else np.ones(stream.n, dtype=bool)
     pending: list[tuple[int, FeedbackEvent]] = []  # (due position, explicit event)
     floor_pending: list[tuple[int, tuple[FloorMark, float]]] = []  # ratings for the floor
     ctx_by_qid: dict[str, Array] = {}
@@ -185,12 +191,9 @@ def run_engine(
             qids = [_qid(ds, i) for i in rows]
             texts = [ds.prompts[i] for i in rows]
             allowance = None
-            paying = budget_usd is not None and (not mixed or budgeted(k, stream.chunk))
-            if paying and budget_usd is not None:
-                left = stream.n - k
-                if mixed:  # the budgeted batch's prompts still to route
-                    left = sum(budgeted(q, stream.chunk) for q in range(k, stream.n))
-                allowance = allowance_usd(budget_usd - spent, len(pos), left)
+            paying = budget_usd is not None and bool(pays[k])
+            if paying and budget_usd is not None:  # the budgeted prompts still to route:
+                allowance = allowance_usd(budget_usd - spent, len(pos), int(pays[k:].sum()))
             cons = [Constraints()] * len(rows)
             if ds.sparse:  # a prompt cannot go to a model the file has no answer of
                 cons = [
@@ -228,7 +231,7 @@ def run_engine(
                         continue
                     j = fits[0]
                 choice[p] = j
-                if paying or not mixed:  # under mixed traffic, what the budget paid
+                if pays[k]:  # under mixed traffic, what the budget paid
                     spent += float(ds.cost[i, j])
                 if d.floor is not None and stream.rated[p] and ds.models[j] == d.model:
                     floor_due.append((p + stream.delay, (d.floor, float(scen.quality[p, j]))))
@@ -302,9 +305,10 @@ def run_engine(
     )
 
 
-def budgeted(position: int, chunk: int) -> bool:
-    """Under ``mixed`` traffic, whether a stream position belongs to the budgeted batch."""
-    return (position // chunk) % 2 == 0
+def budgeted(n: int, chunk: int) -> Array:
+    """Under ``mixed`` traffic, which of ``n`` stream positions belong to the budgeted batch:
+    the even chunks."""
+    return np.asarray((np.arange(n) // chunk) % 2 == 0)
 
 
 def _floor_estimate(engine: RoutingEngine, settings: RouterSettings) -> float | None:
@@ -313,7 +317,7 @@ def _floor_estimate(engine: RoutingEngine, settings: RouterSettings) -> float | 
         return None
     key = stream_key(None, settings.quality_floor)
     counts = fl.FloorCounts.of(engine.floors.store.read(key))
-    now = fl.ratio(counts, params_for(settings.quality_floor, settings))
+    now = quality_ratio(counts, params_for(settings.quality_floor, settings))
     return None if now is None else now[0]
 
 

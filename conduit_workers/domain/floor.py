@@ -380,16 +380,6 @@ def slack(
     return Slack(total, math.sqrt(var), q_ref, n)
 
 
-def ratio(counts: FloorCounts, params: FloorParams) -> tuple[float, float] | None:
-    """The stream's estimated quality as a share of the reference's, and its lower bound (the
-    slack less ``z`` standard deviations: what the gate keeps at or above the floor); None while
-    no audit answer of the reference has been rated."""
-    now = slack(counts, params.floor)
-    if now is None or now.n <= 0:
-        return None
-    return params.floor + now.normalised(0.0), params.floor + now.normalised(params.z)
-
-
 def audit_share(counts: FloorCounts, params: FloorParams) -> float:
     """Share of prompts sent to the reference at random: decays as its ratings accumulate."""
     m = counts.fields.get(CAL[0], 0.0)

@@ -273,6 +273,16 @@ class FloorKeeper:
         )
 
 
+def quality_ratio(counts: fl.FloorCounts, params: fl.FloorParams) -> tuple[float, float] | None:
+    """A stream's estimated quality as a share of the reference's, and its lower bound (the
+    slack less ``z`` standard deviations: what the gate keeps at or above the floor); None while
+    no audit answer of the reference has been rated."""
+    now = fl.slack(counts, params.floor)
+    if now is None or now.n <= 0:
+        return None
+    return params.floor + now.normalised(0.0), params.floor + now.normalised(params.z)
+
+
 @dataclass(frozen=True)
 class FloorState:
     """Where one floor stream stands, as its routers see it (``conduit status``, metrics)."""
@@ -297,7 +307,7 @@ def floor_state(
     counts = fl.FloorCounts.of(fields, offline)
     decided = counts.decided
     to_ref = counts.get(fl.DECIDED, fl.AUDIT) + counts.get(fl.DECIDED, fl.POLICY)
-    now = fl.ratio(counts, params)
+    now = quality_ratio(counts, params)
     state = "learning" if now is None else "held" if now[1] >= params.floor else "rebuilding"
     return FloorState(
         stream=name,
